@@ -1,0 +1,217 @@
+"""What this kernel offers a tracer, computed once: every tool picks its attach strategy from it.
+
+Feature detection, never version comparison: each check looks for the thing itself (a tracefs file,
+a kallsyms symbol, a syscall that succeeds). ``bpftools doctor --capabilities`` prints the table.
+"""
+import ctypes
+import errno
+import os
+import platform
+import re
+from typing import Any, Dict, List, Optional
+
+from dataclasses import dataclass, field
+
+from .tracefs import find_tracefs, tracepoint_exists
+
+# Tracepoints the tools use; each has a kprobe-free role (see the tools).
+WANTED_TRACEPOINTS = (
+    "syscalls:sys_enter_openat", "syscalls:sys_enter_open", "syscalls:sys_enter_write",
+    "sched:sched_switch", "sched:sched_process_hang", "kmem:kmem_cache_alloc",
+    "writeback:wbc_writepage", "writeback:writeback_single_inode_start",
+    "block:block_bio_queue", "ext4:ext4_writepages", "net:netif_receive_skb",
+    "fib:fib_table_lookup",
+)
+# Functions the tools want to probe; resolved against kallsyms for this kernel.
+WANTED_FUNCTIONS = (
+    "bvec_alloc", "mempool_alloc", "kmem_cache_alloc", "slab_out_of_memory", "io_schedule_timeout",
+    "finish_wait", "netdev_wait_allrefs", "netdev_run_todo", "netdev_refcnt_read", "dev_hold",
+    "dst_init", "dst_destroy", "rt_bind_exception", "ip_del_fnhe", "__writepage", "do_writepages",
+    "memcg_update_kmem_limit",
+)
+
+
+@dataclass
+class Check:
+    """One capability: ok is True, False, or None when it could not be determined."""
+
+    name: str
+    ok: Optional[bool]
+    detail: str = ""
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class Capabilities:
+    """The capability table of this node."""
+
+    release: str
+    distro: str
+    checks: List[Check] = field(default_factory=list)
+    tracepoints: Dict[str, bool] = field(default_factory=dict)
+    symbols: List[Any] = field(default_factory=list)   # symbols.Resolution
+    cgroup_layout: str = "unknown"
+
+    def ok(self, name: str) -> bool:
+        """True only when the named check succeeded."""
+        return any(c.name == name and c.ok for c in self.checks)
+
+    def check(self, name: str) -> Optional[Check]:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        return None
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "kernel_release": self.release,
+            "distro": self.distro,
+            "checks": [c.to_json() for c in self.checks],
+            "tracepoints": dict(self.tracepoints),
+            "symbols": [s.to_json() for s in self.symbols],
+            "cgroup_layout": self.cgroup_layout,
+        }
+
+
+def distro_name(root: str = "/") -> str:
+    """PRETTY_NAME from os-release, else redhat-release, else 'unknown'."""
+    for name in ("etc/os-release", "usr/lib/os-release"):
+        try:
+            with open(os.path.join(root, name)) as f:
+                for line in f:
+                    if line.startswith("PRETTY_NAME="):
+                        return line.split("=", 1)[1].strip().strip('"')
+        except OSError:
+            continue
+    try:
+        with open(os.path.join(root, "etc/redhat-release")) as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def _kallsyms_has(names: List[str]) -> Dict[str, bool]:
+    found = dict((n, False) for n in names)
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] in found:
+                    found[parts[2]] = True
+    except OSError:
+        pass
+    return found
+
+
+def _check_kprobes(tracefs: Optional[str]) -> Check:
+    if tracefs is None:
+        return Check("kprobes", None, "tracefs not mounted: cannot tell")
+    if os.path.exists(os.path.join(tracefs, "kprobe_events")):
+        return Check("kprobes", True, "kprobe_events present")
+    return Check("kprobes", False, "no kprobe_events in tracefs (CONFIG_KPROBES off): tracepoint fallbacks only")
+
+
+def _check_headers(release: str) -> Check:
+    build = "/lib/modules/%s/build" % release
+    if not os.path.isdir(os.path.join(build, "include")):
+        return Check("kernel_headers", False,
+                     "no headers at %s: bcc cannot compile (install kernel-devel / linux-headers)" % build)
+    version = None
+    for rel in ("include/generated/utsrelease.h", "include/config/kernel.release"):
+        try:
+            with open(os.path.join(build, rel)) as f:
+                m = re.search(r'"?([^"\s]+)"?\s*$', f.read().strip())
+                version = m.group(1) if m else None
+                break
+        except OSError:
+            continue
+    if version and version != release:
+        return Check("kernel_headers", True,
+                     "headers of %s, not %s: usable for tracepoints only; never read structs" % (version, release))
+    return Check("kernel_headers", True, "headers at %s" % os.path.realpath(build))
+
+
+class _BreakpointAttr(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
+                ("sample_period", ctypes.c_uint64), ("sample_type", ctypes.c_uint64),
+                ("read_format", ctypes.c_uint64), ("flags", ctypes.c_uint64),
+                ("wakeup_events", ctypes.c_uint32), ("bp_type", ctypes.c_uint32),
+                ("bp_addr", ctypes.c_uint64), ("bp_len", ctypes.c_uint64)]
+
+
+PERF_TYPE_BREAKPOINT = 5
+HW_BREAKPOINT_W = 2
+SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
+
+
+def _check_hw_breakpoint() -> Check:
+    """Try it: a write watchpoint on a variable of our own process."""
+    nr = SYS_PERF_EVENT_OPEN.get(platform.machine())
+    if nr is None:
+        return Check("hw_breakpoints", None, "perf_event_open number unknown on %s" % platform.machine())
+    target = ctypes.c_uint32(0)
+    attr = _BreakpointAttr(type=PERF_TYPE_BREAKPOINT, size=ctypes.sizeof(_BreakpointAttr),
+                           sample_period=1, bp_type=HW_BREAKPOINT_W,
+                           bp_addr=ctypes.addressof(target), bp_len=4, flags=1)  # disabled
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(nr, ctypes.byref(attr), 0, -1, -1, 0)
+    if fd < 0:
+        err = ctypes.get_errno()
+        return Check("hw_breakpoints", False, "perf_event_open(BREAKPOINT): %s" % errno.errorcode.get(err, err))
+    os.close(fd)
+    return Check("hw_breakpoints", True, "perf_event_open(PERF_TYPE_BREAKPOINT) accepted")
+
+
+def _check_blacklist(tracefs: Optional[str]) -> Check:
+    for path in ("/sys/kernel/debug/kprobes/blacklist",
+                 os.path.join(tracefs or "/nonexistent", "../kprobes/blacklist")):
+        try:
+            with open(path) as f:
+                n = sum(1 for _ in f)
+            return Check("kprobe_blacklist", True, "%d entries in %s" % (n, os.path.normpath(path)))
+        except OSError:
+            continue
+    return Check("kprobe_blacklist", None, "no kprobes blacklist file (old kernels lack it; bcc#2413)")
+
+
+def _check_fentry(symbols: List[Any], try_fentry: bool) -> Check:
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return Check("fentry", False, "no BTF: fentry/fexit need /sys/kernel/btf/vmlinux (5.5+)")
+    if not try_fentry:
+        return Check("fentry", None, "not tried")
+    target = next((s.attach for s in symbols if s.attach), None)
+    if target is None:
+        return Check("fentry", None, "no resolvable function to try")
+    from .capture import try_fentry_attach  # bcc only here
+    ok, why = try_fentry_attach(target)
+    return Check("fentry", ok, why)
+
+
+def detect(try_fentry: bool = True) -> Capabilities:
+    """Compute the capability table of the running kernel (root gives the full picture)."""
+    from .cgroups import cgroup_layout
+    from .symbols import SymbolTable
+
+    release = os.uname().release
+    tracefs = find_tracefs()
+    caps = Capabilities(release=release, distro=distro_name())
+    caps.checks.append(Check("root", os.geteuid() == 0, "euid %d" % os.geteuid()))
+    caps.checks.append(Check("tracefs", tracefs is not None, tracefs or "not mounted"))
+    caps.checks.append(_check_kprobes(tracefs))
+    caps.checks.append(_check_blacklist(tracefs))
+    table = SymbolTable.from_system()
+    caps.symbols = table.resolve_all(WANTED_FUNCTIONS)
+    caps.checks.append(Check("btf", os.path.exists("/sys/kernel/btf/vmlinux"), "/sys/kernel/btf/vmlinux"))
+    caps.checks.append(_check_fentry(caps.symbols, try_fentry and os.geteuid() == 0))
+    caps.checks.append(_check_headers(release))
+    syms = _kallsyms_has(["bpf_ringbuf_output", "bpf_get_stackid", "bpf_perf_event_output"])
+    caps.checks.append(Check("ring_buffer", syms["bpf_ringbuf_output"], "BPF ring buffer (5.8+)"))
+    caps.checks.append(Check("perf_buffer", syms["bpf_perf_event_output"], "BPF perf buffer (4.4+)"))
+    caps.checks.append(Check("stack_maps", syms["bpf_get_stackid"], "BPF stack trace maps (4.6+)"))
+    caps.checks.append(_check_hw_breakpoint())
+    caps.tracepoints = dict((tp, tracepoint_exists(*tp.split(":"), tracefs=tracefs))
+                            for tp in WANTED_TRACEPOINTS)
+    caps.cgroup_layout = cgroup_layout()
+    return caps

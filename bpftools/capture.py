@@ -1,0 +1,130 @@
+"""The capture layer: the only module that imports bcc.
+
+It compiles ``probes/NAME.bpf.c`` with parameters passed as ``-D`` integers (never pasted into C
+text), attaches, polls the perf buffer, counts lost events and detaches on Ctrl-C, SIGTERM or the
+end of the duration.
+"""
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from .errors import MissingKernelFeature, PrivilegeError, ProbeLoadError
+from .tracefs import ensure_tracefs
+
+PROBES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probes")
+_PARAM_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789")
+
+
+def _bcc() -> Any:
+    try:
+        import bcc  # noqa: F401  (system package: python3-bpfcc / python3-bcc)
+    except ImportError:
+        raise MissingKernelFeature(
+            "bcc Python module", fallback="apt-get install python3-bpfcc (Debian/Ubuntu) or "
+            "yum install python3-bcc (RHEL 7); a venv needs --system-site-packages")
+    return bcc
+
+
+class Probe:
+    """One BPF program: its source file and validated integer parameters."""
+
+    def __init__(self, name: str, params: Optional[Dict[str, int]] = None,
+                 flags: Iterable[str] = ()) -> None:
+        self.name = name
+        self.params = {}  # type: Dict[str, int]
+        for key, value in (params or {}).items():
+            if not set(key) <= _PARAM_NAME_CHARS or isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError("probe parameter %r=%r must be an upper-case name and an integer" % (key, value))
+            self.params[key] = value
+        self.flags = []  # type: List[str]
+        for flag in flags:
+            if not set(flag) <= _PARAM_NAME_CHARS:
+                raise ValueError("probe flag %r must be an upper-case name" % flag)
+            self.flags.append(flag)
+
+    @property
+    def path(self) -> str:
+        return os.path.join(PROBES_DIR, self.name + ".bpf.c")
+
+    def cflags(self) -> List[str]:
+        out = ["-I" + PROBES_DIR]
+        out += ["-D%s=%d" % (k, v) for k, v in sorted(self.params.items())]
+        out += ["-D%s" % f for f in self.flags]
+        return out
+
+    def source(self) -> str:
+        with open(self.path) as f:
+            return f.read()
+
+    def describe(self) -> str:
+        """What --ebpf prints: the cflags and the program source."""
+        return "// cflags: %s\n%s" % (" ".join(self.cflags()), self.source())
+
+    def load(self) -> Any:
+        """Compile and load (tracepoint probes attach automatically). Needs root."""
+        if os.geteuid() != 0:
+            raise PrivilegeError("tracing")
+        bcc = _bcc()
+        ensure_tracefs()
+        try:
+            return bcc.BPF(src_file=self.path.encode(), cflags=self.cflags())
+        except Exception as err:  # bcc raises plain Exception with the compiler/verifier log on stderr
+            raise ProbeLoadError("cannot load BPF program %s: %s (use -v for the log)"
+                                 % (self.name, str(err).splitlines()[0] if str(err) else type(err).__name__),
+                                 log=str(err))
+
+
+class _Stop(Exception):
+    pass
+
+
+def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
+                duration: Optional[float] = None, ready: Optional[Callable[[], None]] = None,
+                on_lost: Optional[Callable[[int], None]] = None, page_cnt: int = 64) -> None:
+    """Poll perf buffer TABLE until DURATION seconds pass or SIGINT/SIGTERM.
+
+    ``on_event`` gets the bcc-decoded ctypes struct, ``on_lost`` the count of each perf-buffer loss.
+    SIGTERM ends the poll like the duration does; SIGINT raises KeyboardInterrupt after detaching
+    (the CLI maps it to exit code 130).
+    """
+    def _lost(count: int) -> None:
+        if on_lost is not None:
+            on_lost(count)
+
+    perf = bpf[table]
+    perf.open_perf_buffer(lambda cpu, data, size: on_event(perf.event(data)),
+                          page_cnt=page_cnt, lost_cb=_lost)
+
+    def _term(signum: int, frame: Any) -> None:
+        raise _Stop()
+
+    old = signal.signal(signal.SIGTERM, _term)
+    deadline = None if duration is None else time.monotonic() + duration
+    if ready is not None:
+        ready()
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            timeout = 200 if deadline is None else max(1, min(200, int((deadline - time.monotonic()) * 1000)))
+            bpf.perf_buffer_poll(timeout=timeout)
+        bpf.perf_buffer_poll(timeout=10)   # drain what arrived at the end
+    except _Stop:
+        bpf.perf_buffer_poll(timeout=10)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        bpf.cleanup()
+
+
+def try_fentry_attach(function: str) -> Tuple[bool, str]:
+    """Load and attach an empty fentry program on FUNCTION: the honest fentry test."""
+    bcc = _bcc()
+    if not bcc.BPF.support_kfunc():
+        return False, "bcc or kernel lacks fentry support (needs BTF and 5.5+)"
+    name = function.replace(".", "_")
+    text = "KFUNC_PROBE(%s) { return 0; }" % name  # a kallsyms name, not user input
+    try:
+        b = bcc.BPF(text=text.encode())
+        b.cleanup()
+    except Exception as err:
+        return False, "fentry on %s refused: %s" % (function, str(err).splitlines()[0] if str(err) else "error")
+    return True, "fentry attached to %s" % function

@@ -1,0 +1,179 @@
+"""The `bpftools` command line: one click group, and ``main()`` mapping every error to an exit code."""
+import json
+import os
+import sys
+import traceback
+from typing import Any, Callable, List, Optional
+
+import click
+
+from . import __version__
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInput, BpftoolsError
+
+CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
+
+
+class Options(object):
+    """Global flags shared by every command."""
+
+    def __init__(self, verbose: int = 0, show_traceback: bool = False) -> None:
+        self.verbose = verbose
+        self.show_traceback = show_traceback
+
+
+def _console(json_mode: bool = False) -> Any:
+    from rich.console import Console
+    return Console(file=sys.stdout, highlight=False, soft_wrap=json_mode)
+
+
+@click.group(context_settings=CONTEXT, epilog="""\b
+Examples:
+  bpftools doctor                      # triage this node for both incidents
+  bpftools doctor --log dmesg.txt      # analyse a saved kernel log instead
+  bpftools doctor --capabilities       # what this kernel offers a tracer
+  bpftools kmemsnoop -d 60             # who turns on kmem accounting, for 60 s
+  bpftools report run.jsonl            # re-render a recording
+""")
+@click.version_option(__version__, prog_name="bpftools")
+@click.option("-v", "--verbose", count=True, help="More detail (probe load logs, feature detection).")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the Python traceback of unexpected errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, show_traceback: bool) -> None:
+    """Diagnose kmem-accounting I/O jitter and netdev refcount leaks on Kubernetes nodes."""
+    opts = ctx.ensure_object(Options)
+    opts.verbose = verbose
+    opts.show_traceback = show_traceback
+
+
+@cli.command(epilog="""\b
+Examples:
+  bpftools doctor                      # live kernel log + cgroup audit + known-bug matrix
+  bpftools doctor --json               # the same, machine-readable
+  bpftools doctor --log /var/log/messages
+  journalctl -k | bpftools doctor --log -
+  bpftools doctor --capabilities       # kernel capability table only
+""", context_settings=CONTEXT)
+@click.option("--log", "log_path", metavar="FILE", help="Analyse this kernel log ('-' for stdin) instead of the live one.")
+@click.option("--release", metavar="RELEASE", help="Kernel release the log came from (default: this node's when live).")
+@click.option("--capabilities", "only_caps", is_flag=True, help="Print the kernel capability table and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def doctor(opts: Options, log_path: Optional[str], release: Optional[str], only_caps: bool, as_json: bool) -> None:
+    """Triage this node: a verdict for each incident, with evidence and remediation."""
+    from . import render
+    if only_caps:
+        from .capabilities import detect
+        caps = detect()
+        if as_json:
+            _print_json(caps.to_json())
+        else:
+            render.capabilities(caps, _console())
+        return
+    from .doctor import run_doctor
+    report = run_doctor(log_path=log_path, release=release)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        render.doctor_report(report, _console())
+
+
+def _print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: Optional[float]) -> Optional[float]:
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be > 0")
+    return value
+
+
+@cli.command(epilog="""\b
+Examples:
+  bpftools kmemsnoop                   # trace until Ctrl-C
+  bpftools kmemsnoop -d 30 --json      # 30 s, one JSON object per line
+  bpftools kmemsnoop -p 1234           # only process 1234
+  bpftools kmemsnoop --cgroup kubepods --record kmem.jsonl
+""", context_settings=CONTEXT)
+@click.option("-p", "--pid", type=click.IntRange(1, 2 ** 31 - 1), help="Trace this process (tgid) only.")
+@click.option("--cgroup", metavar="PATH", help="Only writers in, or files under, this memory cgroup path.")
+@click.option("-d", "--duration", type=float, callback=_positive, metavar="SECONDS", help="Stop after SECONDS.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.option("--record", metavar="FILE", help="Also write a recording (JSON lines) to FILE.")
+@click.option("--ready-file", metavar="FILE", hidden=True, help="Touch FILE once attached (for tests).")
+@click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and cflags, then exit.")
+@click.pass_obj
+def kmemsnoop(opts: Options, pid: Optional[int], cgroup: Optional[str], duration: Optional[float],
+              as_json: bool, record: Optional[str], ready_file: Optional[str], ebpf: bool) -> None:
+    """Trace opens and writes of memory.kmem.* files: who turns on kmem accounting, with what value."""
+    from . import render
+    from .tools import kmemsnoop as tool
+    if ebpf:
+        click.echo(tool.probe(pid).describe())
+        return
+    from .live import LiveRun
+    with LiveRun(tool.TOOL, record) as run:
+        if not as_json:
+            click.echo(render.KMEM_HEADER)
+
+        def on_event(event: Any) -> None:
+            run.record(event.to_json())
+            click.echo(json.dumps(event.to_json(), sort_keys=True) if as_json else render.kmem_line(event))
+
+        tool.capture(pid, cgroup, duration, on_event, ready=run.ready_callback(ready_file), on_lost=run.add_lost)
+
+
+@cli.command(epilog="""\b
+Examples:
+  bpftools report kmem.jsonl           # table
+  bpftools report kmem.jsonl --json
+""", context_settings=CONTEXT)
+@click.argument("recording", metavar="RECORDING")
+@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON.")
+def report(recording: str, as_json: bool) -> None:
+    """Re-render a recording made with --record."""
+    from . import render
+    from .recording import read_recording
+    rec = read_recording(recording)
+    if as_json:
+        _print_json({"header": rec.header, "events": rec.events, "trailer": rec.trailer,
+                     "damaged_lines": rec.damaged_lines})
+        return
+    render.recording(rec, _console())
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point: run the CLI, map errors to exit codes with a one-line message."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    opts = Options(show_traceback="--traceback" in args)
+    try:
+        cli.main(args=args, prog_name="bpftools", standalone_mode=False, obj=opts)
+        return EXIT_OK
+    except click.exceptions.Abort:
+        click.echo("bpftools: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        click.echo("bpftools: interrupted, probes detached", err=True)
+        return EXIT_INTERRUPTED
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    except click.ClickException as err:
+        err.show()
+        return EXIT_USAGE
+    except BpftoolsError as err:
+        click.echo("bpftools: error: %s" % err, err=True)
+        if opts.verbose and err.detail():
+            click.echo(err.detail(), err=True)
+        if opts.show_traceback:
+            traceback.print_exc()
+        return err.exit_code
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as err:  # a bug: one line unless --traceback
+        click.echo("bpftools: internal error: %s: %s (rerun with --traceback)" % (type(err).__name__, err), err=True)
+        if opts.show_traceback:
+            traceback.print_exc()
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""kmemsnoop: who opens and writes cgroup v1 ``memory.kmem.*`` files (opensnoop for kmem files).
+
+On 3.10 the first write to ``memory.kmem.limit_in_bytes`` turns kmem accounting on for that cgroup
+(runc writes ``1`` then ``-1``); this shows the writer, its cgroup (container/pod), the target path,
+the value written and the result (EBUSY when the cgroup already has tasks).
+"""
+import errno
+import os
+from typing import Any, Callable, Dict, Optional
+
+from dataclasses import asdict, dataclass
+
+from ..cgroups import container_of, memory_cgroup_of_pid
+from ..capture import Probe, poll_events
+from ..tracefs import tracepoint_exists
+
+OPS = {1: "open", 2: "write"}
+TOOL = "kmemsnoop"
+
+
+@dataclass
+class KmemFileEvent:
+    """One open or write of a memory.kmem.* file, as seen at syscall exit."""
+
+    ts_ns: int
+    tgid: int
+    tid: int
+    comm: str
+    op: str                  # "open" | "write"
+    path: str
+    value: Optional[str]     # what was written (writes only)
+    ret: int                 # fd / bytes written, or -errno
+    writer_cgroup: Optional[str]
+    container: Optional[Dict[str, Any]]
+
+    @property
+    def error(self) -> Optional[str]:
+        """errno name of a failed call, e.g. EBUSY."""
+        return errno.errorcode.get(-self.ret, str(-self.ret)) if self.ret < 0 else None
+
+    def to_json(self) -> Dict[str, Any]:
+        out = asdict(self)
+        out["type"] = "kmem_file"
+        out["error"] = self.error
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Dict[str, Any]) -> "KmemFileEvent":
+        return cls(**dict((k, obj.get(k)) for k in cls.__dataclass_fields__))  # type: ignore
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+class CgroupCache:
+    """memory cgroup of each pid, looked up once (the writer may exit right after writing)."""
+
+    def __init__(self) -> None:
+        self._by_pid = {}  # type: Dict[int, Optional[str]]
+
+    def get(self, pid: int) -> Optional[str]:
+        if pid not in self._by_pid:
+            self._by_pid[pid] = memory_cgroup_of_pid(pid)
+        return self._by_pid[pid]
+
+
+def decode(raw: Any, cgroups: CgroupCache) -> KmemFileEvent:
+    """The one place a raw kmem_event becomes a KmemFileEvent."""
+    path = _text(bytes(raw.path))
+    if not path.startswith("/"):
+        try:
+            path = os.path.join(os.readlink("/proc/%d/cwd" % raw.tgid), path)
+        except OSError:
+            pass
+    cgroup = cgroups.get(raw.tgid)
+    ref = container_of(cgroup) if cgroup else None
+    op = OPS.get(raw.op, str(raw.op))
+    return KmemFileEvent(
+        ts_ns=int(raw.ts_ns), tgid=int(raw.tgid), tid=int(raw.tid),
+        comm=_text(bytes(raw.comm)), op=op, path=path,
+        value=_text(bytes(raw.value)) if op == "write" else None, ret=int(raw.ret),
+        writer_cgroup=cgroup, container=ref.to_json() if ref else None)
+
+
+def matches_cgroup(event: KmemFileEvent, cgroup: Optional[str]) -> bool:
+    """--cgroup filter: the writer's memory cgroup or the target file's cgroup starts with CGROUP."""
+    if not cgroup:
+        return True
+    want = "/" + cgroup.strip("/")
+    target = os.path.dirname(event.path)
+    return (event.writer_cgroup or "").startswith(want) or ("/" + target.strip("/")).find(want) >= 0
+
+
+def probe(pid: Optional[int]) -> Probe:
+    """The BPF program with this run's parameters."""
+    params = {"FILTER_TGID": pid} if pid is not None else {}
+    flags = ["HAVE_SYS_OPEN"] if tracepoint_exists("syscalls", "sys_enter_open") else []
+    return Probe("kmemsnoop", params, flags)
+
+
+def capture(pid: Optional[int], cgroup: Optional[str], duration: Optional[float],
+            on_event: Callable[[KmemFileEvent], None], ready: Optional[Callable[[], None]] = None,
+            on_lost: Optional[Callable[[int], None]] = None) -> None:
+    """Trace until DURATION/Ctrl-C, calling ON_EVENT for each matching event."""
+    bpf = probe(pid).load()
+    cgroups = CgroupCache()
+
+    def _on_raw(raw: Any) -> None:
+        event = decode(raw, cgroups)
+        if matches_cgroup(event, cgroup):
+            on_event(event)
+
+    poll_events(bpf, "events", _on_raw, duration=duration, ready=ready, on_lost=on_lost)

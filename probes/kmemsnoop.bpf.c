@@ -1,0 +1,180 @@
+/*
+ * kmemsnoop: opens and writes of cgroup v1 memory.kmem.* files, with the value written and the result.
+ * Tracepoints only (syscalls:*), so it runs where kprobes do not.
+ * Parameters (-D, validated as integers in Python): FILTER_TGID.
+ */
+#include <uapi/linux/ptrace.h>
+#include "kmemsnoop.h"
+
+struct pending {
+    struct kmem_event ev;
+};
+
+BPF_PERF_OUTPUT(events);
+BPF_PERCPU_ARRAY(scratch, struct pending, 1);
+BPF_HASH(pending_by_tid, u32, struct pending, 1024);
+BPF_HASH(kmem_fds, u64, struct pending, 4096);   /* (tgid << 32 | fd) -> the open's event (path) */
+BPF_ARRAY(lost, u64, 1);                          /* events dropped by full maps */
+
+static __always_inline int filtered(u32 tgid)
+{
+#ifdef FILTER_TGID
+    if (tgid != FILTER_TGID)
+        return 1;
+#endif
+    return 0;
+}
+
+static __always_inline void count_lost(void)
+{
+    int zero = 0;
+    u64 *n = lost.lookup(&zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+/* True when the basename of the user path starts with "memory.kmem.". */
+static __always_inline int is_kmem_path(struct kmem_event *ev, const char *upath)
+{
+    int last = -1;
+    char base[12] = {};
+    int n = bpf_probe_read_str(ev->path, sizeof(ev->path), upath);
+    if (n <= 0)
+        return 0;
+#pragma unroll
+    for (int i = 0; i < KMEM_PATH_MAX; i++) {
+        if (ev->path[i] == '/')
+            last = i;
+        if (ev->path[i] == 0)
+            break;
+    }
+    if (last >= KMEM_PATH_MAX - 12)
+        return 0;
+    bpf_probe_read(base, sizeof(base), upath + last + 1);
+    return base[0] == 'm' && base[1] == 'e' && base[2] == 'm' && base[3] == 'o' &&
+           base[4] == 'r' && base[5] == 'y' && base[6] == '.' && base[7] == 'k' &&
+           base[8] == 'm' && base[9] == 'e' && base[10] == 'm' && base[11] == '.';
+}
+
+static __always_inline int on_open_enter(const char *upath, u32 flags)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    int zero = 0;
+    if (filtered(tgid))
+        return 0;
+    struct pending *p = scratch.lookup(&zero);
+    if (!p)
+        return 0;
+    if (!is_kmem_path(&p->ev, upath))
+        return 0;
+    p->ev.op = KMEM_OP_OPEN;
+    p->ev.flags = flags;
+    p->ev.tgid = tgid;
+    p->ev.tid = tid;
+    p->ev.fd = -1;
+    p->ev.count = 0;
+    p->ev.value[0] = 0;
+    if (pending_by_tid.update(&tid, p))
+        count_lost();
+    return 0;
+}
+
+static __always_inline int on_open_exit(void *ctx, long ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct pending *p = pending_by_tid.lookup(&tid);
+    if (!p)
+        return 0;
+    p->ev.ts_ns = bpf_ktime_get_ns();
+    p->ev.ret = ret;
+    p->ev.fd = ret >= 0 ? (s32)ret : -1;
+    bpf_get_current_comm(&p->ev.comm, sizeof(p->ev.comm));
+    events.perf_submit(ctx, &p->ev, sizeof(p->ev));
+    if (ret >= 0) {
+        u64 key = ((u64)p->ev.tgid << 32) | (u32)ret;
+        if (kmem_fds.update(&key, p))
+            count_lost();
+    }
+    pending_by_tid.delete(&tid);
+    return 0;
+}
+
+static __always_inline int on_write_enter(u32 fd, const char *ubuf, u64 count)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u64 key = (id & 0xffffffff00000000ULL) | fd;
+    u32 tid = (u32)id;
+    struct pending *open = kmem_fds.lookup(&key);
+    if (!open)
+        return 0;
+    int zero = 0;
+    struct pending *p = scratch.lookup(&zero);
+    if (!p)
+        return 0;
+    __builtin_memcpy(p->ev.path, open->ev.path, sizeof(p->ev.path));
+    p->ev.op = KMEM_OP_WRITE;
+    p->ev.flags = open->ev.flags;
+    p->ev.tgid = id >> 32;
+    p->ev.tid = tid;
+    p->ev.fd = fd;
+    p->ev.count = count;
+    __builtin_memset(p->ev.value, 0, sizeof(p->ev.value));
+    bpf_probe_read(p->ev.value, count < KMEM_VALUE_MAX - 1 ? count & (KMEM_VALUE_MAX - 1) : KMEM_VALUE_MAX - 1, ubuf);
+    if (pending_by_tid.update(&tid, p))
+        count_lost();
+    return 0;
+}
+
+static __always_inline int on_write_exit(void *ctx, long ret)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct pending *p = pending_by_tid.lookup(&tid);
+    if (!p)
+        return 0;
+    p->ev.ts_ns = bpf_ktime_get_ns();
+    p->ev.ret = ret;
+    bpf_get_current_comm(&p->ev.comm, sizeof(p->ev.comm));
+    events.perf_submit(ctx, &p->ev, sizeof(p->ev));
+    pending_by_tid.delete(&tid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_openat)
+{
+    return on_open_enter(args->filename, args->flags);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_openat)
+{
+    return on_open_exit(args, args->ret);
+}
+
+#ifdef HAVE_SYS_OPEN
+TRACEPOINT_PROBE(syscalls, sys_enter_open)
+{
+    return on_open_enter(args->filename, args->flags);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_open)
+{
+    return on_open_exit(args, args->ret);
+}
+#endif
+
+TRACEPOINT_PROBE(syscalls, sys_enter_write)
+{
+    return on_write_enter(args->fd, args->buf, args->count);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_write)
+{
+    return on_write_exit(args, args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_close)
+{
+    u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)args->fd;
+    kmem_fds.delete(&key);
+    return 0;
+}
