@@ -9,10 +9,11 @@ import signal
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+from . import probes as _probes_package
 from .errors import MissingKernelFeature, PrivilegeError, ProbeLoadError
 from .tracefs import ensure_tracefs
 
-PROBES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probes")
+PROBES_DIR = os.path.dirname(os.path.abspath(_probes_package.__file__))
 _PARAM_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789")
 
 

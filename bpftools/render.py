@@ -55,9 +55,9 @@ def recording(rec: Any, console: Console) -> None:
     console.print("command: %s" % escape(" ".join(str(a) for a in header.get("argv", []))))
     if rec.tool == "kmemsnoop":
         from .tools.kmemsnoop import KmemFileEvent
-        console.print(KMEM_HEADER, markup=False)
+        console.print(KMEM_HEADER, markup=False, soft_wrap=True)
         for obj in rec.events:
-            console.print(kmem_line(KmemFileEvent.from_json(obj)), markup=False)
+            console.print(kmem_line(KmemFileEvent.from_json(obj)), markup=False, soft_wrap=True)
     else:
         for obj in rec.events:
             console.print(escape(str(obj)))
@@ -69,3 +69,77 @@ def recording(rec: Any, console: Console) -> None:
             console.print("[red]%d events lost during capture[/red]" % trailer["lost_events"])
         if trailer.get("interrupted"):
             console.print("run interrupted with Ctrl-C")
+
+
+def doctor_report(report: Any, console: Console) -> None:
+    """The doctor's verdicts first, then the evidence behind them."""
+    console.print("[bold]bpftools doctor[/bold]  kernel %s, log: %s (%d lines)" % (
+        escape(report.release), escape(report.log_source), report.log_lines))
+    for v in report.verdicts:
+        data = v.to_json()
+        style = STATUS_STYLE.get(v.status, "")
+        console.print()
+        console.print("[%s]%s[/%s]  %s" % (style, v.status.upper(), style, escape(data["title"])))
+        console.print("  %s" % escape(v.summary))
+        for line in v.evidence:
+            console.print("  - %s" % escape(line))
+        for line in v.remediation:
+            console.print("  [bold]fix:[/bold] %s" % escape(line))
+    _findings_table(report.findings, console)
+    _audit(report.audit, console)
+    _bugs(report.bugs, console)
+    if report.runtimes:
+        console.print("runtimes: %s" % escape(", ".join(
+            "%s %s" % (r.to_json().get("name"), r.to_json().get("version")) for r in report.runtimes)))
+
+
+def _findings_table(findings: List[Any], console: Console) -> None:
+    if not findings:
+        console.print("\nkernel log: no findings")
+        return
+    table = Table(title="Kernel log findings")
+    for col in ("kind", "count", "first seen", "last seen", "what"):
+        table.add_column(col)
+    for f in findings:
+        data = f.to_json()
+        what = ", ".join(c["cache"] for c in data.get("caches", [])) or \
+            ", ".join("%s (max count %s)" % (d["name"], d.get("max_usage_count")) for d in data.get("devices", [])) or \
+            ", ".join("%s/%s" % (t.get("task"), t.get("pid")) for t in data.get("tasks", []))
+        table.add_row(f.kind, str(f.count), escape(str(f.first_seen)), escape(str(f.last_seen)), escape(what))
+    console.print(table)
+
+
+def _audit(audit: Any, console: Console) -> None:
+    if audit is None:
+        console.print("kmem audit: no cgroup v1 memory controller mounted (check does not apply)")
+        return
+    data = audit.to_json()
+    if not data.get("applies", True):
+        console.print("kmem audit: %s" % escape(str(data.get("explanation", "does not apply"))))
+        return
+    summary = data.get("summary", {})
+    console.print("kmem audit: %s" % escape(", ".join("%s=%s" % kv for kv in sorted(summary.items()))))
+    active = [c for c in data.get("cgroups", []) if c.get("active")]
+    if active:
+        table = Table(title="cgroups with kmem accounting active")
+        for col in ("cgroup", "usage", "limit", "failcnt", "container / pod"):
+            table.add_column(col)
+        for c in active[:50]:
+            cont = c.get("container") or {}
+            table.add_row(escape(c.get("path", "")), str(c.get("usage")), str(c.get("limit")), str(c.get("failcnt")),
+                          escape("%s %s" % ((cont.get("container_id") or "")[:12], cont.get("pod_uid") or "")))
+        console.print(table)
+
+
+def _bugs(bugs: List[Any], console: Console) -> None:
+    if not bugs:
+        return
+    table = Table(title="Known-bug matrix for this kernel")
+    for col in ("bug", "status", "why"):
+        table.add_column(col)
+    for b in bugs:
+        data = b.to_json()
+        style = {"affected": "red", "fixed": "green"}.get(data.get("status"), "dim")
+        table.add_row(escape(str(data.get("title"))), "[%s]%s[/%s]" % (style, data.get("status"), style),
+                      escape(str(data.get("reason"))))
+    console.print(table)

@@ -1,0 +1,103 @@
+"""The doctor's verdict for each incident, from findings, the kmem audit and the known-bug matrix.
+
+Pure: JSON-shaped inputs (what each part's ``to_json`` gives), a list of Verdicts out.
+"""
+from typing import Any, Dict, List, Optional
+
+from dataclasses import dataclass, field
+
+KMEM = "kmem_io_jitter"
+NETDEV = "netdev_refcount_leak"
+TITLES = {
+    KMEM: "I/O jitter from kmem accounting (slab failures -> mempool 5 s waits)",
+    NETDEV: "netdev refcount leak (unregister_netdevice: waiting for DEV to become free)",
+}
+# Which known bugs raise the risk of which incident (ids from analyses/known_bugs.py).
+BUG_INCIDENT = {
+    "kmem-accounting-path": KMEM, "slub-dead-caches": KMEM, "memcg-id-space": KMEM, "nokmem-boot-option": KMEM,
+    "fnhe-del-race": NETDEV, "fnhe-remove-oldest": NETDEV,
+}
+
+
+@dataclass
+class Verdict:
+    """detected: the log shows it; at-risk: no sign yet but the node has the preconditions; clear."""
+
+    incident: str
+    status: str
+    summary: str
+    evidence: List[str] = field(default_factory=list)
+    remediation: List[str] = field(default_factory=list)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"incident": self.incident, "title": TITLES[self.incident], "status": self.status,
+                "summary": self.summary, "evidence": list(self.evidence),
+                "remediation": list(self.remediation)}
+
+
+def _by_kind(findings: List[Dict[str, Any]], kind: str) -> Optional[Dict[str, Any]]:
+    return next((f for f in findings if f.get("kind") == kind), None)
+
+
+def _kmem_evidence(findings: List[Dict[str, Any]]) -> List[str]:
+    out = []
+    slub = _by_kind(findings, "slub_alloc_failure")
+    if slub:
+        memcg = [c for c in slub.get("caches", []) if c.get("memcg_id") is not None or c.get("cgroup")]
+        caches = ", ".join("%s x%s" % (c["cache"], c.get("count", "?")) for c in slub.get("caches", []))
+        out.append("%d SLUB allocation failure(s) (%s)%s, %s .. %s" % (
+            slub["count"], caches, "; %d per-container cache(s)" % len(memcg) if memcg else "",
+            slub.get("first_seen"), slub.get("last_seen")))
+        for c in memcg:
+            out.append("cache %s charged to memcg %s, cgroup %s" % (c["cache"], c.get("memcg_id"), c.get("cgroup")))
+    hung = _by_kind(findings, "hung_task_mempool")
+    if hung:
+        for t in hung.get("tasks", []):
+            out.append("task %s (pid %s) blocked in %s" % (t.get("task"), t.get("pid"),
+                                                           " <- ".join(t.get("frames", [])[:5])))
+    return out
+
+
+def _netdev_evidence(findings: List[Dict[str, Any]]) -> List[str]:
+    out = []
+    wait = _by_kind(findings, "netdev_unregister_wait")
+    if wait:
+        for d in wait.get("devices", []):
+            out.append("%s: %s message(s), max usage count %s%s" % (
+                d.get("name"), d.get("messages"), d.get("max_usage_count"),
+                ", waited >= %ss" % d["duration_seconds"] if d.get("duration_seconds") else ""))
+        meaning = wait.get("leaked_references")
+        if meaning:
+            out.append("count semantics: %s" % (meaning if isinstance(meaning, str) else meaning))
+    hung = _by_kind(findings, "hung_task_netdev")
+    if hung:
+        for t in hung.get("tasks", []):
+            out.append("task %s (pid %s) blocked in %s" % (t.get("task"), t.get("pid"),
+                                                           " <- ".join(t.get("frames", [])[:5])))
+    return out
+
+
+def decide(findings: List[Dict[str, Any]], audit: Optional[Dict[str, Any]],
+           bugs: List[Dict[str, Any]]) -> List[Verdict]:
+    """One Verdict per incident, KMEM first."""
+    verdicts = []
+    for incident, evidence in ((KMEM, _kmem_evidence(findings)), (NETDEV, _netdev_evidence(findings))):
+        relevant = [b for b in bugs if BUG_INCIDENT.get(b.get("id", "")) == incident]
+        affected = [b for b in relevant if b.get("status") == "affected"]
+        remediation = []
+        for b in affected:
+            if b.get("remediation") and b["remediation"] not in remediation:
+                remediation.append(b["remediation"])
+        risk = ["%s: %s" % (b.get("title"), b.get("reason")) for b in affected]
+        if incident == KMEM and audit and audit.get("applies"):
+            active = audit.get("summary", {}).get("active", 0)
+            if active:
+                risk.append("%d memory cgroup(s) have kmem accounting active" % active)
+        if evidence:
+            status, summary = "detected", "the kernel log shows this incident"
+        elif risk:
+            status, summary = "at-risk", "no sign in the log, but this node has the preconditions"
+        else:
+            status, summary = "clear", "no sign in the log and no known precondition"
+        verdicts.append(Verdict(incident, status, summary, evidence + risk, remediation))
+    return verdicts

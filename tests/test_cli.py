@@ -1,0 +1,72 @@
+"""The real CLI: help with examples everywhere, one-line errors with distinct exit codes, no tracebacks."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from bpftools.errors import EXIT_BAD_INPUT, EXIT_NOT_ROOT, EXIT_USAGE
+
+COMMANDS = [[], ["doctor"], ["kmemsnoop"], ["report"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "bpftools")
+def test_help_has_examples(bpftools_cli, cmd):
+    r = bpftools_cli(*(cmd + ["--help"]))
+    assert r.code == 0
+    assert "Examples:" in r.out
+    assert ("bpftools %s" % cmd[0] if cmd else "bpftools doctor") in r.out
+
+
+def _one_line_error(r, code):
+    assert r.code == code, (r.out, r.err)
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.err, r.err
+    return lines[0]
+
+
+def test_report_of_missing_file(bpftools_cli, tmp_path):
+    line = _one_line_error(bpftools_cli("report", str(tmp_path / "none.jsonl")), EXIT_BAD_INPUT)
+    assert line.startswith("bpftools: error: cannot read") and "none.jsonl" in line
+
+
+def test_report_of_a_non_recording(bpftools_cli, tmp_path):
+    bad = tmp_path / "x.jsonl"
+    bad.write_bytes(b"\xff\xfe garbage\n")
+    line = _one_line_error(bpftools_cli("report", str(bad)), EXIT_BAD_INPUT)
+    assert "not a bpftools recording" in line
+
+
+def test_doctor_log_missing(bpftools_cli, tmp_path):
+    line = _one_line_error(bpftools_cli("doctor", "--log", str(tmp_path / "nope.log")), EXIT_BAD_INPUT)
+    assert "nope.log" in line
+
+
+@pytest.mark.parametrize("args", [["kmemsnoop", "-p", "abc"], ["kmemsnoop", "-p", "0"],
+                                  ["kmemsnoop", "-d", "-3"], ["nosuchcommand"], ["report"]])
+def test_usage_errors(bpftools_cli, args):
+    r = bpftools_cli(*args)
+    assert r.code == EXIT_USAGE and "Traceback" not in r.err
+    assert "Error" in r.err
+
+
+def test_ebpf_passes_values_as_cflags_not_source(bpftools_cli):
+    r = bpftools_cli("kmemsnoop", "--ebpf", "-p", "424242")
+    assert r.code == 0
+    first, rest = r.out.split("\n", 1)
+    assert "-DFILTER_TGID=424242" in first
+    assert "424242" not in rest and "struct kmem_event" in rest
+
+
+@pytest.mark.root
+def test_not_root_is_a_one_line_error(bpftools_cli):
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) missing")
+    proc_args = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                 "-m", "bpftools.cli", "kmemsnoop", "-d", "1"]
+    proc = subprocess.run(proc_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                          cwd="/")
+    assert proc.returncode == EXIT_NOT_ROOT, proc.stderr
+    assert proc.stderr.strip() == ("bpftools: error: tracing needs root (or CAP_BPF and CAP_PERFMON); "
+                                   "run it with sudo")

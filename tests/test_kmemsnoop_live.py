@@ -1,0 +1,111 @@
+"""kmemsnoop on the live kernel (tracepoints): a child writes 1 then -1 to a real cgroup's kmem limit.
+
+Needs root and cgroup v1's memory controller (present on this machine's kernel).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bpftools.recording import read_recording
+
+pytestmark = pytest.mark.root
+MEMCG = "/sys/fs/cgroup/memory"
+WRITER = r"""
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(15, b"kmemwriter", 0, 0, 0)   # PR_SET_NAME
+cg = sys.argv[1]
+os.mkdir(cg)
+print(os.getpid(), flush=True)
+for value in (b"1", b"-1"):
+    fd = os.open(cg + "/memory.kmem.limit_in_bytes", os.O_WRONLY)
+    os.write(fd, value)
+    os.close(fd)
+"""
+
+
+def _start(tmp_path, *args):
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-m", "bpftools.cli", "kmemsnoop", "--ready-file", str(ready)]
+                            + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail("kmemsnoop did not attach: rc=%s\n%s\n%s" % (proc.returncode, out, err))
+        time.sleep(0.05)
+    return proc
+
+
+def _write_kmem(cgroup_dir):
+    child = subprocess.run([sys.executable, "-c", WRITER, cgroup_dir], stdout=subprocess.PIPE,
+                           universal_newlines=True, check=True)
+    return int(child.stdout.strip())
+
+
+@pytest.fixture
+def cgroup_dir():
+    if not os.path.isdir(MEMCG):
+        pytest.skip("no cgroup v1 memory controller at %s" % MEMCG)
+    path = os.path.join(MEMCG, "bpftools-kmemsnoop-%d" % os.getpid())
+    yield path
+    if os.path.isdir(path):
+        os.rmdir(path)
+
+
+def test_sees_both_writes_with_exact_pid_comm_path_value(tmp_path, cgroup_dir):
+    proc = _start(tmp_path, "--json", "-d", "60")
+    child_pid = _write_kmem(cgroup_dir)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    mine = [e for e in events if e["tgid"] == child_pid]
+    path = cgroup_dir + "/memory.kmem.limit_in_bytes"
+    assert [(e["op"], e["value"], e["ret"]) for e in mine] == [
+        ("open", None, mine[0]["ret"]), ("write", "1", 1), ("open", None, mine[2]["ret"]), ("write", "-1", 2)]
+    assert mine[0]["ret"] >= 0 and mine[2]["ret"] >= 0            # fds
+    assert all(e["comm"] == "kmemwriter" and e["path"] == path and e["tid"] == child_pid for e in mine)
+    assert all(e["writer_cgroup"] is not None for e in mine)
+    assert mine[0]["ts_ns"] < mine[1]["ts_ns"] < mine[2]["ts_ns"] < mine[3]["ts_ns"]
+
+
+def test_pid_filter_excludes_other_writers(tmp_path, cgroup_dir):
+    proc = _start(tmp_path, "--json", "-d", "60", "-p", str(os.getpid()))
+    _write_kmem(cgroup_dir)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.strip() == ""
+
+
+def test_ctrl_c_exits_130_and_keeps_the_recording(tmp_path, cgroup_dir):
+    rec = str(tmp_path / "kmem.jsonl")
+    proc = _start(tmp_path, "--record", rec)
+    child_pid = _write_kmem(cgroup_dir)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    recording = read_recording(rec)
+    writes = [(e["value"], e["ret"]) for e in recording.events if e["tgid"] == child_pid and e["op"] == "write"]
+    assert writes == [("1", 1), ("-1", 2)]
+    assert recording.trailer["interrupted"] is True
+    assert recording.header["tool"] == "kmemsnoop"
+    assert "checks" in recording.header["capabilities"]
+    # the live table and the report of the recording show the same lines
+    report = subprocess.run([sys.executable, "-m", "bpftools.cli", "report", rec], stdout=subprocess.PIPE,
+                            universal_newlines=True)
+    live_lines = [l for l in out.splitlines() if " %d " % child_pid in l]
+    assert len(live_lines) == 4
+    for line in live_lines:
+        assert line in report.stdout
