@@ -6,16 +6,18 @@ from typing import Any, Dict, List, Optional
 
 from dataclasses import dataclass, field
 
+from . import known_bugs
+
 KMEM = "kmem_io_jitter"
 NETDEV = "netdev_refcount_leak"
 TITLES = {
     KMEM: "I/O jitter from kmem accounting (slab failures -> mempool 5 s waits)",
     NETDEV: "netdev refcount leak (unregister_netdevice: waiting for DEV to become free)",
 }
-# Which known bugs raise the risk of which incident (ids from analyses/known_bugs.py).
+# Which known bugs raise the risk of which incident.
 BUG_INCIDENT = {
-    "kmem-accounting-path": KMEM, "slub-dead-caches": KMEM, "memcg-id-space": KMEM, "nokmem-boot-option": KMEM,
-    "fnhe-del-race": NETDEV, "fnhe-remove-oldest": NETDEV,
+    known_bugs.KMEM_ALL_SLABS: KMEM, known_bugs.SLUB_DEAD_CACHES: KMEM, known_bugs.MEMCG_ID_SPACE: KMEM,
+    known_bugs.NOKMEM_BOOT_OPTION: KMEM, known_bugs.FNHE_DEL_RACE: NETDEV, known_bugs.FNHE_REMOVE_OLDEST: NETDEV,
 }
 
 
@@ -67,8 +69,8 @@ def _netdev_evidence(findings: List[Dict[str, Any]]) -> List[str]:
                 d.get("name"), d.get("messages"), d.get("max_usage_count"),
                 ", waited >= %ss" % d["duration_seconds"] if d.get("duration_seconds") else ""))
         meaning = wait.get("leaked_references")
-        if meaning:
-            out.append("count semantics: %s" % (meaning if isinstance(meaning, str) else meaning))
+        if isinstance(meaning, dict) and meaning.get("explanation"):
+            out.append("count semantics (%s): %s" % (meaning.get("basis"), meaning["explanation"]))
     hung = _by_kind(findings, "hung_task_netdev")
     if hung:
         for t in hung.get("tasks", []):

@@ -4,10 +4,11 @@ It compiles ``probes/NAME.bpf.c`` with parameters passed as ``-D`` integers (nev
 text), attaches, polls the perf buffer, counts lost events and detaches on Ctrl-C, SIGTERM or the
 end of the duration.
 """
+import contextlib
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from . import probes as _probes_package
 from .errors import MissingKernelFeature, PrivilegeError, ProbeLoadError
@@ -113,6 +114,8 @@ def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
         bpf.perf_buffer_poll(timeout=10)
     finally:
         signal.signal(signal.SIGTERM, old)
+        for cpu in _bcc().utils.get_online_cpus():   # close our buffers while the map fd is open
+            del perf[cpu]
         bpf.cleanup()
 
 
@@ -124,8 +127,26 @@ def try_fentry_attach(function: str) -> Tuple[bool, str]:
     name = function.replace(".", "_")
     text = "KFUNC_PROBE(%s) { return 0; }" % name  # a kallsyms name, not user input
     try:
-        b = bcc.BPF(text=text.encode())
-        b.cleanup()
+        with _quiet_stderr():   # libbpf prints its own "Failed to load program" line
+            b = bcc.BPF(text=text.encode())
+            b.cleanup()
     except Exception as err:
-        return False, "fentry on %s refused: %s" % (function, str(err).splitlines()[0] if str(err) else "error")
+        why = str(err).splitlines()[0] if str(err) else "error"
+        if "super-user" in why:   # bcc's wording for any EPERM from BPF_PROG_LOAD
+            why = "the kernel refused the BPF_PROG_TYPE_TRACING load (EPERM)"
+        return False, "fentry on %s refused: %s" % (function, why)
     return True, "fentry attached to %s" % function
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence fd 2 (C libraries write there directly) for the duration of the block."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

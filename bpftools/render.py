@@ -42,7 +42,8 @@ def capabilities(caps: Any, console: Console) -> None:
     for col in ("wanted", "attach", "how", "fallback / note"):
         syms.add_column(col)
     for r in caps.symbols:
-        syms.add_row(r.wanted, escape(r.attach or "-"), r.how, escape(r.fallback or r.note or ""))
+        detail = ("fallback: %s" % r.fallback) if r.fallback else ("" if r.how == "exact" else r.note)
+        syms.add_row(r.wanted, escape(r.attach or "-"), r.how, escape(detail))
     console.print(syms)
 
 
