@@ -80,16 +80,18 @@ def _netdev_evidence(findings: List[Dict[str, Any]]) -> List[str]:
 
 
 def decide(findings: List[Dict[str, Any]], audit: Optional[Dict[str, Any]],
-           bugs: List[Dict[str, Any]]) -> List[Verdict]:
-    """One Verdict per incident, KMEM first."""
+           bugs: List[Dict[str, Any]], steps: List[Dict[str, Any]]) -> List[Verdict]:
+    """One Verdict per incident, KMEM first.
+
+    ``steps`` are known_bugs.remediation_for() results as dicts; each names in ``why`` the bug id
+    that asks for it, which says which incident it fixes.
+    """
     verdicts = []
     for incident, evidence in ((KMEM, _kmem_evidence(findings)), (NETDEV, _netdev_evidence(findings))):
-        relevant = [b for b in bugs if BUG_INCIDENT.get(b.get("id", "")) == incident]
-        affected = [b for b in relevant if b.get("status") == "affected"]
-        remediation = []
-        for b in affected:
-            if b.get("remediation") and b["remediation"] not in remediation:
-                remediation.append(b["remediation"])
+        affected = [b for b in bugs if BUG_INCIDENT.get(b.get("id", "")) == incident
+                    and b.get("status") == "affected"]
+        remediation = [s["action"] for s in steps
+                       if BUG_INCIDENT.get(str(s.get("why", "")).split(":")[0]) == incident]
         risk = ["%s: %s" % (b.get("title"), b.get("reason")) for b in affected]
         if incident == KMEM and audit and audit.get("applies"):
             active = audit.get("summary", {}).get("active", 0)

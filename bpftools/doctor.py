@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional
 from dataclasses import dataclass, field
 
 from .analyses.kernel_log import find_incidents
-from .analyses.known_bugs import check_release
+from .analyses.known_bugs import check_release, remediation_for
 from .analyses.verdicts import Verdict, decide
 from .cgroups import memory_cgroup_mount
 from .kernel_log_source import read_log
@@ -50,7 +50,8 @@ def run_doctor(log_path: Optional[str] = None, release: Optional[str] = None) ->
     report = DoctorReport(release=release or live_release,
                           log_source=log_path or "live kernel log", log_lines=len(lines),
                           findings=findings, audit=audit, bugs=bugs, runtimes=runtimes)
+    steps = remediation_for(bugs, runtimes)
     report.verdicts = decide([f.to_json() for f in findings],
                              audit.to_json() if audit is not None else None,
-                             [b.to_json() for b in bugs])
+                             [b.to_json() for b in bugs], [s.to_json() for s in steps])
     return report

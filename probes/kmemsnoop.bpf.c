@@ -2,6 +2,7 @@
  * kmemsnoop: opens and writes of cgroup v1 memory.kmem.* files, with the value written and the result.
  * Tracepoints only (syscalls:*), so it runs where kprobes do not.
  * Parameters (-D, validated as integers in Python): FILTER_TGID.
+ * Flags for tracepoints that not every architecture has: HAVE_SYS_OPEN, HAVE_SYS_DUP2.
  */
 #include <uapi/linux/ptrace.h>
 #include "kmemsnoop.h"
@@ -177,4 +178,31 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)args->fd;
     kmem_fds.delete(&key);
     return 0;
+}
+
+/* Shells redirect with dup2(): `echo 1 > memory.kmem.limit_in_bytes` writes through fd 1. */
+static __always_inline int on_dup(u32 oldfd, u32 newfd)
+{
+    u64 tg = bpf_get_current_pid_tgid() & 0xffffffff00000000ULL;
+    u64 oldkey = tg | oldfd, newkey = tg | newfd;
+    struct pending *open = kmem_fds.lookup(&oldkey);
+    if (!open) {
+        kmem_fds.delete(&newkey);   /* newfd now refers to something else */
+        return 0;
+    }
+    if (kmem_fds.update(&newkey, open))
+        count_lost();
+    return 0;
+}
+
+#ifdef HAVE_SYS_DUP2
+TRACEPOINT_PROBE(syscalls, sys_enter_dup2)
+{
+    return on_dup(args->oldfd, args->newfd);
+}
+#endif
+
+TRACEPOINT_PROBE(syscalls, sys_enter_dup3)
+{
+    return on_dup(args->oldfd, args->newfd);
 }

@@ -109,3 +109,18 @@ def test_ctrl_c_exits_130_and_keeps_the_recording(tmp_path, cgroup_dir):
     assert len(live_lines) == 4
     for line in live_lines:
         assert line in report.stdout
+
+
+def test_shell_redirect_through_dup2_is_seen(tmp_path, cgroup_dir):
+    """`echo 1 > memory.kmem.limit_in_bytes`: the shell opens the file, dup2()s it to fd 1 and writes there."""
+    os.mkdir(cgroup_dir)
+    proc = _start(tmp_path, "--json", "-d", "60")
+    path = cgroup_dir + "/memory.kmem.limit_in_bytes"
+    shell = subprocess.Popen(["sh", "-c", 'read x; echo 1 > "$0"', path], stdin=subprocess.PIPE)
+    shell.communicate(b"go\n", timeout=30)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    events = [json.loads(line) for line in out.splitlines()]
+    writes = [e for e in events if e["tgid"] == shell.pid and e["op"] == "write"]
+    assert [(w["comm"], w["path"], w["value"], w["ret"]) for w in writes] == [("sh", path, "1\n", 2)]

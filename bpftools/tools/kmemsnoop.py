@@ -95,7 +95,8 @@ def matches_cgroup(event: KmemFileEvent, cgroup: Optional[str]) -> bool:
 def probe(pid: Optional[int]) -> Probe:
     """The BPF program with this run's parameters."""
     params = {"FILTER_TGID": pid} if pid is not None else {}
-    flags = ["HAVE_SYS_OPEN"] if tracepoint_exists("syscalls", "sys_enter_open") else []
+    flags = [flag for name, flag in (("sys_enter_open", "HAVE_SYS_OPEN"), ("sys_enter_dup2", "HAVE_SYS_DUP2"))
+             if tracepoint_exists("syscalls", name)]
     return Probe("kmemsnoop", params, flags)
 
 
