@@ -116,10 +116,10 @@ def _audit(audit: Any, console: Console) -> None:
         return
     data = audit.to_json()
     if not data.get("applies", True):
-        console.print("kmem audit: %s" % escape(str(data.get("explanation", "does not apply"))))
+        console.print("kmem audit of this node: %s" % escape(str(data.get("explanation", "does not apply"))))
         return
     summary = data.get("summary", {})
-    console.print("kmem audit: %s" % escape(", ".join("%s=%s" % kv for kv in sorted(summary.items()))))
+    console.print("kmem audit of this node: %s" % escape(", ".join("%s=%s" % kv for kv in sorted(summary.items()))))
     active = [c for c in data.get("cgroups", []) if c.get("active")]
     if active:
         table = Table(title="cgroups with kmem accounting active")
