@@ -92,7 +92,8 @@ def distro_name(root: str = "/") -> str:
         return "unknown"
 
 
-def _kallsyms_has(names: List[str]) -> Dict[str, bool]:
+def kallsyms_has(names: List[str]) -> Dict[str, bool]:
+    """Which of NAMES are symbols of the running kernel (a helper's symbol marks the helper present)."""
     found = dict((n, False) for n in names)
     try:
         with open("/proc/kallsyms") as f:
@@ -206,7 +207,7 @@ def detect(try_fentry: bool = True) -> Capabilities:
     caps.checks.append(Check("btf", os.path.exists("/sys/kernel/btf/vmlinux"), "/sys/kernel/btf/vmlinux"))
     caps.checks.append(_check_fentry(caps.symbols, try_fentry and os.geteuid() == 0))
     caps.checks.append(_check_headers(release))
-    syms = _kallsyms_has(["bpf_ringbuf_output", "bpf_get_stackid", "bpf_perf_event_output"])
+    syms = kallsyms_has(["bpf_ringbuf_output", "bpf_get_stackid", "bpf_perf_event_output"])
     caps.checks.append(Check("ring_buffer", syms["bpf_ringbuf_output"], "BPF ring buffer (5.8+)"))
     caps.checks.append(Check("perf_buffer", syms["bpf_perf_event_output"], "BPF perf buffer (4.4+)"))
     caps.checks.append(Check("stack_maps", syms["bpf_get_stackid"], "BPF stack trace maps (4.6+)"))

@@ -170,3 +170,34 @@ def memory_cgroup_of_pid(pid: int, root: str = "/") -> Optional[str]:
         if hierarchy == "0" and controllers == "":
             unified = cgroup
     return unified
+
+
+def cgroup2_mount(root: str = "/") -> Optional[str]:
+    """Where the cgroup2 (unified) hierarchy is mounted, or None."""
+    for mountpoint, fstype, _ in _mountinfo(root):
+        if fstype == "cgroup2":
+            return _under_root(root, mountpoint)
+    return None
+
+
+def cgroup2_path_of_id(cgroup_id: int, root: str = "/", limit: int = 100000) -> Optional[str]:
+    """The cgroup2 path whose id is CGROUP_ID (what bpf_get_current_cgroup_id returns).
+
+    A cgroup2 directory's inode number is its kernfs id on 64-bit kernels, so a bounded walk finds it;
+    used when the task has exited before /proc/PID/cgroup could be read.
+    """
+    mount = cgroup2_mount(root)
+    if mount is None or cgroup_id <= 0:
+        return None
+    seen = 0
+    for base, dirs, _ in os.walk(mount):
+        seen += 1
+        if seen > limit:
+            return None
+        try:
+            if os.stat(base).st_ino == cgroup_id:
+                rel = os.path.relpath(base, mount)
+                return "/" if rel == "." else "/" + rel
+        except OSError:
+            continue
+    return None

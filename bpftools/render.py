@@ -13,7 +13,7 @@ def kmem_line(event: Any) -> str:
     """One kmemsnoop line (plain text, like opensnoop)."""
     result = event.error or str(event.ret)
     value = repr(event.value) if event.value is not None else "-"
-    where = event.writer_cgroup or "?"
+    where = event.writer_cgroup or (event.writer_cgroup_v2 and "v2:" + event.writer_cgroup_v2) or "?"
     if event.container:
         where = "%s pod=%s" % ((event.container.get("container_id") or "")[:12], event.container.get("pod_uid") or "-")
     return "%-14.6f %-7d %-16s %-5s %-8s %-6s %s  [%s]" % (

@@ -2,7 +2,8 @@
  * kmemsnoop: opens and writes of cgroup v1 memory.kmem.* files, with the value written and the result.
  * Tracepoints only (syscalls:*), so it runs where kprobes do not.
  * Parameters (-D, validated as integers in Python): FILTER_TGID.
- * Flags for tracepoints that not every architecture has: HAVE_SYS_OPEN, HAVE_SYS_DUP2.
+ * Flags for tracepoints that not every architecture has: HAVE_SYS_OPEN, HAVE_SYS_DUP2;
+ * HAVE_CGROUP_ID when the kernel has bpf_get_current_cgroup_id (4.18+).
  */
 #include <uapi/linux/ptrace.h>
 #include "kmemsnoop.h"
@@ -81,16 +82,26 @@ static __always_inline int on_open_enter(const char *upath, u32 flags)
     return 0;
 }
 
+static __always_inline void stamp(struct kmem_event *ev)
+{
+    ev->ts_ns = bpf_ktime_get_ns();
+#ifdef HAVE_CGROUP_ID
+    ev->cgroup_id = bpf_get_current_cgroup_id();
+#else
+    ev->cgroup_id = 0;
+#endif
+    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+}
+
 static __always_inline int on_open_exit(void *ctx, long ret)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct pending *p = pending_by_tid.lookup(&tid);
     if (!p)
         return 0;
-    p->ev.ts_ns = bpf_ktime_get_ns();
+    stamp(&p->ev);
     p->ev.ret = ret;
     p->ev.fd = ret >= 0 ? (s32)ret : -1;
-    bpf_get_current_comm(&p->ev.comm, sizeof(p->ev.comm));
     events.perf_submit(ctx, &p->ev, sizeof(p->ev));
     if (ret >= 0) {
         u64 key = ((u64)p->ev.tgid << 32) | (u32)ret;
@@ -133,9 +144,8 @@ static __always_inline int on_write_exit(void *ctx, long ret)
     struct pending *p = pending_by_tid.lookup(&tid);
     if (!p)
         return 0;
-    p->ev.ts_ns = bpf_ktime_get_ns();
+    stamp(&p->ev);
     p->ev.ret = ret;
-    bpf_get_current_comm(&p->ev.comm, sizeof(p->ev.comm));
     events.perf_submit(ctx, &p->ev, sizeof(p->ev));
     pending_by_tid.delete(&tid);
     return 0;

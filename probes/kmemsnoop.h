@@ -16,6 +16,7 @@ struct kmem_event {
     u32 flags;        /* open flags */
     s32 fd;
     u32 count;        /* bytes the writer asked to write */
+    u64 cgroup_id;    /* cgroup2 id of the writer (0 without HAVE_CGROUP_ID) */
     char comm[16];
     char path[KMEM_PATH_MAX];
     char value[KMEM_VALUE_MAX];

@@ -124,3 +124,27 @@ def test_shell_redirect_through_dup2_is_seen(tmp_path, cgroup_dir):
     events = [json.loads(line) for line in out.splitlines()]
     writes = [e for e in events if e["tgid"] == shell.pid and e["op"] == "write"]
     assert [(w["comm"], w["path"], w["value"], w["ret"]) for w in writes] == [("sh", path, "1\n", 2)]
+
+
+def test_writer_that_exits_at_once_keeps_its_cgroup2_path(tmp_path, cgroup_dir):
+    """Like runc's writer: join a cgroup, write, exit. Its cgroup comes from the id BPF recorded."""
+    unified = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") else None
+    if unified is None or not os.path.exists(unified + "/cgroup.procs"):
+        pytest.skip("no cgroup2 mount at /sys/fs/cgroup/unified")
+    v2 = os.path.join(unified, "bpftools-writer-%d" % os.getpid())
+    os.mkdir(v2)
+    os.mkdir(cgroup_dir)
+    try:
+        proc = _start(tmp_path, "--json", "-d", "60")
+        path = cgroup_dir + "/memory.kmem.limit_in_bytes"
+        script = 'echo $$ > "$1/cgroup.procs"; read x; echo 1 > "$0"'
+        shell = subprocess.Popen(["sh", "-c", script, path, v2], stdin=subprocess.PIPE)
+        shell.communicate(b"go\n", timeout=30)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        os.rmdir(v2)
+    writes = [json.loads(l) for l in out.splitlines()]
+    writes = [e for e in writes if e["tgid"] == shell.pid and e["op"] == "write"]
+    assert [(w["value"], w["writer_cgroup_v2"]) for w in writes] == [("1\n", "/" + os.path.basename(v2))]

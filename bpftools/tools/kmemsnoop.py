@@ -10,7 +10,8 @@ from typing import Any, Callable, Dict, Optional
 
 from dataclasses import asdict, dataclass
 
-from ..cgroups import container_of, memory_cgroup_of_pid
+from ..capabilities import kallsyms_has
+from ..cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
 from ..capture import Probe, poll_events
 from ..tracefs import tracepoint_exists
 
@@ -30,7 +31,8 @@ class KmemFileEvent:
     path: str
     value: Optional[str]     # what was written (writes only)
     ret: int                 # fd / bytes written, or -errno
-    writer_cgroup: Optional[str]
+    writer_cgroup: Optional[str]      # v1 memory cgroup (from /proc while the writer lives)
+    writer_cgroup_v2: Optional[str]   # cgroup2 path of the writer's cgroup id (survives the writer)
     container: Optional[Dict[str, Any]]
 
     @property
@@ -54,15 +56,27 @@ def _text(raw: bytes) -> str:
 
 
 class CgroupCache:
-    """memory cgroup of each pid, looked up once (the writer may exit right after writing)."""
+    """The writer's cgroups, looked up once per pid and per id.
+
+    ``memory`` comes from /proc/PID/cgroup while the task lives; ``v2`` is the cgroup2 path of the id
+    the BPF program recorded, which survives the writer (runc's writer exits right after writing).
+    """
 
     def __init__(self) -> None:
-        self._by_pid = {}  # type: Dict[int, Optional[str]]
+        self._memory = {}  # type: Dict[int, Optional[str]]
+        self._v2 = {}  # type: Dict[int, Optional[str]]
 
-    def get(self, pid: int) -> Optional[str]:
-        if pid not in self._by_pid:
-            self._by_pid[pid] = memory_cgroup_of_pid(pid)
-        return self._by_pid[pid]
+    def memory(self, pid: int) -> Optional[str]:
+        if self._memory.get(pid) is None:
+            self._memory[pid] = memory_cgroup_of_pid(pid)
+        return self._memory[pid]
+
+    def v2(self, cgroup_id: int) -> Optional[str]:
+        if not cgroup_id:
+            return None
+        if self._v2.get(cgroup_id) is None:
+            self._v2[cgroup_id] = cgroup2_path_of_id(cgroup_id)
+        return self._v2[cgroup_id]
 
 
 def decode(raw: Any, cgroups: CgroupCache) -> KmemFileEvent:
@@ -73,14 +87,15 @@ def decode(raw: Any, cgroups: CgroupCache) -> KmemFileEvent:
             path = os.path.join(os.readlink("/proc/%d/cwd" % raw.tgid), path)
         except OSError:
             pass
-    cgroup = cgroups.get(raw.tgid)
-    ref = container_of(cgroup) if cgroup else None
+    cgroup = cgroups.memory(raw.tgid)
+    cgroup_v2 = cgroups.v2(int(raw.cgroup_id))
+    ref = container_of(cgroup or "") or container_of(cgroup_v2 or "")
     op = OPS.get(raw.op, str(raw.op))
     return KmemFileEvent(
         ts_ns=int(raw.ts_ns), tgid=int(raw.tgid), tid=int(raw.tid),
         comm=_text(bytes(raw.comm)), op=op, path=path,
         value=_text(bytes(raw.value)) if op == "write" else None, ret=int(raw.ret),
-        writer_cgroup=cgroup, container=ref.to_json() if ref else None)
+        writer_cgroup=cgroup, writer_cgroup_v2=cgroup_v2, container=ref.to_json() if ref else None)
 
 
 def matches_cgroup(event: KmemFileEvent, cgroup: Optional[str]) -> bool:
@@ -89,7 +104,8 @@ def matches_cgroup(event: KmemFileEvent, cgroup: Optional[str]) -> bool:
         return True
     want = "/" + cgroup.strip("/")
     target = os.path.dirname(event.path)
-    return (event.writer_cgroup or "").startswith(want) or ("/" + target.strip("/")).find(want) >= 0
+    writers = (event.writer_cgroup or "", event.writer_cgroup_v2 or "")
+    return any(w.startswith(want) for w in writers) or ("/" + target.strip("/")).find(want) >= 0
 
 
 def probe(pid: Optional[int]) -> Probe:
@@ -97,6 +113,8 @@ def probe(pid: Optional[int]) -> Probe:
     params = {"FILTER_TGID": pid} if pid is not None else {}
     flags = [flag for name, flag in (("sys_enter_open", "HAVE_SYS_OPEN"), ("sys_enter_dup2", "HAVE_SYS_DUP2"))
              if tracepoint_exists("syscalls", name)]
+    if kallsyms_has(["bpf_get_current_cgroup_id"])["bpf_get_current_cgroup_id"]:
+        flags.append("HAVE_CGROUP_ID")
     return Probe("kmemsnoop", params, flags)
 
 
