@@ -9,10 +9,11 @@ so one value means different things on different kernels (0x20 is ``GFP_ATOMIC``
 - ``"4.4"``: v4.4 to v4.9. Since commit d0164adc89f6 (v4.4) ``__GFP_WAIT`` is gone and reclaim
   is split into ``__GFP_DIRECT_RECLAIM``/``__GFP_KSWAPD_RECLAIM``; commit 41b6167e8f74 (v4.10)
   removed ``__GFP_OTHER_NODE`` and moved the bits above it.
-- ``"modern"``: include/linux/gfp_types.h of v6.1. The bits up to ``__GFP_ZEROTAGS`` have the
-  same positions from v5.4 to v6.18; higher bits depend on the kernel config and are left as hex.
-  Composite names follow v6.1 (v6.3 dropped ``__GFP_ATOMIC``, so a newer ``GFP_ATOMIC`` shows
-  as ``GFP_NOWAIT|__GFP_HIGH``).
+- ``"modern"``: include/linux/gfp_types.h of v6.1. The bits up to ``__GFP_ACCOUNT`` (0x400000)
+  have the same positions from v5.4 to v6.18; 0x800000 is ``__GFP_ZEROTAGS`` as in v6.1 (older
+  lockdep kernels used it for ``__GFP_NOLOCKDEP``); higher bits depend on the kernel config and
+  are left as hex. Composite names follow v6.1 (v6.3 dropped ``__GFP_ATOMIC``, so a newer
+  ``GFP_ATOMIC`` shows as ``GFP_NOWAIT|__GFP_HIGH``).
 
 Decoding is greedy like the kernel's own ``%pGg``: composite masks first, then single bits;
 bits no table entry covers are appended as one hex value.

@@ -552,10 +552,10 @@ def _usage_count_meaning(release: Optional[str], release_source: str, saw_ref_tr
 
 _HUNG = re.compile(r"INFO: task (?P<task>.+):(?P<pid>\d{1,10}) blocked for more than "
                    r"(?P<seconds>\d{1,12}) seconds")
-# sched_show_task() before v5.12: "%-15.15s %c" then [stack pointer] free-stack pid ppid flags
+# sched_show_task() before v5.9: "%-15.15s %c" then [stack pointer (3.x)] free-stack pid ppid flags
 _TASK_OLD = re.compile(r"^(?P<task>\S.{0,14}?)\s+(?P<state>[RSDTtXZPIKWN])\s*(?:[0-9a-f]{8,16}\s+)?"
                        r"\d{1,10}\s+(?P<pid>\d{1,10})\s+\d{1,10}\s+0x[0-9a-f]{1,16}$")
-# since v5.12: "task:%-15.15s state:%c stack:... pid:..."
+# since commit cc172ff301d8 (v5.9): "task:%-15.15s state:%c stack:%5lu pid:%5d ppid:..."
 _TASK_NEW = re.compile(r"^task:(?P<task>.+?)\s+state:(?P<state>\S)\s.*?\bpid:\s*(?P<pid>\d{1,10})")
 _WORKQUEUE = re.compile(r"^Workqueue: (?P<workqueue>.+)$")
 _TASK_END = re.compile(r"^</TASK>$")

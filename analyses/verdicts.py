@@ -52,11 +52,16 @@ def _kmem_evidence(findings: List[Dict[str, Any]]) -> List[str]:
             slub.get("first_seen"), slub.get("last_seen")))
         for c in memcg:
             out.append("cache %s charged to memcg %s, cgroup %s" % (c["cache"], c.get("memcg_id"), c.get("cgroup")))
-    hung = _by_kind(findings, "hung_task_mempool")
-    if hung:
-        for t in hung.get("tasks", []):
-            out.append("task %s (pid %s) blocked in %s" % (t.get("task"), t.get("pid"),
-                                                           " <- ".join(t.get("frames", [])[:5])))
+    out.extend(_task_lines(_by_kind(findings, "hung_task_mempool")))
+    return out
+
+
+def _task_lines(finding: Optional[Dict[str, Any]]) -> List[str]:
+    """'task X (pid N) blocked in a <- b <- c' from the frames that made the stack match."""
+    out = []
+    for t in (finding or {}).get("tasks", []):
+        frames = t.get("matched_frames") or t.get("frames", [])[:6]
+        out.append("task %s (pid %s) blocked in %s" % (t.get("task"), t.get("pid"), " <- ".join(frames)))
     return out
 
 
@@ -68,14 +73,13 @@ def _netdev_evidence(findings: List[Dict[str, Any]]) -> List[str]:
             out.append("%s: %s message(s), max usage count %s%s" % (
                 d.get("name"), d.get("messages"), d.get("max_usage_count"),
                 ", waited >= %ss" % d["duration_seconds"] if d.get("duration_seconds") else ""))
+            for tracker in d.get("ref_tracker", []):
+                out.append("ref_tracker: %s holds %s, taken via %s" % (
+                    tracker.get("holder"), d.get("name"), " <- ".join(tracker.get("frames", [])[:4])))
         meaning = wait.get("leaked_references")
         if isinstance(meaning, dict) and meaning.get("explanation"):
             out.append("count semantics (%s): %s" % (meaning.get("basis"), meaning["explanation"]))
-    hung = _by_kind(findings, "hung_task_netdev")
-    if hung:
-        for t in hung.get("tasks", []):
-            out.append("task %s (pid %s) blocked in %s" % (t.get("task"), t.get("pid"),
-                                                           " <- ".join(t.get("frames", [])[:5])))
+    out.extend(_task_lines(_by_kind(findings, "hung_task_netdev")))
     return out
 
 

@@ -116,7 +116,19 @@ def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
         signal.signal(signal.SIGTERM, old)
         for cpu in _bcc().utils.get_online_cpus():   # close our buffers while the map fd is open
             del perf[cpu]
+        dropped = map_drops(bpf)
+        if dropped and on_lost is not None:
+            on_lost(dropped)
         bpf.cleanup()
+
+
+def map_drops(bpf: Any) -> int:
+    """Events a program dropped because a bounded map was full (its ``lost`` array, if it has one)."""
+    try:
+        table = bpf.get_table("lost")
+    except KeyError:
+        return 0
+    return sum(int(v.value) for v in table.values())
 
 
 def try_fentry_attach(function: str) -> Tuple[bool, str]:
