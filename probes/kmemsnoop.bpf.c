@@ -93,7 +93,8 @@ static __always_inline void stamp(struct kmem_event *ev)
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
 }
 
-static __always_inline int on_open_exit(void *ctx, long ret)
+/* Syscall exit of an open or write this thread started on a kmem file: emit it with its result. */
+static __always_inline int on_exit(void *ctx, long ret)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct pending *p = pending_by_tid.lookup(&tid);
@@ -101,13 +102,15 @@ static __always_inline int on_open_exit(void *ctx, long ret)
         return 0;
     stamp(&p->ev);
     p->ev.ret = ret;
-    p->ev.fd = ret >= 0 ? (s32)ret : -1;
-    events.perf_submit(ctx, &p->ev, sizeof(p->ev));
-    if (ret >= 0) {
-        u64 key = ((u64)p->ev.tgid << 32) | (u32)ret;
-        if (kmem_fds.update(&key, p))
-            count_lost();
+    if (p->ev.op == KMEM_OP_OPEN) {
+        p->ev.fd = ret >= 0 ? (s32)ret : -1;
+        if (ret >= 0) {
+            u64 key = ((u64)p->ev.tgid << 32) | (u32)ret;
+            if (kmem_fds.update(&key, p))
+                count_lost();
+        }
     }
+    events.perf_submit(ctx, &p->ev, sizeof(p->ev));
     pending_by_tid.delete(&tid);
     return 0;
 }
@@ -138,19 +141,6 @@ static __always_inline int on_write_enter(u32 fd, const char *ubuf, u64 count)
     return 0;
 }
 
-static __always_inline int on_write_exit(void *ctx, long ret)
-{
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct pending *p = pending_by_tid.lookup(&tid);
-    if (!p)
-        return 0;
-    stamp(&p->ev);
-    p->ev.ret = ret;
-    events.perf_submit(ctx, &p->ev, sizeof(p->ev));
-    pending_by_tid.delete(&tid);
-    return 0;
-}
-
 TRACEPOINT_PROBE(syscalls, sys_enter_openat)
 {
     return on_open_enter(args->filename, args->flags);
@@ -158,7 +148,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_openat)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_openat)
 {
-    return on_open_exit(args, args->ret);
+    return on_exit(args, args->ret);
 }
 
 #ifdef HAVE_SYS_OPEN
@@ -169,7 +159,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_open)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_open)
 {
-    return on_open_exit(args, args->ret);
+    return on_exit(args, args->ret);
 }
 #endif
 
@@ -180,7 +170,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_write)
 
 TRACEPOINT_PROBE(syscalls, sys_exit_write)
 {
-    return on_write_exit(args, args->ret);
+    return on_exit(args, args->ret);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
