@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from . import probes as _probes_package
-from .errors import MissingKernelFeature, PrivilegeError, ProbeLoadError
+from .errors import MissingDependency, MissingKernelFeature, PrivilegeError, ProbeLoadError
 from .tracefs import ensure_tracefs
 
 PROBES_DIR = os.path.dirname(os.path.abspath(_probes_package.__file__))
@@ -22,9 +22,9 @@ def _bcc() -> Any:
     try:
         import bcc  # noqa: F401  (system package: python3-bpfcc / python3-bcc)
     except ImportError:
-        raise MissingKernelFeature(
-            "bcc Python module", fallback="apt-get install python3-bpfcc (Debian/Ubuntu) or "
-            "yum install python3-bcc (RHEL 7); a venv needs --system-site-packages")
+        raise MissingDependency(
+            "the bcc Python module", "apt-get install python3-bpfcc (Debian/Ubuntu) or "
+            "yum install bcc python-bcc (RHEL 7); a venv needs --system-site-packages")
     return bcc
 
 
@@ -68,6 +68,7 @@ class Probe:
         if os.geteuid() != 0:
             raise PrivilegeError("tracing")
         bcc = _bcc()
+        _require_headers()
         ensure_tracefs()
         try:
             return bcc.BPF(src_file=self.path.encode(), cflags=self.cflags())
@@ -75,6 +76,17 @@ class Probe:
             raise ProbeLoadError("cannot load BPF program %s: %s (use -v for the log)"
                                  % (self.name, str(err).splitlines()[0] if str(err) else type(err).__name__),
                                  log=str(err))
+
+
+def _require_headers() -> None:
+    """bcc compiles against /lib/modules/$(uname -r)/build, or the kernel's built-in kheaders."""
+    release = os.uname().release
+    if os.path.isdir("/lib/modules/%s/build/include" % release) or os.path.exists("/sys/kernel/kheaders.tar.xz"):
+        return
+    raise MissingKernelFeature(
+        "kernel headers for %s" % release,
+        fallback="apt-get install linux-headers-%s (Debian/Ubuntu), yum install kernel-devel-%s (RHEL), "
+                 "or modprobe kheaders" % (release, release))
 
 
 class _Stop(Exception):

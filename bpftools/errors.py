@@ -65,3 +65,12 @@ class ProbeLoadError(BpftoolsError):
 
     def detail(self) -> Optional[str]:
         return self.log or None
+
+
+class MissingDependency(BpftoolsError):
+    """A system package the command needs is not installed (same exit code as a missing feature)."""
+
+    exit_code = EXIT_MISSING_FEATURE
+
+    def __init__(self, what: str, install: str) -> None:
+        super().__init__("missing dependency: %s; install it: %s" % (what, install))

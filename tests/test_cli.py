@@ -70,3 +70,39 @@ def test_not_root_is_a_one_line_error(bpftools_cli):
     assert proc.returncode == EXIT_NOT_ROOT, proc.stderr
     assert proc.stderr.strip() == ("bpftools: error: tracing needs root (or CAP_BPF and CAP_PERFMON); "
                                    "run it with sudo")
+
+
+NO_BCC = "import sys; sys.modules['bcc'] = None; from bpftools.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _without_bcc(*args, **kw):
+    """Run the CLI in a Python where `import bcc` fails, as on a node without python3-bpfcc."""
+    return subprocess.run([sys.executable, "-c", NO_BCC] + list(args), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=120, **kw)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["doctor", "--help"], ["report", "--help"]])
+def test_help_works_without_bcc(args):
+    proc = _without_bcc(*args)
+    assert proc.returncode == 0 and "Examples:" in proc.stdout, proc.stderr
+
+
+def test_doctor_on_a_log_and_report_work_without_bcc(tmp_path):
+    log = tmp_path / "k.log"
+    log.write_text("[  10.000000] unregister_netdevice: waiting for eth0.100 to become free. Usage count = 1\n")
+    proc = _without_bcc("doctor", "--json", "--log", str(log), "--release", "5.4.0-29-generic")
+    assert proc.returncode == 0, proc.stderr
+    import json
+    report = json.loads(proc.stdout)
+    assert report["findings"][0]["devices"][0]["name"] == "eth0.100"
+    rec = tmp_path / "r.jsonl"
+    rec.write_text('{"format": "bpftools-recording/1", "tool": "kmemsnoop", "argv": []}\n')
+    assert _without_bcc("report", str(rec)).returncode == 0
+
+
+@pytest.mark.root
+def test_tracing_without_bcc_names_the_package():
+    proc = _without_bcc("kmemsnoop", "-d", "1")
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stderr.strip().startswith("bpftools: error: missing dependency: the bcc Python module")
+    assert "python3-bpfcc" in proc.stderr and "Traceback" not in proc.stderr

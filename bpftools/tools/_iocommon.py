@@ -1,0 +1,269 @@
+"""Plumbing shared by the I/O-stall tools (slabfail, mempoolwait, writeslow, iojitter).
+
+All four load one BPF program, ``probes/iojitter.bpf.c``, with the sections they need switched on
+(bcc rewrites map operations only in the main source file, so the sections cannot live in separate
+files that iojitter includes). A :class:`Plan` says which sections, tracepoints and kprobes a run
+uses; :func:`load` compiles it and attaches the kprobes; :class:`Capture` turns the raw records'
+common parts (stack ids, pids) into names once per run.
+"""
+import os
+import re
+import sys
+from typing import Any, Callable, Dict, List, Optional, Set
+
+import click
+from dataclasses import asdict, dataclass, field
+
+from ..capture import Probe, poll_events
+from ..cgroups import cgroup2_path_of_id, container_of
+from ..errors import MissingKernelFeature, ProbeLoadError
+from ..tracefs import find_tracefs
+from .kmemsnoop import CgroupCache
+
+PROGRAM = "iojitter"
+EV_SLAB_FAIL, EV_SLUB_OOM, EV_SLEEP, EV_MEMPOOL_ALLOC, EV_WRITEBACK, EV_DROPPED = 1, 2, 3, 4, 5, 6
+MODES = ("auto", "kprobe", "tracepoint")
+
+
+def text(raw: bytes) -> str:
+    """A C string from a fixed-size char array."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def tracepoint_fields(category: str, name: str, tracefs: Optional[str] = None) -> Optional[Set[str]]:
+    """Field names of tracepoint CATEGORY:NAME from its tracefs format file, None when it does not exist."""
+    fmt = tracepoint_format(category, name, tracefs)
+    if fmt is None:
+        return None
+    return set(re.findall(r"field:[^;]*?([A-Za-z_][A-Za-z0-9_]*)(?:\[[^\]]*\])?;", fmt))
+
+
+def tracepoint_format(category: str, name: str, tracefs: Optional[str] = None) -> Optional[str]:
+    """The text of a tracepoint's format file, or None."""
+    base = tracefs or find_tracefs()
+    if not base:
+        return None
+    try:
+        with open(os.path.join(base, "events", category, name, "format")) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def kprobes_available() -> bool:
+    """True when this kernel has kprobes (the capability layer's check)."""
+    from ..capabilities import _check_kprobes
+    return bool(_check_kprobes(find_tracefs()).ok)
+
+
+def headers_match_running_kernel() -> bool:
+    """True when /lib/modules/$(uname -r)/build holds this kernel's own headers (struct reads are safe)."""
+    release = os.uname().release
+    build = "/lib/modules/%s/build" % release
+    for rel in ("include/generated/utsrelease.h", "include/config/kernel.release"):
+        try:
+            with open(os.path.join(build, rel)) as f:
+                found = re.search(r'"?([^"\s]+)"?\s*$', f.read().strip())
+        except OSError:
+            continue
+        return bool(found) and found.group(1) == release
+    return False
+
+
+def has_header(relpath: str) -> bool:
+    """True when the running kernel's header tree has include/RELPATH."""
+    release = os.uname().release
+    return os.path.exists(os.path.join("/lib/modules/%s/build/include" % release, relpath))
+
+
+@dataclass
+class Attach:
+    """One kprobe (or kretprobe) to attach: the kernel symbol and the BPF function."""
+
+    event: str
+    fn_name: str
+    ret: bool = False
+
+
+@dataclass
+class Plan:
+    """What one run traces: the program's flags and parameters, the kprobes, and what was chosen why."""
+
+    mode: str                                   # "kprobe" | "tracepoint" (of the main section)
+    flags: List[str] = field(default_factory=list)
+    params: Dict[str, int] = field(default_factory=dict)
+    kprobes: List[Attach] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    slots: Dict[int, str] = field(default_factory=dict)    # writeback kprobe slot -> function
+
+    def merge(self, other: "Plan") -> "Plan":
+        """The union of two plans (iojitter); this plan's mode names the result."""
+        params = dict(self.params)
+        params.update(other.params)
+        slots = dict(self.slots)
+        slots.update(other.slots)
+        return Plan(mode=self.mode, flags=sorted(set(self.flags) | set(other.flags)), params=params,
+                    kprobes=self.kprobes + other.kprobes, notes=self.notes + other.notes, slots=slots)
+
+    def probe(self) -> Probe:
+        return Probe(PROGRAM, self.params, sorted(set(self.flags)))
+
+    def to_json(self) -> Dict[str, Any]:
+        """The ``mode`` record written first in a recording."""
+        return {"type": "mode", "mode": self.mode, "flags": sorted(set(self.flags)),
+                "params": dict(self.params), "kprobes": [asdict(a) for a in self.kprobes],
+                "notes": list(self.notes), "slots": dict((str(k), v) for k, v in self.slots.items())}
+
+    def describe(self) -> str:
+        """What --ebpf prints: the plan, then the program with its cflags."""
+        lines = ["// mode: %s" % self.mode] + ["// %s" % n for n in self.notes]
+        lines += ["// attach %s %s -> %s" % ("kretprobe" if a.ret else "kprobe", a.event, a.fn_name)
+                  for a in self.kprobes]
+        return "\n".join(lines) + "\n" + self.probe().describe()
+
+
+def choose_mode(requested: str, kprobe_ok: bool, what: str) -> str:
+    """kprobe or tracepoint for REQUESTED (auto/kprobe/tracepoint); kprobe without kprobes is an error."""
+    if requested == "kprobe" and not kprobe_ok:
+        raise MissingKernelFeature("kprobes (CONFIG_KPROBES) for %s" % what,
+                                   fallback="--mode tracepoint")
+    if requested == "auto":
+        return "kprobe" if kprobe_ok else "tracepoint"
+    return requested
+
+
+def load(plan: Plan) -> Any:
+    """Compile and load the program, then attach the plan's kprobes; detaches everything on failure."""
+    bpf = plan.probe().load()
+    for a in plan.kprobes:
+        try:
+            if a.ret:
+                bpf.attach_kretprobe(event=a.event.encode(), fn_name=a.fn_name.encode())
+            else:
+                bpf.attach_kprobe(event=a.event.encode(), fn_name=a.fn_name.encode())
+        except Exception as err:  # bcc raises plain Exception
+            bpf.cleanup()
+            raise ProbeLoadError("cannot attach %s to %s: %s" % (
+                "kretprobe" if a.ret else "kprobe", a.event, str(err).splitlines()[0] if str(err) else "error"),
+                log=str(err))
+    return bpf
+
+
+@dataclass
+class Lost:
+    """A gap in the stream: COUNT records lost after the event at TS_NS (None: position unknown)."""
+
+    count: int
+    source: str          # "perf_buffer" (user space too slow) | "kernel_map_full" (a BPF map was full)
+    ts_ns: Optional[int]
+
+    def to_json(self) -> Dict[str, Any]:
+        out = asdict(self)
+        out["type"] = "lost"
+        return out
+
+
+class Capture(object):
+    """Per-run decoding state: the loaded program's stack map and the pids' cgroups, looked up once."""
+
+    def __init__(self, bpf: Any, plan: Plan) -> None:
+        self.bpf = bpf
+        self.plan = plan
+        self.last_ts = None  # type: Optional[int]
+        self._stacks = {}  # type: Dict[int, List[str]]
+        self._cgroups = CgroupCache()
+        self._wb_cgroups = {}  # type: Dict[int, Optional[str]]
+        self._kernel_drops = 0
+
+    def frames(self, stack_id: int) -> Optional[List[str]]:
+        """Kernel frames of STACK_ID, innermost first; None when no stack was taken (negative id)."""
+        if stack_id < 0:
+            return None
+        if stack_id not in self._stacks:
+            try:
+                addrs = list(self.bpf["stacks"].walk(stack_id))
+            except KeyError:
+                return None
+            self._stacks[stack_id] = [self.symbol(a) for a in addrs]
+        return list(self._stacks[stack_id])
+
+    def symbol(self, addr: int) -> str:
+        """Kernel symbol of ADDR (``[unknown]`` when kallsyms has none)."""
+        name = self.bpf.ksym(addr)
+        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+
+    def process(self, tgid: int) -> Dict[str, Any]:
+        """``cgroup`` (memory cgroup path) and ``container`` (ContainerRef JSON) of a process."""
+        cgroup = self._cgroups.get(tgid)
+        ref = container_of(cgroup) if cgroup else None
+        return {"cgroup": cgroup, "container": ref.to_json() if ref else None}
+
+    def wb_cgroup(self, ino: int) -> Optional[str]:
+        """cgroup2 path of a bdi_writeback's cgroup inode (cgroup writeback), when it can be found."""
+        if ino <= 1:
+            return None
+        if ino not in self._wb_cgroups:
+            self._wb_cgroups[ino] = cgroup2_path_of_id(ino)
+        return self._wb_cgroups[ino]
+
+    def dropped(self, raw: Any) -> Lost:
+        """An EV_DROPPED record as a gap marker counting the drops since the previous report."""
+        total = int(raw.dropped)
+        count, self._kernel_drops = total - self._kernel_drops, total
+        return Lost(count=count, source="kernel_map_full", ts_ns=self.last_ts)
+
+    def seen(self, ts_ns: int) -> None:
+        """Remember the newest event time (a later loss is placed after it)."""
+        if self.last_ts is None or ts_ns > self.last_ts:
+            self.last_ts = ts_ns
+
+
+def run(plan: Plan, on_raw: Callable[[Any, Capture], None], duration: Optional[float],
+        ready: Optional[Callable[[], None]], on_lost: Callable[[Lost], None]) -> None:
+    """Load PLAN and poll until DURATION/Ctrl-C/SIGTERM, handing each raw record to ON_RAW."""
+    bpf = load(plan)
+    capture = Capture(bpf, plan)
+
+    def _lost(count: int) -> None:
+        on_lost(Lost(count=count, source="perf_buffer", ts_ns=capture.last_ts))
+
+    poll_events(bpf, "events", lambda raw: on_raw(raw, capture), duration=duration, ready=ready,
+                on_lost=_lost, page_cnt=128)
+
+
+def positive(ctx: click.Context, param: click.Parameter, value: Optional[float]) -> Optional[float]:
+    """click callback: a number > 0."""
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be > 0")
+    return value
+
+
+def common_options(fn: Callable) -> Callable:
+    """The options every I/O-stall tool shares (kmemsnoop's names and meanings)."""
+    decorators = [
+        click.option("-p", "--pid", type=click.IntRange(1, 2 ** 31 - 1), help="Trace this process (tgid) only."),
+        click.option("--cgroup", metavar="PATH", help="Only tasks whose memory cgroup path starts with PATH."),
+        click.option("-d", "--duration", type=float, callback=positive, metavar="SECONDS", help="Stop after SECONDS."),
+        click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
+                     help="kprobe: exact (needs kprobes); tracepoint: works everywhere, less detail."),
+        click.option("--json", "as_json", is_flag=True, help="JSON output (one object per line)."),
+        click.option("--record", metavar="FILE", help="Also write a recording (JSON lines) to FILE."),
+        click.option("--ready-file", metavar="FILE", hidden=True, help="Touch FILE once attached (for tests)."),
+        click.option("--ebpf", is_flag=True, hidden=True, help="Print the plan, BPF program and cflags, then exit."),
+    ]
+    for deco in reversed(decorators):
+        fn = deco(fn)
+    return fn
+
+
+def cgroup_matches(cgroup: Optional[str], want: Optional[str]) -> bool:
+    """--cgroup filter: the event's memory cgroup path starts with WANT."""
+    if not want:
+        return True
+    prefix = "/" + want.strip("/")
+    return bool(cgroup) and (cgroup == prefix or cgroup.startswith(prefix.rstrip("/") + "/") or prefix == "/")
+
+
+def warn(message: str) -> None:
+    """A one-line note on stderr (keeps stdout clean for --json and --folded)."""
+    sys.stderr.write("bpftools: %s\n" % message)
