@@ -1,4 +1,5 @@
 """The real CLI: help with examples everywhere, one-line errors with distinct exit codes, no tracebacks."""
+import os
 import shutil
 import subprocess
 import sys
@@ -106,3 +107,17 @@ def test_tracing_without_bcc_names_the_package():
     assert proc.returncode == 5, proc.stderr
     assert proc.stderr.strip().startswith("bpftools: error: missing dependency: the bcc Python module")
     assert "python3-bpfcc" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.root
+def test_missing_kernel_headers_is_a_one_line_error():
+    """In a private mount namespace /lib/modules is an empty tmpfs: no headers for bcc."""
+    if shutil.which("unshare") is None or os.path.exists("/sys/kernel/kheaders.tar.xz"):
+        pytest.skip("needs unshare and a kernel without built-in kheaders")
+    script = 'mount -t tmpfs none /lib/modules && exec "$0" -m bpftools.cli kmemsnoop -d 1'
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, sys.executable],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert proc.returncode == 5, proc.stderr
+    line = proc.stderr.strip()
+    assert line.startswith("bpftools: error: missing kernel feature: kernel headers for %s" % os.uname().release)
+    assert "linux-headers-" in line and "\n" not in line
