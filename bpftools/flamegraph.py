@@ -194,18 +194,17 @@ def render_svg(folded: Dict[str, int], title: str, unit: str = "samples",
     for frame in lay.frames:
         x, w = lay.x(frame), lay.w(frame)
         y = base - (frame.depth + 1) * FRAME_HEIGHT
-        name = clean_text(frame.name)
         share = fixed(100.0 * frame.value / lay.total, 2) if lay.total else "0.00"
         parts.append(
             '<g class="f %s" data-s="%d" data-v="%d" data-d="%d"><title>%s\n%s, %s%%</title>'
             '<rect x="%.2f" y="%d" width="%.2f" height="%d" rx="2" ry="2" fill="%s"/>'
             '<text x="%.2f" y="%d">%s</text></g>\n' % (
-                KIND_CLASS[frame.kind], frame.start, frame.value, frame.depth, escape(name, quote=False),
-                format_weight(frame.value, unit, count_name), share,
-                x, y, w, FRAME_HEIGHT - 1, frame_colour(name, frame.kind),
-                x + 3, y + 11, escape(fit_label(name, w), quote=False)))
+                KIND_CLASS[frame.kind], frame.start, frame.value, frame.depth, _t(frame.name),
+                _t(format_weight(frame.value, unit, count_name)), share,
+                x, y, w, FRAME_HEIGHT - 1, frame_colour(frame.name, frame.kind),
+                x + 3, y + 11, _t(fit_label(frame.name, w))))
     parts.append("</g>\n")
-    parts.append('<script type="text/ecmascript"><![CDATA[%s]]></script>\n' % _JS)
+    parts.append('<script type="text/ecmascript"><![CDATA[%s]]></script>\n' % SCRIPT)
     parts.append("</svg>\n")
     return "".join(parts)
 
@@ -224,7 +223,7 @@ _CSS = (
 )
 
 # Plain ES5 so that old browsers on jump hosts run it; no user data is ever placed in here.
-_JS = r"""
+SCRIPT = r"""
 (function () {
   "use strict";
   var svg = document.currentScript;

@@ -11,7 +11,10 @@ Everything in an :class:`IncidentReport` is treated as hostile: text is cleaned
 for HTML text and attributes, and the JSON escapes ``<``, ``>`` and ``&`` so ``</script>`` cannot end
 its element. Only this module's own markup goes out unescaped.
 """
+import base64
+import hashlib
 import json
+import math
 import re
 import shlex
 from html import escape
@@ -20,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from dataclasses import dataclass, field
 
 from .analyses.folded import clean_text, fixed, format_weight
+from .flamegraph import SCRIPT as FLAMEGRAPH_SCRIPT
 from .flamegraph import render_svg
 
 STATUSES = ("detected", "at-risk", "clear")
@@ -121,6 +125,8 @@ def json_for_script(data: Any) -> str:
 def _clean_json(data: Any) -> Any:
     if isinstance(data, (str, bytes)):
         return text(data)
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)                     # NaN/Infinity are not JSON: JSON.parse would fail
     if isinstance(data, dict):
         return dict((text(k), _clean_json(v)) for k, v in data.items())
     if isinstance(data, (list, tuple)):
@@ -287,6 +293,15 @@ def _summary(verdicts: List[Dict[str, Any]]) -> str:
     return " ".join(counts)
 
 
+def content_security_policy() -> str:
+    """Only our own scripts may run (by hash), nothing is loaded from anywhere: should escaping
+    ever fail, an injected script or event handler still would not run."""
+    hashes = " ".join("'sha256-%s'" % base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode("ascii")
+                      for js in (_PAGE_JS, FLAMEGRAPH_SCRIPT))
+    return ("default-src 'none'; script-src %s; style-src 'unsafe-inline'; img-src data:; "
+            "base-uri 'none'; form-action 'none'" % hashes)
+
+
 def render_html(report: IncidentReport) -> str:
     """The whole report page (see the module docstring)."""
     parts = sections(report)
@@ -296,6 +311,7 @@ def render_html(report: IncidentReport) -> str:
     notes = "".join('<p class="note">%s</p>' % h(n) for n in report.notes)
     return """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="%s">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="bpftools %s">
 <title>%s</title>
@@ -310,7 +326,7 @@ def render_html(report: IncidentReport) -> str:
 <script type="application/json" id="bpftools-report-data">%s</script>
 <script>%s</script>
 </body></html>
-""" % (h(report.tool_version), h(report.title), _CSS, h(report.title), h(report.generated), h(report.kernel_release),
+""" % (h(content_security_policy()), h(report.tool_version), h(report.title), _CSS, h(report.title), h(report.generated), h(report.kernel_release),
        " &middot; bpftools %s" % h(report.tool_version) if report.tool_version else "",
        _summary(report.verdicts) or "no verdicts", notes, nav, body, json_for_script(report.to_json()), _PAGE_JS)
 
