@@ -93,17 +93,20 @@ Examples:
   bpftools kmemsnoop -d 30 --json      # 30 s, one JSON object per line
   bpftools kmemsnoop -p 1234           # only process 1234
   bpftools kmemsnoop --cgroup kubepods --record kmem.jsonl
+  bpftools kmemsnoop -d 600 --report /tmp/kmem-report   # HTML report + flame graph at the end
 """, context_settings=CONTEXT)
 @click.option("-p", "--pid", type=click.IntRange(1, 2 ** 31 - 1), help="Trace this process (tgid) only.")
 @click.option("--cgroup", metavar="PATH", help="Only writers in, or files under, this memory cgroup path.")
 @click.option("-d", "--duration", type=float, callback=_positive, metavar="SECONDS", help="Stop after SECONDS.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
 @click.option("--record", metavar="FILE", help="Also write a recording (JSON lines) to FILE.")
+@click.option("--report", "report_dir", metavar="DIR", help="At the end, write report.html and flame graphs to DIR.")
 @click.option("--ready-file", metavar="FILE", hidden=True, help="Touch FILE once attached (for tests).")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and cflags, then exit.")
 @click.pass_obj
 def kmemsnoop(opts: Options, pid: Optional[int], cgroup: Optional[str], duration: Optional[float],
-              as_json: bool, record: Optional[str], ready_file: Optional[str], ebpf: bool) -> None:
+              as_json: bool, record: Optional[str], report_dir: Optional[str], ready_file: Optional[str],
+              ebpf: bool) -> None:
     """Trace opens and writes of memory.kmem.* files: who turns on kmem accounting, with what value."""
     from . import render
     from .tools import kmemsnoop as tool
@@ -111,7 +114,7 @@ def kmemsnoop(opts: Options, pid: Optional[int], cgroup: Optional[str], duration
         click.echo(tool.probe(pid).describe())
         return
     from .live import LiveRun
-    with LiveRun(tool.TOOL, record) as run:
+    with LiveRun(tool.TOOL, record, report_dir) as run:
         if not as_json:
             click.echo(render.KMEM_HEADER)
 
@@ -124,16 +127,29 @@ def kmemsnoop(opts: Options, pid: Optional[int], cgroup: Optional[str], duration
 
 @cli.command(epilog="""\b
 Examples:
-  bpftools report kmem.jsonl           # table
+  bpftools report kmem.jsonl                   # the table the live tool printed
   bpftools report kmem.jsonl --json
+  bpftools report kmem.jsonl --report out/     # report.html + .svg/.folded/.speedscope.json
+  bpftools report kmem.jsonl --folded - | flamegraph.pl > kmem.svg
 """, context_settings=CONTEXT)
 @click.argument("recording", metavar="RECORDING")
 @click.option("--json", "as_json", is_flag=True, help="Print the events as JSON.")
-def report(recording: str, as_json: bool) -> None:
-    """Re-render a recording made with --record."""
+@click.option("--folded", metavar="FILE", help="Write folded stacks (flamegraph.pl/inferno); '-' for stdout.")
+@click.option("--speedscope", metavar="FILE", help="Write a speedscope JSON profile.")
+@click.option("--svg", metavar="FILE", help="Write an interactive SVG flame graph.")
+@click.option("--html", metavar="FILE", help="Write the self-contained HTML incident report.")
+@click.option("--report", "out_dir", metavar="DIR", help="Write all of the above into DIR.")
+def report(recording: str, as_json: bool, folded: Optional[str], speedscope: Optional[str], svg: Optional[str],
+           html: Optional[str], out_dir: Optional[str]) -> None:
+    """Re-render a recording made with --record, or export it."""
     from . import render
     from .recording import read_recording
     rec = read_recording(recording)
+    if any((folded, speedscope, svg, html, out_dir)):
+        from .reports import build_report, export
+        for path in export(build_report(rec.header, rec.events), folded, speedscope, svg, html, out_dir):
+            click.echo("wrote %s" % path, err=True)
+        return
     if as_json:
         _print_json({"header": rec.header, "events": rec.events, "trailer": rec.trailer,
                      "damaged_lines": rec.damaged_lines})

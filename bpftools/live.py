@@ -1,22 +1,34 @@
-"""A live run's bookkeeping: the recording, the ready file, and lost-event reporting on exit."""
+"""A live run's bookkeeping: the recording, the report directory, the ready file and lost events.
+
+Whatever ends the run (duration, SIGTERM, Ctrl-C), the recording gets its trailer and the report
+directory its files: nothing recorded is lost.
+"""
 import sys
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .recording import Recorder, make_header
 
+MAX_REPORT_EVENTS = 1000000
+
 
 class LiveRun(object):
-    """Context manager around one live capture; the recording is closed with a trailer however it ends."""
+    """Context manager around one live capture."""
 
-    def __init__(self, tool: str, record_path: Optional[str], argv: Optional[list] = None) -> None:
+    def __init__(self, tool: str, record_path: Optional[str], report_dir: Optional[str] = None,
+                 argv: Optional[List[str]] = None) -> None:
         self.tool = tool
         self.lost = 0
+        self.report_dir = report_dir
+        self.events = []  # type: List[Dict[str, Any]]
         self.recorder = None  # type: Optional[Recorder]
-        if record_path:
+        self.header = {}  # type: Dict[str, Any]
+        if record_path or report_dir:
             from .capabilities import detect
             caps = detect(try_fentry=False)
-            self.recorder = Recorder(record_path, make_header(
-                tool, list(sys.argv if argv is None else argv), {"capabilities": caps.to_json()}))
+            self.header = make_header(tool, list(sys.argv if argv is None else argv),
+                                      {"capabilities": caps.to_json()})
+        if record_path:
+            self.recorder = Recorder(record_path, self.header)
 
     def add_lost(self, count: int) -> None:
         self.lost += count
@@ -24,6 +36,8 @@ class LiveRun(object):
     def record(self, event: Dict[str, Any]) -> None:
         if self.recorder is not None:
             self.recorder.write(event)
+        if self.report_dir and len(self.events) < MAX_REPORT_EVENTS:
+            self.events.append(event)
 
     @staticmethod
     def ready_callback(path: Optional[str]) -> Optional[Callable[[], None]]:
@@ -42,7 +56,11 @@ class LiveRun(object):
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         interrupted = exc_type is KeyboardInterrupt
         if self.lost:
-            sys.stderr.write("bpftools: %d events lost (perf buffer overflow)\n" % self.lost)
+            sys.stderr.write("bpftools: %d events lost (perf buffer overflow or full maps)\n" % self.lost)
         if self.recorder is not None:
             self.recorder.close({"lost_events": self.lost, "interrupted": interrupted,
                                  "events": self.recorder.events})
+        if self.report_dir and exc_type in (None, KeyboardInterrupt):
+            from .reports import build_report, export
+            for path in export(build_report(self.header, self.events), out_dir=self.report_dir):
+                sys.stderr.write("wrote %s\n" % path)

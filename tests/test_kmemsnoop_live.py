@@ -89,7 +89,8 @@ def test_pid_filter_excludes_other_writers(tmp_path, cgroup_dir):
 
 def test_ctrl_c_exits_130_and_keeps_the_recording(tmp_path, cgroup_dir):
     rec = str(tmp_path / "kmem.jsonl")
-    proc = _start(tmp_path, "--record", rec)
+    report_dir = tmp_path / "live-report"
+    proc = _start(tmp_path, "--record", rec, "--report", str(report_dir))
     child_pid = _write_kmem(cgroup_dir)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
@@ -102,6 +103,8 @@ def test_ctrl_c_exits_130_and_keeps_the_recording(tmp_path, cgroup_dir):
     assert recording.trailer["interrupted"] is True
     assert recording.header["tool"] == "kmemsnoop"
     assert "checks" in recording.header["capabilities"]
+    folded = (report_dir / "kmemsnoop.folded").read_text()   # the live report was written on Ctrl-C too
+    assert "[pid %d kmemwriter];" % child_pid in folded and (report_dir / "report.html").exists()
     # the live table and the report of the recording show the same lines
     report = subprocess.run([sys.executable, "-m", "bpftools.cli", "report", rec], stdout=subprocess.PIPE,
                             universal_newlines=True)
@@ -148,3 +151,31 @@ def test_writer_that_exits_at_once_keeps_its_cgroup2_path(tmp_path, cgroup_dir):
     writes = [json.loads(l) for l in out.splitlines()]
     writes = [e for e in writes if e["tgid"] == shell.pid and e["op"] == "write"]
     assert [(w["value"], w["writer_cgroup_v2"]) for w in writes] == [("1\n", "/" + os.path.basename(v2))]
+
+
+def test_recording_exports_html_svg_folded(tmp_path, cgroup_dir):
+    rec = str(tmp_path / "kmem.jsonl")
+    proc = _start(tmp_path, "--record", rec, "-d", "60")
+    child_pid = _write_kmem(cgroup_dir)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    out_dir = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "bpftools.cli", "report", rec, "--report", str(out_dir)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(str(out_dir))) == ["kmemsnoop.folded", "kmemsnoop.speedscope.json",
+                                                "kmemsnoop.svg", "report.html"]
+    folded = (out_dir / "kmemsnoop.folded").read_text().splitlines()
+    mine = [l for l in folded if l.startswith("[pid %d kmemwriter];" % child_pid)]
+    path_dir, base = cgroup_dir, "memory.kmem.limit_in_bytes"
+    writes = sorted(l for l in mine if ";write;" in l)
+    assert [l.split(";", 2)[2] for l in writes] == [
+        "write;%s;%s;[-1 -> 2] 1" % (path_dir, base), "write;%s;%s;[1 -> 1] 1" % (path_dir, base)]
+    html = (out_dir / "report.html").read_text()
+    assert "kmemwriter" in html and "Who turns on kmem accounting" in html
+    import xml.etree.ElementTree as ET
+    ET.parse(str(out_dir / "kmemsnoop.svg"))
+    folded_stdout = subprocess.run([sys.executable, "-m", "bpftools.cli", "report", rec, "--folded", "-"],
+                                   stdout=subprocess.PIPE, universal_newlines=True).stdout.splitlines()
+    assert folded_stdout == folded

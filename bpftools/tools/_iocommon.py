@@ -6,21 +6,23 @@ files that iojitter includes). A :class:`Plan` says which sections, tracepoints 
 uses; :func:`load` compiles it and attaches the kprobes; :class:`Capture` turns the raw records'
 common parts (stack ids, pids) into names once per run.
 """
+import contextlib
 import os
 import re
+import signal
 import sys
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 import click
 from dataclasses import asdict, dataclass, field
 
 from ..capture import Probe, poll_events
-from ..cgroups import cgroup2_path_of_id, container_of
+from ..cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
 from ..errors import MissingKernelFeature, ProbeLoadError
 from ..tracefs import find_tracefs
-from .kmemsnoop import CgroupCache
 
 PROGRAM = "iojitter"
+CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 EV_SLAB_FAIL, EV_SLUB_OOM, EV_SLEEP, EV_MEMPOOL_ALLOC, EV_WRITEBACK, EV_DROPPED = 1, 2, 3, 4, 5, 6
 MODES = ("auto", "kprobe", "tracepoint")
 
@@ -171,7 +173,7 @@ class Capture(object):
         self.plan = plan
         self.last_ts = None  # type: Optional[int]
         self._stacks = {}  # type: Dict[int, List[str]]
-        self._cgroups = CgroupCache()
+        self._cgroups = {}  # type: Dict[int, Optional[str]]
         self._wb_cgroups = {}  # type: Dict[int, Optional[str]]
         self._kernel_drops = 0
 
@@ -194,7 +196,9 @@ class Capture(object):
 
     def process(self, tgid: int) -> Dict[str, Any]:
         """``cgroup`` (memory cgroup path) and ``container`` (ContainerRef JSON) of a process."""
-        cgroup = self._cgroups.get(tgid)
+        if self._cgroups.get(tgid) is None:   # looked up once per pid (again if the first try failed)
+            self._cgroups[tgid] = memory_cgroup_of_pid(tgid)
+        cgroup = self._cgroups[tgid]
         ref = container_of(cgroup) if cgroup else None
         return {"cgroup": cgroup, "container": ref.to_json() if ref else None}
 
@@ -267,3 +271,88 @@ def cgroup_matches(cgroup: Optional[str], want: Optional[str]) -> bool:
 def warn(message: str) -> None:
     """A one-line note on stderr (keeps stdout clean for --json and --folded)."""
     sys.stderr.write("bpftools: %s\n" % message)
+
+
+def live(tool: str, plan: Plan, record: Optional[str], ready_file: Optional[str], duration: Optional[float],
+         decode: Callable[[Any, Capture], Optional[Any]], show: Callable[[Any], None],
+         on_gap: Optional[Callable[[Lost], None]] = None) -> None:
+    """One live run: notes on stderr, the plan then every event (and gap) in the recording, SHOW per event.
+
+    DECODE returns the tool's event (with ``ts_ns`` and ``to_json()``) or None to skip a record.
+    """
+    from ..live import LiveRun
+    for note in plan.notes:
+        warn(note)
+    with LiveRun(tool, record) as liverun:
+        liverun.record(plan.to_json())
+
+        def gap(lost: Lost) -> None:
+            liverun.record(lost.to_json())
+            if on_gap is not None:
+                on_gap(lost)
+
+        def on_raw(raw: Any, capture: Capture) -> None:
+            if raw.type == EV_DROPPED:
+                lost = capture.dropped(raw)
+                warn("%d records dropped in the kernel so far (a BPF map was full)" % int(raw.dropped))
+                gap(lost)
+                return
+            event = decode(raw, capture)
+            if event is None:
+                return
+            capture.seen(event.ts_ns)
+            liverun.record(event.to_json())
+            show(event)
+
+        def on_lost(lost: Lost) -> None:
+            liverun.add_lost(lost.count)
+            gap(lost)
+
+        run(plan, on_raw, duration, liverun.ready_callback(ready_file), on_lost)
+
+
+class Ticker(object):
+    """Calls ON_TICK every INTERVAL seconds while a capture runs, and once more at the end.
+
+    ``poll_events`` has no periodic hook, so SIGALRM drives it (Python runs the handler in the main
+    thread between bytecodes). With COUNT, the last tick is the one at the end of the run. A None
+    INTERVAL makes this a no-op.
+    """
+
+    def __init__(self, interval: Optional[float], count: Optional[int], on_tick: Callable[[], None]) -> None:
+        self.interval = interval
+        self.count = count
+        self.on_tick = on_tick
+        self.ticks = 0
+        self._old = None  # type: Any
+
+    def _fire(self, signum: int, frame: Any) -> None:
+        if self.count is not None and self.ticks >= self.count - 1:
+            return
+        self.ticks += 1
+        self.on_tick()
+
+    def __enter__(self) -> "Ticker":
+        if self.interval:
+            self._old = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.interval, self.interval)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if not self.interval:
+            return
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self._old)
+        if exc_type is None or exc_type is KeyboardInterrupt:
+            self.on_tick()
+
+
+@contextlib.contextmanager
+def then(finish: Callable[[], None]) -> Iterator[None]:
+    """Run FINISH after the block, also when Ctrl-C ended it (bcc's -f tools print on Ctrl-C too)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        finish()
+        raise
+    finish()

@@ -6,7 +6,7 @@ the value written and the result (EBUSY when the cgroup already has tasks).
 """
 import errno
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from dataclasses import asdict, dataclass
 
@@ -131,3 +131,37 @@ def capture(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
             on_event(event)
 
     poll_events(bpf, "events", _on_raw, duration=duration, ready=ready, on_lost=on_lost)
+
+
+def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], generated: str) -> Any:
+    """The HTML/flame-graph report of a kmemsnoop recording: who wrote which kmem file, with what."""
+    from ..analyses.folded import annotation, fold
+    from ..html_report import FlameGraph, IncidentReport, Table
+    records = [KmemFileEvent.from_json(e) for e in events]
+    enabling = [r for r in records if r.op == "write" and r.ret >= 0
+                and os.path.basename(r.path) == "memory.kmem.limit_in_bytes"]
+    rows = [[r.ts_ns / 1e9, r.tgid, r.comm, r.op, r.error or r.ret, r.value if r.value is not None else "",
+             r.path, r.writer_cgroup or r.writer_cgroup_v2 or ""] for r in records]
+    stacks = [([annotation("pid %d %s" % (r.tgid, r.comm)), r.writer_cgroup or r.writer_cgroup_v2 or "?",
+                r.op, os.path.dirname(r.path), os.path.basename(r.path),
+                annotation("%s -> %s" % (r.value.strip() if r.value else "open", r.error or r.ret))], 1)
+              for r in records]
+    verdict = {
+        "incident": "kmem_io_jitter", "title": "Who turns on kmem accounting",
+        "status": "detected" if enabling else "clear",
+        "summary": ("%d successful write(s) to memory.kmem.limit_in_bytes by %d process(es)"
+                    % (len(enabling), len(set(r.tgid for r in enabling)))) if enabling
+        else "no successful write to memory.kmem.limit_in_bytes was seen",
+        "evidence": ["pid %d (%s) wrote %r to %s: %s" % (r.tgid, r.comm, r.value, r.path, r.error or "ok")
+                     for r in enabling[:20]],
+        "remediation": [],
+    }
+    return IncidentReport(
+        title="kmemsnoop: writes to memory.kmem.* files", command=list(header.get("argv", [])),
+        generated=generated, kernel_release=str(header.get("kernel_release", "")),
+        verdicts=[verdict],
+        tables=[Table("Opens and writes of memory.kmem.* files",
+                      ["time (s)", "pid", "comm", "op", "result", "value", "path", "writer cgroup"], rows)],
+        timeline=[(r.ts_ns, "%s %s %s" % (r.comm, r.op, os.path.basename(r.path)), r.op) for r in records],
+        flame_graphs=[FlameGraph("kmem file accesses by writer", fold(stacks), unit="events", name="kmemsnoop")],
+        capabilities=header.get("capabilities"), tool_version=str(header.get("version", "")))

@@ -1,0 +1,153 @@
+"""iojitter: why writes stall: slab failures, mempool sleeps and slow writebacks, correlated per thread.
+
+Runs slabfail, mempoolwait and writeslow at once (one BPF program) and hands the stream to
+:mod:`bpftools.analyses.iojitter`, which gives each slow writeback a causal record ("ext4_writepages
+stalled 5.02 s: slab fail biovec-64 -> mempool wait 5.00 s (timed out)"), the share of slow writebacks
+the mempool explains, per container/pod, and folded stacks weighted by time blocked.
+
+In tracepoint mode the sleeps are sched_switch D-state sleeps of threads inside a traced writeback,
+recognised as mempool waits by their stack; other sleeps in a stall are shown as "other blocking"
+(e.g. ``blk_mq_get_tag``: the device queue was full).
+"""
+import json
+from typing import Any, Dict, List, Optional
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from ..analyses import folded as folded_stacks
+from ..analyses.iojitter import Result, correlate
+from . import _iocommon as io
+from . import mempoolwait, slabfail, writeslow
+
+TOOL = "iojitter"
+DECODERS = {io.EV_SLAB_FAIL: slabfail.decode, io.EV_SLUB_OOM: slabfail.decode, io.EV_SLEEP: mempoolwait.decode,
+            io.EV_MEMPOOL_ALLOC: mempoolwait.decode, io.EV_WRITEBACK: writeslow.decode}
+CONFIDENCE_STYLE = {"high": "green", "medium": "yellow", "low": "red"}
+MAX_EPISODES = 20
+
+
+def plan(mode: str, pid: Optional[int], min_ns: int, wait_min_ns: int) -> io.Plan:
+    """writeslow's plan (the slow-write threshold) + mempoolwait's (only sleeps inside writebacks) + slabfail's."""
+    wb = writeslow.plan(mode, pid, min_ns)
+    sleeps = mempoolwait.plan(mode, pid, wait_min_ns, only_in_writeback=True)
+    slabs = slabfail.plan(mode, pid)
+    merged = sleeps.merge(wb).merge(slabs)
+    if "WANT_SLEEP_KPROBE" in merged.flags:
+        merged.flags = [f for f in merged.flags if f != "SLEEP_ONLY_IN_WB"]
+    return merged
+
+
+def decode(raw: Any, capture: io.Capture) -> Optional[Any]:
+    """A raw record of any of the three sections as its tool's event."""
+    decoder = DECODERS.get(int(raw.type))
+    return decoder(raw, capture) if decoder else None
+
+
+def render(result: Result, console: Any, max_episodes: int = MAX_EPISODES) -> None:
+    """The verdict, the episodes table and the per-container table."""
+    style = CONFIDENCE_STYLE.get(result.confidence, "")
+    console.print("[bold]Verdict:[/bold] %s" % escape(result.verdict))
+    console.print("confidence: [%s]%s[/%s]  (sleeps from %s)" % (style, result.confidence, style, result.sleeps_from))
+    for reason in result.reasons:
+        console.print("  - %s" % escape(reason))
+    if result.episodes:
+        shown = sorted(result.episodes, key=lambda e: (-e.duration_ns, e.start_ns))[:max_episodes]
+        table = Table(title="Slow writebacks (longest %d of %d)" % (len(shown), len(result.episodes)))
+        for col in ("#", "start(s)", "pid/tid", "comm", "stall(s)", "mempool(s)", "slab fails", "dev:ino", "group"):
+            table.add_column(col)
+        for i, e in enumerate(shown, 1):
+            table.add_row(
+                str(i), "%.3f" % (e.start_ns / 1e9), "%d/%d" % (e.tgid, e.tid), escape(e.comm),
+                folded_stacks.fixed(e.duration_ns / 1e9, 3), folded_stacks.fixed(e.mempool_ns / 1e9, 3),
+                str(len(e.slab_failures)), "%s:%s" % (e.dev or "?", "?" if e.ino is None else e.ino), escape(e.group))
+        console.print(table)
+        console.print("[bold]Causal records[/bold] (sleeps in order, then the writeback calls, outermost first)")
+        for i, e in enumerate(shown, 1):
+            console.print("  %d. %s%s" % (i, escape(e.chain()), " [red](records lost meanwhile)[/red]" if e.incomplete else ""))
+    if result.groups:
+        groups = Table(title="By container / pod")
+        for col in ("group", "slow writebacks", "explained by mempool", "stalled(s)", "in mempool(s)", "slab fails"):
+            groups.add_column(col)
+        for g in result.groups:
+            groups.add_row(escape(g.group), str(g.episodes), str(g.explained), folded_stacks.fixed(g.stalled_ns / 1e9, 3),
+                           folded_stacks.fixed(g.mempool_ns / 1e9, 3), str(g.slab_failures))
+        console.print(groups)
+
+
+def render_recording(rec: Any, console: Any) -> None:
+    """``bpftools report`` of an iojitter recording: the same analysis and tables as the live run."""
+    trailer_lost = int((rec.trailer or {}).get("lost_events") or 0)
+    marked = sum(int(e.get("count") or 0) for e in rec.events if e.get("type") == "lost" and e.get("source") == "perf_buffer")
+    render(correlate(rec.events, extra_lost=max(0, trailer_lost - marked)), console)
+
+
+def _console() -> Any:
+    import sys
+    from rich.console import Console
+    return Console(file=sys.stdout, highlight=False)
+
+
+@click.command(TOOL, context_settings=io.CONTEXT, epilog="""\b
+Examples:
+  bpftools iojitter -d 60              # one minute, then the verdict and the tables
+  bpftools iojitter -m 1000 10 6       # writebacks of 1 s or more; a report every 10 s, 6 times
+  bpftools iojitter --record io.jsonl  # keep the stream: bpftools report io.jsonl
+  bpftools iojitter -f -d 60 > io.folded   # time blocked per stack, for flame graphs
+""")
+@io.common_options
+@click.option("-m", "--min-ms", type=float, default=100.0, show_default=True,
+              help="A writeback call this slow is a stall.")
+@click.option("--wait-min-ms", type=float, default=1.0, show_default=True,
+              help="Ignore sleeps shorter than this.")
+@click.option("-K", "kernel_stacks", is_flag=True, help="With --json: keep the kernel stacks in the episodes.")
+@click.option("-f", "--folded", is_flag=True, help="Print folded stacks weighted by time blocked at the end.")
+@click.argument("interval", required=False, type=float, callback=io.positive)
+@click.argument("count", required=False, type=click.IntRange(1, None))
+def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float], mode: str, as_json: bool,
+            record: Optional[str], ready_file: Optional[str], ebpf: bool, min_ms: float, wait_min_ms: float,
+            kernel_stacks: bool, folded: bool, interval: Optional[float], count: Optional[int]) -> None:
+    """Explain slow writebacks: slab failure -> mempool sleep -> writeback end, per thread and container."""
+    for name, value in (("--min-ms", min_ms), ("--wait-min-ms", wait_min_ms)):
+        if value < 0:
+            raise click.BadParameter("must be >= 0", param_hint=name)
+    the_plan = plan(mode, pid, int(min_ms * 1e6), int(wait_min_ms * 1e6))
+    if ebpf:
+        click.echo(the_plan.describe())
+        return
+    stream = [the_plan.to_json()]  # type: List[Dict[str, Any]]
+
+    def keep(raw: Any, capture: io.Capture) -> Optional[Any]:
+        event = decode(raw, capture)
+        if event is None or not io.cgroup_matches(getattr(event, "wb_cgroup", None) or event.cgroup, cgroup):
+            return None
+        return event
+
+    def report() -> None:
+        result = correlate(stream)
+        if folded:
+            return
+        if as_json:
+            out = result.to_json()
+            if not kernel_stacks:
+                for e in out["episodes"]:
+                    e.pop("kstack", None)
+                    for w in e["waits"]:
+                        w.pop("kstack", None)
+            click.echo(json.dumps(out, sort_keys=True))
+        else:
+            render(result, _console())
+
+    def finish() -> None:
+        if folded:
+            click.echo("\n".join(folded_stacks.folded_lines(correlate(stream).folded)))
+        elif not interval:
+            report()
+
+    run_duration = duration
+    if interval and count:
+        run_duration = min(duration or interval * count, interval * count)
+    with io.then(finish), io.Ticker(None if folded else interval, count, report):
+        io.live(TOOL, the_plan, record, ready_file, run_duration, keep,
+                lambda event: stream.append(event.to_json()), on_gap=lambda lost: stream.append(lost.to_json()))

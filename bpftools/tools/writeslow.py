@@ -1,0 +1,253 @@
+"""writeslow: writeback calls slower than a threshold, nested, with stacks, process, cgroup and device.
+
+Like bcc's funcslower for the writeback path, but every slow call shows, not only the innermost: each
+thread keeps a stack of the writeback calls it is inside, so an outer ``do_writepages`` and the
+``ext4_writepages`` in it are both reported, each with its nesting depth.
+
+Modes (``--mode``):
+- kprobe: entry and return kprobes on the writeback functions this kernel has (3.10: ``__writepage``,
+  ``ext4_writepage``, ``xfs_vm_writepage``...; 6.x: ``do_writepages``, ``ext4_writepages``,
+  ``iomap_writepages``...), or the ones named with ``-F``. Device, inode and pages written are read
+  from the arguments only with this kernel's own headers installed.
+- tracepoint: the ``writeback:writeback_single_inode_start``/``writeback_single_inode`` and
+  ``ext4:ext4_writepages``/``ext4_writepages_result`` pairs (device, inode, pages written included).
+"""
+import json
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+import click
+from dataclasses import asdict, dataclass
+
+from ..analyses import folded as folded_stacks
+from ..analyses import stacks
+from ..errors import BadInput, MissingKernelFeature
+from . import _iocommon as io
+
+TOOL = "writeslow"
+WB_SRC = {100: "writeback_single_inode", 101: "ext4_writepages"}   # probes/writeslow.h WB_SRC_*
+WB_F_INODE, WB_F_WRITTEN, WB_F_DEEPER = 1, 2, 4
+WB_SLOTS = 8
+WB_ARG_NONE, WB_ARG_MAPPING, WB_ARG_PAGE = 0, 1, 2
+# Writeback functions, outermost first, and the kind of their first argument (kernel-facts.md,
+# "Writeback"). iomap_writepages took (mapping, wbc, wpc, ops) up to 6.16 and only (wpc) since:
+# its argument is not read. Clones (.isra.N) may reorder arguments: not read either.
+WRITEBACK_FUNCTIONS = (
+    ("do_writepages", WB_ARG_MAPPING), ("generic_writepages", WB_ARG_MAPPING),
+    ("ext4_writepages", WB_ARG_MAPPING), ("xfs_vm_writepages", WB_ARG_MAPPING),
+    ("iomap_writepages", WB_ARG_NONE), ("__writepage", WB_ARG_PAGE), ("ext4_writepage", WB_ARG_PAGE),
+    ("xfs_vm_writepage", WB_ARG_PAGE),
+)
+LONG_MAX = 2 ** 63 - 1
+HEADER = "%-14s %-7s %-16s %10s %-7s %-9s %6s  %s" % ("TIME(s)", "PID", "COMM", "LAT(ms)", "DEV", "INO", "PAGES",
+                                                     "FUNC (nested calls indented)")
+
+
+@dataclass
+class WritebackCall:
+    """One writeback call that took at least the threshold."""
+
+    ts_ns: int                     # when it returned
+    start_ns: int
+    duration_ns: int
+    tgid: int
+    tid: int
+    comm: str
+    func: str
+    depth: int                     # calls of this thread it was nested in (0 = outermost)
+    dev: Optional[str]             # "major:minor"
+    ino: Optional[int]
+    bdi: Optional[str]
+    nr_to_write: Optional[int]     # None for "everything" (LONG_MAX, a sync) or unknown
+    written: Optional[int]         # pages written
+    ret: Optional[int]
+    deeper: bool                   # nesting went past the recorded depth: inner calls not shown
+    wb_cgroup_ino: Optional[int]   # the bdi_writeback's cgroup (cgroup writeback), as an inode number
+    wb_cgroup: Optional[str]
+    wb_container: Optional[Dict[str, Any]]
+    kstack: Optional[List[str]]    # at entry, innermost first
+    cgroup: Optional[str]          # the writing task's memory cgroup (a kworker's is the root)
+    container: Optional[Dict[str, Any]]
+
+    def to_json(self) -> Dict[str, Any]:
+        out = asdict(self)
+        out["type"] = "writeback"
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Dict[str, Any]) -> "WritebackCall":
+        return cls(**dict((k, obj.get(k)) for k in cls.__dataclass_fields__))  # type: ignore
+
+
+def kernel_dev(dev: int) -> str:
+    """major:minor of a kernel dev_t (MINORBITS 20)."""
+    return "%d:%d" % (dev >> 20, dev & 0xFFFFF)
+
+
+def decode(raw: Any, capture: io.Capture) -> Optional[WritebackCall]:
+    """The one place a raw EV_WRITEBACK record becomes a WritebackCall."""
+    if raw.type != io.EV_WRITEBACK:
+        return None
+    from ..cgroups import container_of
+    flags = int(raw.flags)
+    func_id = int(raw.func)
+    func = WB_SRC.get(func_id) or capture.plan.slots.get(func_id) or "slot%d" % func_id
+    bdi = io.text(bytes(raw.name)) or None
+    dev = kernel_dev(int(raw.dev)) if raw.dev else (bdi if bdi and re.match(r"^\d+:\d+$", bdi) else None)
+    known = bool(flags & WB_F_INODE)
+    wb_ino = int(raw.cgroup_ino) or None
+    wb_cgroup = capture.wb_cgroup(wb_ino) if wb_ino else None
+    wb_ref = container_of(wb_cgroup) if wb_cgroup else None
+    proc = capture.process(int(raw.tgid))
+    nr = int(raw.nr_to_write)
+    start, end = int(raw.start_ns), int(raw.ts_ns)
+    return WritebackCall(
+        ts_ns=end, start_ns=start, duration_ns=end - start, tgid=int(raw.tgid), tid=int(raw.tid),
+        comm=io.text(bytes(raw.comm)), func=func, depth=int(raw.depth), dev=dev if known else None,
+        ino=int(raw.ino) if known else None, bdi=bdi,
+        nr_to_write=nr if known and 0 < nr < LONG_MAX else None,
+        written=int(raw.written) if flags & WB_F_WRITTEN else None,
+        ret=int(raw.ret) if func_id == 101 else None, deeper=bool(flags & WB_F_DEEPER),
+        wb_cgroup_ino=wb_ino, wb_cgroup=wb_cgroup, wb_container=wb_ref.to_json() if wb_ref else None,
+        kstack=capture.frames(int(raw.kstack)), cgroup=proc["cgroup"], container=proc["container"])
+
+
+def plan(mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] = ()) -> io.Plan:
+    """kprobes on this kernel's writeback functions (or FUNCTIONS), or the tracepoint pairs."""
+    from ..symbols import SymbolTable
+    if functions and mode == "tracepoint":
+        raise click.BadParameter("-F/--function needs kprobes: use it without --mode tracepoint")
+    kprobe_ok = io.kprobes_available()
+    chosen = io.choose_mode("kprobe" if functions else mode, kprobe_ok, TOOL)
+    params = {"WB_MIN_NS": min_ns}
+    if pid:
+        params["FILTER_TGID"] = pid
+    out = io.Plan(mode=chosen, params=params)
+    if chosen == "kprobe":
+        table = SymbolTable.from_system()
+        kinds = dict(WRITEBACK_FUNCTIONS)
+        wanted = list(functions) if functions else [name for name, _ in WRITEBACK_FUNCTIONS]
+        for name in wanted:
+            r = table.resolve(name)
+            if r.attach is None:
+                if functions:
+                    raise BadInput("cannot probe %s: %s" % (name, r.note))
+                continue
+            if r.attach in out.slots.values():
+                continue
+            if len(out.slots) == WB_SLOTS:
+                raise BadInput("at most %d writeback functions at once" % WB_SLOTS)
+            slot = len(out.slots)
+            out.slots[slot] = r.attach
+            out.params["WB_ARG%d" % slot] = kinds.get(name, WB_ARG_NONE) if r.how in ("exact", "noprof") else WB_ARG_NONE
+            out.kprobes += [io.Attach(r.attach, "wb_entry_%d" % slot), io.Attach(r.attach, "wb_return_%d" % slot, ret=True)]
+        if out.slots:
+            out.flags.append("WANT_WB_KPROBE")
+            if io.headers_match_running_kernel():
+                out.flags.append("HAVE_MATCHING_HEADERS")
+                extra = "device, inode and pages from the arguments"
+            else:
+                extra = "no device/inode (this kernel's headers are not installed)"
+            out.notes.append("writeslow: kprobe mode on %s; %s" % (", ".join(out.slots.values()), extra))
+            return out
+        if mode == "kprobe":
+            raise MissingKernelFeature("any writeback function to probe (%s)" % ", ".join(wanted),
+                                       fallback="--mode tracepoint")
+        out.mode = "tracepoint"
+        out.notes.append("writeslow: none of %s can be probed" % ", ".join(wanted))
+    single = io.tracepoint_fields("writeback", "writeback_single_inode_start")
+    ext4 = io.tracepoint_fields("ext4", "ext4_writepages")
+    if single is None and ext4 is None:
+        raise MissingKernelFeature("writeback tracepoints (writeback:writeback_single_inode_start, "
+                                   "ext4:ext4_writepages)")
+    out.flags.append("WANT_WB_TP")
+    pairs = []
+    if single is not None and io.tracepoint_fields("writeback", "writeback_single_inode") is not None:
+        out.flags.append("HAVE_TP_WBSI")
+        pairs.append("writeback_single_inode")
+        if "cgroup_ino" in single:
+            out.flags.append("HAVE_WB_CGROUP_INO")
+    if ext4 is not None and io.tracepoint_fields("ext4", "ext4_writepages_result") is not None:
+        out.flags.append("HAVE_TP_EXT4")
+        pairs.append("ext4_writepages")
+    out.notes.append("writeslow: tracepoint mode: %s start/end pairs" % " and ".join(pairs))
+    return out
+
+
+def line(event: WritebackCall) -> str:
+    """One output line; nested calls are indented by their depth."""
+    pages = "-" if event.written is None else str(event.written)
+    return "%-14.6f %-7d %-16s %10.3f %-7s %-9s %6s  %s%s%s" % (
+        event.ts_ns / 1e9, event.tgid, event.comm, event.duration_ns / 1e6, event.dev or "-",
+        "-" if event.ino is None else event.ino, pages, "  " * event.depth, event.func,
+        " (deeper calls not recorded)" if event.deeper else "")
+
+
+def folded_sample(event: WritebackCall) -> Tuple[List[str], int]:
+    """``comm;outermost..innermost;[writeback FUNC]`` weighted by the call's duration (outermost calls only)."""
+    label = folded_stacks.annotation("writeback %s" % event.func)
+    return [event.comm] + stacks.root_first(event.kstack) + [label], event.duration_ns
+
+
+@click.command(TOOL, context_settings=io.CONTEXT, epilog="""\b
+Examples:
+  bpftools writeslow                   # writeback calls of 10 ms or more, until Ctrl-C
+  bpftools writeslow -m 1000 -K        # 1 s or more, with stacks
+  bpftools writeslow -F do_writepages -F ext4_writepages   # these functions (kprobes)
+  bpftools writeslow -f -d 60 > wb.folded                   # time per stack, outermost calls
+""")
+@io.common_options
+@click.option("-m", "--min-ms", type=float, default=10.0, show_default=True,
+              help="Report calls that took at least this long.")
+@click.option("-F", "--function", "functions", multiple=True, metavar="NAME",
+              help="Probe this writeback function (repeatable; needs kprobes).")
+@click.option("-K", "kernel_stacks", is_flag=True, help="Print the kernel stack (at entry) of each call.")
+@click.option("-f", "--folded", is_flag=True, help="Print folded stacks of the outermost calls at the end.")
+def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float], mode: str, as_json: bool,
+            record: Optional[str], ready_file: Optional[str], ebpf: bool, min_ms: float,
+            functions: Tuple[str, ...], kernel_stacks: bool, folded: bool) -> None:
+    """Trace writeback calls slower than a threshold, outer and inner ones, with device, inode and stack."""
+    if min_ms < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--min-ms")
+    the_plan = plan(mode, pid, int(min_ms * 1e6), tuple(functions))
+    if ebpf:
+        click.echo(the_plan.describe())
+        return
+    samples = []  # type: List[Tuple[List[str], int]]
+
+    def keep(raw: Any, capture: io.Capture) -> Optional[WritebackCall]:
+        event = decode(raw, capture)
+        if event is None or not io.cgroup_matches(event.wb_cgroup or event.cgroup, cgroup):
+            return None
+        return event
+
+    def show(event: WritebackCall) -> None:
+        if folded:
+            if event.depth == 0:
+                samples.append(folded_sample(event))
+        elif as_json:
+            click.echo(json.dumps(event.to_json(), sort_keys=True))
+        else:
+            click.echo(line(event))
+            if kernel_stacks:
+                click.echo("\n".join("        %s" % f for f in (event.kstack or ["[no stack]"])))
+
+    if not (folded or as_json):
+        click.echo(HEADER)
+    def finish() -> None:
+        if folded:
+            click.echo("\n".join(folded_stacks.folded_lines(folded_stacks.fold(samples))))
+
+    with io.then(finish):
+        io.live(TOOL, the_plan, record, ready_file, duration, keep, show)
+
+
+def render_recording(rec: Any, console: Any) -> None:
+    """``bpftools report`` of a writeslow recording: the same lines as the live run."""
+    console.print(HEADER, markup=False, soft_wrap=True, highlight=False)
+    for obj in rec.events:
+        if obj.get("type") == "writeback":
+            console.print(line(WritebackCall.from_json(obj)), markup=False, soft_wrap=True, highlight=False)
+        elif obj.get("type") == "lost":
+            console.print("[%d records lost: %s]" % (obj.get("count", 0), obj.get("source")),
+                          markup=False, soft_wrap=True, highlight=False)
