@@ -9,7 +9,6 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORPUS = os.path.normpath(os.path.join(ROOT, "..", "shared", "corpus", "dmesg"))
 
 
 def pytest_collection_modifyitems(config, items):

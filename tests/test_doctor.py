@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from conftest import CORPUS
+CORPUS = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                                      "corpus", "dmesg"))
 
 needs_corpus = pytest.mark.skipif(not os.path.isdir(CORPUS), reason="corpus not found at %s" % CORPUS)
 

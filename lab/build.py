@@ -1,0 +1,498 @@
+#!/usr/bin/env python3
+"""Build, or find in the cache, the QEMU lab image of one Debian suite: a real Debian kernel and its root filesystem.
+
+    python3 lab/build.py bookworm            # prints the image directory
+    python3 lab/build.py trixie --force      # rebuild even when cached
+
+An image is ``/var/cache/bpftools-lab/<suite>-<key>/`` (``BPFTOOLS_LAB_CACHE`` moves the root) with
+``vmlinuz``, ``base.cpio`` (an uncompressed initramfs: debootstrap minbase + bcc + pytest + the
+kernel's headers and the modules the tests load), ``manifest.json`` and ``build.log``. ``<key>`` hashes
+the inputs: the suite, the package versions the archive serves today (kernel, headers, bcc, python3,
+pytest, ...) and this file's own text, so a kernel security update or an edit here rebuilds, and
+anything else is a cache hit (about 2 s: one ``apt-get update`` against private lists).
+
+Only Debian's archive is contacted: apt runs with its own sources list and state directories under
+the cache root (never the host's), and the root filesystem gets its packages from the suite, its
+-updates and its -security (where the newest kernel and its headers live). Needs root and the host
+packages listed in lab/README.md. Works with the Python 3.6+ standard library only.
+"""
+import argparse
+import contextlib
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict, Iterator, List, Optional
+
+from collections import namedtuple
+
+SUITES = {"bullseye": "5.10", "bookworm": "6.1", "trixie": "6.12"}
+MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+HOST_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+DEFAULT_CACHE = "/var/cache/bpftools-lab"
+
+# Installed into the root filesystem from the suite (no pip in the VM: the project runs on the
+# suite's own python3 and bcc). The kernel headers are added by version; linux-kbuild, the
+# -common headers and the matching gcc come with them as dependencies.
+ROOTFS_PACKAGES = (
+    "python3", "python3-bpfcc", "python3-pytest", "python3-click", "python3-rich",
+    "python3-pyelftools", "python3-hypothesis", "kmod", "iproute2", "procps", "util-linux",
+    "mount", "e2fsprogs", "gcc", "make", "libc6-dev",
+)
+# Versions that go into the cache key (the rest follows from the suite and these).
+KEYED_PACKAGES = ("python3", "python3-bpfcc", "python3-pytest", "python3-click", "python3-rich",
+                  "python3-pyelftools", "python3-hypothesis")
+# Kernel modules copied from the image package (with their dependencies); the tests load them.
+MODULES = ("loop", "veth", "dummy", "bridge", "ext4")
+# Dropped from the root filesystem: it is unpacked into RAM at every boot.
+TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian",
+        "var/cache/apt", "var/lib/apt/lists", "var/cache/debconf/templates.dat-old", "var/log")
+
+REQUIRED_TOOLS = {"debootstrap": "debootstrap", "cpio": "cpio", "apt-get": "apt",
+                  "chroot": "coreutils"}
+
+Resolved = namedtuple("Resolved", "kernel_release kernel_version versions")
+Image = namedtuple("Image", "suite path vmlinuz base_cpio kernel_release manifest")
+
+
+class BuildError(Exception):
+    """The image could not be built (a missing tool, a network or package failure)."""
+
+
+def cache_root() -> str:
+    """Where images, apt state, locks and run logs live (outside any clone)."""
+    return os.environ.get("BPFTOOLS_LAB_CACHE", DEFAULT_CACHE)
+
+
+def script_digest() -> str:
+    """sha256 of this file: part of every cache key."""
+    with open(os.path.abspath(__file__), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def log(msg: str) -> None:
+    sys.stderr.write("lab-build: %s\n" % msg)
+    sys.stderr.flush()
+
+
+def check_host() -> None:
+    """Fail early, naming the apt packages the caller has to install."""
+    if os.geteuid() != 0:
+        raise BuildError("building a lab image needs root (debootstrap, chroot)")
+    missing = sorted(set(pkg for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None))
+    if missing:
+        raise BuildError("missing host tools; apt-get install %s" % " ".join(missing))
+
+
+def run(cmd: List[str], logf=None, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None) -> str:
+    """Run CMD; its output goes to LOGF (or is returned when LOGF is None). Raises BuildError."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if logf is None else logf,
+                            stderr=subprocess.STDOUT, universal_newlines=True, env=env, cwd=cwd)
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise BuildError("%s exited %d%s" % (" ".join(cmd[:3]), proc.returncode,
+                                              (": " + out.strip()[-2000:]) if out else ""))
+    return out or ""
+
+
+def sources_lines(suite: str, signed_by: Optional[str]) -> List[str]:
+    """The suite, its -updates and its -security, main only."""
+    opt = "[signed-by=%s] " % signed_by if signed_by else ""
+    return ["deb %s%s %s main" % (opt, MIRROR, suite),
+            "deb %s%s %s-updates main" % (opt, MIRROR, suite),
+            "deb %s%s %s-security main" % (opt, SECURITY_MIRROR, suite)]
+
+
+class HostApt(object):
+    """apt-get/apt-cache on the host with a private sources list and state: never the host's own."""
+
+    def __init__(self, suite: str, root: str) -> None:
+        self.dir = os.path.join(root, "apt", suite)
+        for sub in ("lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
+            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        status = os.path.join(self.dir, "status")
+        if not os.path.exists(status):
+            open(status, "w").close()
+        with open(os.path.join(self.dir, "sources.list"), "w") as f:
+            f.write("\n".join(sources_lines(suite, HOST_KEYRING)) + "\n")
+        d = self.dir
+        self.options = [
+            "-o", "Dir::Etc::SourceList=%s/sources.list" % d,
+            "-o", "Dir::Etc::SourceParts=%s/sources.list.d" % d,
+            "-o", "Dir::Etc::Preferences=/dev/null",
+            "-o", "Dir::Etc::PreferencesParts=%s/preferences.d" % d,
+            "-o", "Dir::State::Lists=%s/lists" % d,
+            "-o", "Dir::State::Status=%s" % status,
+            "-o", "Dir::Cache=%s/cache" % d,
+            "-o", "Acquire::Languages=none",
+            "-o", "APT::Architecture=amd64", "-o", "APT::Architectures=amd64",
+            "-o", "Debug::NoLocking=1",
+        ]
+
+    def update(self) -> None:
+        run(["apt-get"] + self.options + ["-q", "update"])
+
+    def candidates(self, packages: List[str]) -> Dict[str, str]:
+        """Candidate version of each package (the highest over the three suites)."""
+        out = run(["apt-cache"] + self.options + ["policy"] + list(packages))
+        found = {}  # type: Dict[str, str]
+        current = None
+        for line in out.splitlines():
+            if line and not line[0].isspace() and line.endswith(":"):
+                current = line[:-1]
+            elif current and line.strip().startswith("Candidate:"):
+                version = line.split(":", 1)[1].strip()
+                if version != "(none)":
+                    found[current] = version
+        missing = [p for p in packages if p not in found]
+        if missing:
+            raise BuildError("not in the archive: %s" % ", ".join(missing))
+        return found
+
+    def depends(self, package: str, version: str) -> str:
+        """The Depends field of PACKAGE at VERSION."""
+        out = run(["apt-cache"] + self.options + ["show", "%s=%s" % (package, version)])
+        for line in out.splitlines():
+            if line.startswith("Depends:"):
+                return line.split(":", 1)[1].strip()
+        raise BuildError("%s %s has no Depends" % (package, version))
+
+
+def resolve(suite: str, root: str) -> Resolved:
+    """Ask the archive which kernel (and which keyed packages) an image built today gets."""
+    apt = HostApt(suite, root)
+    apt.update()
+    wanted = ["linux-image-amd64", "linux-headers-amd64"] + list(KEYED_PACKAGES)
+    versions = apt.candidates(wanted)
+    meta_version = versions["linux-image-amd64"]
+    m = re.search(r"\blinux-image-(\S+)-amd64 \(= ([^)]+)\)", apt.depends("linux-image-amd64", meta_version))
+    if not m:
+        raise BuildError("cannot find the kernel package behind linux-image-amd64 %s" % meta_version)
+    release = m.group(1) + "-amd64"
+    headers_dep = apt.depends("linux-headers-amd64", versions["linux-headers-amd64"])
+    if "linux-headers-%s " % release not in headers_dep + " ":
+        raise BuildError("linux-headers-amd64 does not match kernel %s: %s" % (release, headers_dep))
+    keyed = dict((p, versions[p]) for p in KEYED_PACKAGES)
+    return Resolved(kernel_release=release, kernel_version=m.group(2), versions=keyed)
+
+
+def cache_key(suite: str, resolved: Resolved) -> str:
+    """Short hash of everything that decides the image's content."""
+    doc = {"suite": suite, "kernel": [resolved.kernel_release, resolved.kernel_version],
+           "versions": resolved.versions, "script": script_digest()}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_image(suite: str, path: str) -> Optional[Image]:
+    """The finished image at PATH, or None when it is absent or incomplete."""
+    manifest_path = os.path.join(path, "manifest.json")
+    if not os.path.isfile(manifest_path):
+        return None
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    vmlinuz, base = os.path.join(path, "vmlinuz"), os.path.join(path, "base.cpio")
+    if not (os.path.isfile(vmlinuz) and os.path.isfile(base)):
+        return None
+    return Image(suite, path, vmlinuz, base, manifest["kernel_release"], manifest)
+
+
+def newest_cached(suite: str, root: str) -> Optional[Image]:
+    """The newest finished image of SUITE built by this very script (for offline use)."""
+    digest = script_digest()
+    images = [load_image(suite, p) for p in glob.glob(os.path.join(root, suite + "-*"))]
+    images = [i for i in images if i is not None and i.manifest.get("script_sha256") == digest]
+    images.sort(key=lambda i: i.manifest.get("built_at", 0))
+    return images[-1] if images else None
+
+
+@contextlib.contextmanager
+def suite_lock(root: str, suite: str) -> Iterator[None]:
+    """Serialise builds of one suite across processes."""
+    os.makedirs(os.path.join(root, "locks"), exist_ok=True)
+    with open(os.path.join(root, "locks", suite + ".lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log("another build of %s is running; waiting for its lock" % suite)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _mounts_under(path: str) -> List[str]:
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1].replace("\\040", " ") for line in f]
+    prefix = os.path.realpath(path) + "/"
+    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
+
+
+def remove_tree(path: str) -> None:
+    """rm -rf PATH, unmounting anything a killed build left mounted inside it first."""
+    if not os.path.lexists(path):
+        return
+    for point in _mounts_under(path):
+        subprocess.call(["umount", "-l", point])
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+class Chroot(object):
+    """Commands inside the root filesystem being built, with /proc mounted while it lives."""
+
+    ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root",
+           "DEBIAN_FRONTEND": "noninteractive", "DEBCONF_NONINTERACTIVE_SEEN": "true"}
+
+    def __init__(self, path: str, logf) -> None:
+        self.path, self.logf = path, logf
+
+    def __enter__(self) -> "Chroot":
+        run(["mount", "-t", "proc", "proc", os.path.join(self.path, "proc")], self.logf)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        subprocess.call(["umount", "-l", os.path.join(self.path, "proc")])
+
+    def run(self, *cmd: str) -> None:
+        run(["chroot", self.path] + list(cmd), self.logf, env=self.ENV)
+
+    def output(self, *cmd: str) -> str:
+        return run(["chroot", self.path] + list(cmd), None, env=self.ENV)
+
+
+def module_closure(modules_dep: str, wanted: List[str], builtin: List[str]) -> List[str]:
+    """Paths (relative to /lib/modules/VER) of WANTED modules and everything they depend on.
+
+    ``modules_dep`` is the text of modules.dep (``path: dep dep``); ``builtin`` the lines of
+    modules.builtin. A module that is neither a file nor built in is an error.
+    """
+    def name_of(path: str) -> str:
+        base = os.path.basename(path)
+        return re.sub(r"\.ko(\.(xz|zst|gz))?$", "", base).replace("-", "_")
+
+    deps = {}  # type: Dict[str, List[str]]
+    by_name = {}  # type: Dict[str, str]
+    for line in modules_dep.splitlines():
+        if ":" not in line:
+            continue
+        path, rest = line.split(":", 1)
+        deps[path] = rest.split()
+        by_name[name_of(path)] = path
+    builtin_names = set(name_of(b) for b in builtin)
+    out = []  # type: List[str]
+    todo = []
+    for mod in wanted:
+        key = mod.replace("-", "_")
+        if key in by_name:
+            todo.append(by_name[key])
+        elif key not in builtin_names:
+            raise BuildError("kernel module %s is neither a module nor built in" % mod)
+    while todo:
+        path = todo.pop()
+        if path not in out:
+            out.append(path)
+            todo.extend(deps.get(path, []))
+    return sorted(out)
+
+
+def build_image(suite: str, resolved: Resolved, final: str) -> Image:
+    """Build the image of SUITE into FINAL (via FINAL.tmp, renamed at the end)."""
+    started = time.time()
+    work = final + ".tmp"
+    remove_tree(work)
+    rootfs = os.path.join(work, "rootfs")
+    os.makedirs(work)
+    release = resolved.kernel_release
+    log_path = os.path.join(work, "build.log")
+    with open(log_path, "w") as logf:
+        def step(msg: str) -> None:
+            line = "[%5.0fs] %s" % (time.time() - started, msg)
+            log(line)
+            logf.write("### %s\n" % line)
+            logf.flush()
+
+        try:
+            step("debootstrap --variant=minbase %s (log: %s)" % (suite, log_path))
+            run(["debootstrap", "--variant=minbase", "--keyring=%s" % HOST_KEYRING, suite, rootfs, MIRROR],
+                logf)
+            with open(os.path.join(rootfs, "etc/apt/sources.list"), "w") as f:
+                f.write("\n".join(sources_lines(suite, None)) + "\n")
+            with open(os.path.join(rootfs, "etc/apt/apt.conf.d/90bpftools-lab"), "w") as f:
+                f.write('APT::Install-Recommends "false";\nAcquire::Languages "none";\n')
+            with open(os.path.join(rootfs, "usr/sbin/policy-rc.d"), "w") as f:
+                f.write("#!/bin/sh\nexit 101\n")
+            os.chmod(os.path.join(rootfs, "usr/sbin/policy-rc.d"), 0o755)
+            shutil.copy("/etc/resolv.conf", os.path.join(rootfs, "etc/resolv.conf"))
+            with Chroot(rootfs, logf) as ch:
+                step("apt-get install in the chroot: kernel %s headers, bcc, pytest, ..." % release)
+                ch.run("apt-get", "-q", "update")
+                ch.run("apt-get", "-q", "-y", "dist-upgrade")
+                ch.run("apt-get", "-q", "-y", "install", "linux-headers-%s=%s" % (release, resolved.kernel_version),
+                       *ROOTFS_PACKAGES)
+                installed = dict(line.split("\t", 1) for line in ch.output(
+                    "dpkg-query", "-W", "-f", "${Package}\t${Version}\n").splitlines())
+                step("apt-get download linux-image-%s" % release)
+                ch.run("sh", "-c", "cd /var/tmp && apt-get -q download linux-image-%s=%s"
+                       % (release, resolved.kernel_version))
+                debs = glob.glob(os.path.join(rootfs, "var/tmp", "linux-image-%s_*.deb" % release))
+                if len(debs) != 1:
+                    raise BuildError("expected one linux-image-%s package, got %s" % (release, debs))
+                ch.run("dpkg-deb", "-x", "/var/tmp/" + os.path.basename(debs[0]), "/var/tmp/kernel")
+                kernel = os.path.join(rootfs, "var/tmp/kernel")
+                if not os.path.isdir(os.path.join(kernel, "lib")):  # trixie packages ship usr/lib only
+                    os.symlink("usr/lib", os.path.join(kernel, "lib"))
+                # modules.dep is made by the package's postinst, so make it for the unpacked copy.
+                ch.run("depmod", "-b", "/var/tmp/kernel", release)
+                step("vmlinuz, config and modules %s" % ", ".join(MODULES))
+                shutil.copy(os.path.join(kernel, "boot", "vmlinuz-" + release), os.path.join(work, "vmlinuz"))
+                shutil.copy(os.path.join(kernel, "boot", "config-" + release), os.path.join(rootfs, "boot"))
+                install_modules(kernel, rootfs, release)
+                ch.run("depmod", release)
+                link_headers(rootfs, release)
+                remove_tree(kernel)
+                os.remove(debs[0])
+            for rel in TRIM:
+                remove_tree(os.path.join(rootfs, rel))
+            os.makedirs(os.path.join(rootfs, "var/log"), exist_ok=True)
+            os.remove(os.path.join(rootfs, "etc/resolv.conf"))
+            step("packing base.cpio")
+            pack_cpio(rootfs, os.path.join(work, "base.cpio"), logf)
+            remove_tree(rootfs)
+            for pkg, want in resolved.versions.items():
+                if installed.get(pkg) != want:
+                    step("note: %s installed %s, resolved %s" % (pkg, installed.get(pkg), want))
+            manifest = {
+                "suite": suite, "kernel_release": release, "kernel_version": resolved.kernel_version,
+                "resolved": resolved.versions, "installed": installed, "modules": list(MODULES),
+                "script_sha256": script_digest(), "built_at": time.time(),
+                "build_seconds": round(time.time() - started, 1),
+                "base_cpio_bytes": os.path.getsize(os.path.join(work, "base.cpio")),
+            }
+            with open(os.path.join(work, "manifest.json"), "w") as f:
+                json.dump(manifest, f, indent=1, sort_keys=True)
+            step("done")
+        except Exception:
+            logf.flush()
+            raise
+    remove_tree(final)
+    os.rename(work, final)
+    image = load_image(suite, final)
+    assert image is not None
+    return image
+
+
+def install_modules(kernel: str, rootfs: str, release: str) -> None:
+    """Copy MODULES and their dependencies from the unpacked image package, plus depmod's inputs."""
+    src = os.path.join(kernel, "lib/modules", release)
+    dst = os.path.join(rootfs, "lib/modules", release)
+    with open(os.path.join(src, "modules.dep")) as f:
+        dep = f.read()
+    with open(os.path.join(src, "modules.builtin")) as f:
+        builtin = f.read().splitlines()
+    for rel in module_closure(dep, list(MODULES), builtin):
+        os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+        shutil.copy2(os.path.join(src, rel), os.path.join(dst, rel))
+    for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+
+
+def link_headers(rootfs: str, release: str) -> None:
+    """/lib/modules/VER/build -> the -amd64 headers and source -> the -common headers (bcc uses both)."""
+    amd64 = "/usr/src/linux-headers-%s" % release
+    common = amd64[:-len("-amd64")] + "-common"
+    for path in (amd64, common):
+        if not os.path.isdir(os.path.join(rootfs, path.lstrip("/"))):
+            raise BuildError("headers directory %s missing from the root filesystem" % path)
+    moddir = os.path.join(rootfs, "lib/modules", release)
+    os.makedirs(moddir, exist_ok=True)
+    for name, target in (("build", amd64), ("source", common)):
+        link = os.path.join(moddir, name)
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(target, link)
+
+
+def pack_cpio(rootfs: str, out: str, logf) -> None:
+    """An uncompressed newc archive of ROOTFS, in sorted order (the kernel unpacks it as initramfs)."""
+    find = subprocess.Popen(["find", ".", "-mindepth", "1", "-print0"], cwd=rootfs, stdout=subprocess.PIPE)
+    names = sorted(n for n in find.communicate()[0].split(b"\0") if n)
+    with open(out, "wb") as f:
+        proc = subprocess.Popen(["cpio", "--null", "--quiet", "-o", "-H", "newc"], cwd=rootfs,
+                                stdin=subprocess.PIPE, stdout=f, stderr=logf)
+        proc.communicate(b"\0".join(names) + b"\0")
+    if proc.returncode != 0:
+        raise BuildError("cpio exited %d" % proc.returncode)
+
+
+def prune(suite: str, root: str, keep: str) -> None:
+    """Remove older images of SUITE and leftovers of killed builds (call it holding the suite lock)."""
+    for path in glob.glob(os.path.join(root, suite + "-*")):
+        if os.path.realpath(path) != os.path.realpath(keep):
+            log("removing old image %s" % path)
+            remove_tree(path)
+
+
+def ensure(suite: str, force: bool = False, offline: bool = False) -> Image:
+    """The image of SUITE: from the cache when its inputs are unchanged, else built now."""
+    if suite not in SUITES:
+        raise BuildError("unknown suite %r (one of: %s)" % (suite, ", ".join(sorted(SUITES))))
+    root = cache_root()
+    os.makedirs(root, exist_ok=True)
+    offline = offline or os.environ.get("BPFTOOLS_LAB_OFFLINE") == "1"
+    resolved = None
+    if not offline:
+        try:
+            resolved = resolve(suite, root)
+        except BuildError as e:
+            log("cannot ask the archive (%s); looking for a cached image" % e)
+    if resolved is None:
+        image = newest_cached(suite, root)
+        if image is None:
+            raise BuildError("no cached %s image and the archive cannot be reached" % suite)
+        log("offline: using %s" % image.path)
+        return image
+    final = os.path.join(root, "%s-%s" % (suite, cache_key(suite, resolved)))
+    image = None if force else load_image(suite, final)
+    if image is not None:
+        return image
+    check_host()
+    with suite_lock(root, suite):
+        image = None if force else load_image(suite, final)  # built meanwhile by another process
+        if image is None:
+            log("building %s image: kernel %s (%s) -> %s" % (suite, resolved.kernel_release,
+                                                             resolved.kernel_version, final))
+            image = build_image(suite, resolved, final)
+            prune(suite, root, final)
+    return image
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite", choices=sorted(SUITES))
+    parser.add_argument("--force", action="store_true", help="rebuild even when the cache has the image")
+    parser.add_argument("--offline", action="store_true", help="do not ask the archive; use the newest cached image")
+    args = parser.parse_args(argv)
+    started = time.time()
+    try:
+        image = ensure(args.suite, force=args.force, offline=args.offline)
+    except (BuildError, OSError) as e:
+        log("error: %s" % e)
+        return 1
+    log("%s: kernel %s, %.1f s" % (args.suite, image.kernel_release, time.time() - started))
+    print(image.path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

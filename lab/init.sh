@@ -1,0 +1,48 @@
+#!/bin/sh
+# PID 1 of a lab VM (packed as /init by lab/run.py): mount what the tracing tests need, run the
+# in-VM pytest tier against /opt/bpftools, print its exit code between markers, power off.
+# Reads /opt/bpftools-lab/pytest-args (one argument a line) and /opt/bpftools-lab/env (sourced).
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root LANG=C.UTF-8 TERM=dumb PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+export PYTHONPATH=/opt/site BPFTOOLS_REQUIRE_KERNEL=1 BPFTOOLS_REQUIRE_ROOT=1
+
+mnt() { mkdir -p "$3" && mount -t "$1" -o "${4:-rw}" "$2" "$3" || echo "lab-init: cannot mount $1 on $3"; }
+mnt proc proc /proc
+mnt sysfs sysfs /sys
+mnt devtmpfs devtmpfs /dev
+mnt devpts devpts /dev/pts
+mnt tmpfs tmpfs /dev/shm
+mnt tmpfs tmpfs /tmp
+mnt tmpfs tmpfs /run
+mnt debugfs debugfs /sys/kernel/debug
+mnt tracefs tracefs /sys/kernel/tracing
+mnt bpf bpf /sys/fs/bpf
+# cgroup v1 memory controller (kmem files) beside a cgroup2 hierarchy, as on the CI host.
+mnt tmpfs cgroup /sys/fs/cgroup mode=755
+mnt cgroup cgroup /sys/fs/cgroup/memory memory
+mnt cgroup2 cgroup2 /sys/fs/cgroup/unified
+ip link set lo up
+hostname bpftools-lab
+
+[ -r /opt/bpftools-lab/env ] && . /opt/bpftools-lab/env
+set --
+if [ -r /opt/bpftools-lab/pytest-args ]; then
+    while IFS= read -r arg; do set -- "$@" "$arg"; done < /opt/bpftools-lab/pytest-args
+fi
+
+echo "@@BPFTOOLS-LAB-KERNEL=$(uname -r)@@"
+echo "@@BPFTOOLS-LAB-BEGIN@@"
+# `python3 -m pytest` without the cwd on sys.path, so that /opt/bpftools/bpftools (the source
+# layout) does not shadow the installed layout in /opt/site. Paths in the args are relative to
+# /opt/bpftools; run.py puts tests/kernel there unless the caller named test paths.
+cd /opt/bpftools
+python3 -c 'import sys; del sys.path[0]; import pytest; sys.exit(pytest.main(sys.argv[1:]))' \
+    -p no:cacheprovider -m kernel -q -rfEs "$@"
+rc=$?
+echo "@@BPFTOOLS-LAB-EXIT=$rc@@"
+sync
+poweroff -f 2>/dev/null
+# minbase has no poweroff: reboot(2) with LINUX_REBOOT_CMD_POWER_OFF (what poweroff -f does).
+python3 -c 'import ctypes; ctypes.CDLL(None, use_errno=True).reboot(0x4321fedc)'
+# Still here: let PID 1 exit; the kernel panics, panic=-1 reboots and qemu -no-reboot quits.
+exit "$rc"

@@ -1,0 +1,40 @@
+"""Helpers shared by the kernel tier's tests and its conftest (importable as ``kerneltier``)."""
+import os
+import subprocess
+from typing import List, Optional
+
+import pytest
+
+KPROBE_EVENTS = ("/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events")
+KPROBES_LIST = "/sys/kernel/debug/kprobes/list"
+
+
+def required() -> bool:
+    """True inside the lab VMs: a missing capability is a failure, not a skip."""
+    return os.environ.get("BPFTOOLS_REQUIRE_KERNEL") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the test, or fail it when the kernel tier is required."""
+    if required():
+        pytest.fail("kernel tier required (BPFTOOLS_REQUIRE_KERNEL=1) but %s" % reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def missing_kernel_features() -> Optional[str]:
+    """Why this machine cannot run the kernel tier, or None."""
+    if os.geteuid() != 0:
+        return "needs root"
+    if not any(os.path.exists(p) for p in KPROBE_EVENTS):
+        return "no kprobes here (no kprobe_events in tracefs); run it in the lab VMs: python3 lab/run.py SUITE"
+    return None
+
+
+def kprobes_listed() -> List[str]:
+    """Lines of debugfs kprobes/list: every kprobe registered now (bcc's perf kprobes included)."""
+    with open(KPROBES_LIST) as f:
+        return f.read().splitlines()
+
+
+def modprobe(module: str) -> None:
+    subprocess.check_call(["modprobe", module])
