@@ -110,7 +110,7 @@ def _unescape_mountinfo(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def _mountinfo(root: str) -> List[Tuple[str, str, List[str]]]:
+def mountinfo(root: str) -> List[Tuple[str, str, List[str]]]:
     """(mount point, fstype, super options) for each line of ``root``/proc/self/mountinfo."""
     path = os.path.join(root, "proc/self/mountinfo")
     try:
@@ -134,7 +134,7 @@ def _under_root(root: str, path: str) -> str:
 
 def memory_cgroup_mount(root: str = "/") -> Optional[str]:
     """Mount point of the cgroup v1 memory controller (prefixed with ``root``), or None."""
-    for mount_point, fstype, options in _mountinfo(root):
+    for mount_point, fstype, options in mountinfo(root):
         if fstype == "cgroup" and "memory" in options:
             return _under_root(root, mount_point)
     return None
@@ -142,7 +142,7 @@ def memory_cgroup_mount(root: str = "/") -> Optional[str]:
 
 def cgroup_layout(root: str = "/") -> str:
     """``v1``, ``v2`` or ``hybrid`` (v1 hierarchies and a cgroup2 mount); ``none`` if neither."""
-    fstypes = {fstype for _, fstype, _ in _mountinfo(root)}
+    fstypes = {fstype for _, fstype, _ in mountinfo(root)}
     v1, v2 = "cgroup" in fstypes, "cgroup2" in fstypes
     if v1 and v2:
         return "hybrid"
@@ -174,7 +174,7 @@ def memory_cgroup_of_pid(pid: int, root: str = "/") -> Optional[str]:
 
 def cgroup2_mount(root: str = "/") -> Optional[str]:
     """Where the cgroup2 (unified) hierarchy is mounted, or None."""
-    for mountpoint, fstype, _ in _mountinfo(root):
+    for mountpoint, fstype, _ in mountinfo(root):
         if fstype == "cgroup2":
             return _under_root(root, mountpoint)
     return None

@@ -157,6 +157,14 @@ def report(recording: str, as_json: bool, folded: Optional[str], speedscope: Opt
     render.recording(rec, _console())
 
 
+def _register_subcommands() -> None:
+    from .repro.cli import repro
+    cli.add_command(repro)
+
+
+_register_subcommands()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point: run the CLI, map errors to exit codes with a one-line message."""
     args = list(sys.argv[1:] if argv is None else argv)

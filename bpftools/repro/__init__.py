@@ -111,10 +111,26 @@ class _Deferred(object):
         self.signals.defer = False
 
 
+class RootRequired(PrivilegeError):
+    """A PrivilegeError (same exit code) whose message fits a workload: it needs real root, not
+    the tracing capabilities."""
+
+    def __init__(self, what: str) -> None:
+        BpftoolsError.__init__(self, "%s needs root (it creates cgroups, mounts, loop devices or network "
+                                     "namespaces); run it with sudo" % what)
+
+
+def warn_cleanup_errors(errors: List[str]) -> None:
+    """Name what could not be removed on stderr when the run is failing (the summary, which
+    carries the same list, is not printed then)."""
+    if errors and sys.exc_info()[0] is not None and not isinstance(sys.exc_info()[1], Signalled):
+        sys.stderr.write("bpftools: cleanup incomplete: %s\n" % "; ".join(errors))
+
+
 def require_root(what: str) -> None:
-    """PrivilegeError unless running as root (cgroups, loop devices, namespaces need it)."""
+    """RootRequired unless running as root (cgroups, loop devices, namespaces need it)."""
     if os.geteuid() != 0:
-        raise PrivilegeError(what)
+        raise RootRequired(what)
 
 
 def find_tool(name: str, package: str) -> str:
@@ -162,14 +178,19 @@ def first_line(text: str) -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    """True if a process PID exists (in this pid namespace)."""
+    """True if a process PID exists in this pid namespace and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 def owned_by_dead_run(owner: int, me: Optional[int] = None) -> bool:

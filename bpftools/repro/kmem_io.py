@@ -21,7 +21,6 @@ Resources carry the owner pid: cgroup ``bpftools-repro-<pid>``, temporary direct
 ``$TMPDIR/bpftools-repro-<pid>-XXXXXX`` holding ``image.ext4`` and the mount point ``mnt``,
 writer files ``bpftools-repro-<pid>-w<N>``.
 """
-import errno
 import json
 import os
 import re
@@ -34,13 +33,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from dataclasses import dataclass
 
-from ..cgroups import _mountinfo, memory_cgroup_mount, memory_cgroup_of_pid
+from ..cgroups import mountinfo, memory_cgroup_mount, memory_cgroup_of_pid
 from ..errors import BadInput, MissingKernelFeature
 from ..kmem_audit import UNLIMITED_FLOOR, read_slabinfo
 from . import (ReproError, ReproInterrupted, Signalled, Signals, check, command, describe_status,
                errno_name, find_tool, first_line, fork_child, format_size, kill_and_reap,
                kmsg_mark, kmsg_since, latency_stats, owned_by_dead_run, reap, require_root,
-               signal_name, write_ready_file)
+               signal_name, warn_cleanup_errors, write_ready_file)
 
 PREFIX = "bpftools-repro-"
 IMAGE_NAME = "image.ext4"
@@ -177,9 +176,15 @@ def kmem_effect(writes: List[Dict[str, Any]], slabinfo: Dict[str, Any], present:
         return "absent", ("this kernel has no %s: there is no per-cgroup switch for kernel-memory "
                           "accounting to turn on" % KMEM_LIMIT)
     if not requested:
-        state = {True: "readable (kmem accounting on)", False: "EIO (kmem accounting off)",
-                 None: "unknown"}[slabinfo["readable"]]
-        return "skipped", "kmem activation skipped (--no-kmem); %s reads %s" % (KMEM_SLABINFO, state)
+        if slabinfo["readable"] is False:
+            state = "fails with EIO: kmem accounting is off for this cgroup"
+        elif slabinfo["readable"] and slabinfo["lines"]:
+            state = "is readable (%d lines): kmem accounting is on, inherited from the parent" % slabinfo["lines"]
+        elif slabinfo["readable"]:
+            state = "reads empty: no per-cgroup kmem switch on this kernel"
+        else:
+            state = "could not be read"
+        return "skipped", "kmem activation skipped (--no-kmem); %s %s" % (KMEM_SLABINFO, state)
     for w in writes:
         if w["result"] != "ok":
             why = (": the cgroup already had tasks or child cgroups (accounting can only be switched "
@@ -219,7 +224,7 @@ def _mount_of(path: str) -> Tuple[Optional[str], Optional[str]]:
     """(mount point, fstype) of the file system holding PATH (longest mountinfo prefix)."""
     path = os.path.realpath(path)
     best = (None, None)  # type: Tuple[Optional[str], Optional[str]]
-    for mount_point, fstype, _ in _mountinfo("/"):
+    for mount_point, fstype, _ in mountinfo("/"):
         inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
         if inside and (best[0] is None or len(mount_point) >= len(best[0])):
             best = (mount_point, fstype)
@@ -336,7 +341,7 @@ def sweep(owned: Callable[[int], bool], tools: Dict[str, str], mount: Optional[s
     cgroups = _find_cgroups(mount, owned)
     for cgroup in cgroups:
         _empty_cgroup(cgroup, me)
-    for mount_point, _, _ in _mountinfo("/"):
+    for mount_point, _, _ in mountinfo("/"):
         if not _ours(mount_point, MOUNT_DIR, owned):
             continue
         ok = False
@@ -484,14 +489,16 @@ class _Writer(object):
         return next((m["error"] for m in self.messages if "error" in m and "iterations" not in m), None)
 
 
-def _start_writer(index: int, cgroup: str, target: str, cfg: KmemIoConfig, budget: int) -> _Writer:
+def _start_writer(index: int, cgroup: str, target: str, cfg: KmemIoConfig, budget: int,
+                  started: List[_Writer]) -> _Writer:
     writer = _Writer(index, os.path.join(target, "%s%d-w%d" % (PREFIX, os.getpid(), index)))
     go_r, go_w = os.pipe()
     res_r, res_w = os.pipe()
 
     def body() -> int:
-        os.close(go_w)
-        os.close(res_r)
+        # The parent's ends of the other writers' pipes: holding them would hide their EOFs.
+        for fd in [go_w, res_r] + [f for w in started for f in (w.go_w, w.res_r) if f >= 0]:
+            os.close(fd)
         return _writer_body(cgroup, writer.path, cfg, budget, go_r, res_w)
 
     writer.pid = fork_child(body)
@@ -515,6 +522,7 @@ def _pump(writers: List[_Writer], deadline: float, waiting: Callable[[_Writer], 
             if not data:
                 w.eof = True
                 os.close(fd)
+                w.res_r = -1
                 continue
             w.buffer += data
             while b"\n" in w.buffer:
@@ -583,6 +591,7 @@ def run_kmem_io(cfg: KmemIoConfig, say: Callable[[str], None]) -> Dict[str, Any]
                 for pid, status in kill_and_reap(live).items():
                     next(w for w in writers if w.pid == pid).status = status
                 summary["cleanup"] = sweep(lambda pid: pid == me, tools, mount, extra_dirs)
+                warn_cleanup_errors(summary["cleanup"]["errors"])
     interrupted = interrupted or (signals.received[0] if signals.received else None)
     if interrupted is not None:
         cleanup = summary["cleanup"]
@@ -653,7 +662,7 @@ def _setup_and_write(cfg: KmemIoConfig, mount: str, tools: Dict[str, str], write
     out["file_budget_per_writer"] = budget
 
     for index in range(1, cfg.writers + 1):
-        writer = _start_writer(index, cgroup, fs["target_dir"], cfg, budget)
+        writer = _start_writer(index, cgroup, fs["target_dir"], cfg, budget, writers)
         writers.append(writer)
         say("writer %d: pid %d" % (index, writer.pid))
     _pump(writers, time.monotonic() + JOIN_TIMEOUT, lambda w: not w.joined())
