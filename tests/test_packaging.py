@@ -1,0 +1,26 @@
+"""The one distribution ships everything under bpftools/ (probes and analyses mapped inside it)."""
+import os
+import subprocess
+import sys
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_wheel_contents(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                           "-w", str(tmp_path), ROOT], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True)
+    assert proc.returncode == 0, proc.stdout
+    wheel = [f for f in os.listdir(str(tmp_path)) if f.endswith(".whl")][0]
+    names = set(zipfile.ZipFile(str(tmp_path / wheel)).namelist())
+    for probe in os.listdir(os.path.join(ROOT, "probes")):
+        if probe.endswith((".c", ".h")):
+            assert "bpftools/probes/" + probe in names
+    for module in ("bpftools/analyses/kernel_log.py", "bpftools/tools/kmemsnoop.py", "bpftools/repro/cli.py",
+                   "bpftools/cli.py"):
+        assert module in names
+    top_level = set(n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info"))
+    assert top_level == {"bpftools"}
+    entry = [n for n in names if n.endswith("entry_points.txt")][0]
+    assert "bpftools = bpftools.cli:main" in zipfile.ZipFile(str(tmp_path / wheel)).read(entry).decode()
