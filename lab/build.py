@@ -50,7 +50,9 @@ ROOTFS_PACKAGES = (
 KEYED_PACKAGES = ("python3", "python3-bpfcc", "python3-pytest", "python3-click", "python3-rich",
                   "python3-pyelftools", "python3-hypothesis")
 # Kernel modules copied from the image package (with their dependencies); the tests load them.
-MODULES = ("loop", "veth", "dummy", "bridge", "ext4")
+# ext4 and jbd2 ask the crypto API for "crc32c" at mount time, a request modules.dep does not
+# show: crc32c_generic is the implementation that works under TCG (no SSE4.2 for crc32c-intel).
+MODULES = ("loop", "veth", "dummy", "bridge", "ext4", "crc32c_generic")
 # Dropped from the root filesystem: it is unpacked into RAM at every boot.
 TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian",
         "var/cache/apt", "var/lib/apt/lists", "var/cache/debconf/templates.dat-old", "var/log")
@@ -305,6 +307,59 @@ def module_closure(modules_dep: str, wanted: List[str], builtin: List[str]) -> L
     return sorted(out)
 
 
+def _build_rootfs(suite: str, resolved: Resolved, work: str, rootfs: str, logf, step) -> Dict[str, str]:
+    """debootstrap, packages, kernel files and base.cpio in WORK; returns the installed versions."""
+    release = resolved.kernel_release
+    step("debootstrap --variant=minbase %s (log: %s)" % (suite, logf.name))
+    run(["debootstrap", "--variant=minbase", "--keyring=%s" % HOST_KEYRING, suite, rootfs, MIRROR],
+        logf)
+    with open(os.path.join(rootfs, "etc/apt/sources.list"), "w") as f:
+        f.write("\n".join(sources_lines(suite, None)) + "\n")
+    with open(os.path.join(rootfs, "etc/apt/apt.conf.d/90bpftools-lab"), "w") as f:
+        f.write('APT::Install-Recommends "false";\nAcquire::Languages "none";\n')
+    with open(os.path.join(rootfs, "usr/sbin/policy-rc.d"), "w") as f:
+        f.write("#!/bin/sh\nexit 101\n")
+    os.chmod(os.path.join(rootfs, "usr/sbin/policy-rc.d"), 0o755)
+    shutil.copy("/etc/resolv.conf", os.path.join(rootfs, "etc/resolv.conf"))
+    with Chroot(rootfs, logf) as ch:
+        step("apt-get install in the chroot: kernel %s headers, bcc, pytest, ..." % release)
+        ch.run("apt-get", "-q", "update")
+        ch.run("apt-get", "-q", "-y", "dist-upgrade")
+        ch.run("apt-get", "-q", "-y", "install", "linux-headers-%s=%s" % (release, resolved.kernel_version),
+               *ROOTFS_PACKAGES)
+        installed = dict(line.split("\t", 1) for line in ch.output(
+            "dpkg-query", "-W", "-f", "${Package}\t${Version}\n").splitlines())
+        step("apt-get download linux-image-%s" % release)
+        ch.run("sh", "-c", "cd /var/tmp && apt-get -q download linux-image-%s=%s"
+               % (release, resolved.kernel_version))
+        debs = glob.glob(os.path.join(rootfs, "var/tmp", "linux-image-%s_*.deb" % release))
+        if len(debs) != 1:
+            raise BuildError("expected one linux-image-%s package, got %s" % (release, debs))
+        ch.run("dpkg-deb", "-x", "/var/tmp/" + os.path.basename(debs[0]), "/var/tmp/kernel")
+        kernel = os.path.join(rootfs, "var/tmp/kernel")
+        if not os.path.isdir(os.path.join(kernel, "lib")):  # trixie packages ship usr/lib only
+            os.symlink("usr/lib", os.path.join(kernel, "lib"))
+        # modules.dep is made by the package's postinst, so make it for the unpacked copy.
+        ch.run("depmod", "-b", "/var/tmp/kernel", release)
+        drop_installed_kernel(rootfs, release)
+        step("vmlinuz, config and modules %s" % ", ".join(MODULES))
+        shutil.copy(os.path.join(kernel, "boot", "vmlinuz-" + release), os.path.join(work, "vmlinuz"))
+        shutil.copy(os.path.join(kernel, "boot", "config-" + release), os.path.join(rootfs, "boot"))
+        install_modules(kernel, rootfs, release)
+        ch.run("depmod", release)
+        link_headers(rootfs, release)
+        remove_tree(kernel)
+        os.remove(debs[0])
+    for rel in TRIM:
+        remove_tree(os.path.join(rootfs, rel))
+    os.makedirs(os.path.join(rootfs, "var/log"), exist_ok=True)
+    os.remove(os.path.join(rootfs, "etc/resolv.conf"))
+    step("packing base.cpio")
+    pack_cpio(rootfs, os.path.join(work, "base.cpio"), logf)
+    remove_tree(rootfs)
+    return installed
+
+
 def build_image(suite: str, resolved: Resolved, final: str) -> Image:
     """Build the image of SUITE into FINAL (via FINAL.tmp, renamed at the end)."""
     started = time.time()
@@ -322,73 +377,36 @@ def build_image(suite: str, resolved: Resolved, final: str) -> Image:
             logf.flush()
 
         try:
-            step("debootstrap --variant=minbase %s (log: %s)" % (suite, log_path))
-            run(["debootstrap", "--variant=minbase", "--keyring=%s" % HOST_KEYRING, suite, rootfs, MIRROR],
-                logf)
-            with open(os.path.join(rootfs, "etc/apt/sources.list"), "w") as f:
-                f.write("\n".join(sources_lines(suite, None)) + "\n")
-            with open(os.path.join(rootfs, "etc/apt/apt.conf.d/90bpftools-lab"), "w") as f:
-                f.write('APT::Install-Recommends "false";\nAcquire::Languages "none";\n')
-            with open(os.path.join(rootfs, "usr/sbin/policy-rc.d"), "w") as f:
-                f.write("#!/bin/sh\nexit 101\n")
-            os.chmod(os.path.join(rootfs, "usr/sbin/policy-rc.d"), 0o755)
-            shutil.copy("/etc/resolv.conf", os.path.join(rootfs, "etc/resolv.conf"))
-            with Chroot(rootfs, logf) as ch:
-                step("apt-get install in the chroot: kernel %s headers, bcc, pytest, ..." % release)
-                ch.run("apt-get", "-q", "update")
-                ch.run("apt-get", "-q", "-y", "dist-upgrade")
-                ch.run("apt-get", "-q", "-y", "install", "linux-headers-%s=%s" % (release, resolved.kernel_version),
-                       *ROOTFS_PACKAGES)
-                installed = dict(line.split("\t", 1) for line in ch.output(
-                    "dpkg-query", "-W", "-f", "${Package}\t${Version}\n").splitlines())
-                step("apt-get download linux-image-%s" % release)
-                ch.run("sh", "-c", "cd /var/tmp && apt-get -q download linux-image-%s=%s"
-                       % (release, resolved.kernel_version))
-                debs = glob.glob(os.path.join(rootfs, "var/tmp", "linux-image-%s_*.deb" % release))
-                if len(debs) != 1:
-                    raise BuildError("expected one linux-image-%s package, got %s" % (release, debs))
-                ch.run("dpkg-deb", "-x", "/var/tmp/" + os.path.basename(debs[0]), "/var/tmp/kernel")
-                kernel = os.path.join(rootfs, "var/tmp/kernel")
-                if not os.path.isdir(os.path.join(kernel, "lib")):  # trixie packages ship usr/lib only
-                    os.symlink("usr/lib", os.path.join(kernel, "lib"))
-                # modules.dep is made by the package's postinst, so make it for the unpacked copy.
-                ch.run("depmod", "-b", "/var/tmp/kernel", release)
-                step("vmlinuz, config and modules %s" % ", ".join(MODULES))
-                shutil.copy(os.path.join(kernel, "boot", "vmlinuz-" + release), os.path.join(work, "vmlinuz"))
-                shutil.copy(os.path.join(kernel, "boot", "config-" + release), os.path.join(rootfs, "boot"))
-                install_modules(kernel, rootfs, release)
-                ch.run("depmod", release)
-                link_headers(rootfs, release)
-                remove_tree(kernel)
-                os.remove(debs[0])
-            for rel in TRIM:
-                remove_tree(os.path.join(rootfs, rel))
-            os.makedirs(os.path.join(rootfs, "var/log"), exist_ok=True)
-            os.remove(os.path.join(rootfs, "etc/resolv.conf"))
-            step("packing base.cpio")
-            pack_cpio(rootfs, os.path.join(work, "base.cpio"), logf)
-            remove_tree(rootfs)
-            for pkg, want in resolved.versions.items():
-                if installed.get(pkg) != want:
-                    step("note: %s installed %s, resolved %s" % (pkg, installed.get(pkg), want))
-            manifest = {
-                "suite": suite, "kernel_release": release, "kernel_version": resolved.kernel_version,
-                "resolved": resolved.versions, "installed": installed, "modules": list(MODULES),
-                "script_sha256": script_digest(), "built_at": time.time(),
-                "build_seconds": round(time.time() - started, 1),
-                "base_cpio_bytes": os.path.getsize(os.path.join(work, "base.cpio")),
-            }
-            with open(os.path.join(work, "manifest.json"), "w") as f:
-                json.dump(manifest, f, indent=1, sort_keys=True)
-            step("done")
-        except Exception:
-            logf.flush()
-            raise
+            installed = _build_rootfs(suite, resolved, work, rootfs, logf, step)
+        except BuildError as e:
+            raise BuildError("%s (log: %s)" % (e, log_path))
+        for pkg, want in resolved.versions.items():
+            if installed.get(pkg) != want:
+                step("note: %s installed %s, resolved %s" % (pkg, installed.get(pkg), want))
+        manifest = {
+            "suite": suite, "kernel_release": release, "kernel_version": resolved.kernel_version,
+            "resolved": resolved.versions, "installed": installed, "modules": list(MODULES),
+            "script_sha256": script_digest(), "built_at": time.time(),
+            "build_seconds": round(time.time() - started, 1),
+            "base_cpio_bytes": os.path.getsize(os.path.join(work, "base.cpio")),
+        }
+        with open(os.path.join(work, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+        step("done")
     remove_tree(final)
     os.rename(work, final)
     image = load_image(suite, final)
     assert image is not None
     return image
+
+
+def drop_installed_kernel(rootfs: str, release: str) -> None:
+    """Remove a kernel the headers pulled in (trixie's linux-headers-*-amd64 depends on the image):
+    the VM boots the separate vmlinuz, and only MODULES belong in RAM."""
+    for pattern in ("boot/vmlinuz*", "boot/initrd.img*", "boot/System.map*", "vmlinuz*", "initrd.img*"):
+        for path in glob.glob(os.path.join(rootfs, pattern)):
+            remove_tree(path)
+    remove_tree(os.path.join(rootfs, "lib/modules", release))
 
 
 def install_modules(kernel: str, rootfs: str, release: str) -> None:

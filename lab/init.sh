@@ -6,7 +6,10 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 TERM=dumb PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 export PYTHONPATH=/opt/site BPFTOOLS_REQUIRE_KERNEL=1 BPFTOOLS_REQUIRE_ROOT=1
 
-mnt() { mkdir -p "$3" && mount -t "$1" -o "${4:-rw}" "$2" "$3" || echo "lab-init: cannot mount $1 on $3"; }
+mnt() {
+    mkdir -p "$3"
+    mount -t "$1" -o "${4:-rw}" "$2" "$3" 2>/dev/null || { echo "lab-init: this kernel cannot mount $1 ${4:-} on $3"; rmdir "$3" 2>/dev/null; }
+}
 mnt proc proc /proc
 mnt sysfs sysfs /sys
 mnt devtmpfs devtmpfs /dev
@@ -17,7 +20,8 @@ mnt tmpfs tmpfs /run
 mnt debugfs debugfs /sys/kernel/debug
 mnt tracefs tracefs /sys/kernel/tracing
 mnt bpf bpf /sys/fs/bpf
-# cgroup v1 memory controller (kmem files) beside a cgroup2 hierarchy, as on the CI host.
+# cgroup v1 memory controller (kmem files) beside a cgroup2 hierarchy, as on the CI host
+# (6.12 in trixie has no cgroup v1 memory: CONFIG_MEMCG_V1 is off).
 mnt tmpfs cgroup /sys/fs/cgroup mode=755
 mnt cgroup cgroup /sys/fs/cgroup/memory memory
 mnt cgroup2 cgroup2 /sys/fs/cgroup/unified

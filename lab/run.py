@@ -166,6 +166,13 @@ def concatenate(parts: Iterable[str], out: str) -> None:
                     dst.write(chunk)
 
 
+def prune_logs(log_dir: str, suite: str, keep: int = 30) -> None:
+    """Keep the newest KEEP console logs of SUITE."""
+    logs = sorted(n for n in os.listdir(log_dir) if n.startswith(suite + "-") and n.endswith(".log"))
+    for name in logs[:-keep]:
+        os.remove(os.path.join(log_dir, name))
+
+
 def qemu_command(vmlinuz: str, initrd: str, memory_mb: int, cpus: int) -> List[str]:
     """Software emulation only: /dev/kvm here is a PVM hypervisor on which Debian kernels hang."""
     return ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-smp", str(cpus), "-m", str(memory_mb),
@@ -173,29 +180,15 @@ def qemu_command(vmlinuz: str, initrd: str, memory_mb: int, cpus: int) -> List[s
             "-append", "console=ttyS0 panic=-1 rdinit=/init quiet"]
 
 
-class Console(object):
-    """Reads the VM's serial console: echoes it, logs it, and picks out the result markers."""
+class ConsoleState(object):
+    """What the console has said so far: the kernel release, pytest's closing line, the exit marker."""
 
-    def __init__(self, stream: IO[bytes], logf: IO[str], echo: Optional[IO[str]]) -> None:
-        self.stream, self.logf, self.echo = stream, logf, echo
+    def __init__(self) -> None:
         self.exit_code = None  # type: Optional[int]
         self.kernel = None  # type: Optional[str]
         self.summary = None  # type: Optional[str]
         self.began = False
-        self.fatal = threading.Event()
-        self.thread = threading.Thread(target=self._read)
-        self.thread.daemon = True
-        self.thread.start()
-
-    def _read(self) -> None:
-        for raw in iter(self.stream.readline, b""):
-            line = raw.decode("utf-8", "replace").replace("\r", "").rstrip("\n")
-            self.logf.write(line + "\n")
-            self.logf.flush()
-            if self.echo is not None:
-                self.echo.write(line + "\n")
-                self.echo.flush()
-            self.parse(line)
+        self.fatal = threading.Event()  # set on a line after which no result can come
 
     def parse(self, line: str) -> None:
         if FATAL_RE.search(line):
@@ -211,6 +204,27 @@ class Console(object):
         m = SUMMARY_RE.match(line.strip())
         if m and self.began and self.exit_code is None:
             self.summary = m.group(1)
+
+
+class Console(ConsoleState):
+    """Reads the VM's serial console in a thread: echoes it, logs it and parses it."""
+
+    def __init__(self, stream: IO[bytes], logf: IO[str], echo: Optional[IO[str]]) -> None:
+        super(Console, self).__init__()
+        self.stream, self.logf, self.echo = stream, logf, echo
+        self.thread = threading.Thread(target=self._read)
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _read(self) -> None:
+        for raw in iter(self.stream.readline, b""):
+            line = raw.decode("utf-8", "replace").replace("\r", "").rstrip("\n")
+            self.logf.write(line + "\n")
+            self.logf.flush()
+            if self.echo is not None:
+                self.echo.write(line + "\n")
+                self.echo.flush()
+            self.parse(line)
 
 
 def boot(image: "build.Image", initrd: str, log_path: str, timeout: float, memory_mb: int, cpus: int,
@@ -282,6 +296,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if os.path.exists(path):
                 os.remove(path)
     finished = time.time()
+    prune_logs(os.path.join(root, "logs"), args.suite)
     what = {EXIT_TIMEOUT: "VM timed out", EXIT_NO_RESULT: "VM stopped without a result"}.get(code, "pytest exit %d" % code)
     sys.stdout.write("lab-run: %s kernel %s: %s; %s; build/cache %.1f s, boot+tier %.1f s; log %s\n" % (
         args.suite, console.kernel or image.kernel_release, console.summary or "no pytest summary", what,

@@ -1,7 +1,8 @@
 """Helpers shared by the kernel tier's tests and its conftest (importable as ``kerneltier``)."""
 import os
+import platform
 import subprocess
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -31,9 +32,22 @@ def missing_kernel_features() -> Optional[str]:
 
 
 def kprobes_listed() -> List[str]:
-    """Lines of debugfs kprobes/list: every kprobe registered now (bcc's perf kprobes included)."""
+    """The ``symbol+0xOFFSET`` of every kprobe registered now (debugfs kprobes/list: bcc's perf
+    kprobes are there too)."""
     with open(KPROBES_LIST) as f:
-        return f.read().splitlines()
+        return [line.split()[2] for line in f if len(line.split()) >= 3]
+
+
+def kernel_config() -> Dict[str, str]:
+    """CONFIG_* values of the running kernel from /boot/config-RELEASE (the lab images ship it)."""
+    path = "/boot/config-%s" % platform.release()
+    config = {}  # type: Dict[str, str]
+    with open(path) as f:
+        for line in f:
+            if line.startswith("CONFIG_") and "=" in line:
+                key, value = line.rstrip("\n").split("=", 1)
+                config[key] = value
+    return config
 
 
 def modprobe(module: str) -> None:

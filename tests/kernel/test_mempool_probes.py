@@ -85,7 +85,7 @@ def probes(symbol_table):
     bpf = BPF(text=BPF_TEXT.encode(), cflags=cflags)  # loading auto-attaches the KFUNC_PROBE program
     bpf.attach_kprobe(event=mempool.attach.encode(), fn_name=b"on_mempool_alloc")
     bpf.attach_kprobe(event=bioset.attach.encode(), fn_name=b"on_bio_alloc_bioset")
-    yield {"bpf": bpf, "mempool": mempool.attach, "fentry": fentry}
+    yield {"bpf": bpf, "fentry": fentry}
     bpf.cleanup()
 
 

@@ -1,0 +1,181 @@
+"""The kernel tier on real Debian kernels: boot each lab VM (lab/run.py) and check the in-VM pytest result.
+
+The VM tests (marker ``lab``) are slow (a cold image build is 2-3 minutes a suite, a boot and the
+tier 1-5 minutes), so they run only with ``BPFTOOLS_LAB=1`` (CI sets it); they need root and the
+host packages listed in lab/README.md. The other tests here check the lab scripts' own logic
+(cpio writer, module closure, file selection, console parsing) in milliseconds.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, "lab", "run.py")
+sys.path.insert(0, os.path.join(ROOT, "lab"))
+import build as lab_build  # noqa: E402  (lab/ is a folder of scripts)
+import run as lab_run  # noqa: E402
+
+# Suite -> the kernel series it must boot (lab/build.py resolves the exact release).
+SUITES = {"bullseye": "5.10.", "bookworm": "6.1.", "trixie": "6.12."}
+# The tier's own tests, which pass on every lab kernel: test_mempool_probes (4) and
+# test_symbol_attach (8). Other kernel-tier tests only add to it.
+MIN_PASSED = 12
+# One suite: a cold build (about 3 minutes) plus the boot and the tier.
+TIMEOUT_S = 2400
+
+COUNT_RE = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
+
+
+def pytest_counts(summary: str) -> Dict[str, int]:
+    """{"passed": 12, "failed": 0, ...} from pytest's closing line ("error" counted as "errors")."""
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    for number, word in COUNT_RE.findall(summary):
+        key = "errors" if word.startswith("error") else word
+        counts[key] = counts.get(key, 0) + int(number)
+    return counts
+
+
+def test_pytest_counts_reads_a_closing_line():
+    assert pytest_counts("1 failed, 11 passed, 2 skipped, 1 error in 29.83s") == {
+        "passed": 11, "failed": 1, "errors": 1, "skipped": 2}
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_kernel_tier_passes_in_the_vm(suite, capsys):
+    if os.environ.get("BPFTOOLS_LAB") != "1":
+        pytest.skip("boots QEMU VMs: set BPFTOOLS_LAB=1 (python3 lab/run.py %s runs it by hand)" % suite)
+    started = time.time()
+    proc = subprocess.Popen([sys.executable, RUN, suite], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            universal_newlines=True)
+    out, _ = proc.communicate(timeout=TIMEOUT_S)
+    wall = time.time() - started
+    console = lab_run.ConsoleState()  # run.py echoes the VM's console: parse it the same way
+    for line in out.splitlines():
+        console.parse(line)
+    counts = pytest_counts(console.summary or "")
+    with capsys.disabled():
+        sys.stdout.write("\nlab %-8s kernel %-22s %-40s exit %s, wall %.0f s\n" % (
+            suite, console.kernel, console.summary, proc.returncode, wall))
+    tail = "\n".join(out.splitlines()[-120:])
+    assert console.kernel is not None and console.kernel.startswith(SUITES[suite]), tail
+    assert proc.returncode == console.exit_code == 0, tail
+    assert counts["failed"] == 0 and counts["errors"] == 0, tail
+    assert counts["passed"] >= MIN_PASSED, tail
+
+
+MODULES_DEP = """kernel/drivers/block/loop.ko:
+kernel/fs/ext4/ext4.ko: kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko kernel/lib/crc16.ko
+kernel/fs/jbd2/jbd2.ko:
+kernel/fs/mbcache.ko:
+kernel/lib/crc16.ko:
+kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
+kernel/net/802/stp.ko: kernel/net/llc/llc.ko
+kernel/net/llc/llc.ko:
+kernel/crypto/crc32c_generic.ko.xz:
+"""
+
+
+def test_module_closure_follows_dependencies_once():
+    assert lab_build.module_closure(MODULES_DEP, ["ext4", "bridge", "crc32c-generic"], []) == [
+        "kernel/crypto/crc32c_generic.ko.xz", "kernel/fs/ext4/ext4.ko", "kernel/fs/jbd2/jbd2.ko",
+        "kernel/fs/mbcache.ko", "kernel/lib/crc16.ko", "kernel/net/802/stp.ko", "kernel/net/bridge/bridge.ko",
+        "kernel/net/llc/llc.ko"]
+
+
+def test_module_closure_accepts_built_in_and_rejects_unknown_modules():
+    assert lab_build.module_closure(MODULES_DEP, ["loop", "veth"], ["kernel/drivers/net/veth.ko"]) == [
+        "kernel/drivers/block/loop.ko"]
+    with pytest.raises(lab_build.BuildError, match="veth is neither a module nor built in"):
+        lab_build.module_closure(MODULES_DEP, ["veth"], [])
+
+
+def test_cache_key_changes_with_every_input():
+    base = lab_build.Resolved("6.1.0-56-amd64", "6.1.192-2", {"python3-bpfcc": "0.26.0+ds-1"})
+    key = lab_build.cache_key("bookworm", base)
+    assert re.match(r"^[0-9a-f]{16}$", key)
+    assert lab_build.cache_key("bookworm", base) == key
+    assert lab_build.cache_key("trixie", base) != key
+    assert lab_build.cache_key("bookworm", base._replace(kernel_version="6.1.192-3")) != key
+    assert lab_build.cache_key("bookworm", base._replace(versions={"python3-bpfcc": "0.26.0+ds-2"})) != key
+
+
+def test_sources_cover_the_suite_updates_and_security():
+    assert lab_build.sources_lines("bullseye", None) == [
+        "deb http://deb.debian.org/debian bullseye main",
+        "deb http://deb.debian.org/debian bullseye-updates main",
+        "deb http://deb.debian.org/debian-security bullseye-security main"]
+
+
+def test_installed_layout_maps_probes_and_analyses_into_the_package():
+    assert lab_run.installed_name("bpftools/cli.py") == "bpftools/cli.py"
+    assert lab_run.installed_name("probes/iojitter.bpf.c") == "bpftools/probes/iojitter.bpf.c"
+    assert lab_run.installed_name("analyses/gfp.py") == "bpftools/analyses/gfp.py"
+    assert lab_run.installed_name("tests/test_lab.py") is None
+    assert lab_run.installed_name("probesx/a.c") is None
+
+
+def test_pytest_arguments_default_to_the_kernel_tier():
+    assert lab_run.pytest_arguments([], ROOT) == ["tests/kernel"]
+    assert lab_run.pytest_arguments(["-k", "mempool", "-x"], ROOT) == ["tests/kernel", "-k", "mempool", "-x"]
+    named = ["tests/kernel/test_symbol_attach.py::test_resolution_matches_what_this_kernel_has", "-x"]
+    assert lab_run.pytest_arguments(named, ROOT) == named
+
+
+def test_project_files_are_tracked_and_untracked_without_venv_or_git(tmp_path):
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    repo = str(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", repo]
+    subprocess.check_call(git[:1] + ["init", "-q", repo])
+    for name, text in (("bpftools/a.py", "a"), ("probes/p.bpf.c", "p"), (".gitignore", "*.log\n"),
+                       ("new.txt", "n"), ("gone.py", "g"), ("x.log", "l"), (".venv/lib/v.py", "v")):
+        os.makedirs(os.path.dirname(os.path.join(repo, name)) or repo, exist_ok=True)
+        with open(os.path.join(repo, name), "w") as f:
+            f.write(text)
+    subprocess.check_call(git + ["add", "bpftools/a.py", "probes/p.bpf.c", ".gitignore", "gone.py"])
+    subprocess.check_call(git + ["commit", "-q", "-m", "x"])
+    os.remove(os.path.join(repo, "gone.py"))
+    assert lab_run.project_files(repo) == [".gitignore", "bpftools/a.py", "new.txt", "probes/p.bpf.c"]
+
+
+def test_project_cpio_holds_init_tree_installed_layout_and_arguments(tmp_path):
+    if shutil.which("cpio") is None:
+        pytest.skip("needs cpio")
+    repo = tmp_path / "repo"
+    for name in ("bpftools/__init__.py", "probes/p.bpf.c", "tests/kernel/test_x.py"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(name)
+    archive = str(tmp_path / "project.cpio")
+    count = lab_run.write_project_cpio(archive, str(repo), "bookworm", ["tests/kernel", "-k", "a b"])
+    assert count == 3
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(archive, "rb") as f:
+        subprocess.check_call(["cpio", "-i", "-d", "--quiet"], stdin=f, cwd=str(out))
+    assert (out / "opt/bpftools/probes/p.bpf.c").read_text() == "probes/p.bpf.c"
+    assert (out / "opt/site/bpftools/probes/p.bpf.c").read_text() == "probes/p.bpf.c"
+    assert (out / "opt/site/bpftools/__init__.py").read_text() == "bpftools/__init__.py"
+    assert not (out / "opt/site/tests").exists()
+    assert (out / "opt/bpftools-lab/pytest-args").read_text() == "tests/kernel\n-k\na b\n"
+    with open(lab_run.INIT) as f:
+        assert (out / "init").read_text() == f.read()
+    assert os.stat(str(out / "init")).st_mode & 0o777 == 0o755
+    assert os.path.getsize(archive) % 512 == 0
+
+
+def test_console_parse_reads_kernel_summary_and_exit_code():
+    console = lab_run.ConsoleState()
+    for line in ("[    1.0] random 3 passed in 1s", "@@BPFTOOLS-LAB-KERNEL=6.1.0-56-amd64@@", "@@BPFTOOLS-LAB-BEGIN@@",
+                 "....", "1 failed, 3 passed in 12.50s", "@@BPFTOOLS-LAB-EXIT=1@@"):
+        console.parse(line)
+    assert (console.kernel, console.summary, console.exit_code) == ("6.1.0-56-amd64", "1 failed, 3 passed", 1)
+    assert not console.fatal.is_set()
+    console.parse("[    2.5] Failed to execute /init (error -13)")
+    assert console.fatal.is_set()
