@@ -80,14 +80,14 @@ def test_mount_and_layout_from_fixtures(root, mount, layout):
     assert cgroup_layout(root) == layout
 
 
-def _mountinfo(tmp_path, text):
+def mountinfo(tmp_path, text):
     (tmp_path / "proc" / "self").mkdir(parents=True)
     (tmp_path / "proc" / "self" / "mountinfo").write_text(text)
     return str(tmp_path)
 
 
 def test_memory_mount_escaped_and_comounted(tmp_path):
-    root = _mountinfo(tmp_path, (
+    root = mountinfo(tmp_path, (
         "30 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
         "garbage line\n"
         "40 30 0:35 / /cg/cpu\\040and\\040mem rw,relatime shared:16 - cgroup cgroup rw,cpu,memory\n"))
@@ -96,7 +96,7 @@ def test_memory_mount_escaped_and_comounted(tmp_path):
 
 
 def test_memory_mount_ignores_other_controllers(tmp_path):
-    root = _mountinfo(tmp_path, (
+    root = mountinfo(tmp_path, (
         "36 34 0:31 / /sys/fs/cgroup/memory_like rw - cgroup cgroup rw,name=memory_like\n"
         "41 34 0:36 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"))
     assert memory_cgroup_mount(root) is None

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 
 from ..capture import Probe, poll_events
 from ..cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
-from ..errors import MissingKernelFeature, ProbeLoadError
-from ..tracefs import find_tracefs
+from ..errors import MissingKernelFeature, PrivilegeError, ProbeLoadError
+from ..tracefs import ensure_tracefs, find_tracefs
 
 PROGRAM = "iojitter"
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -52,6 +52,13 @@ def tracepoint_format(category: str, name: str, tracefs: Optional[str] = None) -
         return None
 
 
+def tracing_ready() -> None:
+    """Planning reads tracefs and kallsyms as they are for root: require root, mount tracefs if needed."""
+    if os.geteuid() != 0:
+        raise PrivilegeError("tracing")
+    ensure_tracefs()
+
+
 def kprobes_available() -> bool:
     """True when this kernel has kprobes (the capability layer's check)."""
     from ..capabilities import _check_kprobes
@@ -72,10 +79,32 @@ def headers_match_running_kernel() -> bool:
     return False
 
 
-def has_header(relpath: str) -> bool:
-    """True when the running kernel's header tree has include/RELPATH."""
-    release = os.uname().release
-    return os.path.exists(os.path.join("/lib/modules/%s/build/include" % release, relpath))
+# Kernel struct members the kprobe modes read, passed as -D OFF_* offsets; alternatives in order.
+STRUCT_MEMBERS = {
+    "OFF_CACHE_NAME": [("kmem_cache", "name")],
+    "OFF_MEMPOOL_WAIT": [("mempool", "wait"), ("mempool_s", "wait")],
+    "OFF_PAGE_MAPPING": [("page", "mapping")],
+    "OFF_MAPPING_HOST": [("address_space", "host")],
+    "OFF_INODE_INO": [("inode", "i_ino")],
+    "OFF_INODE_SB": [("inode", "i_sb")],
+    "OFF_SB_DEV": [("super_block", "s_dev")],
+    "OFF_WBC_NR_TO_WRITE": [("writeback_control", "nr_to_write")],
+}
+
+
+def slub_def_usable() -> bool:
+    """True when this kernel's linux/slub_def.h compiles on its own.
+
+    Since 5.17 (struct slab, commit d122019bf061) its inline helpers use ``struct slab``, defined only
+    in mm/slab.h, so including it fails; older headers (3.10, 5.10) are self-contained.
+    """
+    for tree in ("build", "source"):   # Debian splits the headers: include/linux is in the -common "source"
+        try:
+            with open("/lib/modules/%s/%s/include/linux/slub_def.h" % (os.uname().release, tree)) as f:
+                return "struct slab *" not in f.read()
+        except OSError:
+            continue
+    return False
 
 
 @dataclass
@@ -106,6 +135,25 @@ class Plan:
         slots.update(other.slots)
         return Plan(mode=self.mode, flags=sorted(set(self.flags) | set(other.flags)), params=params,
                     kprobes=self.kprobes + other.kprobes, notes=self.notes + other.notes, slots=slots)
+
+    def read_structs(self, names: List[str], slub_def: bool = False) -> Optional[str]:
+        """Make the kernel struct offsets NAMES (OFF_*) available to the program; returns where from.
+
+        "btf" (all found in /sys/kernel/btf/vmlinux: exact for the running kernel), else "headers" (this
+        kernel's own headers are installed; SLUB_DEF also needs linux/slub_def.h to compile alone), else
+        None: the program reads nothing from those structs.
+        """
+        from . import _btf
+        found = _btf.offsets(dict((n, STRUCT_MEMBERS[n]) for n in names))
+        if len(found) == len(names):
+            self.params.update(found)
+            return "btf"
+        if headers_match_running_kernel() and (not slub_def or slub_def_usable()):
+            self.flags.append("HAVE_MATCHING_HEADERS")
+            if slub_def:
+                self.flags.append("HAVE_SLUB_DEF")
+            return "headers"
+        return None
 
     def probe(self) -> Probe:
         return Probe(PROGRAM, self.params, sorted(set(self.flags)))

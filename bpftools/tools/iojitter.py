@@ -10,7 +10,8 @@ recognised as mempool waits by their stack; other sleeps in a stall are shown as
 (e.g. ``blk_mq_get_tag``: the device queue was full).
 """
 import json
-from typing import Any, Dict, List, Optional
+import sys
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 from rich.markup import escape
@@ -28,9 +29,9 @@ CONFIDENCE_STYLE = {"high": "green", "medium": "yellow", "low": "red"}
 MAX_EPISODES = 20
 
 
-def plan(mode: str, pid: Optional[int], min_ns: int, wait_min_ns: int) -> io.Plan:
+def plan(mode: str, pid: Optional[int], min_ns: int, wait_min_ns: int, functions: Tuple[str, ...] = ()) -> io.Plan:
     """writeslow's plan (the slow-write threshold) + mempoolwait's (only sleeps inside writebacks) + slabfail's."""
-    wb = writeslow.plan(mode, pid, min_ns)
+    wb = writeslow.plan(mode, pid, min_ns, functions)
     sleeps = mempoolwait.plan(mode, pid, wait_min_ns, only_in_writeback=True)
     slabs = slabfail.plan(mode, pid)
     merged = sleeps.merge(wb).merge(slabs)
@@ -84,7 +85,6 @@ def render_recording(rec: Any, console: Any) -> None:
 
 
 def _console() -> Any:
-    import sys
     from rich.console import Console
     return Console(file=sys.stdout, highlight=False)
 
@@ -101,18 +101,21 @@ Examples:
               help="A writeback call this slow is a stall.")
 @click.option("--wait-min-ms", type=float, default=1.0, show_default=True,
               help="Ignore sleeps shorter than this.")
+@click.option("-F", "--function", "functions", multiple=True, metavar="NAME",
+              help="Writeback function to time instead of the default set (repeatable; needs kprobes).")
 @click.option("-K", "kernel_stacks", is_flag=True, help="With --json: keep the kernel stacks in the episodes.")
 @click.option("-f", "--folded", is_flag=True, help="Print folded stacks weighted by time blocked at the end.")
 @click.argument("interval", required=False, type=float, callback=io.positive)
 @click.argument("count", required=False, type=click.IntRange(1, None))
 def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float], mode: str, as_json: bool,
             record: Optional[str], ready_file: Optional[str], ebpf: bool, min_ms: float, wait_min_ms: float,
-            kernel_stacks: bool, folded: bool, interval: Optional[float], count: Optional[int]) -> None:
+            functions: Tuple[str, ...], kernel_stacks: bool, folded: bool, interval: Optional[float],
+            count: Optional[int]) -> None:
     """Explain slow writebacks: slab failure -> mempool sleep -> writeback end, per thread and container."""
     for name, value in (("--min-ms", min_ms), ("--wait-min-ms", wait_min_ms)):
         if value < 0:
             raise click.BadParameter("must be >= 0", param_hint=name)
-    the_plan = plan(mode, pid, int(min_ms * 1e6), int(wait_min_ms * 1e6))
+    the_plan = plan(mode, pid, int(min_ms * 1e6), int(wait_min_ms * 1e6), tuple(functions))
     if ebpf:
         click.echo(the_plan.describe())
         return

@@ -131,6 +131,7 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
     from ..symbols import SymbolTable
     if all_dstate and mode == "kprobe":
         raise click.BadParameter("--all-dstate is the sched_switch view: use it without --mode kprobe")
+    io.tracing_ready()
     kprobe_ok = io.kprobes_available() and not all_dstate
     chosen = io.choose_mode(mode, kprobe_ok, TOOL)
     params = {"SLEEP_MIN_NS": min_ns}
@@ -146,9 +147,10 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
             out.flags.append("WANT_SLEEP_KPROBE")
             out.kprobes += [io.Attach(mp, "mp_alloc_entry"), io.Attach(mp, "mp_alloc_return", ret=True),
                             io.Attach(sleep, "mp_sleep_entry"), io.Attach(finish, "mp_finish_wait_entry")]
-            if io.headers_match_running_kernel():
-                out.flags.append("HAVE_MATCHING_HEADERS")
-            out.notes.append("mempoolwait: kprobe mode on %s, %s, %s" % (mp, sleep, finish))
+            source = out.read_structs(["OFF_MEMPOOL_WAIT"])
+            out.notes.append("mempoolwait: kprobe mode on %s, %s, %s; %s" % (
+                mp, sleep, finish, "a sleep ends at finish_wait(&pool->wait)" if source else
+                "without BTF or headers, a sleep ends at a finish_wait on the pool's first 256 bytes"))
             return out
         if mode == "kprobe":
             raise MissingKernelFeature("kprobe attach points: %s" % "; ".join(r.note for r in missing),

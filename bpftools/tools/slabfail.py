@@ -125,6 +125,7 @@ def decode(raw: Any, capture: io.Capture) -> Optional[SlabFailure]:
 def plan(mode: str, pid: Optional[int]) -> io.Plan:
     """Which tracepoints and kprobes this kernel allows for slab failures, and what they can tell."""
     from ..symbols import SymbolTable
+    io.tracing_ready()
     fields = io.tracepoint_fields("kmem", "kmem_cache_alloc")
     if fields is None:
         raise MissingKernelFeature("tracepoint kmem:kmem_cache_alloc")
@@ -152,12 +153,15 @@ def plan(mode: str, pid: Optional[int]) -> io.Plan:
                 out.notes.append("slabfail: not probing %s (%s)" % (resolution.wanted, resolution.note))
             elif all(a.event != target for a in out.kprobes):
                 out.kprobes.append(io.Attach(target, "slab_alloc_entry"))
-        if io.headers_match_running_kernel() and io.has_header("linux/slub_def.h"):
-            out.flags += ["HAVE_MATCHING_HEADERS", "HAVE_SLUB_DEF"]
-            out.notes.append("slabfail: cache names read from struct kmem_cache (this kernel's headers)")
+        source = out.read_structs(["OFF_CACHE_NAME"], slub_def=True)
+        if source:
+            out.notes.append("slabfail: kprobe mode; cache names read from struct kmem_cache (offset from %s)"
+                             % ("BTF" if source == "btf" else "this kernel's headers"))
+        elif has_name:
+            out.notes.append("slabfail: kprobe mode; cache names from kmem:kmem_cache_alloc's name field")
         else:
-            out.notes.append("slabfail: cache names unknown: kmem_cache->name needs this kernel's own "
-                             "headers with linux/slub_def.h (up to 6.7); call sites only")
+            out.notes.append("slabfail: cache names unknown: kmem_cache->name needs BTF or this kernel's own "
+                             "headers (with a self-contained linux/slub_def.h); call sites only")
     elif has_name:
         out.notes.append("slabfail: tracepoint mode; cache names from kmem:kmem_cache_alloc's name field")
     else:

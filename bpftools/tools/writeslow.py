@@ -39,6 +39,8 @@ WRITEBACK_FUNCTIONS = (
     ("xfs_vm_writepage", WB_ARG_PAGE),
 )
 LONG_MAX = 2 ** 63 - 1
+STRUCT_READS = ["OFF_PAGE_MAPPING", "OFF_MAPPING_HOST", "OFF_INODE_INO", "OFF_INODE_SB", "OFF_SB_DEV",
+                "OFF_WBC_NR_TO_WRITE"]
 HEADER = "%-14s %-7s %-16s %10s %-7s %-9s %6s  %s" % ("TIME(s)", "PID", "COMM", "LAT(ms)", "DEV", "INO", "PAGES",
                                                      "FUNC (nested calls indented)")
 
@@ -117,6 +119,7 @@ def plan(mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] 
     from ..symbols import SymbolTable
     if functions and mode == "tracepoint":
         raise click.BadParameter("-F/--function needs kprobes: use it without --mode tracepoint")
+    io.tracing_ready()
     kprobe_ok = io.kprobes_available()
     chosen = io.choose_mode("kprobe" if functions else mode, kprobe_ok, TOOL)
     params = {"WB_MIN_NS": min_ns}
@@ -143,11 +146,9 @@ def plan(mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] 
             out.kprobes += [io.Attach(r.attach, "wb_entry_%d" % slot), io.Attach(r.attach, "wb_return_%d" % slot, ret=True)]
         if out.slots:
             out.flags.append("WANT_WB_KPROBE")
-            if io.headers_match_running_kernel():
-                out.flags.append("HAVE_MATCHING_HEADERS")
-                extra = "device, inode and pages from the arguments"
-            else:
-                extra = "no device/inode (this kernel's headers are not installed)"
+            source = out.read_structs(STRUCT_READS)
+            extra = ("device, inode and pages read from the arguments" if source else
+                     "no device/inode/pages (needs BTF or this kernel's own headers)")
             out.notes.append("writeslow: kprobe mode on %s; %s" % (", ".join(out.slots.values()), extra))
             return out
         if mode == "kprobe":

@@ -1,0 +1,488 @@
+"""Correlate slab failures, mempool sleeps and slow writebacks into one causal record per stall.
+
+Input: the event stream of ``bpftools iojitter`` (live, or a recording's events), each a dict with a
+``type``:
+
+- ``writeback`` (writeslow): ``tid tgid comm start_ns ts_ns duration_ns func depth dev ino kstack
+  cgroup container wb_container``; ``ts_ns`` is the end.
+- ``sleep`` (mempoolwait): ``tid start_ns ts_ns duration_ns in_mempool timed_out source blocked_in
+  caller pool kstack``; ``source`` is ``kprobe`` (a measured mempool wait) or ``sched_switch``.
+- ``slab_failure`` (slabfail): ``tid ts_ns kind cache call_site memcg_cache container``.
+- ``lost``: ``count source ts_ns``: records lost after the event at ``ts_ns`` (None: unknown).
+- ``mode``: the plan of the run (``flags``), which says whether sleeps came from kprobes.
+Anything else (``mempool_alloc``...) is ignored.
+
+Output (:func:`correlate`): per thread, each outermost slow writeback is an :class:`Episode` holding
+its nested calls, the sleeps inside it and the slab failures that preceded each mempool sleep, so an
+SRE reads "ext4_writepages stalled 5.02 s: slab fail biovec-64 → mempool wait 5.00 s (timed out)".
+An episode is *explained* by the mempool when mempool sleeps cover at least half of it. The
+:class:`Result` adds the fraction explained, per container/pod groups, folded stacks weighted by time
+blocked and a confidence that drops when records were lost or sleeps were only recognised by stack.
+
+Pure: no I/O, no clock; the same stream gives the same result.
+"""
+from collections import Counter, OrderedDict
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from dataclasses import asdict, dataclass, field
+
+from . import folded as folded_stacks
+from . import stacks
+
+MEMPOOL_TIMEOUT_NS = 5 * 1000 ** 3       # io_schedule_timeout(5*HZ) in mempool_alloc, literal in 3.10..6.18
+TIMEOUT_SLACK_NS = 20 * 1000 ** 2        # two jiffies at HZ=100: a wait this close to 5 s timed out
+EXPLAINED_SHARE = 0.5                    # mempool sleeps covering this share of a stall explain it
+HIGH, MEDIUM, LOW = "high", "medium", "low"
+
+
+def timed_out(duration_ns: int) -> bool:
+    """True when a mempool sleep lasted the whole 5 s timeout (not woken early by mempool_free).
+
+    >>> timed_out(4999 * 1000 ** 2), timed_out(1200 * 1000 ** 2)
+    (True, False)
+    """
+    return duration_ns >= MEMPOOL_TIMEOUT_NS - TIMEOUT_SLACK_NS
+
+
+@dataclass
+class Call:
+    """One writeback call of an episode (the outermost first, then the calls nested in it)."""
+
+    func: str
+    depth: int                 # nesting depth inside the episode, 0 = the episode itself
+    start_ns: int
+    end_ns: int
+    dev: Optional[str]
+    ino: Optional[int]
+
+
+@dataclass
+class Wait:
+    """A sleep inside an episode, with the slab failures since the previous sleep (mempool waits only)."""
+
+    start_ns: int
+    end_ns: int
+    duration_ns: int
+    in_mempool: bool
+    timed_out: Optional[bool]
+    blocked_in: Optional[str]      # function name the task slept in (not the scheduler's)
+    caller: Optional[str]          # who called mempool_alloc
+    call: Optional[str]            # the innermost writeback call around it
+    kstack: Optional[List[str]]    # the sleeping stack, innermost first; None when none was taken
+    after_slab_failures: List[str] = field(default_factory=list)   # cache (or call site) of each
+
+
+@dataclass
+class Episode:
+    """One slow writeback on one thread (the outermost call) and what it was blocked on."""
+
+    tid: int
+    tgid: int
+    comm: str
+    start_ns: int
+    end_ns: int
+    duration_ns: int
+    func: str
+    dev: Optional[str]
+    ino: Optional[int]
+    calls: List[Call]
+    waits: List[Wait]
+    slab_failures: List[str]       # all failures on the thread during the episode: cache or call site
+    mempool_ns: int
+    other_blocked_ns: int
+    explained: bool
+    group: str                     # container / pod / cgroup the stall belongs to
+    container: Optional[Dict[str, Any]]
+    incomplete: bool               # records were lost while it ran
+    kstack: Optional[List[str]]
+
+    @property
+    def mempool_timeouts(self) -> int:
+        return sum(1 for w in self.waits if w.in_mempool and w.timed_out)
+
+    def chain(self) -> str:
+        """The causal record in one line: slab failures → mempool sleeps → the writeback's end.
+
+        Consecutive sleeps in the same other function are merged ("blocked 0.43s in blk_mq_get_tag
+        (4 sleeps)").
+        """
+        parts = []
+        merged = []  # type: List[List[Any]]   # [wait, total ns, count]
+        for w in self.waits:
+            last = merged[-1][0] if merged else None
+            if (last is not None and not w.in_mempool and not last.in_mempool and not w.after_slab_failures
+                    and w.blocked_in == last.blocked_in):
+                merged[-1][1] += w.duration_ns
+                merged[-1][2] += 1
+            else:
+                merged.append([w, w.duration_ns, 1])
+        for w, ns, n in merged:
+            if w.after_slab_failures:
+                parts.append("slab fail %s" % _counted(w.after_slab_failures))
+            if w.in_mempool:
+                parts.append("mempool wait %ss (%s)" % (_secs(ns), "timed out" if w.timed_out else "woken"))
+            else:
+                parts.append("blocked %ss in %s%s" % (_secs(ns), w.blocked_in or "[no stack]",
+                                                      " (%d sleeps)" % n if n > 1 else ""))
+        calls = sorted(self.calls, key=lambda c: (c.depth, c.start_ns))
+        parts.append(" > ".join("%s %ss" % (c.func, _secs(c.end_ns - c.start_ns)) for c in calls))
+        return " -> ".join(parts)
+
+    def to_json(self) -> Dict[str, Any]:
+        out = asdict(self)
+        out["mempool_timeouts"] = self.mempool_timeouts
+        out["chain"] = self.chain()
+        return out
+
+
+@dataclass
+class Group:
+    """Stalls of one container / pod / cgroup."""
+
+    group: str
+    container: Optional[Dict[str, Any]]
+    episodes: int
+    explained: int
+    stalled_ns: int
+    mempool_ns: int
+    slab_failures: int
+
+
+@dataclass
+class Result:
+    """The correlation of one stream."""
+
+    sleeps_from: str                          # "kprobe" | "sched_switch" | "none"
+    episodes: List[Episode]
+    groups: List[Group]
+    slow_writebacks: int
+    explained: int
+    fraction_explained: Optional[float]       # None without slow writebacks
+    stalled_ns: int
+    mempool_ns: int
+    mempool_waits: int                        # in slow writebacks
+    mempool_timeouts: int
+    mempool_waits_elsewhere: int              # outside any slow writeback
+    slab_failures: int
+    slab_failures_elsewhere: int
+    other_blocking: List[Tuple[str, int]]     # (function, ns) of non-mempool sleeps in stalls, most first
+    lost_records: int
+    skipped_records: int                      # not usable (missing or invalid fields)
+    confidence: str
+    reasons: List[str]
+    verdict: str
+    folded: Dict[str, int]
+
+    def to_json(self) -> Dict[str, Any]:
+        out = asdict(self)
+        out["episodes"] = [e.to_json() for e in self.episodes]
+        out["other_blocking"] = [{"function": f, "ns": ns} for f, ns in self.other_blocking]
+        return out
+
+
+def _secs(ns: int) -> str:
+    return folded_stacks.fixed(ns / 1e9, 2)
+
+
+def _counted(items: List[str]) -> str:
+    """"biovec-64 x2, filp" in first-seen order."""
+    counts = Counter(items)
+    return ", ".join(name if counts[name] == 1 else "%s x%d" % (name, counts[name])
+                     for name in OrderedDict.fromkeys(items))
+
+
+def _group_of(container: Optional[Dict[str, Any]], cgroup: Optional[str]) -> str:
+    if container:
+        if container.get("container_id"):
+            label = "container %s" % container["container_id"][:12]
+            return label + (" pod %s" % container["pod_uid"] if container.get("pod_uid") else "")
+        if container.get("pod_uid"):
+            return "pod %s" % container["pod_uid"]
+    return "cgroup %s" % cgroup if cgroup and cgroup != "/" else "host"
+
+
+class _Tree(object):
+    """Writeback calls of one thread nested by time: roots are the episodes."""
+
+    def __init__(self, calls: List[Dict[str, Any]]) -> None:
+        self.roots = []  # type: List[Tuple[Dict[str, Any], List[Tuple[Dict[str, Any], int]]]]
+        open_ = []  # type: List[Tuple[Dict[str, Any], int]]
+        for ev in sorted(calls, key=lambda e: (e["start_ns"], -e["ts_ns"])):
+            while open_ and open_[-1][0]["ts_ns"] < ev["start_ns"]:
+                open_.pop()
+            while open_ and ev["ts_ns"] > open_[-1][0]["ts_ns"]:   # overlaps but is not inside: not nested
+                open_.pop()
+            if open_:
+                self.roots[-1][1].append((ev, len(open_)))
+            else:
+                self.roots.append((ev, [(ev, 0)]))
+            open_.append((ev, len(open_)))
+
+
+def _innermost(members: List[Tuple[Dict[str, Any], int]], ts: int) -> Optional[str]:
+    best = None  # type: Optional[Tuple[int, str]]
+    for ev, depth in members:
+        if ev["start_ns"] <= ts <= ev["ts_ns"] and (best is None or depth >= best[0]):
+            best = (depth, ev.get("func") or "?")
+    return best[1] if best else None
+
+
+def _slab_label(ev: Dict[str, Any]) -> str:
+    """The cache of a failure (a 3.10 per-memcg cache with its cgroup cut to 12 characters), else its caller."""
+    memcg = ev.get("memcg_cache") or {}
+    if memcg.get("base") and memcg.get("cgroup") is not None:
+        return "%s(%s:%s)" % (memcg["base"], memcg.get("memcg_id"), memcg["cgroup"][:12])
+    return ev.get("cache") or ev.get("call_site") or "?"
+
+
+def _loss_windows(events: List[Dict[str, Any]]) -> Tuple[List[Tuple[float, float]], int]:
+    """Time windows in which records may be missing, and the number of records lost."""
+    windows = []
+    lost = 0
+    last = None  # type: Optional[int]
+    pending = []  # type: List[float]
+    for ev in events:
+        kind = ev.get("type")
+        if kind == "lost":
+            lost += int(ev.get("count") or 0)
+            start = ev.get("ts_ns")
+            pending.append(float(start) if start is not None else (float(last) if last is not None else float("-inf")))
+            continue
+        ts = ev.get("ts_ns")
+        if ts is None or kind == "mode":
+            continue
+        for start in pending:
+            windows.append((start, float(ts)))
+        pending = []
+        last = ts if last is None else max(last, ts)
+    windows += [(start, float("inf")) for start in pending]
+    return windows, lost
+
+
+_REQUIRED = {"writeback": ("tid", "start_ns", "ts_ns"), "sleep": ("tid", "start_ns", "ts_ns"),
+             "slab_failure": ("tid", "ts_ns")}
+
+
+def _usable(ev: Any) -> bool:
+    """A dict whose kind, if it is one we correlate, has integer ids and times (start before end)."""
+    if not isinstance(ev, dict):
+        return False
+    need = _REQUIRED.get(ev.get("type"))
+    if need is None:
+        return True
+    if not all(isinstance(ev.get(k), int) and not isinstance(ev.get(k), bool) for k in need):
+        return False
+    return "start_ns" not in need or ev["start_ns"] <= ev["ts_ns"]
+
+
+def correlate(events: Iterable[Any], extra_lost: int = 0) -> Result:
+    """One causal record per slow writeback from an iojitter event stream (see the module doc).
+
+    EXTRA_LOST counts records known lost but not marked in the stream (a recording's trailer): their
+    place is unknown, so every episode may miss them. Records that are not usable (missing or
+    non-integer ids and times) are skipped and lower the confidence.
+    """
+    given = list(events)
+    stream = [e for e in given if _usable(e)]
+    malformed = len(given) - len(stream)
+    windows, lost = _loss_windows(stream)
+    if extra_lost:
+        windows.append((float("-inf"), float("inf")))
+    lost += extra_lost
+    by_tid = {}  # type: Dict[int, Dict[str, List[Dict[str, Any]]]]
+    sleeps_from = "none"
+    for ev in stream:
+        kind = ev.get("type")
+        if kind == "mode":
+            flags = ev.get("flags") or []
+            sleeps_from = "kprobe" if "WANT_SLEEP_KPROBE" in flags else (
+                "sched_switch" if "WANT_SLEEP_SCHED" in flags else sleeps_from)
+        elif kind in ("writeback", "sleep", "slab_failure") and ev.get("tid") is not None:
+            by_tid.setdefault(int(ev["tid"]), {"writeback": [], "sleep": [], "slab_failure": []})[kind].append(ev)
+    if sleeps_from == "none" and any(s.get("source") == "kprobe" for t in by_tid.values() for s in t["sleep"]):
+        sleeps_from = "kprobe"
+    elif sleeps_from == "none" and any(t["sleep"] for t in by_tid.values()):
+        sleeps_from = "sched_switch"
+
+    episodes = []  # type: List[Episode]
+    mempool_elsewhere = slab_elsewhere = 0
+    for tid in sorted(by_tid):
+        kinds = by_tid[tid]
+        tree = _Tree(kinds["writeback"])
+        used_sleeps = set()  # type: set
+        used_slabs = set()  # type: set
+        for root, members in tree.roots:
+            episodes.append(_episode(root, members, kinds, used_sleeps, used_slabs, windows))
+        mempool_elsewhere += sum(1 for i, s in enumerate(kinds["sleep"]) if i not in used_sleeps and s.get("in_mempool"))
+        slab_elsewhere += sum(1 for i in range(len(kinds["slab_failure"])) if i not in used_slabs)
+    episodes.sort(key=lambda e: (e.start_ns, e.tid))
+    return _result(episodes, sleeps_from, mempool_elsewhere, slab_elsewhere, lost, malformed)
+
+
+def _episode(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], kinds: Dict[str, List[Dict[str, Any]]],
+             used_sleeps: set, used_slabs: set, windows: List[Tuple[float, float]]) -> Episode:
+    start, end = int(root["start_ns"]), int(root["ts_ns"])
+    slabs = sorted(((i, s) for i, s in enumerate(kinds["slab_failure"]) if start <= int(s["ts_ns"]) <= end),
+                   key=lambda item: (int(item[1]["ts_ns"]), item[0]))
+    used_slabs.update(i for i, _ in slabs)
+    waits = []
+    cursor = start
+    slab_i = 0
+    inside = sorted(((i, s) for i, s in enumerate(kinds["sleep"]) if start <= int(s["start_ns"]) <= end),
+                    key=lambda item: int(item[1]["start_ns"]))
+    for i, s in inside:
+        used_sleeps.add(i)
+        s_start, s_end = int(s["start_ns"]), min(int(s["ts_ns"]), end)
+        before = []
+        if s.get("in_mempool"):
+            while slab_i < len(slabs) and int(slabs[slab_i][1]["ts_ns"]) <= s_start:
+                if int(slabs[slab_i][1]["ts_ns"]) >= cursor:
+                    before.append(_slab_label(slabs[slab_i][1]))
+                slab_i += 1
+            cursor = s_end
+        blocked = s.get("blocked_in")
+        waits.append(Wait(start_ns=s_start, end_ns=s_end, duration_ns=max(0, s_end - s_start),
+                          in_mempool=bool(s.get("in_mempool")), timed_out=s.get("timed_out"),
+                          blocked_in=stacks.base_name(blocked) if blocked else None, caller=s.get("caller"),
+                          call=_innermost(members, s_start), kstack=s.get("kstack"),
+                          after_slab_failures=before))
+    mempool_ns = sum(w.duration_ns for w in waits if w.in_mempool)
+    other_ns = sum(w.duration_ns for w in waits if not w.in_mempool)
+    duration = end - start
+    container = _episode_container(root, slabs)
+    calls = [Call(func=ev.get("func") or "?", depth=depth, start_ns=int(ev["start_ns"]), end_ns=int(ev["ts_ns"]),
+                  dev=ev.get("dev"), ino=ev.get("ino")) for ev, depth in members]
+    return Episode(
+        tid=int(root["tid"]), tgid=int(root.get("tgid") or root["tid"]), comm=root.get("comm") or "?",
+        start_ns=start, end_ns=end, duration_ns=duration, func=root.get("func") or "?", dev=root.get("dev"),
+        ino=root.get("ino"), calls=calls, waits=waits, slab_failures=[_slab_label(s) for _, s in slabs],
+        mempool_ns=mempool_ns, other_blocked_ns=other_ns,
+        explained=duration > 0 and mempool_ns >= EXPLAINED_SHARE * duration,
+        group=_group_of(container, root.get("wb_cgroup") or root.get("cgroup")), container=container,
+        incomplete=any(a <= end and b >= start for a, b in windows), kstack=root.get("kstack"))
+
+
+def _episode_container(root: Dict[str, Any], slabs: List[Tuple[int, Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
+    """Whose stall it is: the bdi_writeback's cgroup (cgroup writeback), else the container a 3.10
+    per-memcg cache of the failures names (the charge went there; the writer's own record of the same
+    container is preferred, it carries the pod), else the writer's container."""
+    if root.get("wb_container"):
+        return root["wb_container"]
+    task = root.get("container")
+    for _, s in slabs:
+        charged = (s.get("memcg_cache") or {}).get("container")
+        if charged:
+            same = task and task.get("container_id") == charged.get("container_id")
+            return task if same else charged
+    return task
+
+
+def _result(episodes: List[Episode], sleeps_from: str, mempool_elsewhere: int, slab_elsewhere: int,
+            lost: int, malformed: int) -> Result:
+    n = len(episodes)
+    explained = sum(1 for e in episodes if e.explained)
+    mempool_waits = [w for e in episodes for w in e.waits if w.in_mempool]
+    other = Counter()  # type: Counter[str]
+    for e in episodes:
+        for w in e.waits:
+            if not w.in_mempool:
+                other[w.blocked_in or "[no stack]"] += w.duration_ns
+    groups = OrderedDict()  # type: Dict[str, Group]
+    for e in sorted(episodes, key=lambda e: e.group):
+        g = groups.setdefault(e.group, Group(e.group, e.container, 0, 0, 0, 0, 0))
+        g.episodes += 1
+        g.explained += int(e.explained)
+        g.stalled_ns += e.duration_ns
+        g.mempool_ns += e.mempool_ns
+        g.slab_failures += len(e.slab_failures)
+    confidence, reasons = _confidence(episodes, sleeps_from, lost, malformed)
+    result = Result(
+        sleeps_from=sleeps_from, episodes=episodes,
+        groups=sorted(groups.values(), key=lambda g: (-g.stalled_ns, g.group)), slow_writebacks=n,
+        explained=explained, fraction_explained=(float(explained) / n) if n else None,
+        stalled_ns=sum(e.duration_ns for e in episodes), mempool_ns=sum(e.mempool_ns for e in episodes),
+        mempool_waits=len(mempool_waits), mempool_timeouts=sum(1 for w in mempool_waits if w.timed_out),
+        mempool_waits_elsewhere=mempool_elsewhere,
+        slab_failures=sum(len(e.slab_failures) for e in episodes) + slab_elsewhere,
+        slab_failures_elsewhere=slab_elsewhere,
+        other_blocking=sorted(other.items(), key=lambda kv: (-kv[1], kv[0])), lost_records=lost,
+        skipped_records=malformed,
+        confidence=confidence, reasons=reasons, verdict="", folded=_folded(episodes))
+    result.verdict = _verdict(result)
+    return result
+
+
+def _confidence(episodes: List[Episode], sleeps_from: str, lost: int, malformed: int) -> Tuple[str, List[str]]:
+    """high, medium or low, and why it is not high."""
+    levels = [HIGH]
+    reasons = []
+
+    def lower(to: str, why: str) -> None:
+        levels.append(to)
+        reasons.append(why)
+
+    if sleeps_from == "sched_switch":
+        lower(MEDIUM, "tracepoint fallback: mempool sleeps recognised by their kernel stack (no pool pointer; "
+                      "'timed out' inferred from ~5 s sleeps)")
+    elif sleeps_from == "none":
+        lower(MEDIUM, "no sleep records: the stream has no mempool or D-state section")
+    hit = [e for e in episodes if e.incomplete]
+    if hit:
+        lower(LOW, "%d records lost while %d of the slow writebacks ran: their causes may be missing"
+              % (lost, len(hit)))
+    elif lost:
+        lower(MEDIUM, "%d records lost during the capture (outside the slow writebacks shown)" % lost)
+    unknown = sum(1 for e in episodes for w in e.waits if w.kstack is None)
+    if unknown and sleeps_from == "sched_switch":
+        lower(MEDIUM, "%d sleeps inside slow writebacks had no kernel stack: cannot tell whether they were "
+                      "mempool waits" % unknown)
+    if malformed:
+        lower(MEDIUM, "%d records could not be used (missing or invalid fields)" % malformed)
+    order = [HIGH, MEDIUM, LOW]
+    return max(levels, key=order.index), reasons
+
+
+def _verdict(r: Result) -> str:
+    if not r.slow_writebacks:
+        tail = "; %d mempool waits outside writeback" % r.mempool_waits_elsewhere if r.mempool_waits_elsewhere else ""
+        return "no slow writeback in this capture%s" % tail
+    head = "%d of %d slow writebacks (%d%%) were stalled in mempool_alloc" % (
+        r.explained, r.slow_writebacks, round(100.0 * (r.fraction_explained or 0)))
+    parts = [head]
+    if r.mempool_waits:
+        parts.append("%ss of %ss blocked there in %d waits (%d timed out at 5 s, %d woken early)" % (
+            _secs(r.mempool_ns), _secs(r.stalled_ns), r.mempool_waits, r.mempool_timeouts,
+            r.mempool_waits - r.mempool_timeouts))
+    caches = [c.split("(")[0] for e in r.episodes for w in e.waits for c in w.after_slab_failures]
+    if caches:
+        preceded = sum(1 for e in r.episodes for w in e.waits if w.after_slab_failures)
+        parts.append("slab allocation failures preceded %d of the waits (%s)" % (preceded, _counted(caches)))
+    if r.other_blocking:
+        top = ", ".join("%s %ss" % (f, _secs(ns)) for f, ns in r.other_blocking[:3])
+        parts.append("other blocking: %s" % top)
+    groups = [g for g in r.groups if g.explained]
+    if groups:
+        parts.append("stalls explained by the mempool in %s" % ", ".join(g.group for g in groups[:3]))
+    return "; ".join(parts)
+
+
+def _folded(episodes: List[Episode]) -> Dict[str, int]:
+    """Time blocked per stack: ``comm;outermost..;[after slab fail X];[mempool wait 5.00s] ns``.
+
+    Sleeps use their own stack (taken at the sleep); time of a stall not spent asleep is charged to
+    the writeback's entry stack as ``[writeback other time]`` (running, or asleep unmeasured).
+    """
+    samples = []  # type: List[Tuple[List[str], int]]
+    for e in episodes:
+        for w in e.waits:
+            frames = [e.comm] + stacks.root_first(w.kstack)
+            if w.after_slab_failures:
+                frames.append(folded_stacks.annotation("after slab fail %s" % _counted(w.after_slab_failures)))
+            label = ("mempool wait %ss" if w.in_mempool else "blocked %ss") % _secs(w.duration_ns)
+            samples.append((frames + [folded_stacks.annotation(label)], w.duration_ns))
+        rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
+        if rest > 0:
+            samples.append(([e.comm] + stacks.root_first(e.kstack) + [folded_stacks.annotation("writeback other time")],
+                            rest))
+    return folded_stacks.fold(samples)
+

@@ -1,0 +1,677 @@
+/*
+ * The I/O-stall program: slab allocations that fail, sleeps in mempool_alloc (or every D-state sleep),
+ * and slow writeback calls with their nesting. slabfail, mempoolwait and writeslow each switch on one
+ * section; iojitter switches on all three and correlates them in user space.
+ *
+ * One source file for the four tools because bcc rewrites map operations (events.perf_submit,
+ * map.lookup...) only in the main source file: a section #included from another .bpf.c does not compile.
+ *
+ * Sections (flags):
+ *   WANT_SLAB            kmem:kmem_cache_alloc (and kmem:kmalloc with HAVE_TP_KMALLOC) returning NULL.
+ *     WANT_SLAB_KPROBE   + kprobes on the allocators (slab_alloc_entry) remember each thread's cache
+ *                        pointer, so the cache name can be read where the tracepoint lacks `name`.
+ *     WANT_SLUB_OOM      + a kprobe on slab_out_of_memory (slub_oom_entry); SLUB_OOM_ARGS when the
+ *                        attach point is the real function (not a clone with other arguments).
+ *   WANT_SLEEP_KPROBE    kprobes: mempool_alloc entry/return, io_schedule_timeout and finish_wait entry.
+ *   WANT_SLEEP_SCHED     sched:sched_switch: sleeps in D state (prev_state & DSTATE_MASK) with the stack;
+ *     SLEEP_ONLY_IN_WB   + only sleeps of threads inside a traced writeback call (iojitter).
+ *   WANT_WB_TP           writeback:writeback_single_inode_start/_ (HAVE_TP_WBSI) and
+ *                        ext4:ext4_writepages/_result (HAVE_TP_EXT4) pairs, nested per thread.
+ *   WANT_WB_KPROBE       kprobes wb_entry_N / wb_return_N on up to WB_SLOTS writeback functions.
+ * Tracepoint fields that not every kernel has: HAVE_TP_NAME, HAVE_TP_NODE, HAVE_TP_ACCOUNTED,
+ * HAVE_TP_KMALLOC_NODE, HAVE_TP_KMALLOC_ACCOUNTED, HAVE_WB_CGROUP_INO.
+ * Parameters (-D integers, validated in Python): FILTER_TGID, SLEEP_MIN_NS, WB_MIN_NS, DSTATE_MASK,
+ * WB_ARG0..WB_ARG7 (WB_ARG_* kind of each kprobe slot's first argument), and the struct offsets the
+ * kprobe modes read (OFF_*), taken from the running kernel's BTF. Without BTF, HAVE_MATCHING_HEADERS
+ * (this kernel's own headers are installed: never set on a kernel whose headers differ) takes them
+ * from the headers; HAVE_SLUB_DEF when linux/slub_def.h compiles on its own (up to 5.16).
+ * Without either, nothing is read from kernel structs.
+ */
+#include <uapi/linux/ptrace.h>
+#ifdef HAVE_MATCHING_HEADERS
+#include <linux/fs.h>
+#include <linux/mm_types.h>
+#include <linux/writeback.h>
+#include <linux/mempool.h>
+#ifndef OFF_PAGE_MAPPING
+#define OFF_PAGE_MAPPING offsetof(struct page, mapping)
+#endif
+#ifndef OFF_MAPPING_HOST
+#define OFF_MAPPING_HOST offsetof(struct address_space, host)
+#endif
+#ifndef OFF_INODE_INO
+#define OFF_INODE_INO offsetof(struct inode, i_ino)
+#endif
+#ifndef OFF_INODE_SB
+#define OFF_INODE_SB offsetof(struct inode, i_sb)
+#endif
+#ifndef OFF_SB_DEV
+#define OFF_SB_DEV offsetof(struct super_block, s_dev)
+#endif
+#ifndef OFF_WBC_NR_TO_WRITE
+#define OFF_WBC_NR_TO_WRITE offsetof(struct writeback_control, nr_to_write)
+#endif
+#ifndef OFF_MEMPOOL_WAIT
+#define OFF_MEMPOOL_WAIT offsetof(mempool_t, wait)
+#endif
+#if defined(HAVE_SLUB_DEF) && !defined(OFF_CACHE_NAME)
+#include <linux/slub_def.h>
+#define OFF_CACHE_NAME offsetof(struct kmem_cache, name)
+#endif
+#endif /* HAVE_MATCHING_HEADERS */
+#if defined(SLEEP_ONLY_IN_WB) && !(defined(WANT_WB_TP) || defined(WANT_WB_KPROBE))
+#error "SLEEP_ONLY_IN_WB needs a writeback section"
+#endif
+#include "common.h"
+#include "slabfail.h"
+#include "mempoolwait.h"
+#include "writeslow.h"
+
+#ifndef SLEEP_MIN_NS
+#define SLEEP_MIN_NS 1000000
+#endif
+#ifndef WB_MIN_NS
+#define WB_MIN_NS 10000000
+#endif
+#ifndef DSTATE_MASK
+#define DSTATE_MASK 2
+#endif
+
+BPF_PERF_OUTPUT(events);
+BPF_STACK_TRACE(stacks, 16384);
+BPF_PERCPU_ARRAY(scratch, struct iostall_event, 2);   /* slot 0: the event being built; slot 1: drop reports */
+BPF_ARRAY(drops, u64, 1);
+
+static __always_inline int filtered(u32 tgid)
+{
+#ifdef FILTER_TGID
+    if (tgid != FILTER_TGID)
+        return 1;
+#endif
+    return 0;
+}
+
+/* A zeroed event of TYPE about the current thread, in per-cpu scratch slot SLOT. */
+static __always_inline struct iostall_event *new_event(int slot, u32 type)
+{
+    struct iostall_event *ev = scratch.lookup(&slot);
+    if (!ev)
+        return 0;
+    __builtin_memset(ev, 0, sizeof(*ev));
+    u64 id = bpf_get_current_pid_tgid();
+    ev->type = type;
+    ev->ts_ns = bpf_ktime_get_ns();
+    ev->tgid = id >> 32;
+    ev->tid = (u32)id;
+    ev->kstack = -1;
+    ev->node = -1;
+    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+    return ev;
+}
+
+/* A map was full: count it, and report the 1st, 2nd, 4th, 8th... drop in the stream itself. */
+static __always_inline void count_drop(void *ctx)
+{
+    int zero = 0;
+    u64 *n = drops.lookup(&zero);
+    if (!n)
+        return;
+    __sync_fetch_and_add(n, 1);   /* no use of the return value: kernels before 5.12 lack BPF_FETCH */
+    u64 v = *n;
+    if (v & (v - 1))
+        return;
+    struct iostall_event *ev = new_event(1, EV_DROPPED);
+    if (!ev)
+        return;
+    ev->dropped = v;
+    events.perf_submit(ctx, ev, sizeof(*ev));
+}
+
+/* ---------------------------------------------------------------- writeback (writeslow) --------- */
+#if defined(WANT_WB_TP) || defined(WANT_WB_KPROBE)
+BPF_HASH(wb_stacks, u32, struct wb_stack, 4096);   /* only threads inside a writeback call */
+BPF_PERCPU_ARRAY(wb_zero, struct wb_stack, 1);      /* never written: the all-zero initial value */
+
+/* Enter a writeback call: push a frame on this thread's stack (NULL when not recorded). */
+static __always_inline struct wb_frame *wb_push(void *ctx, u32 func)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    if (filtered(id >> 32))
+        return 0;
+    struct wb_stack *st = wb_stacks.lookup(&tid);
+    if (!st) {
+        int zero = 0;
+        struct wb_stack *z = wb_zero.lookup(&zero);
+        if (!z)
+            return 0;
+        if (wb_stacks.update(&tid, z)) {
+            count_drop(ctx);
+            return 0;
+        }
+        st = wb_stacks.lookup(&tid);
+        if (!st)
+            return 0;
+    }
+    u32 d = st->depth;
+    st->depth = d + 1;
+    if (d >= WB_MAX_DEPTH) {
+        st->f[WB_MAX_DEPTH - 1].flags |= WB_F_DEEPER;
+        return 0;
+    }
+    struct wb_frame *f = &st->f[d & (WB_MAX_DEPTH - 1)];
+    __builtin_memset(f, 0, sizeof(*f));
+    f->start_ns = bpf_ktime_get_ns();
+    f->func = func;
+    f->kstack = stacks.get_stackid(ctx, 0);
+    return f;
+}
+
+/* Leave a writeback call: pop its frame; an event when it took WB_MIN_NS or more (NULL otherwise).
+ * A frame of another function on top means a return was missed: the thread's stack is dropped. */
+static __always_inline struct iostall_event *wb_pop(void *ctx, u32 func, u64 *wbc)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct wb_stack *st = wb_stacks.lookup(&tid);
+    if (!st || st->depth == 0)
+        return 0;   /* the call started before we attached */
+    u32 d = st->depth - 1;
+    st->depth = d;
+    if (d >= WB_MAX_DEPTH)
+        return 0;
+    struct wb_frame *f = &st->f[d & (WB_MAX_DEPTH - 1)];
+    if (f->func != func) {
+        wb_stacks.delete(&tid);
+        return 0;
+    }
+    struct iostall_event *ev = 0;
+    u64 now = bpf_ktime_get_ns();
+    if (now - f->start_ns >= WB_MIN_NS) {
+        ev = new_event(0, EV_WRITEBACK);
+        if (ev) {
+            ev->start_ns = f->start_ns;
+            ev->ts_ns = now;
+            ev->ptr = f->arg;
+            ev->ino = f->ino;
+            ev->dev = f->dev;
+            ev->cgroup_ino = f->cgroup_ino;
+            ev->nr_to_write = f->nr_to_write;
+            ev->kstack = f->kstack;
+            ev->func = func;
+            ev->flags = f->flags;
+            ev->depth = d;
+            __builtin_memcpy(ev->name, f->name, NAME_LEN);
+            *wbc = f->wbc;
+        }
+    }
+    if (d == 0)
+        wb_stacks.delete(&tid);
+    return ev;
+}
+
+#ifdef WANT_WB_TP
+#ifdef HAVE_TP_WBSI
+TRACEPOINT_PROBE(writeback, writeback_single_inode_start)
+{
+    struct wb_frame *f = wb_push(args, WB_SRC_SINGLE_INODE);
+    if (!f)
+        return 0;
+    f->ino = args->ino;
+    f->nr_to_write = args->nr_to_write;
+    f->flags |= WB_F_INODE;
+    bpf_probe_read(&f->name, sizeof(f->name), args->name);
+#ifdef HAVE_WB_CGROUP_INO
+    f->cgroup_ino = args->cgroup_ino;
+#endif
+    return 0;
+}
+
+TRACEPOINT_PROBE(writeback, writeback_single_inode)
+{
+    u64 wbc = 0;
+    struct iostall_event *ev = wb_pop(args, WB_SRC_SINGLE_INODE, &wbc);
+    if (!ev)
+        return 0;
+    ev->written = args->wrote;
+    ev->flags |= WB_F_WRITTEN;
+    events.perf_submit(args, ev, sizeof(*ev));
+    return 0;
+}
+#endif /* HAVE_TP_WBSI */
+
+#ifdef HAVE_TP_EXT4
+TRACEPOINT_PROBE(ext4, ext4_writepages)
+{
+    struct wb_frame *f = wb_push(args, WB_SRC_EXT4);
+    if (!f)
+        return 0;
+    f->ino = args->ino;
+    f->dev = args->dev;
+    f->nr_to_write = args->nr_to_write;
+    f->flags |= WB_F_INODE;
+    return 0;
+}
+
+TRACEPOINT_PROBE(ext4, ext4_writepages_result)
+{
+    u64 wbc = 0;
+    struct iostall_event *ev = wb_pop(args, WB_SRC_EXT4, &wbc);
+    if (!ev)
+        return 0;
+    ev->written = args->pages_written;
+    ev->ret = args->ret;
+    ev->flags |= WB_F_WRITTEN;
+    events.perf_submit(args, ev, sizeof(*ev));
+    return 0;
+}
+#endif /* HAVE_TP_EXT4 */
+#endif /* WANT_WB_TP */
+
+#ifdef WANT_WB_KPROBE
+/* UNTESTED on this machine (no kprobes): exercised by tests/kernel/test_incident1_kprobes.py. */
+static __always_inline int wb_entry(struct pt_regs *ctx, u32 slot, int argkind)
+{
+    struct wb_frame *f = wb_push(ctx, slot);
+    if (!f)
+        return 0;
+    f->arg = PT_REGS_PARM1(ctx);
+#if defined(OFF_PAGE_MAPPING) && defined(OFF_MAPPING_HOST) && defined(OFF_INODE_INO) && defined(OFF_INODE_SB) \
+    && defined(OFF_SB_DEV) && defined(OFF_WBC_NR_TO_WRITE)
+    u64 mapping = 0, host = 0, sb = 0;
+    if (argkind == WB_ARG_MAPPING)
+        mapping = f->arg;
+    else if (argkind == WB_ARG_PAGE)
+        bpf_probe_read(&mapping, sizeof(mapping), (void *)(f->arg + OFF_PAGE_MAPPING));
+    if (argkind != WB_ARG_NONE) {
+        f->wbc = PT_REGS_PARM2(ctx);
+        bpf_probe_read(&f->nr_to_write, sizeof(f->nr_to_write), (void *)(f->wbc + OFF_WBC_NR_TO_WRITE));
+    }
+    if (mapping)
+        bpf_probe_read(&host, sizeof(host), (void *)(mapping + OFF_MAPPING_HOST));
+    if (host) {
+        u64 ino = 0;      /* unsigned long */
+        u32 dev = 0;      /* dev_t */
+        bpf_probe_read(&ino, sizeof(ino), (void *)(host + OFF_INODE_INO));
+        bpf_probe_read(&sb, sizeof(sb), (void *)(host + OFF_INODE_SB));
+        if (sb)
+            bpf_probe_read(&dev, sizeof(dev), (void *)(sb + OFF_SB_DEV));
+        f->ino = ino;
+        f->dev = dev;
+        f->flags |= WB_F_INODE;
+    }
+#endif
+    return 0;
+}
+
+static __always_inline int wb_return(struct pt_regs *ctx, u32 slot)
+{
+    u64 wbc = 0;
+    struct iostall_event *ev = wb_pop(ctx, slot, &wbc);
+    if (!ev)
+        return 0;
+#ifdef OFF_WBC_NR_TO_WRITE
+    if (wbc) {
+        long left = 0;
+        bpf_probe_read(&left, sizeof(left), (void *)(wbc + OFF_WBC_NR_TO_WRITE));
+        ev->written = ev->nr_to_write - left;
+        ev->flags |= WB_F_WRITTEN;
+    }
+#endif
+    events.perf_submit(ctx, ev, sizeof(*ev));
+    return 0;
+}
+
+#ifndef WB_ARG0
+#define WB_ARG0 0
+#endif
+#ifndef WB_ARG1
+#define WB_ARG1 0
+#endif
+#ifndef WB_ARG2
+#define WB_ARG2 0
+#endif
+#ifndef WB_ARG3
+#define WB_ARG3 0
+#endif
+#ifndef WB_ARG4
+#define WB_ARG4 0
+#endif
+#ifndef WB_ARG5
+#define WB_ARG5 0
+#endif
+#ifndef WB_ARG6
+#define WB_ARG6 0
+#endif
+#ifndef WB_ARG7
+#define WB_ARG7 0
+#endif
+/* One entry/return pair per slot: Python attaches slot N to the Nth resolved function. */
+#define WB_SLOT(n)                                                                           \
+    int wb_entry_##n(struct pt_regs *ctx) { return wb_entry(ctx, n, WB_ARG##n); }            \
+    int wb_return_##n(struct pt_regs *ctx) { return wb_return(ctx, n); }
+WB_SLOT(0)
+WB_SLOT(1)
+WB_SLOT(2)
+WB_SLOT(3)
+WB_SLOT(4)
+WB_SLOT(5)
+WB_SLOT(6)
+WB_SLOT(7)
+#endif /* WANT_WB_KPROBE */
+#endif /* writeback */
+
+/* ---------------------------------------------------------------- sleeps (mempoolwait) ---------- */
+#ifdef WANT_SLEEP_SCHED
+BPF_HASH(dsleeps, u32, struct dsleep, 10240);
+
+static __always_inline int sleep_wanted(u32 tid)
+{
+#ifdef SLEEP_ONLY_IN_WB
+    struct wb_stack *st = wb_stacks.lookup(&tid);
+    return st && st->depth > 0;
+#else
+    return 1;
+#endif
+}
+
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+    u64 now = bpf_ktime_get_ns();
+    u32 prev = args->prev_pid;
+    if ((args->prev_state & DSTATE_MASK) && prev != 0) {
+        u64 id = bpf_get_current_pid_tgid();   /* the tracepoint runs in prev's context */
+        if (!filtered(id >> 32) && sleep_wanted(prev)) {
+            struct dsleep s = {};
+            s.start_ns = now;
+            s.state = args->prev_state;
+            s.tgid = id >> 32;
+            s.kstack = stacks.get_stackid(args, 0);
+            bpf_get_current_comm(&s.comm, sizeof(s.comm));
+            if (dsleeps.update(&prev, &s))
+                count_drop(args);
+        }
+    }
+    u32 next = args->next_pid;
+    struct dsleep *found = dsleeps.lookup(&next);
+    if (!found)
+        return 0;
+    struct dsleep s = {};
+    __builtin_memcpy(&s, found, sizeof(s));
+    dsleeps.delete(&next);
+    if (now - s.start_ns < SLEEP_MIN_NS)
+        return 0;
+    struct iostall_event *ev = new_event(0, EV_SLEEP);
+    if (!ev)
+        return 0;
+    ev->tgid = s.tgid;
+    ev->tid = next;
+    ev->start_ns = s.start_ns;
+    ev->ts_ns = now;
+    ev->state = s.state;
+    ev->kstack = s.kstack;
+    ev->flags = SLEEP_F_SCHED;
+    __builtin_memcpy(ev->comm, s.comm, sizeof(ev->comm));
+    events.perf_submit(args, ev, sizeof(*ev));
+    return 0;
+}
+#endif /* WANT_SLEEP_SCHED */
+
+#ifdef WANT_SLEEP_KPROBE
+/* UNTESTED on this machine (no kprobes): exercised by tests/kernel/test_incident1_kprobes.py.
+ * The sequence measured (mm/mempool.c, the same in 3.10 and 6.x): mempool_alloc entry marks the
+ * thread; io_schedule_timeout(5*HZ) entry while marked starts a sleep; finish_wait(&pool->wait)
+ * ends it; mempool_alloc return reports the whole call. */
+BPF_HASH(mp_calls, u32, struct mp_call, 10240);
+
+int mp_alloc_entry(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    if (filtered(id >> 32))
+        return 0;
+    struct mp_call c = {};
+    c.pool = PT_REGS_PARM1(ctx);
+    c.gfp = PT_REGS_PARM2(ctx);
+    c.entry_ns = bpf_ktime_get_ns();
+    c.kstack = -1;
+    if (mp_calls.update(&tid, &c))
+        count_drop(ctx);
+    return 0;
+}
+
+int mp_sleep_entry(struct pt_regs *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct mp_call *c = mp_calls.lookup(&tid);
+    if (!c)
+        return 0;
+    c->sleep_ns = bpf_ktime_get_ns();
+    c->timeout = PT_REGS_PARM1(ctx);
+    c->kstack = stacks.get_stackid(ctx, 0);
+    return 0;
+}
+
+/* finish_wait(q, wait): a mempool sleep ends when q is the pool's wait queue. Without BTF or headers
+ * the offset of mempool_t.wait is unknown: any q within the first 256 bytes of the pool is accepted
+ * (mempool_t is a lock, two ints, four pointers and the wait queue head). */
+int mp_finish_wait_entry(struct pt_regs *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct mp_call *c = mp_calls.lookup(&tid);
+    if (!c || c->sleep_ns == 0)
+        return 0;
+    u64 q = PT_REGS_PARM1(ctx);
+#ifdef OFF_MEMPOOL_WAIT
+    if (q != c->pool + OFF_MEMPOOL_WAIT)
+        return 0;
+#else
+    if (q < c->pool || q >= c->pool + 256)
+        return 0;
+#endif
+    u64 now = bpf_ktime_get_ns();
+    u64 slept = now - c->sleep_ns;
+    c->sleeps += 1;
+    c->waited_ns += slept;
+    if (slept >= SLEEP_MIN_NS) {
+        struct iostall_event *ev = new_event(0, EV_SLEEP);
+        if (ev) {
+            ev->start_ns = c->sleep_ns;
+            ev->ts_ns = now;
+            ev->ptr = c->pool;
+            ev->gfp = c->gfp;
+            ev->timeout = c->timeout;
+            ev->kstack = c->kstack;
+            ev->flags = SLEEP_F_MEMPOOL;
+            events.perf_submit(ctx, ev, sizeof(*ev));
+        }
+    }
+    c->sleep_ns = 0;
+    return 0;
+}
+
+int mp_alloc_return(struct pt_regs *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct mp_call *c = mp_calls.lookup(&tid);
+    if (!c)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    if (c->sleeps > 0 || now - c->entry_ns >= SLEEP_MIN_NS) {
+        struct iostall_event *ev = new_event(0, EV_MEMPOOL_ALLOC);
+        if (ev) {
+            ev->start_ns = c->entry_ns;
+            ev->ts_ns = now;
+            ev->ptr = c->pool;
+            ev->gfp = c->gfp;
+            ev->written = c->sleeps;
+            ev->waited_ns = c->waited_ns;
+            ev->kstack = c->kstack >= 0 ? c->kstack : stacks.get_stackid(ctx, 0);
+            ev->flags = PT_REGS_RC(ctx) == 0 ? MPALLOC_F_NULL : 0;
+            events.perf_submit(ctx, ev, sizeof(*ev));
+        }
+    }
+    mp_calls.delete(&tid);
+    return 0;
+}
+#endif /* WANT_SLEEP_KPROBE */
+
+/* ---------------------------------------------------------------- slab failures (slabfail) ------ */
+#ifdef WANT_SLAB
+#ifdef WANT_SLAB_KPROBE
+/* UNTESTED on this machine (no kprobes): exercised by tests/kernel/test_incident1_kprobes.py. */
+BPF_HASH(slab_calls, u32, struct slab_calls, 10240);   /* only threads inside an allocator */
+BPF_PERCPU_ARRAY(slab_zero, struct slab_calls, 1);       /* never written: the all-zero initial value */
+
+/* kmem_cache_alloc(s, gfp) and the kmalloc-from-a-cache variant: push s and the return address. */
+int slab_alloc_entry(struct pt_regs *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct slab_calls *st = slab_calls.lookup(&tid);
+    if (!st) {
+        int zero = 0;
+        struct slab_calls *z = slab_zero.lookup(&zero);
+        if (!z)
+            return 0;
+        if (slab_calls.update(&tid, z)) {
+            count_drop(ctx);
+            return 0;
+        }
+        st = slab_calls.lookup(&tid);
+        if (!st)
+            return 0;
+    }
+    u32 d = st->depth;
+    if (d >= SLAB_STACK)
+        d = SLAB_STACK - 1;       /* deeper than we keep: the innermost slot is reused */
+    struct slab_call *c = &st->c[d & (SLAB_STACK - 1)];
+    c->cache = PT_REGS_PARM1(ctx);
+    bpf_probe_read(&c->ret_ip, sizeof(c->ret_ip), (void *)PT_REGS_SP(ctx));
+    st->depth = d + 1;
+    return 0;
+}
+
+/* The cache of the innermost call of this thread whose return address is CALL_SITE (0 if none);
+ * that call and any stale ones inside it are popped. */
+static __always_inline u64 slab_cache_of(u64 call_site)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct slab_calls *st = slab_calls.lookup(&tid);
+    if (!st)
+        return 0;
+    u64 cache = 0;
+#pragma unroll
+    for (int i = SLAB_STACK - 1; i >= 0; i--) {
+        if ((u32)i < st->depth && st->c[i].ret_ip == call_site) {
+            cache = st->c[i].cache;
+            st->depth = i;
+            break;
+        }
+    }
+    if (st->depth == 0)
+        slab_calls.delete(&tid);
+    return cache;
+}
+#endif
+
+static __always_inline void read_cache_name(struct iostall_event *ev, u64 cache)
+{
+#ifdef OFF_CACHE_NAME
+    u64 name = 0;
+    if (!cache)
+        return;
+    bpf_probe_read(&name, sizeof(name), (void *)(cache + OFF_CACHE_NAME));
+    if (name && bpf_probe_read_str(ev->name, sizeof(ev->name), (void *)name) > 0)
+        ev->flags |= SLAB_F_NAME_FROM_CACHE;
+#endif
+}
+
+static __always_inline struct iostall_event *slab_failure(u32 src, u64 call_site, u64 bytes, u64 gfp, u64 cache)
+{
+    if (filtered(bpf_get_current_pid_tgid() >> 32))
+        return 0;
+    struct iostall_event *ev = new_event(0, EV_SLAB_FAIL);
+    if (!ev)
+        return 0;
+    ev->func = src;
+    ev->call_site = call_site;
+    ev->bytes = bytes;
+    ev->gfp = gfp;
+    ev->cache = cache;
+    read_cache_name(ev, cache);
+    return ev;
+}
+
+TRACEPOINT_PROBE(kmem, kmem_cache_alloc)
+{
+    u64 cache = 0;
+#ifdef WANT_SLAB_KPROBE
+    cache = slab_cache_of(args->call_site);
+#endif
+    if (args->ptr)
+        return 0;
+    struct iostall_event *ev = slab_failure(SLAB_SRC_CACHE, args->call_site, args->bytes_req, args->gfp_flags, cache);
+    if (!ev)
+        return 0;
+#ifdef HAVE_TP_NODE
+    ev->node = args->node;
+#endif
+#ifdef HAVE_TP_ACCOUNTED
+    ev->flags |= SLAB_F_ACCOUNTED_KNOWN | (args->accounted ? SLAB_F_ACCOUNTED : 0);
+#endif
+#ifdef HAVE_TP_NAME
+    if (!(ev->flags & SLAB_F_NAME_FROM_CACHE)) {
+        TP_DATA_LOC_READ_STR(ev->name, name, NAME_LEN);
+        ev->flags |= SLAB_F_NAME_FROM_TP;
+    }
+#endif
+    ev->kstack = stacks.get_stackid(args, 0);
+    events.perf_submit(args, ev, sizeof(*ev));
+    return 0;
+}
+
+#ifdef HAVE_TP_KMALLOC
+TRACEPOINT_PROBE(kmem, kmalloc)
+{
+    u64 cache = 0;
+#ifdef WANT_SLAB_KPROBE
+    cache = slab_cache_of(args->call_site);
+#endif
+    if (args->ptr)
+        return 0;
+    struct iostall_event *ev = slab_failure(SLAB_SRC_KMALLOC, args->call_site, args->bytes_req, args->gfp_flags, cache);
+    if (!ev)
+        return 0;
+#ifdef HAVE_TP_KMALLOC_NODE
+    ev->node = args->node;
+#endif
+#ifdef HAVE_TP_KMALLOC_ACCOUNTED
+    ev->flags |= SLAB_F_ACCOUNTED_KNOWN | (args->accounted ? SLAB_F_ACCOUNTED : 0);
+#endif
+    ev->kstack = stacks.get_stackid(args, 0);
+    events.perf_submit(args, ev, sizeof(*ev));
+    return 0;
+}
+#endif /* HAVE_TP_KMALLOC */
+
+#ifdef WANT_SLUB_OOM
+/* UNTESTED on this machine (no kprobes): exercised by tests/kernel/test_incident1_kprobes.py. */
+int slub_oom_entry(struct pt_regs *ctx)
+{
+    if (filtered(bpf_get_current_pid_tgid() >> 32))
+        return 0;
+    struct iostall_event *ev = new_event(0, EV_SLUB_OOM);
+    if (!ev)
+        return 0;
+#ifdef SLUB_OOM_ARGS
+    ev->cache = PT_REGS_PARM1(ctx);
+    ev->gfp = PT_REGS_PARM2(ctx);
+    ev->node = (s32)PT_REGS_PARM3(ctx);
+    ev->flags |= SLAB_F_OOM_ARGS;
+    read_cache_name(ev, ev->cache);
+#endif
+    ev->kstack = stacks.get_stackid(ctx, 0);
+    events.perf_submit(ctx, ev, sizeof(*ev));
+    return 0;
+}
+#endif /* WANT_SLUB_OOM */
+#endif /* WANT_SLAB */

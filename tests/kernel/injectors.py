@@ -1,0 +1,195 @@
+"""Build, load, drive and unload the lab's fault-injection modules (lab/injectors), for kernel-tier tests.
+
+An :class:`Injector` copies ``lab/injectors`` to a temporary directory, builds one module there
+against ``/lib/modules/$(uname -r)/build``, loads it with ``insmod`` and parameters, talks to it
+through ``/proc/NAME`` (commands in, counters out) and ``/sys/module/NAME/parameters``, and
+unloads it on exit. Everything is safe to repeat: a module left loaded by an earlier failure is
+removed before loading. :class:`KernelLog` reads the kernel log records written after it opened.
+"""
+import errno
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+from kerneltier import skip_or_fail
+
+SOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "lab", "injectors")
+
+
+def build_module(name: str, workdir: str) -> str:
+    """Build lab/injectors/NAME.c in WORKDIR against this kernel's headers; returns the .ko path.
+
+    Skips (or fails, in the lab) when the headers are missing or the build fails."""
+    kdir = "/lib/modules/%s/build" % os.uname().release
+    if not os.path.isdir(kdir):
+        skip_or_fail("no kernel headers at %s to build %s" % (kdir, name))
+    src = os.path.join(workdir, "src")
+    shutil.copytree(SOURCE_DIR, src)
+    proc = subprocess.Popen(["make", "-C", src, "KDIR=" + kdir, "INJECTORS=%s.o" % name, "modules"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    out = proc.communicate()[0]
+    ko = os.path.join(src, name + ".ko")
+    if proc.returncode != 0 or not os.path.exists(ko):
+        skip_or_fail("cannot build %s:\n%s" % (name, out[-3000:]))
+    return ko
+
+
+def loaded(name: str) -> bool:
+    """True while module NAME is loaded."""
+    return os.path.isdir("/sys/module/%s" % name)
+
+
+class Injector(object):
+    """One lab injector module: ``with Injector("bpftools_devref") as inj: inj.command("hold veth1")``."""
+
+    def __init__(self, name: str, **params: object) -> None:
+        self.name = name
+        self.params = params
+        self.workdir = tempfile.mkdtemp(prefix="bpftools-%s-" % name)
+        self.ko = None  # type: Optional[str]
+
+    @property
+    def proc(self) -> str:
+        return "/proc/%s" % self.name
+
+    def load(self, **params: object) -> "Injector":
+        """Build once, unload any stale copy, then insmod with the constructor's and these parameters."""
+        if self.ko is None:
+            self.ko = build_module(self.name, self.workdir)
+        self.unload()
+        merged = dict(self.params)
+        merged.update(params)
+        args = ["%s=%s" % (k, v) for k, v in sorted(merged.items())]
+        subprocess.check_call(["insmod", self.ko] + args)
+        return self
+
+    def unload(self) -> None:
+        """rmmod the module if loaded (it drops whatever it still holds)."""
+        if loaded(self.name):
+            subprocess.check_call(["rmmod", self.name])
+
+    def command(self, text: str) -> None:
+        """Write one command line to /proc/NAME (an OSError carries the module's errno)."""
+        with open(self.proc, "w") as f:
+            f.write(text + "\n")
+
+    def read(self) -> str:
+        """The text of /proc/NAME."""
+        with open(self.proc) as f:
+            return f.read()
+
+    def counters(self) -> Dict[str, int]:
+        """``KEY N`` lines of /proc/NAME as a dict (other lines are left out)."""
+        out = {}  # type: Dict[str, int]
+        for line in self.read().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+                out[parts[0]] = int(parts[1])
+        return out
+
+    def set_param(self, param: str, value: object) -> None:
+        """Write /sys/module/NAME/parameters/PARAM."""
+        with open("/sys/module/%s/parameters/%s" % (self.name, param), "w") as f:
+            f.write("%s\n" % value)
+
+    def get_param(self, param: str) -> str:
+        with open("/sys/module/%s/parameters/%s" % (self.name, param)) as f:
+            return f.read().strip()
+
+    def close(self) -> None:
+        """Unload and remove the build directory."""
+        try:
+            self.unload()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "Injector":
+        try:
+            return self.load()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class KernelLog(object):
+    """The kernel log records (``/dev/kmsg`` lines ``prio,seq,usec,flags;message``) written after
+    this object was made."""
+
+    def __init__(self) -> None:
+        self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+        os.lseek(self.fd, 0, os.SEEK_END)
+        self.records = []  # type: List[str]
+
+    def poll(self) -> List[str]:
+        """Read every new record; returns the new ones (all are kept in ``records``)."""
+        new = []  # type: List[str]
+        while True:
+            try:
+                data = os.read(self.fd, 8192)
+            except OSError as e:
+                if e.errno == errno.EAGAIN:
+                    break
+                if e.errno == errno.EPIPE:       # records overwritten before we read them
+                    continue
+                raise
+            if not data:
+                break
+            new.append(data.decode("utf-8", "replace").split("\n", 1)[0])
+        self.records.extend(new)
+        return new
+
+    def wait_for(self, text: str, timeout: float) -> Optional[str]:
+        """Poll until a new record contains TEXT; returns it, or None after TIMEOUT seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for record in self.poll():
+                if text in record:
+                    return record
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> "KernelLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def tasks_in(frame: str) -> Dict[int, str]:
+    """pid -> comm of every task whose /proc/PID/stack holds FRAME now."""
+    found = {}  # type: Dict[int, str]
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stack" % name) as f:
+                stack = f.read()
+            if frame not in stack:
+                continue
+            with open("/proc/%s/comm" % name) as f:
+                found[int(name)] = f.read().strip()
+        except OSError:
+            continue
+    return found
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
+    """Poll PREDICATE() until true (returns True) or TIMEOUT seconds pass (returns False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
