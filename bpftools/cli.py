@@ -159,7 +159,10 @@ def report(recording: str, as_json: bool, folded: Optional[str], speedscope: Opt
 
 def _register_subcommands() -> None:
     from .repro.cli import repro
+    from .tools import iojitter, mempoolwait, slabfail, writeslow
     cli.add_command(repro)
+    for tool in (slabfail, mempoolwait, writeslow, iojitter):
+        cli.add_command(tool.command)
 
 
 _register_subcommands()

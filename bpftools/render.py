@@ -59,6 +59,9 @@ def recording(rec: Any, console: Console) -> None:
         console.print(KMEM_HEADER, markup=False, soft_wrap=True)
         for obj in rec.events:
             console.print(kmem_line(KmemFileEvent.from_json(obj)), markup=False, soft_wrap=True)
+    elif rec.tool in ("slabfail", "mempoolwait", "writeslow", "iojitter"):
+        import importlib
+        importlib.import_module("bpftools.tools." + rec.tool).render_recording(rec, console)
     else:
         for obj in rec.events:
             console.print(escape(str(obj)))
