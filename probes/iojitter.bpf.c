@@ -345,18 +345,24 @@ static __always_inline int wb_return(struct pt_regs *ctx, u32 slot)
 #ifndef WB_ARG7
 #define WB_ARG7 0
 #endif
-/* One entry/return pair per slot: Python attaches slot N to the Nth resolved function. */
-#define WB_SLOT(n)                                                                           \
-    int wb_entry_##n(struct pt_regs *ctx) { return wb_entry(ctx, n, WB_ARG##n); }            \
-    int wb_return_##n(struct pt_regs *ctx) { return wb_return(ctx, n); }
-WB_SLOT(0)
-WB_SLOT(1)
-WB_SLOT(2)
-WB_SLOT(3)
-WB_SLOT(4)
-WB_SLOT(5)
-WB_SLOT(6)
-WB_SLOT(7)
+/* One entry/return pair per slot: Python attaches slot N to the Nth resolved function. Written out, not
+ * made by a macro: bcc 0.18 (Debian 11) loses the second function of a macro expansion. */
+int wb_entry_0(struct pt_regs *ctx) { return wb_entry(ctx, 0, WB_ARG0); }
+int wb_return_0(struct pt_regs *ctx) { return wb_return(ctx, 0); }
+int wb_entry_1(struct pt_regs *ctx) { return wb_entry(ctx, 1, WB_ARG1); }
+int wb_return_1(struct pt_regs *ctx) { return wb_return(ctx, 1); }
+int wb_entry_2(struct pt_regs *ctx) { return wb_entry(ctx, 2, WB_ARG2); }
+int wb_return_2(struct pt_regs *ctx) { return wb_return(ctx, 2); }
+int wb_entry_3(struct pt_regs *ctx) { return wb_entry(ctx, 3, WB_ARG3); }
+int wb_return_3(struct pt_regs *ctx) { return wb_return(ctx, 3); }
+int wb_entry_4(struct pt_regs *ctx) { return wb_entry(ctx, 4, WB_ARG4); }
+int wb_return_4(struct pt_regs *ctx) { return wb_return(ctx, 4); }
+int wb_entry_5(struct pt_regs *ctx) { return wb_entry(ctx, 5, WB_ARG5); }
+int wb_return_5(struct pt_regs *ctx) { return wb_return(ctx, 5); }
+int wb_entry_6(struct pt_regs *ctx) { return wb_entry(ctx, 6, WB_ARG6); }
+int wb_return_6(struct pt_regs *ctx) { return wb_return(ctx, 6); }
+int wb_entry_7(struct pt_regs *ctx) { return wb_entry(ctx, 7, WB_ARG7); }
+int wb_return_7(struct pt_regs *ctx) { return wb_return(ctx, 7); }
 #endif /* WANT_WB_KPROBE */
 #endif /* writeback */
 
@@ -439,6 +445,9 @@ int mp_alloc_entry(struct pt_regs *ctx)
     return 0;
 }
 
+/* The stack of a sleep is taken here, inside mempool_alloc. Where the unwinder cannot see through
+ * kretprobe trampolines (before 5.15), Python does not put a kretprobe on mempool_alloc (no
+ * mp_alloc_return): the trampoline would hide every caller above mempool_alloc. */
 int mp_sleep_entry(struct pt_regs *ctx)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();

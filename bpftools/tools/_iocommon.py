@@ -65,6 +65,16 @@ def kprobes_available() -> bool:
     return bool(_check_kprobes(find_tracefs()).ok)
 
 
+def unwinder_sees_through_kretprobes(table: Any) -> bool:
+    """True when kernel stacks show the real caller above a function that has a kretprobe.
+
+    A kretprobe replaces the return address with its trampoline; since 5.15 the unwinder puts the real
+    one back (kretprobe_find_ret_addr, commit 03bac0df2886; rethook_find_ret_addr where kretprobes run
+    on rethook). Before that, the stack ends at ``kretprobe_trampoline`` (seen on Debian's 5.10).
+    """
+    return table.has("kretprobe_find_ret_addr") or table.has("rethook_find_ret_addr")
+
+
 def headers_match_running_kernel() -> bool:
     """True when /lib/modules/$(uname -r)/build holds this kernel's own headers (struct reads are safe)."""
     release = os.uname().release
@@ -183,7 +193,12 @@ def choose_mode(requested: str, kprobe_ok: bool, what: str) -> str:
 
 
 def load(plan: Plan) -> Any:
-    """Compile and load the program, then attach the plan's kprobes; detaches everything on failure."""
+    """Compile and load the program, then attach the plan's kprobes; detaches everything on failure.
+
+    Kprobes run newest first where several share an address, so a plan lists a function's kretprobe
+    before its entry kprobe: the entry handler then sees the stack before the kretprobe rewrites the
+    return address (what an unwinder without kretprobe support would stop at).
+    """
     bpf = plan.probe().load()
     for a in plan.kprobes:
         try:

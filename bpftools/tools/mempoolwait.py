@@ -145,12 +145,17 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
         if not missing:
             mp, sleep, finish = (r.attach for r in found)
             out.flags.append("WANT_SLEEP_KPROBE")
-            out.kprobes += [io.Attach(mp, "mp_alloc_entry"), io.Attach(mp, "mp_alloc_return", ret=True),
-                            io.Attach(sleep, "mp_sleep_entry"), io.Attach(finish, "mp_finish_wait_entry")]
+            returns = io.unwinder_sees_through_kretprobes(table)
+            if returns:
+                out.kprobes.append(io.Attach(mp, "mp_alloc_return", ret=True))
+            out.kprobes += [io.Attach(mp, "mp_alloc_entry"), io.Attach(sleep, "mp_sleep_entry"),
+                            io.Attach(finish, "mp_finish_wait_entry")]
             source = out.read_structs(["OFF_MEMPOOL_WAIT"])
-            out.notes.append("mempoolwait: kprobe mode on %s, %s, %s; %s" % (
+            out.notes.append("mempoolwait: kprobe mode on %s, %s, %s; %s%s" % (
                 mp, sleep, finish, "a sleep ends at finish_wait(&pool->wait)" if source else
-                "without BTF or headers, a sleep ends at a finish_wait on the pool's first 256 bytes"))
+                "without BTF or headers, a sleep ends at a finish_wait on the pool's first 256 bytes",
+                "" if returns else "; no per-call records: a kretprobe on %s would hide its callers in the "
+                "stacks of this kernel (before 5.15)" % mp))
             return out
         if mode == "kprobe":
             raise MissingKernelFeature("kprobe attach points: %s" % "; ".join(r.note for r in missing),

@@ -143,12 +143,14 @@ def plan(mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] 
             slot = len(out.slots)
             out.slots[slot] = r.attach
             out.params["WB_ARG%d" % slot] = kinds.get(name, WB_ARG_NONE) if r.how in ("exact", "noprof") else WB_ARG_NONE
-            out.kprobes += [io.Attach(r.attach, "wb_entry_%d" % slot), io.Attach(r.attach, "wb_return_%d" % slot, ret=True)]
+            out.kprobes += [io.Attach(r.attach, "wb_return_%d" % slot, ret=True), io.Attach(r.attach, "wb_entry_%d" % slot)]
         if out.slots:
             out.flags.append("WANT_WB_KPROBE")
             source = out.read_structs(STRUCT_READS)
             extra = ("device, inode and pages read from the arguments" if source else
                      "no device/inode/pages (needs BTF or this kernel's own headers)")
+            if not io.unwinder_sees_through_kretprobes(table):
+                extra += "; stacks of nested calls end at the outer call (kretprobe_trampoline, before 5.15)"
             out.notes.append("writeslow: kprobe mode on %s; %s" % (", ".join(out.slots.values()), extra))
             return out
         if mode == "kprobe":

@@ -18,6 +18,7 @@ Two workloads, each exact:
 Runs inside ``python3 lab/run.py SUITE``; elsewhere it skips (conftest) unless kprobes exist.
 """
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -236,9 +237,12 @@ def test_mempoolwait_kprobes_measure_a_timeout_then_an_early_wake_up(tmp_path, s
     assert first["caller"] == "bpftools_stall_alloc" and first["comm"] == "stallvictim"
     assert [base_name(f) for f in first["kstack"][1:5]] == [
         "mempool_alloc", "bpftools_stall_alloc", "bpftools_stall_writepages", "bpftools_stall_do_writepages"]
-    assert [(a["sleeps"], a["failed"], a["pool"]) for a in allocs] == [(2, False, first["pool"])]
-    assert allocs[0]["waited_ns"] == first["duration_ns"] + second["duration_ns"]
-    assert allocs[0]["duration_ns"] >= allocs[0]["waited_ns"]
+    if "-> mp_alloc_return" in plan:     # kernels whose unwinder sees through kretprobes (5.15+)
+        assert [(a["sleeps"], a["failed"], a["pool"]) for a in allocs] == [(2, False, first["pool"])]
+        assert allocs[0]["waited_ns"] == first["duration_ns"] + second["duration_ns"]
+        assert allocs[0]["duration_ns"] >= allocs[0]["waited_ns"]
+    else:
+        assert allocs == [] and "no per-call records" in plan
     assert victim.errno == 12
 
 
@@ -276,8 +280,11 @@ def test_iojitter_kprobes_give_the_whole_causal_record(tmp_path, stall_module, m
     assert episode["explained"] is True and episode["mempool_timeouts"] == 1
     cache = episode["waits"][0]["after_slab_failures"]
     assert cache in (["bpftools_stall"], ["bpftools_stall_alloc"])    # the name, or the call site without one
-    assert episode["chain"].startswith("slab fail %s -> mempool wait 5.0" % cache[0])
-    assert " -> bpftools_stall_do_writepages " in episode["chain"]
+    # e.g. "slab fail bpftools_stall -> mempool wait 5.25s (timed out) -> mempool wait 0.26s (woken) ->
+    # bpftools_stall_do_writepages 5.53s > bpftools_stall_writepages 5.53s" (6.12 in TCG)
+    assert re.match(r"slab fail %s -> mempool wait 5\.\d\ds \(timed out\) -> mempool wait \d\.\d\ds \(woken\) -> "
+                    r"bpftools_stall_do_writepages \d+\.\d\ds > bpftools_stall_writepages \d+\.\d\ds$" % cache[0],
+                    episode["chain"]), episode["chain"]
     assert (result["sleeps_from"], result["confidence"]) == ("kprobe", "high")
     assert result["verdict"].startswith("1 of 1 slow writebacks (100%) were stalled in mempool_alloc")
 
