@@ -6,12 +6,12 @@ Two workloads, each exact:
   sequence on demand: writing ``stall`` to /proc/bpftools_stall runs ``bpftools_stall_do_writepages``
   → ``bpftools_stall_writepages`` → ``bpftools_stall_alloc``, which (like ``bvec_alloc``) first
   allocates from a ``SLAB_ACCOUNT`` cache named ``bpftools_stall`` (512-byte objects, never merged:
-  it has a constructor), then calls ``mempool_alloc(pool, GFP_NOIO)`` on a one-element pool whose
+  it has a constructor) until that fails, then calls ``mempool_alloc(pool, GFP_NOIO)`` on a one-element pool whose
   ``alloc`` function always fails. The test takes the pool's element first, so the writer sleeps in
   ``io_schedule_timeout(5*HZ)``: the first sleep times out after 5 s, the second is ended early by
   ``give`` (``mempool_free`` → ``wake_up``) 5.5 s after the test saw the writer in ``mempool_alloc``.
-  The writer runs in a full cgroup v1 memory cgroup (tests/incident1_workloads.py), so the slab
-  allocation really fails (memcg charge) before the mempool.
+  The writer runs in a full memory cgroup (tests/incident1_workloads.py: v1, or v2 on 6.12), so the
+  slab allocation really fails (memcg charge) before the mempool.
 - The stalled ``fsync`` of tests/incident1_workloads.py (ext4 on a loop device behind a frozen
   filesystem) for ``do_writepages`` > ``ext4_writepages`` nesting with device, inode and pages.
 
@@ -68,18 +68,23 @@ static void pool_free(void *element, void *data)
 	kfree(element);
 }
 
+static void *objs[4096];
+
 /* What bvec_alloc does: the slab first (charged to the caller's memory cgroup), then the mempool.
+ * The slab is asked until it says no: a per-cpu charge stock may satisfy the first requests.
  * noipa: no .isra/.constprop clones, so that the names in stacks and kallsyms are these. */
 static noinline __attribute__((noipa)) int bpftools_stall_alloc(void)
 {
-	void *obj = kmem_cache_alloc(cache, GFP_KERNEL);
+	int n = 0, i;
 	void *element;
 
-	if (obj)
-		kmem_cache_free(cache, obj);
+	while (n < ARRAY_SIZE(objs) && (objs[n] = kmem_cache_alloc(cache, GFP_KERNEL)))
+		n++;
 	element = mempool_alloc(pool, GFP_NOIO);
 	mempool_free(element, pool);
-	return obj ? 0 : 1;
+	for (i = 0; i < n; i++)
+		kmem_cache_free(cache, objs[i]);
+	return n;
 }
 
 /* Stand-ins for the writeback functions around bvec_alloc (writeslow -F probes them). */
