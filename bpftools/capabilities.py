@@ -92,21 +92,7 @@ def distro_name(root: str = "/") -> str:
         return "unknown"
 
 
-def kallsyms_has(names: List[str]) -> Dict[str, bool]:
-    """Which of NAMES are symbols of the running kernel (a helper's symbol marks the helper present)."""
-    found = dict((n, False) for n in names)
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[2] in found:
-                    found[parts[2]] = True
-    except OSError:
-        pass
-    return found
-
-
-def _check_kprobes(tracefs: Optional[str]) -> Check:
+def check_kprobes(tracefs: Optional[str]) -> Check:
     if tracefs is None:
         return Check("kprobes", None, "tracefs not mounted: cannot tell")
     if os.path.exists(os.path.join(tracefs, "kprobe_events")):
@@ -165,15 +151,9 @@ def _check_hw_breakpoint() -> Check:
     return Check("hw_breakpoints", True, "perf_event_open(PERF_TYPE_BREAKPOINT) accepted")
 
 
-def _check_blacklist(tracefs: Optional[str]) -> Check:
-    for path in ("/sys/kernel/debug/kprobes/blacklist",
-                 os.path.join(tracefs or "/nonexistent", "../kprobes/blacklist")):
-        try:
-            with open(path) as f:
-                n = sum(1 for _ in f)
-            return Check("kprobe_blacklist", True, "%d entries in %s" % (n, os.path.normpath(path)))
-        except OSError:
-            continue
+def _check_blacklist(table: Any) -> Check:
+    if table.blacklist_known:
+        return Check("kprobe_blacklist", True, "%d entries" % table.blacklist_size)
     return Check("kprobe_blacklist", None, "no kprobes blacklist file (old kernels lack it; bcc#2413)")
 
 
@@ -200,17 +180,16 @@ def detect(try_fentry: bool = True) -> Capabilities:
     caps = Capabilities(release=release, distro=distro_name())
     caps.checks.append(Check("root", os.geteuid() == 0, "euid %d" % os.geteuid()))
     caps.checks.append(Check("tracefs", tracefs is not None, tracefs or "not mounted"))
-    caps.checks.append(_check_kprobes(tracefs))
-    caps.checks.append(_check_blacklist(tracefs))
+    caps.checks.append(check_kprobes(tracefs))
     table = SymbolTable.from_system()
+    caps.checks.append(_check_blacklist(table))
     caps.symbols = table.resolve_all(WANTED_FUNCTIONS)
     caps.checks.append(Check("btf", os.path.exists("/sys/kernel/btf/vmlinux"), "/sys/kernel/btf/vmlinux"))
     caps.checks.append(_check_fentry(caps.symbols, try_fentry and os.geteuid() == 0))
     caps.checks.append(_check_headers(release))
-    syms = kallsyms_has(["bpf_ringbuf_output", "bpf_get_stackid", "bpf_perf_event_output"])
-    caps.checks.append(Check("ring_buffer", syms["bpf_ringbuf_output"], "BPF ring buffer (5.8+)"))
-    caps.checks.append(Check("perf_buffer", syms["bpf_perf_event_output"], "BPF perf buffer (4.4+)"))
-    caps.checks.append(Check("stack_maps", syms["bpf_get_stackid"], "BPF stack trace maps (4.6+)"))
+    caps.checks.append(Check("ring_buffer", table.has("bpf_ringbuf_output"), "BPF ring buffer (5.8+)"))
+    caps.checks.append(Check("perf_buffer", table.has("bpf_perf_event_output"), "BPF perf buffer (4.4+)"))
+    caps.checks.append(Check("stack_maps", table.has("bpf_get_stackid"), "BPF stack trace maps (4.6+)"))
     caps.checks.append(_check_hw_breakpoint())
     caps.tracepoints = dict((tp, tracepoint_exists(*tp.split(":"), tracefs=tracefs))
                             for tp in WANTED_TRACEPOINTS)

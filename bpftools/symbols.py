@@ -262,6 +262,11 @@ class SymbolTable:
                 break
         return cls.from_kallsyms(kallsyms, blacklist, filter_functions)
 
+    @property
+    def blacklist_size(self) -> int:
+        """Entries in the kprobes blacklist (0 when it is unknown: see ``blacklist_known``)."""
+        return len(self._blacklist)
+
     def has(self, name: str) -> bool:
         """True when NAME is a text symbol (exact name) of this kernel."""
         return name in self._symbols

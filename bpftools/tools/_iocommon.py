@@ -61,8 +61,8 @@ def tracing_ready() -> None:
 
 def kprobes_available() -> bool:
     """True when this kernel has kprobes (the capability layer's check)."""
-    from ..capabilities import _check_kprobes
-    return bool(_check_kprobes(find_tracefs()).ok)
+    from ..capabilities import check_kprobes
+    return bool(check_kprobes(find_tracefs()).ok)
 
 
 def unwinder_sees_through_kretprobes(table: Any) -> bool:

@@ -10,9 +10,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 from dataclasses import asdict, dataclass
 
-from ..capabilities import kallsyms_has
 from ..cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
 from ..capture import Probe, poll_events
+from ..symbols import SymbolTable
 from ..tracefs import tracepoint_exists
 
 OPS = {1: "open", 2: "write"}
@@ -113,7 +113,7 @@ def probe(pid: Optional[int]) -> Probe:
     params = {"FILTER_TGID": pid} if pid is not None else {}
     flags = [flag for name, flag in (("sys_enter_open", "HAVE_SYS_OPEN"), ("sys_enter_dup2", "HAVE_SYS_DUP2"))
              if tracepoint_exists("syscalls", name)]
-    if kallsyms_has(["bpf_get_current_cgroup_id"])["bpf_get_current_cgroup_id"]:
+    if SymbolTable.from_system().has("bpf_get_current_cgroup_id"):   # the helper's own symbol
         flags.append("HAVE_CGROUP_ID")
     return Probe("kmemsnoop", params, flags)
 
