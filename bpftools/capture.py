@@ -89,18 +89,40 @@ def _require_headers() -> None:
                  "or modprobe kheaders" % (release, release))
 
 
-class _Stop(Exception):
-    pass
+class _StopSignals(object):
+    """SIGINT and SIGTERM set a flag instead of raising.
+
+    An exception raised by a signal handler while a perf-buffer callback runs is printed and swallowed by
+    ctypes; a flag is seen by the poll loop whenever the signal lands. Previous handlers come back on exit.
+    """
+
+    def __init__(self) -> None:
+        self.received = None  # type: Optional[int]
+        self._old = {}  # type: Dict[int, Any]
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+
+    def __enter__(self) -> "_StopSignals":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._old[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
 
 
 def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
                 duration: Optional[float] = None, ready: Optional[Callable[[], None]] = None,
-                on_lost: Optional[Callable[[int], None]] = None, page_cnt: int = 64) -> None:
-    """Poll perf buffer TABLE until DURATION seconds pass or SIGINT/SIGTERM.
+                on_lost: Optional[Callable[[int], None]] = None, page_cnt: int = 64,
+                tick_every: Optional[float] = None, on_tick: Optional[Callable[[], None]] = None) -> None:
+    """Poll perf buffer TABLE until DURATION seconds pass or SIGINT/SIGTERM, then detach.
 
-    ``on_event`` gets the bcc-decoded ctypes struct, ``on_lost`` the count of each perf-buffer loss.
-    SIGTERM ends the poll like the duration does; SIGINT raises KeyboardInterrupt after detaching
-    (the CLI maps it to exit code 130).
+    ``on_event`` gets the bcc-decoded ctypes struct, ``on_lost`` the count of each perf-buffer loss,
+    ``on_tick`` is called every TICK_EVERY seconds. SIGTERM ends the poll like the duration does;
+    SIGINT raises KeyboardInterrupt after detaching (the CLI maps it to exit code 130).
     """
     def _lost(count: int) -> None:
         if on_lost is not None:
@@ -109,29 +131,30 @@ def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
     perf = bpf[table]
     perf.open_perf_buffer(lambda cpu, data, size: on_event(perf.event(data)),
                           page_cnt=page_cnt, lost_cb=_lost)
-
-    def _term(signum: int, frame: Any) -> None:
-        raise _Stop()
-
-    old = signal.signal(signal.SIGTERM, _term)
-    deadline = None if duration is None else time.monotonic() + duration
-    if ready is not None:
-        ready()
-    try:
-        while deadline is None or time.monotonic() < deadline:
-            timeout = 200 if deadline is None else max(1, min(200, int((deadline - time.monotonic()) * 1000)))
-            bpf.perf_buffer_poll(timeout=timeout)
-        bpf.perf_buffer_poll(timeout=10)   # drain what arrived at the end
-    except _Stop:
-        bpf.perf_buffer_poll(timeout=10)
-    finally:
-        signal.signal(signal.SIGTERM, old)
-        for cpu in _bcc().utils.get_online_cpus():   # close our buffers while the map fd is open
-            del perf[cpu]
-        dropped = map_drops(bpf)
-        if dropped and on_lost is not None:
-            on_lost(dropped)
-        bpf.cleanup()
+    with _StopSignals() as stop:
+        try:
+            now = time.monotonic()
+            deadline = None if duration is None else now + duration
+            next_tick = now + tick_every if tick_every and on_tick else None
+            if ready is not None:
+                ready()
+            while stop.received is None and (deadline is None or now < deadline):
+                wake = min(t for t in (deadline, next_tick, now + 0.2) if t is not None)
+                bpf.perf_buffer_poll(timeout=max(1, int((wake - now) * 1000)))
+                now = time.monotonic()
+                if next_tick is not None and now >= next_tick and stop.received is None:
+                    on_tick()
+                    next_tick += tick_every
+            bpf.perf_buffer_poll(timeout=10)   # drain what arrived at the end
+        finally:
+            for cpu in _bcc().utils.get_online_cpus():   # close our buffers while the map fd is open
+                del perf[cpu]
+            dropped = map_drops(bpf)
+            if dropped and on_lost is not None:
+                on_lost(dropped)
+            bpf.cleanup()
+    if stop.received == signal.SIGINT:
+        raise KeyboardInterrupt()
 
 
 def map_drops(bpf: Any) -> int:

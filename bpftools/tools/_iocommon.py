@@ -9,7 +9,6 @@ common parts (stack ids, pids) into names once per run.
 import contextlib
 import os
 import re
-import signal
 import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
@@ -286,7 +285,8 @@ class Capture(object):
 
 
 def run(plan: Plan, on_raw: Callable[[Any, Capture], None], duration: Optional[float],
-        ready: Optional[Callable[[], None]], on_lost: Callable[[Lost], None]) -> None:
+        ready: Optional[Callable[[], None]], on_lost: Callable[[Lost], None],
+        ticker: Optional["Ticker"] = None) -> None:
     """Load PLAN and poll until DURATION/Ctrl-C/SIGTERM, handing each raw record to ON_RAW."""
     bpf = load(plan)
     capture = Capture(bpf, plan)
@@ -295,7 +295,8 @@ def run(plan: Plan, on_raw: Callable[[Any, Capture], None], duration: Optional[f
         on_lost(Lost(count=count, source="perf_buffer", ts_ns=capture.last_ts))
 
     poll_events(bpf, "events", lambda raw: on_raw(raw, capture), duration=duration, ready=ready,
-                on_lost=_lost, page_cnt=128)
+                on_lost=_lost, page_cnt=128, tick_every=ticker.interval if ticker else None,
+                on_tick=ticker.periodic if ticker else None)
 
 
 def positive(ctx: click.Context, param: click.Parameter, value: Optional[float]) -> Optional[float]:
@@ -338,7 +339,7 @@ def warn(message: str) -> None:
 
 def live(tool: str, plan: Plan, record: Optional[str], ready_file: Optional[str], duration: Optional[float],
          decode: Callable[[Any, Capture], Optional[Any]], show: Callable[[Any], None],
-         on_gap: Optional[Callable[[Lost], None]] = None) -> None:
+         on_gap: Optional[Callable[[Lost], None]] = None, ticker: Optional["Ticker"] = None) -> None:
     """One live run: notes on stderr, the plan then every event (and gap) in the recording, SHOW per event.
 
     DECODE returns the tool's event (with ``ts_ns`` and ``to_json()``) or None to skip a record.
@@ -371,15 +372,13 @@ def live(tool: str, plan: Plan, record: Optional[str], ready_file: Optional[str]
             liverun.add_lost(lost.count)
             gap(lost)
 
-        run(plan, on_raw, duration, liverun.ready_callback(ready_file), on_lost)
+        run(plan, on_raw, duration, liverun.ready_callback(ready_file), on_lost, ticker)
 
 
 class Ticker(object):
-    """Calls ON_TICK every INTERVAL seconds while a capture runs, and once more at the end.
+    """Calls ON_TICK every INTERVAL seconds while a capture runs (the poll loop drives it), and once at the end.
 
-    ``poll_events`` has no periodic hook, so SIGALRM drives it (Python runs the handler in the main
-    thread between bytecodes). With COUNT, the last tick is the one at the end of the run. A None
-    INTERVAL makes this a no-op.
+    With COUNT, the last tick is the one at the end of the run. A None INTERVAL makes this a no-op.
     """
 
     def __init__(self, interval: Optional[float], count: Optional[int], on_tick: Callable[[], None]) -> None:
@@ -387,26 +386,19 @@ class Ticker(object):
         self.count = count
         self.on_tick = on_tick
         self.ticks = 0
-        self._old = None  # type: Any
 
-    def _fire(self, signum: int, frame: Any) -> None:
+    def periodic(self) -> None:
+        """One interval passed (called by the poll loop)."""
         if self.count is not None and self.ticks >= self.count - 1:
             return
         self.ticks += 1
         self.on_tick()
 
     def __enter__(self) -> "Ticker":
-        if self.interval:
-            self._old = signal.signal(signal.SIGALRM, self._fire)
-            signal.setitimer(signal.ITIMER_REAL, self.interval, self.interval)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if not self.interval:
-            return
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, self._old)
-        if exc_type is None or exc_type is KeyboardInterrupt:
+        if self.interval and (exc_type is None or exc_type is KeyboardInterrupt):
             self.on_tick()
 
 

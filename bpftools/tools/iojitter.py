@@ -151,6 +151,7 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
     run_duration = duration
     if interval and count:
         run_duration = min(duration or interval * count, interval * count)
-    with io.then(finish), io.Ticker(None if folded else interval, count, report):
+    with io.then(finish), io.Ticker(None if folded else interval, count, report) as ticker:
         io.live(TOOL, the_plan, record, ready_file, run_duration, keep,
-                lambda event: stream.append(event.to_json()), on_gap=lambda lost: stream.append(lost.to_json()))
+                lambda event: stream.append(event.to_json()), on_gap=lambda lost: stream.append(lost.to_json()),
+                ticker=ticker)

@@ -261,9 +261,9 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
     run_duration = duration
     if interval and count:
         run_duration = min(duration or interval * count, interval * count)
-    with io.then(finish), io.Ticker(None if folded else interval, count, tick):
+    with io.then(finish), io.Ticker(None if folded else interval, count, tick) as ticker:
         io.live(TOOL, the_plan, record, ready_file, run_duration,
-                lambda raw, capture: _filtered(decode(raw, capture), cgroup), show)
+                lambda raw, capture: _filtered(decode(raw, capture), cgroup), show, ticker=ticker)
 
 
 def _filtered(event: Optional[SlabFailure], cgroup: Optional[str]) -> Optional[SlabFailure]:
