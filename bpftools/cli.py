@@ -8,9 +8,9 @@ from typing import Any, Callable, List, Optional
 import click
 
 from . import __version__
+from .options import CONTEXT
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInput, BpftoolsError
 
-CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 
 
 class Options(object):
@@ -81,50 +81,6 @@ def _print_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False))
 
 
-def _positive(ctx: click.Context, param: click.Parameter, value: Optional[float]) -> Optional[float]:
-    if value is not None and value <= 0:
-        raise click.BadParameter("must be > 0")
-    return value
-
-
-@cli.command(epilog="""\b
-Examples:
-  bpftools kmemsnoop                   # trace until Ctrl-C
-  bpftools kmemsnoop -d 30 --json      # 30 s, one JSON object per line
-  bpftools kmemsnoop -p 1234           # only process 1234
-  bpftools kmemsnoop --cgroup kubepods --record kmem.jsonl
-  bpftools kmemsnoop -d 600 --report /tmp/kmem-report   # HTML report + flame graph at the end
-""", context_settings=CONTEXT)
-@click.option("-p", "--pid", type=click.IntRange(1, 2 ** 31 - 1), help="Trace this process (tgid) only.")
-@click.option("--cgroup", metavar="PATH", help="Only writers in, or files under, this memory cgroup path.")
-@click.option("-d", "--duration", type=float, callback=_positive, metavar="SECONDS", help="Stop after SECONDS.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
-@click.option("--record", metavar="FILE", help="Also write a recording (JSON lines) to FILE.")
-@click.option("--report", "report_dir", metavar="DIR", help="At the end, write report.html and flame graphs to DIR.")
-@click.option("--ready-file", metavar="FILE", hidden=True, help="Touch FILE once attached (for tests).")
-@click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and cflags, then exit.")
-@click.pass_obj
-def kmemsnoop(opts: Options, pid: Optional[int], cgroup: Optional[str], duration: Optional[float],
-              as_json: bool, record: Optional[str], report_dir: Optional[str], ready_file: Optional[str],
-              ebpf: bool) -> None:
-    """Trace opens and writes of memory.kmem.* files: who turns on kmem accounting, with what value."""
-    from . import render
-    from .tools import kmemsnoop as tool
-    if ebpf:
-        click.echo(tool.probe(pid).describe())
-        return
-    from .live import LiveRun
-    with LiveRun(tool.TOOL, record, report_dir) as run:
-        if not as_json:
-            click.echo(render.KMEM_HEADER)
-
-        def on_event(event: Any) -> None:
-            run.record(event.to_json())
-            click.echo(json.dumps(event.to_json(), sort_keys=True) if as_json else render.kmem_line(event))
-
-        tool.capture(pid, cgroup, duration, on_event, ready=run.ready_callback(ready_file), on_lost=run.add_lost)
-
-
 @cli.command(epilog="""\b
 Examples:
   bpftools report kmem.jsonl                   # the table the live tool printed
@@ -159,9 +115,9 @@ def report(recording: str, as_json: bool, folded: Optional[str], speedscope: Opt
 
 def _register_subcommands() -> None:
     from .repro.cli import repro
-    from .tools import iojitter, mempoolwait, slabfail, writeslow
+    from .tools import iojitter, kmemsnoop, mempoolwait, slabfail, writeslow
     cli.add_command(repro)
-    for tool in (slabfail, mempoolwait, writeslow, iojitter):
+    for tool in (kmemsnoop, slabfail, mempoolwait, writeslow, iojitter):
         cli.add_command(tool.command)
 
 

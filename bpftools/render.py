@@ -5,19 +5,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-KMEM_HEADER = "%-14s %-7s %-16s %-5s %-8s %-6s %s" % ("TIME(s)", "PID", "COMM", "OP", "RESULT", "VALUE", "PATH  [WRITER CGROUP]")
 STATUS_STYLE = {"detected": "bold red", "at-risk": "yellow", "clear": "green", "unknown": "dim"}
-
-
-def kmem_line(event: Any) -> str:
-    """One kmemsnoop line (plain text, like opensnoop)."""
-    result = event.error or str(event.ret)
-    value = repr(event.value) if event.value is not None else "-"
-    where = event.writer_cgroup or (event.writer_cgroup_v2 and "v2:" + event.writer_cgroup_v2) or "?"
-    if event.container:
-        where = "%s pod=%s" % ((event.container.get("container_id") or "")[:12], event.container.get("pod_uid") or "-")
-    return "%-14.6f %-7d %-16s %-5s %-8s %-6s %s  [%s]" % (
-        event.ts_ns / 1e9, event.tgid, event.comm, event.op, result, value, event.path, where)
 
 
 def capabilities(caps: Any, console: Console) -> None:
@@ -54,14 +42,9 @@ def recording(rec: Any, console: Console) -> None:
         escape(rec.tool), escape(str(header.get("version"))), escape(str(header.get("kernel_release"))),
         len(rec.events), ", %d damaged line(s) skipped" % rec.damaged_lines if rec.damaged_lines else ""))
     console.print("command: %s" % escape(" ".join(str(a) for a in header.get("argv", []))))
-    if rec.tool == "kmemsnoop":
-        from .tools.kmemsnoop import KmemFileEvent
-        console.print(KMEM_HEADER, markup=False, soft_wrap=True)
-        for obj in rec.events:
-            console.print(kmem_line(KmemFileEvent.from_json(obj)), markup=False, soft_wrap=True)
-    elif rec.tool in ("slabfail", "mempoolwait", "writeslow", "iojitter"):
-        import importlib
-        importlib.import_module("bpftools.tools." + rec.tool).render_recording(rec, console)
+    renderer = _tool_renderer(rec.tool)
+    if renderer is not None:
+        renderer(rec, console)
     else:
         for obj in rec.events:
             console.print(escape(str(obj)))
@@ -147,3 +130,16 @@ def _bugs(bugs: List[Any], console: Console) -> None:
         table.add_row(escape(str(data.get("title"))), "[%s]%s[/%s]" % (style, data.get("status"), style),
                       escape(str(data.get("reason"))))
     console.print(table)
+
+
+def _tool_renderer(tool: Any) -> Any:
+    """``render_recording`` of module bpftools.tools.TOOL, or None for an unknown tool name."""
+    import importlib
+    import re
+    if not isinstance(tool, str) or not re.match(r"^[a-z][a-z0-9_]*$", tool):
+        return None
+    try:
+        module = importlib.import_module("bpftools.tools." + tool)
+    except ImportError:
+        return None
+    return getattr(module, "render_recording", None)

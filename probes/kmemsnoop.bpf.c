@@ -4,6 +4,9 @@
  * Parameters (-D, validated as integers in Python): FILTER_TGID.
  * Flags for tracepoints that not every architecture has: HAVE_SYS_OPEN, HAVE_SYS_DUP2;
  * HAVE_CGROUP_ID when the kernel has bpf_get_current_cgroup_id (4.18+).
+ * KERNEL_HOOK=HOOK_* (kmemsnoop.h) adds kernel_write_entry/kernel_write_return, which Python attaches as a
+ * kprobe/kretprobe on the kernel's kmem limit handler; HOOK_CGROUP_WRITE also needs the struct offsets
+ * OFF_OF_KN (kernfs_open_file.kn) and OFF_KN_NAME (kernfs_node.name).
  */
 #include <uapi/linux/ptrace.h>
 #include "kmemsnoop.h"
@@ -76,6 +79,7 @@ static __always_inline int on_open_enter(const char *upath, u32 flags)
     p->ev.tid = tid;
     p->ev.fd = -1;
     p->ev.count = 0;
+    p->ev.kernel_hook = 0;
     p->ev.value[0] = 0;
     if (pending_by_tid.update(&tid, p))
         count_lost();
@@ -134,6 +138,7 @@ static __always_inline int on_write_enter(u32 fd, const char *ubuf, u64 count)
     p->ev.tid = tid;
     p->ev.fd = fd;
     p->ev.count = count;
+    p->ev.kernel_hook = 0;
     __builtin_memset(p->ev.value, 0, sizeof(p->ev.value));
     bpf_probe_read(p->ev.value, count < KMEM_VALUE_MAX - 1 ? count & (KMEM_VALUE_MAX - 1) : KMEM_VALUE_MAX - 1, ubuf);
     if (pending_by_tid.update(&tid, p))
@@ -206,3 +211,81 @@ TRACEPOINT_PROBE(syscalls, sys_enter_dup3)
 {
     return on_dup(args->oldfd, args->newfd);
 }
+
+#ifdef KERNEL_HOOK
+struct kernel_call {
+    u64 arg;
+    char value[KMEM_VALUE_MAX];
+    char name[64];    /* HOOK_CGROUP_WRITE: the file's kernfs name */
+};
+BPF_HASH(kernel_calls, u32, struct kernel_call, 1024);
+
+/* kprobe on the kmem limit handler: remember its argument (HOOK_CGROUP_WRITE: only for memory.kmem.* files). */
+int kernel_write_entry(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    struct kernel_call call = {};
+    if (filtered(id >> 32))
+        return 0;
+#if KERNEL_HOOK == HOOK_CGROUP_WRITE
+    void *kn = NULL;
+    const char *name = NULL;
+    char base[12] = {};
+    bpf_probe_read(&kn, sizeof(kn), (void *)PT_REGS_PARM1(ctx) + OFF_OF_KN);
+    bpf_probe_read(&name, sizeof(name), kn + OFF_KN_NAME);
+    bpf_probe_read(base, sizeof(base), name);
+    if (!(base[0] == 'm' && base[1] == 'e' && base[2] == 'm' && base[3] == 'o' && base[4] == 'r' &&
+          base[5] == 'y' && base[6] == '.' && base[7] == 'k' && base[8] == 'm' && base[9] == 'e' &&
+          base[10] == 'm' && base[11] == '.'))
+        return 0;
+    bpf_probe_read_str(call.name, sizeof(call.name), name);
+    bpf_probe_read_str(call.value, sizeof(call.value), (void *)PT_REGS_PARM2(ctx));
+#else
+    call.arg = PT_REGS_PARM2(ctx);
+#endif
+    if (kernel_calls.update(&tid, &call))
+        count_lost();
+    return 0;
+}
+
+/* kretprobe: annotate the write(2) in flight, or report the call alone (pwrite, writev, io_uring...). */
+int kernel_write_return(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    int zero = 0;
+    struct kernel_call *call = kernel_calls.lookup(&tid);
+    if (!call)
+        return 0;
+    long ret = PT_REGS_RC(ctx);
+    struct pending *p = pending_by_tid.lookup(&tid);
+    if (p && p->ev.op == KMEM_OP_WRITE) {
+        p->ev.kernel_hook = KERNEL_HOOK;
+        p->ev.kernel_arg = call->arg;
+        p->ev.kernel_ret = ret;
+        kernel_calls.delete(&tid);
+        return 0;
+    }
+    p = scratch.lookup(&zero);
+    if (!p) {
+        kernel_calls.delete(&tid);
+        return 0;
+    }
+    __builtin_memset(&p->ev, 0, sizeof(p->ev));
+    __builtin_memcpy(p->ev.value, call->value, sizeof(p->ev.value));
+    __builtin_memcpy(p->ev.path, call->name, sizeof(call->name));
+    p->ev.op = KMEM_OP_KERNEL;
+    p->ev.tgid = id >> 32;
+    p->ev.tid = tid;
+    p->ev.fd = -1;
+    p->ev.kernel_hook = KERNEL_HOOK;
+    p->ev.kernel_arg = call->arg;
+    p->ev.kernel_ret = ret;
+    p->ev.ret = ret;
+    stamp(&p->ev);
+    events.perf_submit(ctx, &p->ev, sizeof(p->ev));
+    kernel_calls.delete(&tid);
+    return 0;
+}
+#endif

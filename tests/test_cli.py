@@ -55,7 +55,8 @@ def test_usage_errors(bpftools_cli, args):
 def test_ebpf_passes_values_as_cflags_not_source(bpftools_cli):
     r = bpftools_cli("kmemsnoop", "--ebpf", "-p", "424242")
     assert r.code == 0
-    first, rest = r.out.split("\n", 1)
+    note, first, rest = r.out.split("\n", 2)
+    assert note.startswith("// ") and "424242" not in note
     assert "-DFILTER_TGID=424242" in first
     assert "424242" not in rest and "struct kmem_event" in rest
 

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 
 from ..capture import Probe, poll_events
 from ..cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
+from ..options import CONTEXT, positive  # noqa: F401  (the tools use io.CONTEXT, io.positive)
 from ..errors import MissingKernelFeature, PrivilegeError, ProbeLoadError
 from ..tracefs import ensure_tracefs, find_tracefs
 
 PROGRAM = "iojitter"
-CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 EV_SLAB_FAIL, EV_SLUB_OOM, EV_SLEEP, EV_MEMPOOL_ALLOC, EV_WRITEBACK, EV_DROPPED = 1, 2, 3, 4, 5, 6
 MODES = ("auto", "kprobe", "tracepoint")
 
@@ -297,13 +297,6 @@ def run(plan: Plan, on_raw: Callable[[Any, Capture], None], duration: Optional[f
     poll_events(bpf, "events", lambda raw: on_raw(raw, capture), duration=duration, ready=ready,
                 on_lost=_lost, page_cnt=128, tick_every=ticker.interval if ticker else None,
                 on_tick=ticker.periodic if ticker else None)
-
-
-def positive(ctx: click.Context, param: click.Parameter, value: Optional[float]) -> Optional[float]:
-    """click callback: a number > 0."""
-    if value is not None and value <= 0:
-        raise click.BadParameter("must be > 0")
-    return value
 
 
 def common_options(fn: Callable) -> Callable:

@@ -2,21 +2,38 @@
 
 On 3.10 the first write to ``memory.kmem.limit_in_bytes`` turns kmem accounting on for that cgroup
 (runc writes ``1`` then ``-1``); this shows the writer, its cgroup (container/pod), the target path,
-the value written and the result (EBUSY when the cgroup already has tasks).
+the value written and the result (EBUSY when the cgroup already has tasks). The syscalls come from
+tracepoints, so it runs everywhere; where kprobes exist it also hooks the kernel's kmem limit handler,
+which confirms what the kernel did with the write and sees writes made by other syscalls (pwrite,
+writev, io_uring).
 """
 import errno
+import json
 import os
-from typing import Any, Callable, Dict, List, Optional
+import sys
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from dataclasses import asdict, dataclass
+import click
+from dataclasses import asdict, dataclass, field
 
 from ..cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
 from ..capture import Probe, poll_events
+from ..errors import MissingKernelFeature, ProbeLoadError
+from ..options import CONTEXT, positive
 from ..symbols import SymbolTable
-from ..tracefs import tracepoint_exists
+from ..tracefs import find_tracefs, tracepoint_exists
+from . import _btf
 
-OPS = {1: "open", 2: "write"}
+OPS = {1: "open", 2: "write", 3: "kernel"}
 TOOL = "kmemsnoop"
+LIMIT_FILE = "memory.kmem.limit_in_bytes"
+# The kernel function that handles a write to memory.kmem.limit_in_bytes, by preference, with its
+# HOOK_* value in probes/kmemsnoop.h. Only exact names: a clone's arguments may be rearranged.
+KERNEL_HOOKS = (("memcg_update_kmem_limit", 1),   # 3.10: (struct cgroup *, u64 bytes)
+                ("memcg_update_kmem_max", 2),     # 4.x-5.15: (struct mem_cgroup *, unsigned long pages)
+                ("mem_cgroup_write", 3))          # any memory.* file; filtered by its kernfs name
+HOOK_NAMES = dict((kind, name) for name, kind in KERNEL_HOOKS)
+CGROUP_WRITE_OFFSETS = {"OFF_OF_KN": [("kernfs_open_file", "kn")], "OFF_KN_NAME": [("kernfs_node", "name")]}
 
 
 @dataclass
@@ -34,6 +51,7 @@ class KmemFileEvent:
     writer_cgroup: Optional[str]      # v1 memory cgroup (from /proc while the writer lives)
     writer_cgroup_v2: Optional[str]   # cgroup2 path of the writer's cgroup id (survives the writer)
     container: Optional[Dict[str, Any]]
+    kernel: Optional[Dict[str, Any]] = None   # the kernel handler's view: function, ret, limit_bytes
 
     @property
     def error(self) -> Optional[str]:
@@ -91,11 +109,20 @@ def decode(raw: Any, cgroups: CgroupCache) -> KmemFileEvent:
     cgroup_v2 = cgroups.v2(int(raw.cgroup_id))
     ref = container_of(cgroup or "") or container_of(cgroup_v2 or "")
     op = OPS.get(raw.op, str(raw.op))
+    kernel = None
+    if raw.kernel_hook:
+        kind = int(raw.kernel_hook)
+        arg = int(raw.kernel_arg)
+        limit = {1: arg, 2: arg * os.sysconf("SC_PAGE_SIZE")}.get(kind)
+        kernel = {"function": HOOK_NAMES.get(kind, str(kind)), "ret": int(raw.kernel_ret), "limit_bytes": limit}
+        if op == "kernel" and not path:
+            path = LIMIT_FILE
+    value = _text(bytes(raw.value)) if op == "write" or (op == "kernel" and raw.value[0]) else None
     return KmemFileEvent(
         ts_ns=int(raw.ts_ns), tgid=int(raw.tgid), tid=int(raw.tid),
-        comm=_text(bytes(raw.comm)), op=op, path=path,
-        value=_text(bytes(raw.value)) if op == "write" else None, ret=int(raw.ret),
-        writer_cgroup=cgroup, writer_cgroup_v2=cgroup_v2, container=ref.to_json() if ref else None)
+        comm=_text(bytes(raw.comm)), op=op, path=path, value=value, ret=int(raw.ret),
+        writer_cgroup=cgroup, writer_cgroup_v2=cgroup_v2, container=ref.to_json() if ref else None,
+        kernel=kernel)
 
 
 def matches_cgroup(event: KmemFileEvent, cgroup: Optional[str]) -> bool:
@@ -108,21 +135,88 @@ def matches_cgroup(event: KmemFileEvent, cgroup: Optional[str]) -> bool:
     return any(w.startswith(want) for w in writers) or ("/" + target.strip("/")).find(want) >= 0
 
 
-def probe(pid: Optional[int]) -> Probe:
-    """The BPF program with this run's parameters."""
+@dataclass
+class KernelHook:
+    """The kernel's kmem limit handler on this kernel: where to attach and the -D values it needs."""
+
+    function: str
+    kind: int
+    params: Dict[str, int] = field(default_factory=dict)
+
+
+def kernel_hook(table: SymbolTable, btf_path: str = _btf.VMLINUX) -> Tuple[Optional[KernelHook], str]:
+    """(hook, why): the first handler of KERNEL_HOOKS this kernel lets us kprobe, or None and the reason."""
+    for function, kind in KERNEL_HOOKS:
+        resolution = table.resolve(function)
+        if resolution.how != "exact":
+            continue
+        if kind != 3:
+            return KernelHook(function, kind), "kernel hook: kprobe on %s" % function
+        offsets = _btf.offsets(CGROUP_WRITE_OFFSETS, btf_path)
+        if len(offsets) == len(CGROUP_WRITE_OFFSETS):
+            return (KernelHook(function, kind, offsets),
+                    "kernel hook: kprobe on %s, memory.kmem.* files only (names read with BTF offsets)" % function)
+        return None, "no kernel hook: %s needs BTF (kernfs_open_file, kernfs_node) to tell kmem files" % function
+    return None, "no kernel hook: none of %s can be probed on this kernel" % ", ".join(n for n, _ in KERNEL_HOOKS)
+
+
+@dataclass
+class Plan:
+    """One run: the program, the kernel hook (None: syscalls only) and what was decided why."""
+
+    probe: Probe
+    hook: Optional[KernelHook]
+    note: str
+
+    def describe(self) -> str:
+        """What --ebpf prints."""
+        return "// %s\n%s" % (self.note, self.probe.describe())
+
+
+def plan(pid: Optional[int], mode: str = "auto", table: Optional[SymbolTable] = None) -> Plan:
+    """The program for this run. MODE: tracepoint (syscalls only), kprobe (kernel hook required), auto."""
+    table = table if table is not None else SymbolTable.from_system()
     params = {"FILTER_TGID": pid} if pid is not None else {}
     flags = [flag for name, flag in (("sys_enter_open", "HAVE_SYS_OPEN"), ("sys_enter_dup2", "HAVE_SYS_DUP2"))
              if tracepoint_exists("syscalls", name)]
-    if SymbolTable.from_system().has("bpf_get_current_cgroup_id"):   # the helper's own symbol
+    if table.has("bpf_get_current_cgroup_id"):   # the helper's own symbol
         flags.append("HAVE_CGROUP_ID")
-    return Probe("kmemsnoop", params, flags)
+    hook, note = None, "tracepoints only (--mode tracepoint)"
+    if mode != "tracepoint":
+        from ..capabilities import check_kprobes
+        kprobes = check_kprobes(find_tracefs())
+        if kprobes.ok:
+            hook, note = kernel_hook(table)
+        else:
+            note = "no kernel hook: %s" % kprobes.detail
+        if mode == "kprobe" and hook is None:
+            raise MissingKernelFeature("a kprobe on the kernel's kmem limit handler (%s)" % note,
+                                       fallback="--mode tracepoint")
+    if hook is not None:
+        params["KERNEL_HOOK"] = hook.kind
+        params.update(hook.params)
+    return Plan(Probe("kmemsnoop", params, flags), hook, note)
 
 
-def capture(pid: Optional[int], cgroup: Optional[str], duration: Optional[float],
+def _attach(bpf: Any, hook: KernelHook) -> None:
+    """The kretprobe first: kprobes sharing an address run newest first, so entry runs before return."""
+    try:
+        bpf.attach_kretprobe(event=hook.function.encode(), fn_name=b"kernel_write_return")
+        bpf.attach_kprobe(event=hook.function.encode(), fn_name=b"kernel_write_entry")
+    except Exception as err:  # bcc raises plain Exception
+        bpf.cleanup()
+        raise ProbeLoadError("cannot attach to %s: %s" % (hook.function, str(err).splitlines()[0] if str(err) else "error"),
+                             log=str(err))
+
+
+def capture(the_plan: Plan, cgroup: Optional[str], duration: Optional[float],
             on_event: Callable[[KmemFileEvent], None], ready: Optional[Callable[[], None]] = None,
             on_lost: Optional[Callable[[int], None]] = None) -> None:
     """Trace until DURATION/Ctrl-C, calling ON_EVENT for each matching event."""
-    bpf = probe(pid).load()
+    bpf = the_plan.probe.load()
+    if the_plan.hook is not None:
+        _attach(bpf, the_plan.hook)
+    sys.stderr.write("bpftools: %s\n" % the_plan.note)
     cgroups = CgroupCache()
 
     def _on_raw(raw: Any) -> None:
@@ -165,3 +259,69 @@ def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], genera
         timeline=[(r.ts_ns, "%s %s %s" % (r.comm, r.op, os.path.basename(r.path)), r.op) for r in records],
         flame_graphs=[FlameGraph("kmem file accesses by writer", fold(stacks), unit="events", name="kmemsnoop")],
         capabilities=header.get("capabilities"), tool_version=str(header.get("version", "")))
+
+
+HEADER = "%-14s %-7s %-16s %-6s %-8s %-6s %s" % ("TIME(s)", "PID", "COMM", "OP", "RESULT", "VALUE",
+                                                "PATH  [WRITER CGROUP]  {KERNEL}")
+
+
+def line(event: KmemFileEvent) -> str:
+    """One kmemsnoop line (plain text, like opensnoop); the kernel handler's view in braces."""
+    result = event.error or str(event.ret)
+    value = repr(event.value) if event.value is not None else "-"
+    where = event.writer_cgroup or (event.writer_cgroup_v2 and "v2:" + event.writer_cgroup_v2) or "?"
+    if event.container:
+        where = "%s pod=%s" % ((event.container.get("container_id") or "")[:12], event.container.get("pod_uid") or "-")
+    out = "%-14.6f %-7d %-16s %-6s %-8s %-6s %s  [%s]" % (
+        event.ts_ns / 1e9, event.tgid, event.comm, event.op, result, value, event.path, where)
+    if event.kernel:
+        limit = event.kernel.get("limit_bytes")
+        out += "  {%s -> %s%s}" % (event.kernel.get("function"), event.kernel.get("ret"),
+                                    "" if limit is None else ", limit %d bytes" % limit)
+    return out
+
+
+def render_recording(rec: Any, console: Any) -> None:
+    """``bpftools report`` of a kmemsnoop recording: the lines the live run printed."""
+    console.print(HEADER, markup=False, soft_wrap=True, highlight=False)
+    for obj in rec.events:
+        if obj.get("type", "kmem_file") == "kmem_file":
+            console.print(line(KmemFileEvent.from_json(obj)), markup=False, soft_wrap=True, highlight=False)
+
+
+@click.command(TOOL, epilog="""\b
+Examples:
+  bpftools kmemsnoop                   # trace until Ctrl-C
+  bpftools kmemsnoop -d 30 --json      # 30 s, one JSON object per line
+  bpftools kmemsnoop -p 1234           # only process 1234
+  bpftools kmemsnoop --cgroup kubepods --record kmem.jsonl
+  bpftools kmemsnoop -d 600 --report /tmp/kmem-report   # HTML report + flame graph at the end
+  bpftools kmemsnoop --mode tracepoint # syscalls only, no kprobe on the kernel's handler
+""", context_settings=CONTEXT)
+@click.option("-p", "--pid", type=click.IntRange(1, 2 ** 31 - 1), help="Trace this process (tgid) only.")
+@click.option("--cgroup", metavar="PATH", help="Only writers in, or files under, this memory cgroup path.")
+@click.option("-d", "--duration", type=float, callback=positive, metavar="SECONDS", help="Stop after SECONDS.")
+@click.option("--mode", type=click.Choice(("auto", "kprobe", "tracepoint")), default="auto", show_default=True,
+              help="kprobe: also hook the kernel's kmem limit handler (needs kprobes); tracepoint: syscalls only.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.option("--record", metavar="FILE", help="Also write a recording (JSON lines) to FILE.")
+@click.option("--report", "report_dir", metavar="DIR", help="At the end, write report.html and flame graphs to DIR.")
+@click.option("--ready-file", metavar="FILE", hidden=True, help="Touch FILE once attached (for tests).")
+@click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and cflags, then exit.")
+def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float], mode: str, as_json: bool,
+            record: Optional[str], report_dir: Optional[str], ready_file: Optional[str], ebpf: bool) -> None:
+    """Trace opens and writes of memory.kmem.* files: who turns on kmem accounting, with what value."""
+    from ..live import LiveRun
+    the_plan = plan(pid, mode)
+    if ebpf:
+        click.echo(the_plan.describe())
+        return
+    with LiveRun(TOOL, record, report_dir) as run:
+        if not as_json:
+            click.echo(HEADER)
+
+        def on_event(event: KmemFileEvent) -> None:
+            run.record(event.to_json())
+            click.echo(json.dumps(event.to_json(), sort_keys=True) if as_json else line(event))
+
+        capture(the_plan, cgroup, duration, on_event, ready=run.ready_callback(ready_file), on_lost=run.add_lost)
