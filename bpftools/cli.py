@@ -1,15 +1,14 @@
 """The `bpftools` command line: one click group, and ``main()`` mapping every error to an exit code."""
 import json
-import os
 import sys
 import traceback
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 import click
 
 from . import __version__
 from .options import CONTEXT
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInput, BpftoolsError
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BpftoolsError
 
 
 
@@ -115,9 +114,9 @@ def report(recording: str, as_json: bool, folded: Optional[str], speedscope: Opt
 
 def _register_subcommands() -> None:
     from .repro.cli import repro
-    from .tools import iojitter, kmemsnoop, mempoolwait, slabfail, writeslow
+    from .tools import iojitter, kmemsnoop, mempoolwait, netdevwait, slabfail, writeslow
     cli.add_command(repro)
-    for tool in (kmemsnoop, slabfail, mempoolwait, writeslow, iojitter):
+    for tool in (kmemsnoop, slabfail, mempoolwait, writeslow, iojitter, netdevwait):
         cli.add_command(tool.command)
 
 

@@ -1,5 +1,5 @@
 """Terminal rendering with rich: results in, text out. Tests pass Console(file=StringIO())."""
-from typing import Any, Dict, List
+from typing import Any, List
 
 from rich.console import Console
 from rich.markup import escape

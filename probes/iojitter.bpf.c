@@ -610,30 +610,50 @@ static __always_inline struct iostall_event *slab_failure(u32 src, u64 call_site
     return ev;
 }
 
-TRACEPOINT_PROBE(kmem, kmem_cache_alloc)
+#define ACCOUNTED_UNKNOWN -1
+
+/* A slab tracepoint hit: report it when the allocation failed (PTR 0). Returns the event (not
+ * submitted yet) so the caller can add what only its tracepoint has; the kmem_cache_alloc and kmalloc
+ * tracepoints differ in fields, not in meaning. */
+static __always_inline struct iostall_event *slab_tracepoint(void *ctx, u32 src, u64 call_site, u64 ptr,
+                                                             u64 bytes, u64 gfp, s32 node, int accounted)
 {
     u64 cache = 0;
 #ifdef WANT_SLAB_KPROBE
-    cache = slab_cache_of(args->call_site);
+    cache = slab_cache_of(call_site);
 #endif
-    if (args->ptr)
+    if (ptr)
         return 0;
-    struct iostall_event *ev = slab_failure(SLAB_SRC_CACHE, args->call_site, args->bytes_req, args->gfp_flags, cache);
+    struct iostall_event *ev = slab_failure(src, call_site, bytes, gfp, cache);
     if (!ev)
         return 0;
+    ev->node = node;
+    if (accounted != ACCOUNTED_UNKNOWN)
+        ev->flags |= SLAB_F_ACCOUNTED_KNOWN | (accounted ? SLAB_F_ACCOUNTED : 0);
+    ev->kstack = stacks.get_stackid(ctx, 0);
+    return ev;
+}
+
+TRACEPOINT_PROBE(kmem, kmem_cache_alloc)
+{
+    s32 node = -1;
+    int accounted = ACCOUNTED_UNKNOWN;
 #ifdef HAVE_TP_NODE
-    ev->node = args->node;
+    node = args->node;
 #endif
 #ifdef HAVE_TP_ACCOUNTED
-    ev->flags |= SLAB_F_ACCOUNTED_KNOWN | (args->accounted ? SLAB_F_ACCOUNTED : 0);
+    accounted = args->accounted;
 #endif
+    struct iostall_event *ev = slab_tracepoint(args, SLAB_SRC_CACHE, args->call_site, (u64)args->ptr,
+                                               args->bytes_req, args->gfp_flags, node, accounted);
+    if (!ev)
+        return 0;
 #ifdef HAVE_TP_NAME
     if (!(ev->flags & SLAB_F_NAME_FROM_CACHE)) {
         TP_DATA_LOC_READ_STR(ev->name, name, NAME_LEN);
         ev->flags |= SLAB_F_NAME_FROM_TP;
     }
 #endif
-    ev->kstack = stacks.get_stackid(args, 0);
     events.perf_submit(args, ev, sizeof(*ev));
     return 0;
 }
@@ -641,23 +661,18 @@ TRACEPOINT_PROBE(kmem, kmem_cache_alloc)
 #ifdef HAVE_TP_KMALLOC
 TRACEPOINT_PROBE(kmem, kmalloc)
 {
-    u64 cache = 0;
-#ifdef WANT_SLAB_KPROBE
-    cache = slab_cache_of(args->call_site);
-#endif
-    if (args->ptr)
-        return 0;
-    struct iostall_event *ev = slab_failure(SLAB_SRC_KMALLOC, args->call_site, args->bytes_req, args->gfp_flags, cache);
-    if (!ev)
-        return 0;
+    s32 node = -1;
+    int accounted = ACCOUNTED_UNKNOWN;
 #ifdef HAVE_TP_KMALLOC_NODE
-    ev->node = args->node;
+    node = args->node;
 #endif
 #ifdef HAVE_TP_KMALLOC_ACCOUNTED
-    ev->flags |= SLAB_F_ACCOUNTED_KNOWN | (args->accounted ? SLAB_F_ACCOUNTED : 0);
+    accounted = args->accounted;
 #endif
-    ev->kstack = stacks.get_stackid(args, 0);
-    events.perf_submit(args, ev, sizeof(*ev));
+    struct iostall_event *ev = slab_tracepoint(args, SLAB_SRC_KMALLOC, args->call_site, (u64)args->ptr,
+                                               args->bytes_req, args->gfp_flags, node, accounted);
+    if (ev)
+        events.perf_submit(args, ev, sizeof(*ev));
     return 0;
 }
 #endif /* HAVE_TP_KMALLOC */

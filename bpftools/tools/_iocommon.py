@@ -7,6 +7,7 @@ uses; :func:`load` compiles it and attaches the kprobes; :class:`Capture` turns 
 common parts (stack ids, pids) into names once per run.
 """
 import contextlib
+import json
 import os
 import re
 import sys
@@ -323,6 +324,36 @@ def cgroup_matches(cgroup: Optional[str], want: Optional[str]) -> bool:
         return True
     prefix = "/" + want.strip("/")
     return bool(cgroup) and (cgroup == prefix or cgroup.startswith(prefix.rstrip("/") + "/") or prefix == "/")
+
+
+def print_event(event: Any, as_json: bool, kernel_stacks: bool, line: Callable[[Any], str]) -> None:
+    """One event on stdout: a JSON object, or its line and (with -K) its kernel stack, innermost first."""
+    if as_json:
+        click.echo(json.dumps(event.to_json(), sort_keys=True))
+        return
+    click.echo(line(event))
+    if kernel_stacks:
+        click.echo("\n".join("        %s" % f for f in (event.kstack or ["[no stack]"])))
+
+
+def print_folded(samples: List[Any]) -> None:
+    """Folded stacks of (frames, weight) SAMPLES on stdout (flamegraph.pl input)."""
+    from ..analyses import folded
+    click.echo("\n".join(folded.folded_lines(folded.fold(samples))))
+
+
+def render_events(rec: Any, console: Any, header: str, kinds: Dict[str, Callable[[Dict[str, Any]], Any]],
+                  line: Callable[[Any], str]) -> None:
+    """``bpftools report``: HEADER, then LINE of each event whose type is in KINDS (type -> from_json), and gaps."""
+    def plain(text: str) -> None:
+        console.print(text, markup=False, soft_wrap=True, highlight=False)
+    plain(header)
+    for obj in rec.events:
+        kind = obj.get("type")
+        if kind in kinds:
+            plain(line(kinds[kind](obj)))
+        elif kind == "lost":
+            plain("[%d records lost: %s]" % (obj.get("count", 0), obj.get("source")))
 
 
 def warn(message: str) -> None:

@@ -14,8 +14,9 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import click
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
+from ..event import JsonEvent
 from ..cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
 from ..capture import Probe, poll_events
 from ..errors import MissingKernelFeature, ProbeLoadError
@@ -37,8 +38,10 @@ CGROUP_WRITE_OFFSETS = {"OFF_OF_KN": [("kernfs_open_file", "kn")], "OFF_KN_NAME"
 
 
 @dataclass
-class KmemFileEvent:
+class KmemFileEvent(JsonEvent):
     """One open or write of a memory.kmem.* file, as seen at syscall exit."""
+
+    TYPE = "kmem_file"
 
     ts_ns: int
     tgid: int
@@ -59,14 +62,9 @@ class KmemFileEvent:
         return errno.errorcode.get(-self.ret, str(-self.ret)) if self.ret < 0 else None
 
     def to_json(self) -> Dict[str, Any]:
-        out = asdict(self)
-        out["type"] = "kmem_file"
+        out = JsonEvent.to_json(self)
         out["error"] = self.error
         return out
-
-    @classmethod
-    def from_json(cls, obj: Dict[str, Any]) -> "KmemFileEvent":
-        return cls(**dict((k, obj.get(k)) for k in cls.__dataclass_fields__))  # type: ignore
 
 
 def _text(raw: bytes) -> str:

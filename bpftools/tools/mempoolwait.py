@@ -12,13 +12,13 @@ Modes (``--mode``):
   kernel stack; only those whose stack holds ``mempool_alloc`` are shown (``--all-dstate`` shows every
   D-state sleep). No pool pointer; "timed out" is inferred from a sleep of about 5 s.
 """
-import json
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import click
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+from ..event import JsonEvent
 from ..analyses import folded as folded_stacks
 from ..analyses import stacks
 from ..analyses.iojitter import timed_out
@@ -34,8 +34,10 @@ HEADER = "%-14s %-7s %-7s %-16s %10s %-10s %s" % ("TIME(s)", "PID", "TID", "COMM
 
 
 @dataclass
-class Sleep:
+class Sleep(JsonEvent):
     """One uninterruptible sleep: a mempool wait (kprobe mode) or a D-state sleep (sched_switch)."""
+
+    TYPE = "sleep"
 
     ts_ns: int                     # when it ended
     start_ns: int
@@ -54,19 +56,13 @@ class Sleep:
     cgroup: Optional[str]
     container: Optional[Dict[str, Any]]
 
-    def to_json(self) -> Dict[str, Any]:
-        out = asdict(self)
-        out["type"] = "sleep"
-        return out
-
-    @classmethod
-    def from_json(cls, obj: Dict[str, Any]) -> "Sleep":
-        return cls(**dict((k, obj.get(k)) for k in cls.__dataclass_fields__))  # type: ignore
 
 
 @dataclass
-class MempoolAlloc:
+class MempoolAlloc(JsonEvent):
     """One mempool_alloc call that slept or was slow, seen at its return (kprobe mode only)."""
+
+    TYPE = "mempool_alloc"
 
     ts_ns: int
     start_ns: int
@@ -83,14 +79,6 @@ class MempoolAlloc:
     cgroup: Optional[str]
     container: Optional[Dict[str, Any]]
 
-    def to_json(self) -> Dict[str, Any]:
-        out = asdict(self)
-        out["type"] = "mempool_alloc"
-        return out
-
-    @classmethod
-    def from_json(cls, obj: Dict[str, Any]) -> "MempoolAlloc":
-        return cls(**dict((k, obj.get(k)) for k in cls.__dataclass_fields__))  # type: ignore
 
 
 def dstate_mask(fmt: Optional[str]) -> int:
@@ -241,12 +229,8 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
         if folded:
             if isinstance(event, Sleep):
                 samples.append(folded_sample(event))
-        elif as_json:
-            click.echo(json.dumps(event.to_json(), sort_keys=True))
         else:
-            click.echo(line(event))
-            if kernel_stacks:
-                click.echo("\n".join("        %s" % f for f in (event.kstack or ["[no stack]"])))
+            io.print_event(event, as_json, kernel_stacks, line)
 
     if not (folded or as_json):
         click.echo(HEADER)
@@ -254,7 +238,7 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
         if skipped[0]:
             io.warn("%d D-state sleeps outside mempool_alloc not shown (--all-dstate shows them)" % skipped[0])
         if folded:
-            click.echo("\n".join(folded_stacks.folded_lines(folded_stacks.fold(samples))))
+            io.print_folded(samples)
 
     with io.then(finish):
         io.live(TOOL, the_plan, record, ready_file, duration, keep, show)
@@ -262,12 +246,5 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
 
 def render_recording(rec: Any, console: Any) -> None:
     """``bpftools report`` of a mempoolwait recording: the same lines as the live run."""
-    console.print(HEADER, markup=False, soft_wrap=True, highlight=False)
-    for obj in rec.events:
-        kind = obj.get("type")
-        if kind in ("sleep", "mempool_alloc"):
-            event = Sleep.from_json(obj) if kind == "sleep" else MempoolAlloc.from_json(obj)
-            console.print(line(event), markup=False, soft_wrap=True, highlight=False)
-        elif kind == "lost":
-            console.print("[%d records lost: %s]" % (obj.get("count", 0), obj.get("source")),
-                          markup=False, soft_wrap=True, highlight=False)
+    io.render_events(rec, console, HEADER, {Sleep.TYPE: Sleep.from_json, MempoolAlloc.TYPE: MempoolAlloc.from_json},
+                     line)

@@ -15,15 +15,15 @@ Modes (``--mode``):
   Cost: one kprobe per slab allocation, so ``auto`` prefers the tracepoint when it has ``name``.
 - either, when kprobes exist: a kprobe on ``slab_out_of_memory`` (the SLUB warning) as ``slub_oom``.
 """
-import json
 import os
 import re
 from collections import Counter
 from typing import Any, Dict, List, Optional, Tuple
 
 import click
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+from ..event import JsonEvent
 from ..analyses import folded as folded_stacks
 from ..analyses import stacks
 from ..analyses.gfp import UNKNOWN, decode_gfp, generation_for_release
@@ -45,8 +45,10 @@ HEADER = "%-14s %-7s %-16s %-26s %-30s %s" % ("TIME(s)", "PID", "COMM", "CACHE",
 
 
 @dataclass
-class SlabFailure:
+class SlabFailure(JsonEvent):
     """One slab allocation that returned NULL (kind "alloc") or one SLUB warning (kind "slub_oom")."""
+
+    TYPE = "slab_failure"
 
     ts_ns: int
     tgid: int
@@ -66,14 +68,6 @@ class SlabFailure:
     cgroup: Optional[str]          # the allocating task's memory cgroup
     container: Optional[Dict[str, Any]]
 
-    def to_json(self) -> Dict[str, Any]:
-        out = asdict(self)
-        out["type"] = "slab_failure"
-        return out
-
-    @classmethod
-    def from_json(cls, obj: Dict[str, Any]) -> "SlabFailure":
-        return cls(**dict((k, obj.get(k)) for k in cls.__dataclass_fields__))  # type: ignore
 
 
 def parse_memcg_cache(name: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -191,13 +185,6 @@ def line(event: SlabFailure) -> str:
         event.ts_ns / 1e9, event.tgid, event.comm, cache, event.call_site or "?", gfp, where)
 
 
-def stack_lines(frames: Optional[List[str]]) -> List[str]:
-    """The -K lines under an event: innermost frame first, indented."""
-    if frames is None:
-        return ["        [no stack]"]
-    return ["        %s" % f for f in frames]
-
-
 def folded_sample(event: SlabFailure) -> Tuple[List[str], int]:
     """``comm;outermost..innermost;[slab fail CACHE]`` weighted 1 per failure."""
     label = folded_stacks.annotation("slab fail %s" % (event.cache or event.call_site or "?"))
@@ -241,12 +228,8 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
             samples.append(folded_sample(event))
         elif interval:
             counts[(event.cache or "?", event.call_site or "?", event.cgroup or "?")] += 1
-        elif as_json:
-            click.echo(json.dumps(event.to_json(), sort_keys=True))
         else:
-            click.echo(line(event))
-            if kernel_stacks:
-                click.echo("\n".join(stack_lines(event.kstack)))
+            io.print_event(event, as_json, kernel_stacks, line)
 
     def tick() -> None:
         click.echo("\n".join(summary_lines(counts)) + "\n")
@@ -256,7 +239,7 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
         click.echo(HEADER)
     def finish() -> None:
         if folded:
-            click.echo("\n".join(folded_stacks.folded_lines(folded_stacks.fold(samples))))
+            io.print_folded(samples)
 
     run_duration = duration
     if interval and count:
@@ -272,11 +255,4 @@ def _filtered(event: Optional[SlabFailure], cgroup: Optional[str]) -> Optional[S
 
 def render_recording(rec: Any, console: Any) -> None:
     """``bpftools report`` of a slabfail recording: the same lines as the live run."""
-    console.print(HEADER, markup=False, soft_wrap=True, highlight=False)
-    for obj in rec.events:
-        if obj.get("type") == "slab_failure":
-            console.print(line(SlabFailure.from_json(obj)), markup=False, soft_wrap=True, highlight=False)
-        elif obj.get("type") == "lost":
-            console.print("[%d records lost: %s]" % (obj.get("count", 0), obj.get("source")),
-                          markup=False, soft_wrap=True, highlight=False)
-
+    io.render_events(rec, console, HEADER, {SlabFailure.TYPE: SlabFailure.from_json}, line)

@@ -12,13 +12,13 @@ Modes (``--mode``):
 - tracepoint: the ``writeback:writeback_single_inode_start``/``writeback_single_inode`` and
   ``ext4:ext4_writepages``/``ext4_writepages_result`` pairs (device, inode, pages written included).
 """
-import json
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import click
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+from ..event import JsonEvent
 from ..analyses import folded as folded_stacks
 from ..analyses import stacks
 from ..errors import BadInput, MissingKernelFeature
@@ -46,8 +46,10 @@ HEADER = "%-14s %-7s %-16s %10s %-7s %-9s %6s  %s" % ("TIME(s)", "PID", "COMM", 
 
 
 @dataclass
-class WritebackCall:
+class WritebackCall(JsonEvent):
     """One writeback call that took at least the threshold."""
+
+    TYPE = "writeback"
 
     ts_ns: int                     # when it returned
     start_ns: int
@@ -71,14 +73,6 @@ class WritebackCall:
     cgroup: Optional[str]          # the writing task's memory cgroup (a kworker's is the root)
     container: Optional[Dict[str, Any]]
 
-    def to_json(self) -> Dict[str, Any]:
-        out = asdict(self)
-        out["type"] = "writeback"
-        return out
-
-    @classmethod
-    def from_json(cls, obj: Dict[str, Any]) -> "WritebackCall":
-        return cls(**dict((k, obj.get(k)) for k in cls.__dataclass_fields__))  # type: ignore
 
 
 def kernel_dev(dev: int) -> str:
@@ -228,18 +222,14 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
         if folded:
             if event.depth == 0:
                 samples.append(folded_sample(event))
-        elif as_json:
-            click.echo(json.dumps(event.to_json(), sort_keys=True))
         else:
-            click.echo(line(event))
-            if kernel_stacks:
-                click.echo("\n".join("        %s" % f for f in (event.kstack or ["[no stack]"])))
+            io.print_event(event, as_json, kernel_stacks, line)
 
     if not (folded or as_json):
         click.echo(HEADER)
     def finish() -> None:
         if folded:
-            click.echo("\n".join(folded_stacks.folded_lines(folded_stacks.fold(samples))))
+            io.print_folded(samples)
 
     with io.then(finish):
         io.live(TOOL, the_plan, record, ready_file, duration, keep, show)
@@ -247,10 +237,4 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
 
 def render_recording(rec: Any, console: Any) -> None:
     """``bpftools report`` of a writeslow recording: the same lines as the live run."""
-    console.print(HEADER, markup=False, soft_wrap=True, highlight=False)
-    for obj in rec.events:
-        if obj.get("type") == "writeback":
-            console.print(line(WritebackCall.from_json(obj)), markup=False, soft_wrap=True, highlight=False)
-        elif obj.get("type") == "lost":
-            console.print("[%d records lost: %s]" % (obj.get("count", 0), obj.get("source")),
-                          markup=False, soft_wrap=True, highlight=False)
+    io.render_events(rec, console, HEADER, {WritebackCall.TYPE: WritebackCall.from_json}, line)
