@@ -227,8 +227,8 @@ def test_sigterm_mid_run_cleans_up(tmp_path):
     assert proc.returncode == 143
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    m = re.match(r"^bpftools: error: repro netns-churn interrupted by SIGTERM after \d+\.\d s and (\d+) of 500 "
-                 r"rounds; namespaces of the unfinished round deleted: [0-3]$", lines[0])
+    m = re.match(r"^bpftools: error: repro netns-churn interrupted by SIGTERM after \d+\.\d s; (\d+) of 500 "
+                 r"rounds done; namespaces of the unfinished round deleted: [0-3]$", lines[0])
     assert m and int(m.group(1)) < 500, lines[0]
     assert out.splitlines()[0] == "traffic worker: pid %d" % ready["pids"][0]
     assert not os.path.exists("/proc/%d" % ready["pids"][0])

@@ -52,6 +52,15 @@ class ReproInterrupted(BpftoolsError):
         self.exit_code = 128 + signum
 
 
+def interrupted_error(what: str, signum: int, seconds: float, cleanup: Dict[str, Any], done: str) -> ReproInterrupted:
+    """The error a run stopped by SIGNUM raises once it has cleaned up: WHAT (e.g. "repro kmem-io"),
+    how long it ran, DONE (what had been done / removed), or what the cleanup could not remove."""
+    if cleanup["errors"]:
+        done = "cleanup incomplete: %s" % "; ".join(cleanup["errors"])
+    return ReproInterrupted("%s interrupted by %s after %.1f s; %s" % (what, signal_name(signum), seconds, done),
+                            signum)
+
+
 class Signalled(BaseException):
     """Raised in the main thread when SIGINT or SIGTERM arrives while the workload runs.
 

@@ -9,9 +9,9 @@ from typing import Any, Callable, Dict, Optional
 
 import click
 
+from ..options import CONTEXT
 from . import ReproError, parse_size
 
-CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 
 
 def _say(as_json: bool) -> Callable[[str], None]:
@@ -23,6 +23,21 @@ def _say(as_json: bool) -> Callable[[str], None]:
 
 def _print_json(summary: Dict[str, Any]) -> None:
     click.echo(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def _workload_options(start_delay_after: str, ready_when: str) -> Callable[[Callable], Callable]:
+    """--start-delay, --json and --ready-file, which every workload has."""
+    def decorate(fn: Callable) -> Callable:
+        for deco in reversed([
+                click.option("--start-delay", type=float, default=0.0, metavar="SECONDS",
+                             help="Wait SECONDS after %s (to attach a tracer)." % start_delay_after),
+                click.option("--json", "as_json", is_flag=True,
+                             help="Print the summary as JSON (progress goes to stderr)."),
+                click.option("--ready-file", metavar="FILE", hidden=True,
+                             help="Write FILE (JSON) once %s (for tests)." % ready_when)]):
+            fn = deco(fn)
+        return fn
+    return decorate
 
 
 @click.group(context_settings=CONTEXT, epilog="""\b
@@ -61,11 +76,8 @@ memory controller, and mkfs.ext4 (e2fsprogs), losetup/mount/umount (mount, or ut
 @click.option("--dir", "directory", metavar="DIR", help="Write in DIR instead of a loop-mounted ext4 image.")
 @click.option("--kmem/--no-kmem", default=True, show_default=True,
               help="Switch kmem accounting on the way runc does (write 1 then -1 to memory.kmem.limit_in_bytes).")
-@click.option("--start-delay", type=float, default=0.0, metavar="SECONDS",
-              help="Wait SECONDS after the writers joined the cgroup, before they write (to attach a tracer).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (progress goes to stderr).")
-@click.option("--ready-file", metavar="FILE", hidden=True,
-              help="Write FILE (JSON: pids, cgroup, …) once the writers are in the cgroup (for tests).")
+@_workload_options("the writers joined the cgroup, before they write",
+                   "the writers are in the cgroup (pids, cgroup, ...)")
 def kmem_io(writers: int, chunk: str, size: str, memory_limit: str, duration: float, iterations: Optional[int],
             slow_ms: float, directory: Optional[str], kmem: bool, start_delay: float, as_json: bool,
             ready_file: Optional[str]) -> None:
@@ -111,11 +123,7 @@ worker's pid is printed first. Needs root, veth and network namespaces, and ip (
               help="Keep a connected UDP socket (cached route) in the client while the router's veth is deleted.")
 @click.option("--settle", type=float, default=0.0, metavar="SECONDS",
               help="Wait SECONDS after the last round before reading the kernel log.")
-@click.option("--start-delay", type=float, default=0.0, metavar="SECONDS",
-              help="Wait SECONDS after the worker started, before round 1 (to attach a tracer).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (progress goes to stderr).")
-@click.option("--ready-file", metavar="FILE", hidden=True,
-              help="Write FILE (JSON: pids, namespaces) once round 1's namespaces exist (for tests).")
+@_workload_options("the worker started, before round 1", "round 1's namespaces exist (pids, namespaces)")
 def netns_churn(count: int, duration: float, pmtu: int, payload: int, teardown: str, hold_route: bool,
                 settle: float, start_delay: float, as_json: bool, ready_file: Optional[str]) -> None:
     """Create and delete network namespaces with veths and PMTU route exceptions (fnhe), in rounds."""

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from ..cgroups import mountinfo, memory_cgroup_mount, memory_cgroup_of_pid
 from ..errors import BadInput, MissingKernelFeature
 from ..kmem_audit import UNLIMITED_FLOOR, read_slabinfo
-from . import (ReproError, ReproInterrupted, Signalled, Signals, check, command, describe_status,
+from . import (ReproError, Signalled, Signals, check, command, describe_status,
                errno_name, find_tool, first_line, fork_child, format_size, kill_and_reap,
                kmsg_mark, kmsg_since, latency_stats, owned_by_dead_run, reap, require_root,
-               signal_name, warn_cleanup_errors, write_ready_file)
+               interrupted_error, warn_cleanup_errors, write_ready_file)
 
 PREFIX = "bpftools-repro-"
 IMAGE_NAME = "image.ext4"
@@ -594,13 +594,8 @@ def run_kmem_io(cfg: KmemIoConfig, say: Callable[[str], None]) -> Dict[str, Any]
                 warn_cleanup_errors(summary["cleanup"]["errors"])
     interrupted = interrupted or (signals.received[0] if signals.received else None)
     if interrupted is not None:
-        cleanup = summary["cleanup"]
-        what = "cleaned up (%d items removed)" % len(cleanup["removed"])
-        if cleanup["errors"]:
-            what = "cleanup incomplete: %s" % "; ".join(cleanup["errors"])
-        raise ReproInterrupted("repro kmem-io interrupted by %s after %.1f s; writers stopped, %s"
-                               % (signal_name(interrupted), time.monotonic() - started, what),
-                               interrupted)
+        raise interrupted_error("repro kmem-io", interrupted, time.monotonic() - started, summary["cleanup"],
+                                "writers stopped, cleaned up (%d items removed)" % len(summary["cleanup"]["removed"]))
     return summary
 
 

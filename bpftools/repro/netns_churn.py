@@ -38,9 +38,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from dataclasses import dataclass
 
 from ..errors import BadInput, MissingKernelFeature
-from . import (ReproError, ReproInterrupted, Signalled, Signals, command, describe_status, errno_name,
+from . import (ReproError, Signalled, Signals, command, describe_status, errno_name,
                find_tool, first_line, fork_child, kill_and_reap, kmsg_mark, kmsg_since, latency_stats,
-               owned_by_dead_run, reap, require_root, signal_name, warn_cleanup_errors, write_ready_file)
+               interrupted_error, owned_by_dead_run, reap, require_root, warn_cleanup_errors, write_ready_file)
 
 PREFIX = "bpft-"
 MAX_ROUNDS = 36 * 36 - 1  # two base-36 digits
@@ -627,13 +627,9 @@ def run_netns_churn(cfg: NetnsChurnConfig, say: Callable[[str], None]) -> Dict[s
                 warn_cleanup_errors(summary["cleanup"]["errors"])
     interrupted = interrupted or (signals.received[0] if signals.received else None)
     if interrupted is not None:
-        cleanup = summary["cleanup"]
-        what = "namespaces of the unfinished round deleted: %d" % len(cleanup["removed"])
-        if cleanup["errors"]:
-            what = "cleanup incomplete: %s" % "; ".join(cleanup["errors"])
-        raise ReproInterrupted("repro netns-churn interrupted by %s after %.1f s and %d of %d rounds; %s"
-                               % (signal_name(interrupted), time.monotonic() - started,
-                                  len(summary["rounds"]), cfg.count, what), interrupted)
+        raise interrupted_error("repro netns-churn", interrupted, time.monotonic() - started, summary["cleanup"],
+                                "%d of %d rounds done; namespaces of the unfinished round deleted: %d"
+                                % (len(summary["rounds"]), cfg.count, len(summary["cleanup"]["removed"])))
     _totals(summary)
     return summary
 
