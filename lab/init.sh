@@ -5,6 +5,7 @@
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 TERM=dumb PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 export PYTHONPATH=/opt/site BPFTOOLS_REQUIRE_KERNEL=1 BPFTOOLS_REQUIRE_ROOT=1
+export BPFTOOLS_LAB_OUT=/run/bpftools-lab-out   # tests put files here for the host (recordings)
 
 mnt() {
     mkdir -p "$3"
@@ -26,6 +27,7 @@ mnt tmpfs cgroup /sys/fs/cgroup mode=755
 mnt cgroup cgroup /sys/fs/cgroup/memory memory
 mnt cgroup2 cgroup2 /sys/fs/cgroup/unified
 ip link set lo up
+mkdir -p "$BPFTOOLS_LAB_OUT"
 hostname bpftools-lab
 
 [ -r /opt/bpftools-lab/env ] && . /opt/bpftools-lab/env
@@ -43,6 +45,14 @@ cd /opt/bpftools
 python3 -c 'import sys; del sys.path[0]; import pytest; sys.exit(pytest.main(sys.argv[1:]))' \
     -p no:cacheprovider -m kernel -q -rfEs "$@"
 rc=$?
+# Files the tests left in $BPFTOOLS_LAB_OUT go to the host through the console (lab/run.py --out);
+# console loglevel 1 first, so that no kernel message lands between the base64 lines.
+dmesg -n 1 2>/dev/null
+(cd "$BPFTOOLS_LAB_OUT" && find . -type f | sort | while IFS= read -r f; do
+    echo "@@BPFTOOLS-LAB-FILE=${f#./}@@"
+    base64 -w 76 "$f"
+    echo "@@BPFTOOLS-LAB-FILE-END@@"
+done)
 echo "@@BPFTOOLS-LAB-EXIT=$rc@@"
 sync
 poweroff -f 2>/dev/null

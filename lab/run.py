@@ -12,11 +12,15 @@ lab/init.sh as /init; concatenates it after base.cpio (the kernel unpacks both) 
 ``qemu-system-x86_64 -accel tcg`` (never KVM). The console is streamed to stdout and to
 ``<cache>/logs/<suite>-<time>.log``.
 
+Files the tests write under ``$BPFTOOLS_LAB_OUT`` in the VM come back through the console (base64
+between markers) and are written under ``--out DIR`` (default ``<cache>/out/<suite>-<time>/``).
+
 Exit status: the in-VM pytest's exit code (0 passed, 1 failed, 5 no tests, ...), or
 EXIT_BUILD_FAILED (90), EXIT_NO_RESULT (91: the VM stopped without printing a result, e.g. a boot
 failure or a crash) or EXIT_TIMEOUT (92).
 """
 import argparse
+import base64
 import os
 import re
 import stat
@@ -24,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Iterable, List, Optional, Tuple
+from typing import IO, Dict, Iterable, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import build  # noqa: E402  (lab/ is a folder of scripts, not a package)
@@ -42,6 +46,9 @@ PACKAGE_MAP = (("bpftools", "bpftools"), ("probes", "bpftools/probes"), ("analys
 EXIT_RE = re.compile(r"@@BPFTOOLS-LAB-EXIT=(\d+)@@")
 KERNEL_RE = re.compile(r"@@BPFTOOLS-LAB-KERNEL=(\S+)@@")
 BEGIN = "@@BPFTOOLS-LAB-BEGIN@@"
+FILE_RE = re.compile(r"^@@BPFTOOLS-LAB-FILE=(.+)@@$")
+FILE_END = "@@BPFTOOLS-LAB-FILE-END@@"
+BASE64_LINE = re.compile(r"^[A-Za-z0-9+/]+=*$")
 # Console lines after which the VM will never print a result (the kernel falls back to /bin/sh).
 FATAL_RE = re.compile(r"Failed to execute /init|Kernel panic - not syncing")
 # pytest's closing line, e.g. "3 passed, 1 skipped in 12.34s" (with -q, no "=" decoration).
@@ -189,8 +196,26 @@ class ConsoleState(object):
         self.summary = None  # type: Optional[str]
         self.began = False
         self.fatal = threading.Event()  # set on a line after which no result can come
+        self.files = {}  # type: Dict[str, bytes]   # relative path -> content, from $BPFTOOLS_LAB_OUT
+        self._file = None  # type: Optional[str]
+        self._chunks = []  # type: List[str]
+
+    def in_file(self) -> bool:
+        """True while the console carries a file's base64 lines."""
+        return self._file is not None
 
     def parse(self, line: str) -> None:
+        if self._file is not None:
+            if line.strip() == FILE_END:
+                self.files[self._file] = base64.b64decode("".join(self._chunks))
+                self._file, self._chunks = None, []
+            elif BASE64_LINE.match(line.strip()):
+                self._chunks.append(line.strip())
+            return
+        m = FILE_RE.match(line.strip())
+        if m:
+            self._file = m.group(1)
+            return
         if FATAL_RE.search(line):
             self.fatal.set()
         if BEGIN in line:
@@ -219,12 +244,15 @@ class Console(ConsoleState):
     def _read(self) -> None:
         for raw in iter(self.stream.readline, b""):
             line = raw.decode("utf-8", "replace").replace("\r", "").rstrip("\n")
+            quiet = self.in_file() or FILE_RE.match(line.strip()) is not None
+            self.parse(line)
+            if quiet:
+                continue
             self.logf.write(line + "\n")
             self.logf.flush()
             if self.echo is not None:
                 self.echo.write(line + "\n")
                 self.echo.flush()
-            self.parse(line)
 
 
 def boot(image: "build.Image", initrd: str, log_path: str, timeout: float, memory_mb: int, cpus: int,
@@ -253,6 +281,22 @@ def boot(image: "build.Image", initrd: str, log_path: str, timeout: float, memor
     return console.exit_code, console
 
 
+def save_files(files: Dict[str, bytes], out_dir: str) -> List[str]:
+    """Write the VM's files under OUT_DIR (paths that would leave it are refused); returns the paths."""
+    written = []
+    base = os.path.realpath(out_dir)
+    for rel, data in sorted(files.items()):
+        path = os.path.realpath(os.path.join(base, rel))
+        if not path.startswith(base + os.sep):
+            sys.stderr.write("lab-run: refused a file path from the VM: %r\n" % rel)
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        written.append(path)
+    return written
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     pytest_args = []  # type: List[str]
@@ -266,6 +310,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--cpus", type=int, default=2, help="VM CPUs (2)")
     parser.add_argument("--offline", action="store_true", help="use the newest cached image without asking the archive")
     parser.add_argument("--quiet", action="store_true", help="do not echo the console (the log still has it)")
+    parser.add_argument("--out", metavar="DIR", help="where the files the tests left in $BPFTOOLS_LAB_OUT go "
+                                                     "(default <cache>/out/<suite>-<time>)")
     args = parser.parse_args(argv)
 
     started = time.time()
@@ -297,6 +343,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 os.remove(path)
     finished = time.time()
     prune_logs(os.path.join(root, "logs"), args.suite)
+    if console.files:
+        out_dir = args.out or os.path.join(root, "out", "%s-%s" % (args.suite, stamp))
+        for path in save_files(console.files, out_dir):
+            sys.stdout.write("lab-run: file from the VM: %s\n" % path)
     what = {EXIT_TIMEOUT: "VM timed out", EXIT_NO_RESULT: "VM stopped without a result"}.get(code, "pytest exit %d" % code)
     sys.stdout.write("lab-run: %s kernel %s: %s; %s; build/cache %.1f s, boot+tier %.1f s; log %s\n" % (
         args.suite, console.kernel or image.kernel_release, console.summary or "no pytest summary", what,

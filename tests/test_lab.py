@@ -190,3 +190,23 @@ def test_console_parse_reads_kernel_summary_and_exit_code():
     assert not console.fatal.is_set()
     console.parse("[    2.5] Failed to execute /init (error -13)")
     assert console.fatal.is_set()
+
+
+def test_console_carries_files_back_and_kernel_lines_inside_are_dropped(tmp_path):
+    import base64
+    payload = b'{"type": "sleep"}\n' * 40 + bytes(range(256))
+    text = base64.encodebytes(payload).decode()
+    lines = ["@@BPFTOOLS-LAB-BEGIN@@", "@@BPFTOOLS-LAB-FILE=6.1.0-56-amd64/iojitter.jsonl@@"]
+    body = text.splitlines()
+    lines += body[:3] + ["[  12.345678] loop0: detected capacity change"] + body[3:]
+    lines += ["@@BPFTOOLS-LAB-FILE-END@@", "@@BPFTOOLS-LAB-FILE=../../etc/evil@@", "AAAA",
+              "@@BPFTOOLS-LAB-FILE-END@@", "@@BPFTOOLS-LAB-EXIT=0@@"]
+    console = lab_run.ConsoleState()
+    for line in lines:
+        console.parse(line)
+    assert console.exit_code == 0
+    assert console.files["6.1.0-56-amd64/iojitter.jsonl"] == payload
+    written = lab_run.save_files(console.files, str(tmp_path / "out"))
+    assert written == [str(tmp_path / "out" / "6.1.0-56-amd64" / "iojitter.jsonl")]
+    assert (tmp_path / "out" / "6.1.0-56-amd64" / "iojitter.jsonl").read_bytes() == payload
+    assert not (tmp_path / "etc").exists()

@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
-from kerneltier import skip_or_fail
+from kerneltier import kernel_version, skip_or_fail
 
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                           "lab", "injectors")
@@ -193,3 +193,25 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+# The bpftools_slabfail workload: a child dirties 1 MiB of one file, says "dirty", waits for a line,
+# fsyncs (ext4 writeback asks for BIO_MAX_VECS-vector bios: bio_alloc_bioset -> bvec_alloc -> the
+# biovec-max slab, which the module fails for the child's pid), says "synced", waits for a line.
+SLABFAIL_WRITER = r"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, b"\\xab" * (1 << 20))
+print("dirty", flush=True)
+sys.stdin.readline()
+os.fsync(fd)
+print("synced", flush=True)
+sys.stdin.readline()
+"""
+
+
+def bvec_caller() -> str:
+    """The frame under mempool_alloc in the writer's sleep: bvec_alloc before v5.12; from v5.12
+    ("block: refactor bvec_alloc") bvec_alloc ends in ``return mempool_alloc(pool, gfp)``, a tail
+    call, so its caller bio_alloc_bioset is the next frame (measured on 6.1)."""
+    return "bvec_alloc" if kernel_version() < (5, 12) else "bio_alloc_bioset"

@@ -1,6 +1,7 @@
 """Helpers shared by the kernel tier's tests and its conftest (importable as ``kerneltier``)."""
 import os
 import platform
+import re
 import subprocess
 from typing import Dict, List, Optional
 
@@ -52,3 +53,21 @@ def kernel_config() -> Dict[str, str]:
 
 def modprobe(module: str) -> None:
     subprocess.check_call(["modprobe", module])
+
+
+def keep_for_host(path: str, name: str) -> Optional[str]:
+    """In a lab VM, copy PATH to $BPFTOOLS_LAB_OUT/<kernel release>/NAME: lab/run.py brings it back to the
+    host (``--out``). Elsewhere nothing happens (None)."""
+    out = os.environ.get("BPFTOOLS_LAB_OUT")
+    if not out:
+        return None
+    target = os.path.join(out, platform.release(), name)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(path, "rb") as src, open(target, "wb") as dst:
+        dst.write(src.read())
+    return target
+
+
+def kernel_version() -> tuple:
+    """(major, minor) of the running kernel."""
+    return tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())

@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from typing import Iterator, List
@@ -25,8 +24,8 @@ import pytest
 
 from bpftools.analyses.kernel_log import find_incidents
 from bpftools.analyses.stacks import base_name
-from injectors import Injector, KernelLog, tasks_in, wait_until
-from kerneltier import modprobe
+from injectors import SLABFAIL_WRITER, Injector, KernelLog, bvec_caller, tasks_in, wait_until
+from kerneltier import kernel_version, modprobe
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: incident1_workloads
 
@@ -36,10 +35,6 @@ NETNS = "bpftools-devref"
 HOST_IF, NETNS_IF = "bpfdrhost", "bpfdrns"
 TIMEOUT_SYSCTL = "/proc/sys/net/core/netdev_unregister_timeout_secs"
 WAITING = "unregister_netdevice: waiting for %s to become free" % NETNS_IF
-
-
-def kernel_version() -> tuple:
-    return tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
 
 
 def expected_usage_count(leaked: int) -> int:
@@ -192,16 +187,6 @@ def test_devref_commands_report_errors(devref):
 HOLD_S = 6.0                  # after the writer is seen in mempool_alloc: one 5 s timeout, then the wake-up
 LONG_SLEEP_NS = 4.5e9
 
-SLABFAIL_WRITER = r"""
-import os, sys
-fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-os.write(fd, b"\\xab" * (1 << 20))
-print("dirty", flush=True)
-sys.stdin.readline()
-os.fsync(fd)
-print("synced", flush=True)
-sys.stdin.readline()
-"""
 
 OBSERVER = r"""
 #include <uapi/linux/ptrace.h>
@@ -294,24 +279,6 @@ def slabfail():
         yield injector
 
 
-@pytest.fixture(scope="module")
-def ext4_mount(loop_device) -> Iterator[str]:
-    """ext4 on the module's loop device (backing file on tmpfs), mounted. Nothing else in the VM
-    writes 256-vector bios: another filesystem's writeback would hand bvec elements back to the
-    drained pool (bvec_free → mempool_free refills any pool below its reserve) and end the sleeps
-    (measured on 5.10 with ext4-on-loop-on-ext4)."""
-    for module in ("crc32c_generic", "ext4"):       # 5.10's ext4 needs crc32c_generic, unlisted
-        subprocess.call(["modprobe", module], stderr=subprocess.DEVNULL)
-    subprocess.check_call(["mkfs.ext4", "-q", "-F", "-O", "^metadata_csum", loop_device])
-    mnt = tempfile.mkdtemp(prefix="bpftools-slabfail-")
-    subprocess.check_call(["mount", loop_device, mnt])
-    try:
-        yield mnt
-    finally:
-        wait_until(lambda: subprocess.call(["umount", mnt], stderr=subprocess.DEVNULL) == 0, 10)
-        os.rmdir(mnt)
-
-
 def write_and_fsync(mnt: str, injector: Injector, bpf, inject: bool) -> dict:
     """One writer run (see the section comment); returns its pid, its observed mempool sleeps and
     the module's counters before and after."""
@@ -350,13 +317,6 @@ def write_and_fsync(mnt: str, injector: Injector, bpf, inject: bool) -> dict:
             os.remove(path)
     return {"pid": child.pid, "sleeps": observed_sleeps(bpf, child.pid), "before": before,
             "after": injector.counters()}
-
-
-def bvec_caller() -> str:
-    """The frame under mempool_alloc in the writer's sleep: bvec_alloc before v5.12; from v5.12
-    ("block: refactor bvec_alloc") bvec_alloc ends in ``return mempool_alloc(pool, gfp)``, a tail
-    call, so its caller bio_alloc_bioset is the next frame (measured on 6.1)."""
-    return "bvec_alloc" if kernel_version() < (5, 12) else "bio_alloc_bioset"
 
 
 def test_slabfail_learns_the_biovec_allocations(slabfail):

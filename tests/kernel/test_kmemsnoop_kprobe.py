@@ -67,7 +67,7 @@ def test_kernel_handler_sees_writes_and_a_pwrite(tmp_path, cgroup_dir):
     ready = tmp_path / "ready"
     tool = subprocess.Popen([sys.executable, "-m", "bpftools.cli", "kmemsnoop", "--mode", "kprobe", "--json",
                              "-d", "120", "--ready-file", str(ready)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, cwd="/")
     deadline = time.monotonic() + 240
     while not ready.exists():
         if tool.poll() is not None or time.monotonic() > deadline:
