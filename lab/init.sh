@@ -28,6 +28,11 @@ mnt cgroup cgroup /sys/fs/cgroup/memory memory
 mnt cgroup2 cgroup2 /sys/fs/cgroup/unified
 ip link set lo up
 mkdir -p "$BPFTOOLS_LAB_OUT"
+# `bpftools` for --exec commands: the package at /opt/site (not the source tree in the working directory)
+printf '%s\n' '#!/bin/sh' \
+    'exec python3 -c "import sys; del sys.path[0]; from bpftools.cli import main; sys.exit(main())" "$@"' \
+    > /usr/local/bin/bpftools
+chmod 755 /usr/local/bin/bpftools
 hostname bpftools-lab
 
 [ -r /opt/bpftools-lab/env ] && . /opt/bpftools-lab/env
@@ -42,8 +47,12 @@ echo "@@BPFTOOLS-LAB-BEGIN@@"
 # layout) does not shadow the installed layout in /opt/site. Paths in the args are relative to
 # /opt/bpftools; run.py puts tests/kernel there unless the caller named test paths.
 cd /opt/bpftools
-python3 -c 'import sys; del sys.path[0]; import pytest; sys.exit(pytest.main(sys.argv[1:]))' \
-    -p no:cacheprovider -m kernel -q -rfEs "$@"
+if [ -r /opt/bpftools-lab/command ]; then     # lab/run.py --exec CMD: a benchmark, the demo...
+    sh -c "$(cat /opt/bpftools-lab/command)"
+else
+    python3 -c 'import sys; del sys.path[0]; import pytest; sys.exit(pytest.main(sys.argv[1:]))' \
+        -p no:cacheprovider -m kernel -q -rfEs "$@"
+fi
 rc=$?
 # Files the tests left in $BPFTOOLS_LAB_OUT go to the host through the console (lab/run.py --out);
 # console loglevel 1 first, so that no kernel message lands between the base64 lines.

@@ -3,6 +3,7 @@
 
     python3 lab/run.py bookworm                       # tests/kernel on Linux 6.1
     python3 lab/run.py trixie -- -k mempool -x        # extra pytest arguments after --
+    python3 lab/run.py bookworm --exec 'python3 bench/iojitter_overhead.py --mode kprobe'
 
 Builds the suite's image if needed (lab/build.py), packs the current project tree (git-tracked and
 untracked files of the clone this script is in, without .git/.venv) into a small second cpio at
@@ -141,8 +142,10 @@ def pytest_arguments(extra: List[str], repo: str) -> List[str]:
     return list(extra) if names_paths else ["tests/kernel"] + list(extra)
 
 
-def write_project_cpio(path: str, repo: str, suite: str, pytest_args: List[str]) -> int:
-    """The project tree, its installed layout, /init and the run's settings; returns the file count."""
+def write_project_cpio(path: str, repo: str, suite: str, pytest_args: List[str],
+                       command: Optional[str] = None) -> int:
+    """The project tree, its installed layout, /init and the run's settings (the pytest arguments, or a
+    shell COMMAND to run instead of pytest); returns the file count."""
     files = project_files(repo)
     for arg in pytest_args:
         if "\n" in arg:
@@ -157,6 +160,8 @@ def write_project_cpio(path: str, repo: str, suite: str, pytest_args: List[str])
             if target is not None:
                 cpio.file("opt/site/" + target, os.path.join(repo, name))
         cpio.data("opt/bpftools-lab/pytest-args", "".join(a + "\n" for a in pytest_args).encode())
+        if command is not None:
+            cpio.data("opt/bpftools-lab/command", (command + "\n").encode())
         cpio.data("opt/bpftools-lab/env", ("BPFTOOLS_LAB_SUITE=%s\nexport BPFTOOLS_LAB_SUITE\n" % suite).encode())
         cpio.close()
     return len(files)
@@ -310,6 +315,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--cpus", type=int, default=2, help="VM CPUs (2)")
     parser.add_argument("--offline", action="store_true", help="use the newest cached image without asking the archive")
     parser.add_argument("--quiet", action="store_true", help="do not echo the console (the log still has it)")
+    parser.add_argument("--exec", dest="command", metavar="CMD",
+                        help="run the shell command CMD in /opt/bpftools instead of pytest (its exit status is the "
+                             "result); e.g. a benchmark or the demo")
     parser.add_argument("--out", metavar="DIR", help="where the files the tests left in $BPFTOOLS_LAB_OUT go "
                                                      "(default <cache>/out/<suite>-<time>)")
     args = parser.parse_args(argv)
@@ -331,7 +339,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     project = run_base + ".project.cpio"
     initrd = run_base + ".initrd"
     try:
-        count = write_project_cpio(project, REPO, args.suite, pytest_arguments(pytest_args, REPO))
+        count = write_project_cpio(project, REPO, args.suite, pytest_arguments(pytest_args, REPO), args.command)
         concatenate([image.base_cpio, project], initrd)
         sys.stderr.write("lab-run: %s kernel %s, %d project files, console log %s\n"
                          % (args.suite, image.kernel_release, count, log_path))
@@ -347,7 +355,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         out_dir = args.out or os.path.join(root, "out", "%s-%s" % (args.suite, stamp))
         for path in save_files(console.files, out_dir):
             sys.stdout.write("lab-run: file from the VM: %s\n" % path)
-    what = {EXIT_TIMEOUT: "VM timed out", EXIT_NO_RESULT: "VM stopped without a result"}.get(code, "pytest exit %d" % code)
+    what = {EXIT_TIMEOUT: "VM timed out", EXIT_NO_RESULT: "VM stopped without a result"}.get(
+        code, "%s exit %d" % ("command" if args.command else "pytest", code))
     sys.stdout.write("lab-run: %s kernel %s: %s; %s; build/cache %.1f s, boot+tier %.1f s; log %s\n" % (
         args.suite, console.kernel or image.kernel_release, console.summary or "no pytest summary", what,
         built - started, finished - built, log_path))

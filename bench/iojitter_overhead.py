@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Writer throughput with and without ``bpftools iojitter`` attached, side by side in one run.
+
+The workload is the incident's: a process writing CHUNK bytes then fsync(), in a loop, to a file on
+ext4 on a loop device (image on tmpfs), so every fsync goes through the writeback path iojitter
+times. Arms alternate (A B, B A, ...) so drift hits both; each arm's figure is the median of its
+repeats, the spread is (max - min) / median. The ratio is B / A (1.0 = no cost).
+
+    sudo python3 bench/iojitter_overhead.py                    # 5 repeats of 5 s per arm
+    sudo python3 bench/iojitter_overhead.py --repeats 9 --seconds 10 --json
+    python3 lab/run.py bookworm --exec 'python3 bench/iojitter_overhead.py --mode kprobe'   # real kernel
+
+Needs root, mkfs.ext4, losetup and mount. ``--mode`` is iojitter's (auto: kprobes where they exist).
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+WRITER = r"""
+import os, sys, time
+path, chunk, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+data = os.urandom(chunk)
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+written = fsyncs = 0
+start = time.monotonic()
+while time.monotonic() - start < seconds:
+    if fsyncs % 64 == 0:
+        os.lseek(fd, 0, os.SEEK_SET)   # rewrite the same 64 chunks: the disk never fills
+    os.write(fd, data)
+    os.fsync(fd)
+    written += chunk
+    fsyncs += 1
+elapsed = time.monotonic() - start
+os.close(fd)
+print(written, fsyncs, elapsed)
+"""
+
+
+class Disk(object):
+    """ext4 on a loop device whose image lives on tmpfs; removed on exit."""
+
+    def __init__(self, mib: int = 256) -> None:
+        self.mib = mib
+        self.base = tempfile.mkdtemp(prefix="bpftools-bench-", dir="/dev/shm")
+        self.mnt = os.path.join(self.base, "mnt")
+        self.dev = None  # type: Optional[str]
+
+    def __enter__(self) -> "Disk":
+        for module in ("loop", "crc32c_generic", "ext4"):   # built in, or modules (the lab's kernels)
+            subprocess.call(["modprobe", module], stderr=subprocess.DEVNULL)
+        image = os.path.join(self.base, "disk.img")
+        with open(image, "wb") as f:
+            f.truncate(self.mib << 20)
+        subprocess.check_call(["mkfs.ext4", "-q", "-F", image])
+        self.dev = subprocess.check_output(["losetup", "--find", "--show", image], universal_newlines=True).strip()
+        os.mkdir(self.mnt)
+        subprocess.check_call(["mount", self.dev, self.mnt])
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        subprocess.call(["umount", self.mnt])
+        if self.dev:
+            subprocess.call(["losetup", "-d", self.dev])
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def write_for(path: str, chunk: int, seconds: float) -> float:
+    """Run the writer for SECONDS; its throughput in MiB/s of fsynced data."""
+    out = subprocess.check_output([sys.executable, "-c", WRITER, path, str(chunk), str(seconds)],
+                                  universal_newlines=True)
+    written, _, elapsed = out.split()
+    return int(written) / float(elapsed) / (1 << 20)
+
+
+class Tool(object):
+    """``bpftools TOOL`` (iojitter or one of its parts) in the background until stopped."""
+
+    def __init__(self, name: str, mode: str, workdir: str, min_ms: float) -> None:
+        self.record = os.path.join(workdir, "iojitter.jsonl")
+        ready = os.path.join(workdir, "ready")
+        for path in (self.record, ready):
+            if os.path.exists(path):
+                os.remove(path)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bpftools.cli", name, "--mode", mode, "-d", "3600",
+             "--record", self.record, "--ready-file", ready, "--json"]
+            + (["-m", str(min_ms)] if name != "slabfail" else []),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, universal_newlines=True,
+            cwd="/")   # not a source tree whose bpftools/ would shadow the installed package
+        deadline = time.monotonic() + 600
+        while not os.path.exists(ready):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise SystemExit("%s did not attach: %s" % (name, self.proc.communicate()[1]))
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        """SIGTERM, wait, and return how many events it recorded (writebacks over -m, sleeps, failures)."""
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=600)
+        if self.proc.returncode != 0:
+            raise SystemExit("the tool failed (%d): %s" % (self.proc.returncode, err))
+        from bpftools.recording import read_recording
+        types = [e.get("type") for e in read_recording(self.record).events]
+        return sum(1 for t in types if t != "mode")
+
+
+def spread(values: List[float]) -> float:
+    """(max - min) / median: how noisy one arm was."""
+    return (max(values) - min(values)) / statistics.median(values)
+
+
+def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min_ms: float) -> Dict[str, Any]:
+    """Alternate the arms REPEATS times; medians, ratio, spreads and what the tool saw."""
+    arms = {"without": [], "with": []}  # type: Dict[str, List[float]]
+    writebacks = []  # type: List[int]
+    with Disk() as disk:
+        target = os.path.join(disk.mnt, "data")
+        write_for(target, chunk, 1.0)   # warm-up: allocate blocks, fill caches
+        for i in range(repeats):
+            for arm in (("without", "with") if i % 2 == 0 else ("with", "without")):
+                if arm == "without":
+                    arms[arm].append(write_for(target, chunk, seconds))
+                    continue
+                tool = Tool(tool_name, mode, disk.base, min_ms)
+                try:
+                    arms[arm].append(write_for(target, chunk, seconds))
+                finally:
+                    writebacks.append(tool.stop())
+    without, with_tool = statistics.median(arms["without"]), statistics.median(arms["with"])
+    return {"kernel": os.uname().release, "tool": tool_name, "mode": mode, "min_ms": min_ms, "repeats": repeats, "seconds": seconds, "chunk": chunk,
+            "mib_s_without": round(without, 2), "mib_s_with": round(with_tool, 2),
+            "ratio": round(with_tool / without, 4), "slowdown_pct": round((1 - with_tool / without) * 100, 2),
+            "spread_without": round(spread(arms["without"]), 3), "spread_with": round(spread(arms["with"]), 3),
+            "runs_without": [round(v, 2) for v in arms["without"]], "runs_with": [round(v, 2) for v in arms["with"]],
+            "events_recorded": writebacks}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="runs per arm (5)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per run (5)")
+    parser.add_argument("--chunk", type=int, default=1 << 20, help="bytes per write+fsync (1 MiB)")
+    parser.add_argument("--tool", choices=("iojitter", "slabfail", "mempoolwait", "writeslow"), default="iojitter",
+                        help="the tool attached in the B arm (iojitter; the others are its parts)")
+    parser.add_argument("--mode", choices=("auto", "kprobe", "tracepoint"), default="auto")
+    parser.add_argument("--min-ms", type=float, default=100.0,
+                        help="iojitter -m: writebacks this slow are reported (100, its default; 0 = all)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        parser.error("needs root (loop device, mount, BPF)")
+    if args.repeats < 2 or args.seconds <= 0 or args.chunk <= 0:
+        parser.error("--repeats >= 2, --seconds > 0 and --chunk > 0")
+    result = run(args.repeats, args.seconds, args.chunk, args.tool, args.mode, args.min_ms)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print("kernel %s, %s --mode %s -m %g, %d x %.0f s per arm, %d-byte write+fsync"
+              % (result["kernel"], args.tool, args.mode, args.min_ms, args.repeats, args.seconds, args.chunk))
+        print("%-16s %10s %8s" % ("arm", "MiB/s", "spread"))
+        print("%-16s %10.2f %8.3f" % ("without", result["mib_s_without"], result["spread_without"]))
+        print("%-16s %10.2f %8.3f" % ("with " + args.tool, result["mib_s_with"], result["spread_with"]))
+        print("ratio with/without %.4f (slowdown %.2f%%); events recorded per run %s"
+              % (result["ratio"], result["slowdown_pct"], result["events_recorded"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
