@@ -95,6 +95,7 @@ class Episode:
     container: Optional[Dict[str, Any]]
     incomplete: bool               # records were lost while it ran
     kstack: Optional[List[str]]
+    behind: Optional[Dict[str, Any]] = None   # explained by another thread's mempool waits on the same inode
 
     @property
     def mempool_timeouts(self) -> int:
@@ -124,6 +125,9 @@ class Episode:
             else:
                 parts.append("blocked %ss in %s%s" % (_secs(ns), w.blocked_in or "[no stack]",
                                                       " (%d sleeps)" % n if n > 1 else ""))
+        if self.behind:
+            parts.append("behind tid %d (%s) in mempool wait %ss on the same inode" % (
+                self.behind["tid"], self.behind["comm"], _secs(self.behind["overlap_ns"])))
         calls = sorted(self.calls, key=lambda c: (c.depth, c.start_ns))
         parts.append(" > ".join("%s %ss" % (c.func, _secs(c.end_ns - c.start_ns)) for c in calls))
         return " -> ".join(parts)
@@ -316,7 +320,29 @@ def correlate(events: Iterable[Any], extra_lost: int = 0) -> Result:
         mempool_elsewhere += sum(1 for i, s in enumerate(kinds["sleep"]) if i not in used_sleeps and s.get("in_mempool"))
         slab_elsewhere += sum(1 for i in range(len(kinds["slab_failure"])) if i not in used_slabs)
     episodes.sort(key=lambda e: (e.start_ns, e.tid))
+    _attribute_collateral(episodes)
     return _result(episodes, sleeps_from, mempool_elsewhere, slab_elsewhere, lost, malformed)
+
+
+def _attribute_collateral(episodes: List[Episode]) -> None:
+    """A writeback of an inode that another thread is writing back while that thread sleeps in the
+    mempool waits for it (page locks, writeback bits; e.g. the flusher behind a stalled fsync): when
+    those waits cover EXPLAINED_SHARE of it, it is explained, ``behind`` that thread."""
+    direct = [e for e in episodes if e.explained and e.ino is not None]
+    for e in episodes:
+        if e.explained or e.ino is None:
+            continue
+        best = None  # type: Optional[Tuple[int, Episode]]
+        for other in direct:
+            if other.tid == e.tid or (other.dev, other.ino) != (e.dev, e.ino):
+                continue
+            overlap = sum(max(0, min(w.end_ns, e.end_ns) - max(w.start_ns, e.start_ns))
+                          for w in other.waits if w.in_mempool)
+            if best is None or overlap > best[0]:
+                best = (overlap, other)
+        if best is not None and e.duration_ns > 0 and best[0] >= EXPLAINED_SHARE * e.duration_ns:
+            e.explained = True
+            e.behind = {"tid": best[1].tid, "comm": best[1].comm, "overlap_ns": best[0]}
 
 
 def _episode(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], kinds: Dict[str, List[Dict[str, Any]]],
@@ -449,6 +475,9 @@ def _verdict(r: Result) -> str:
     head = "%d of %d slow writebacks (%d%%) were stalled in mempool_alloc" % (
         r.explained, r.slow_writebacks, round(100.0 * (r.fraction_explained or 0)))
     parts = [head]
+    behind = sum(1 for e in r.episodes if e.behind)
+    if behind:
+        parts[0] += " (%d of them behind another thread's mempool wait on the same inode)" % behind
     if r.mempool_waits:
         parts.append("%ss of %ss blocked there in %d waits (%d timed out at 5 s, %d woken early)" % (
             _secs(r.mempool_ns), _secs(r.stalled_ns), r.mempool_waits, r.mempool_timeouts,

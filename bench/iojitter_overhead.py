@@ -59,7 +59,7 @@ class Disk(object):
         image = os.path.join(self.base, "disk.img")
         with open(image, "wb") as f:
             f.truncate(self.mib << 20)
-        subprocess.check_call(["mkfs.ext4", "-q", "-F", image])
+        subprocess.check_call(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", image])
         self.dev = subprocess.check_output(["losetup", "--find", "--show", image], universal_newlines=True).strip()
         os.mkdir(self.mnt)
         subprocess.check_call(["mount", self.dev, self.mnt])

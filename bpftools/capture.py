@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from . import probes as _probes_package
 from .errors import MissingDependency, MissingKernelFeature, PrivilegeError, ProbeLoadError
-from .tracefs import ensure_tracefs
+from .tracefs import ensure_tracefs, kprobe_misses
 
 PROBES_DIR = os.path.dirname(os.path.abspath(_probes_package.__file__))
 _PARAM_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789")
@@ -149,7 +149,7 @@ def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
         finally:
             for cpu in _bcc().utils.get_online_cpus():   # close our buffers while the map fd is open
                 del perf[cpu]
-            dropped = map_drops(bpf)
+            dropped = map_drops(bpf) + kprobe_misses(os.getpid())   # full maps; kretprobes over maxactive
             if dropped and on_lost is not None:
                 on_lost(dropped)
             bpf.cleanup()

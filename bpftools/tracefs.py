@@ -38,3 +38,24 @@ def tracepoint_exists(category: str, name: str, tracefs: Optional[str] = None) -
     """True when tracefs lists the tracepoint CATEGORY:NAME."""
     base = tracefs or find_tracefs()
     return bool(base) and os.path.isdir(os.path.join(base, "events", category, name))
+
+
+def kprobe_misses(pid: int, tracefs: Optional[str] = None) -> int:
+    """Hits that kprobes of process PID missed, kretprobes above all (maxactive reached), from tracefs
+    ``kprobe_profile`` (``EVENT HITS MISSES``; bcc names its events ``..._bcc_PID``). Probes made through
+    the perf kprobe PMU (bcc on 4.17+) are not listed there: 0 then means "not known", not "none"."""
+    base = tracefs or find_tracefs()
+    if not base:
+        return 0
+    try:
+        with open(os.path.join(base, "kprobe_profile")) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    suffix = "_bcc_%d" % pid
+    total = 0
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 3 and parts[0].endswith(suffix) and parts[2].isdigit():
+            total += int(parts[2])
+    return total

@@ -554,6 +554,7 @@ int slab_alloc_entry(struct pt_regs *ctx)
         d = SLAB_STACK - 1;       /* deeper than we keep: the innermost slot is reused */
     struct slab_call *c = &st->c[d & (SLAB_STACK - 1)];
     c->cache = PT_REGS_PARM1(ctx);
+    c->gfp = PT_REGS_PARM2(ctx);
     bpf_probe_read(&c->ret_ip, sizeof(c->ret_ip), (void *)PT_REGS_SP(ctx));
     st->depth = d + 1;
     return 0;
@@ -572,7 +573,9 @@ static __always_inline u64 slab_cache_of(u64 call_site)
     for (int i = SLAB_STACK - 1; i >= 0; i--) {
         if ((u32)i < st->depth && st->c[i].ret_ip == call_site) {
             cache = st->c[i].cache;
+#ifndef WANT_SLAB_KRETPROBE          /* with a kretprobe, the return pops the call */
             st->depth = i;
+#endif
             break;
         }
     }
@@ -580,6 +583,34 @@ static __always_inline u64 slab_cache_of(u64 call_site)
         slab_calls.delete(&tid);
     return cache;
 }
+
+#ifdef WANT_SLAB_KRETPROBE
+static __always_inline struct iostall_event *slab_failure(u32 src, u64 call_site, u64 bytes, u64 gfp, u64 cache);
+
+/* The allocator returned: pop its call; a NULL is a failure, whoever made it (the allocator itself, or a
+ * fault injector's kretprobe registered before ours: return handlers run newest first).
+ * Before 5.15 the stack taken here ends at kretprobe_trampoline (see unwinder_sees_through_kretprobes). */
+int slab_alloc_return(struct pt_regs *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct slab_calls *st = slab_calls.lookup(&tid);
+    if (!st || st->depth == 0)
+        return 0;
+    u32 d = st->depth - 1;
+    struct slab_call c = st->c[d & (SLAB_STACK - 1)];
+    st->depth = d;
+    if (d == 0)
+        slab_calls.delete(&tid);
+    if (PT_REGS_RC(ctx) != 0)
+        return 0;
+    struct iostall_event *ev = slab_failure(SLAB_SRC_RETURN, c.ret_ip, 0, c.gfp, c.cache);
+    if (!ev)
+        return 0;
+    ev->kstack = stacks.get_stackid(ctx, 0);
+    events.perf_submit(ctx, ev, sizeof(*ev));
+    return 0;
+}
+#endif
 #endif
 
 static __always_inline void read_cache_name(struct iostall_event *ev, u64 cache)
@@ -624,6 +655,10 @@ static __always_inline struct iostall_event *slab_tracepoint(void *ctx, u32 src,
 #endif
     if (ptr)
         return 0;
+#ifdef WANT_SLAB_KRETPROBE
+    if (cache)                /* inside a kretprobed allocator: slab_alloc_return reports it */
+        return 0;
+#endif
     struct iostall_event *ev = slab_failure(src, call_site, bytes, gfp, cache);
     if (!ev)
         return 0;

@@ -255,3 +255,38 @@ def test_render_shows_verdict_confidence_and_causal_records():
     assert "Verdict: 2 of 2 slow writebacks (100%) were stalled in mempool_alloc" in text
     assert "confidence: low  (sleeps from kprobe)" in text
     assert "  1. mempool wait 5.00s (timed out) -> do_writepages 5.20s (records lost meanwhile)" in text  # longest first
+
+
+# --- recorded in the lab (tests/kernel/test_iojitter_injector.py, kprobe mode) -------------------
+
+def test_lab_61_injector_stall_and_the_flusher_behind_it():
+    """6.1.0-56 under TCG: the slab injector held fs_bio_set's bvec reserve; the writer (tid 414) slept
+    5.00 s (timed out) then 1.17 s (woken when the test stopped the injection); the flusher kworker
+    (tid 25) wrote back the same inode meanwhile and waited behind it. This run predates the slab
+    kretprobe, so its slab failures (made by the injector's kretprobe) are not in the stream."""
+    events = load("lab-6.1-injector-tracepoint-slab.jsonl").events
+    r = correlate(events)
+    assert [(e.tid, e.comm, e.func, e.dev, e.ino, e.explained) for e in r.episodes] == [
+        (414, "python3", "do_writepages", "7:0", 12, True), (25, "kworker/u4:1", "do_writepages", "7:0", 12, True)]
+    writer, flusher = r.episodes
+    assert [(w.in_mempool, w.timed_out, w.caller, w.duration_ns) for w in writer.waits] == [
+        (True, True, "bio_alloc_bioset", 5001815900), (True, False, "bio_alloc_bioset", 1173965620)]
+    assert writer.behind is None and flusher.waits == []
+    (wb,) = [e for e in events if e.get("type") == "writeback" and e["tid"] == 25 and e["depth"] == 0]
+    sleeps = [e for e in events if e.get("type") == "sleep" and e["tid"] == 414]
+    overlap = sum(min(s["ts_ns"], wb["ts_ns"]) - max(s["start_ns"], wb["start_ns"]) for s in sleeps)
+    assert 1.9e9 < overlap < wb["duration_ns"]
+    assert flusher.behind == {"tid": 414, "comm": "python3", "overlap_ns": overlap}
+    assert flusher.chain().startswith("behind tid 414 (python3) in mempool wait 1.94s on the same inode -> ")
+    assert (r.slow_writebacks, r.explained, r.mempool_timeouts, r.confidence) == (2, 2, 1, "high")
+    assert r.verdict.startswith("2 of 2 slow writebacks (100%) were stalled in mempool_alloc (1 of them behind "
+                                "another thread's mempool wait on the same inode)")
+
+
+def test_a_flusher_on_another_inode_is_not_behind_the_stall():
+    stream = [e for e in load("lab-6.1-injector-tracepoint-slab.jsonl").events]
+    for e in stream:
+        if e.get("type") == "writeback" and e.get("tid") == 25:
+            e["ino"] = 13
+    flusher = [e for e in correlate(stream).episodes if e.tid == 25][0]
+    assert (flusher.explained, flusher.behind) == (False, None)

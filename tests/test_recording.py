@@ -58,3 +58,4 @@ def test_missing_file_is_bad_input(tmp_path):
     with pytest.raises(BadInput) as err:
         read_recording(str(tmp_path / "nope.jsonl"))
     assert "nope.jsonl" in str(err.value)
+

@@ -98,7 +98,7 @@ class CgroupCache:
 def decode(raw: Any, cgroups: CgroupCache) -> KmemFileEvent:
     """The one place a raw kmem_event becomes a KmemFileEvent."""
     path = _text(bytes(raw.path))
-    if not path.startswith("/"):
+    if raw.op != 3 and not path.startswith("/"):   # a syscall's path; a kernel event's is a kernfs name
         try:
             path = os.path.join(os.readlink("/proc/%d/cwd" % raw.tgid), path)
         except OSError:

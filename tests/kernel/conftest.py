@@ -64,7 +64,8 @@ def ext4_mount(loop_device) -> Iterator[str]:
     (measured on 5.10 with ext4-on-loop-on-ext4)."""
     for module in ("crc32c_generic", "ext4"):       # 5.10's ext4 needs crc32c_generic, unlisted
         subprocess.call(["modprobe", module], stderr=subprocess.DEVNULL)
-    subprocess.check_call(["mkfs.ext4", "-q", "-F", "-O", "^metadata_csum", loop_device])
+    subprocess.check_call(["mkfs.ext4", "-q", "-F", "-O", "^metadata_csum", "-E",
+                           "lazy_itable_init=0,lazy_journal_init=0", loop_device])   # no ext4lazyinit I/O later
     mnt = tempfile.mkdtemp(prefix="bpftools-slabfail-")
     subprocess.check_call(["mount", loop_device, mnt])
     try:
