@@ -70,6 +70,7 @@ class Wait:
     call: Optional[str]            # the innermost writeback call around it
     kstack: Optional[List[str]]    # the sleeping stack, innermost first; None when none was taken
     after_slab_failures: List[str] = field(default_factory=list)   # cache (or call site) of each
+    pool_cache: Optional[str] = None   # the slab cache behind the mempool (kprobe mode, slab pools)
 
 
 @dataclass
@@ -121,7 +122,8 @@ class Episode:
             if w.after_slab_failures:
                 parts.append("slab fail %s" % _counted(w.after_slab_failures))
             if w.in_mempool:
-                parts.append("mempool wait %ss (%s)" % (_secs(ns), "timed out" if w.timed_out else "woken"))
+                parts.append("mempool wait %ss%s (%s)" % (_secs(ns), " on %s" % w.pool_cache if w.pool_cache else "",
+                                                       "timed out" if w.timed_out else "woken"))
             else:
                 parts.append("blocked %ss in %s%s" % (_secs(ns), w.blocked_in or "[no stack]",
                                                       " (%d sleeps)" % n if n > 1 else ""))
@@ -371,7 +373,7 @@ def _episode(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], ki
                           in_mempool=bool(s.get("in_mempool")), timed_out=s.get("timed_out"),
                           blocked_in=stacks.base_name(blocked) if blocked else None, caller=s.get("caller"),
                           call=_innermost(members, s_start), kstack=s.get("kstack"),
-                          after_slab_failures=before))
+                          after_slab_failures=before, pool_cache=s.get("pool_cache")))
     mempool_ns = sum(w.duration_ns for w in waits if w.in_mempool)
     other_ns = sum(w.duration_ns for w in waits if not w.in_mempool)
     duration = end - start

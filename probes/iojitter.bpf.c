@@ -54,6 +54,12 @@
 #ifndef OFF_MEMPOOL_WAIT
 #define OFF_MEMPOOL_WAIT offsetof(mempool_t, wait)
 #endif
+#ifndef OFF_MEMPOOL_POOL_DATA
+#define OFF_MEMPOOL_POOL_DATA offsetof(mempool_t, pool_data)
+#endif
+#ifndef OFF_MEMPOOL_ALLOC
+#define OFF_MEMPOOL_ALLOC offsetof(mempool_t, alloc)
+#endif
 #if defined(HAVE_SLUB_DEF) && !defined(OFF_CACHE_NAME)
 #include <linux/slub_def.h>
 #define OFF_CACHE_NAME offsetof(struct kmem_cache, name)
@@ -367,6 +373,19 @@ int wb_return_7(struct pt_regs *ctx) { return wb_return(ctx, 7); }
 #endif /* writeback */
 
 /* ---------------------------------------------------------------- sleeps (mempoolwait) ---------- */
+/* The name of kmem_cache CACHE into ev->name (a slab failure's cache, or the cache behind a mempool). */
+static __always_inline void read_cache_name(struct iostall_event *ev, u64 cache)
+{
+#ifdef OFF_CACHE_NAME
+    u64 name = 0;
+    if (!cache)
+        return;
+    bpf_probe_read(&name, sizeof(name), (void *)(cache + OFF_CACHE_NAME));
+    if (name && bpf_probe_read_str(ev->name, sizeof(ev->name), (void *)name) > 0)
+        ev->flags |= SLAB_F_NAME_FROM_CACHE;
+#endif
+}
+
 #ifdef WANT_SLEEP_SCHED
 BPF_HASH(dsleeps, u32, struct dsleep, 10240);
 
@@ -438,6 +457,11 @@ int mp_alloc_entry(struct pt_regs *ctx)
     struct mp_call c = {};
     c.pool = PT_REGS_PARM1(ctx);
     c.gfp = PT_REGS_PARM2(ctx);
+#ifdef OFF_MEMPOOL_ALLOC
+    /* what the pool is: its element allocator (mempool_alloc_slab: pool_data is the kmem_cache) */
+    bpf_probe_read(&c.pool_alloc, sizeof(c.pool_alloc), (void *)(c.pool + OFF_MEMPOOL_ALLOC));
+    bpf_probe_read(&c.pool_data, sizeof(c.pool_data), (void *)(c.pool + OFF_MEMPOOL_POOL_DATA));
+#endif
     c.entry_ns = bpf_ktime_get_ns();
     c.kstack = -1;
     if (mp_calls.update(&tid, &c))
@@ -491,6 +515,9 @@ int mp_finish_wait_entry(struct pt_regs *ctx)
             ev->timeout = c->timeout;
             ev->kstack = c->kstack;
             ev->flags = SLEEP_F_MEMPOOL;
+            ev->call_site = c->pool_alloc;      /* Python names it; the cache name counts only for */
+            ev->cache = c->pool_data;           /* mempool_alloc_slab pools */
+            read_cache_name(ev, c->pool_data);
             events.perf_submit(ctx, ev, sizeof(*ev));
         }
     }
@@ -554,7 +581,6 @@ int slab_alloc_entry(struct pt_regs *ctx)
         d = SLAB_STACK - 1;       /* deeper than we keep: the innermost slot is reused */
     struct slab_call *c = &st->c[d & (SLAB_STACK - 1)];
     c->cache = PT_REGS_PARM1(ctx);
-    c->gfp = PT_REGS_PARM2(ctx);
     bpf_probe_read(&c->ret_ip, sizeof(c->ret_ip), (void *)PT_REGS_SP(ctx));
     st->depth = d + 1;
     return 0;
@@ -573,9 +599,7 @@ static __always_inline u64 slab_cache_of(u64 call_site)
     for (int i = SLAB_STACK - 1; i >= 0; i--) {
         if ((u32)i < st->depth && st->c[i].ret_ip == call_site) {
             cache = st->c[i].cache;
-#ifndef WANT_SLAB_KRETPROBE          /* with a kretprobe, the return pops the call */
             st->depth = i;
-#endif
             break;
         }
     }
@@ -583,47 +607,8 @@ static __always_inline u64 slab_cache_of(u64 call_site)
         slab_calls.delete(&tid);
     return cache;
 }
-
-#ifdef WANT_SLAB_KRETPROBE
-static __always_inline struct iostall_event *slab_failure(u32 src, u64 call_site, u64 bytes, u64 gfp, u64 cache);
-
-/* The allocator returned: pop its call; a NULL is a failure, whoever made it (the allocator itself, or a
- * fault injector's kretprobe registered before ours: return handlers run newest first).
- * Before 5.15 the stack taken here ends at kretprobe_trampoline (see unwinder_sees_through_kretprobes). */
-int slab_alloc_return(struct pt_regs *ctx)
-{
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct slab_calls *st = slab_calls.lookup(&tid);
-    if (!st || st->depth == 0)
-        return 0;
-    u32 d = st->depth - 1;
-    struct slab_call c = st->c[d & (SLAB_STACK - 1)];
-    st->depth = d;
-    if (d == 0)
-        slab_calls.delete(&tid);
-    if (PT_REGS_RC(ctx) != 0)
-        return 0;
-    struct iostall_event *ev = slab_failure(SLAB_SRC_RETURN, c.ret_ip, 0, c.gfp, c.cache);
-    if (!ev)
-        return 0;
-    ev->kstack = stacks.get_stackid(ctx, 0);
-    events.perf_submit(ctx, ev, sizeof(*ev));
-    return 0;
-}
-#endif
 #endif
 
-static __always_inline void read_cache_name(struct iostall_event *ev, u64 cache)
-{
-#ifdef OFF_CACHE_NAME
-    u64 name = 0;
-    if (!cache)
-        return;
-    bpf_probe_read(&name, sizeof(name), (void *)(cache + OFF_CACHE_NAME));
-    if (name && bpf_probe_read_str(ev->name, sizeof(ev->name), (void *)name) > 0)
-        ev->flags |= SLAB_F_NAME_FROM_CACHE;
-#endif
-}
 
 static __always_inline struct iostall_event *slab_failure(u32 src, u64 call_site, u64 bytes, u64 gfp, u64 cache)
 {
@@ -655,10 +640,6 @@ static __always_inline struct iostall_event *slab_tracepoint(void *ctx, u32 src,
 #endif
     if (ptr)
         return 0;
-#ifdef WANT_SLAB_KRETPROBE
-    if (cache)                /* inside a kretprobed allocator: slab_alloc_return reports it */
-        return 0;
-#endif
     struct iostall_event *ev = slab_failure(src, call_site, bytes, gfp, cache);
     if (!ev)
         return 0;

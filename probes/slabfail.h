@@ -5,7 +5,6 @@
 /* iostall_event.func of EV_SLAB_FAIL: which tracepoint saw the NULL */
 #define SLAB_SRC_CACHE 1     /* kmem:kmem_cache_alloc */
 #define SLAB_SRC_KMALLOC 2   /* kmem:kmalloc */
-#define SLAB_SRC_RETURN 3    /* kretprobe on the cache allocator: it returned NULL */
 
 /* iostall_event.flags */
 #define SLAB_F_ACCOUNTED 1        /* the tracepoint said accounted=true (charged to a memory cgroup) */
@@ -22,7 +21,6 @@
 struct slab_call {
     u64 cache;
     u64 ret_ip;
-    u64 gfp;
 };
 struct slab_calls {
     u32 depth;

@@ -93,6 +93,8 @@ def headers_match_running_kernel() -> bool:
 STRUCT_MEMBERS = {
     "OFF_CACHE_NAME": [("kmem_cache", "name")],
     "OFF_MEMPOOL_WAIT": [("mempool", "wait"), ("mempool_s", "wait")],
+    "OFF_MEMPOOL_POOL_DATA": [("mempool", "pool_data"), ("mempool_s", "pool_data")],
+    "OFF_MEMPOOL_ALLOC": [("mempool", "alloc"), ("mempool_s", "alloc")],
     "OFF_PAGE_MAPPING": [("page", "mapping")],
     "OFF_MAPPING_HOST": [("address_space", "host")],
     "OFF_INODE_INO": [("inode", "i_ino")],

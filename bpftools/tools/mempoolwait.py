@@ -55,7 +55,7 @@ class Sleep(JsonEvent):
     kstack: Optional[List[str]]    # innermost first; None when no stack was taken
     cgroup: Optional[str]
     container: Optional[Dict[str, Any]]
-
+    pool_cache: Optional[str] = None   # the slab cache behind the pool (mempool_alloc_slab pools, kprobe mode)
 
 
 @dataclass
@@ -110,7 +110,15 @@ def decode(raw: Any, capture: io.Capture) -> Optional[Any]:
     return Sleep(source="kprobe" if kprobe else "sched_switch", in_mempool=in_mempool,
                  timed_out=timed_out(end - start) if in_mempool else None,
                  pool=int(raw.ptr) if kprobe else None, timeout_jiffies=int(raw.timeout) if kprobe else None,
-                 blocked_in=stacks.blocking_frame(frames), **common)
+                 blocked_in=stacks.blocking_frame(frames), pool_cache=_pool_cache(raw, capture) if kprobe else None,
+                 **common)
+
+
+def _pool_cache(raw: Any, capture: io.Capture) -> Optional[str]:
+    """The kmem_cache name behind a slab-backed pool (pool->alloc is mempool_alloc_slab), else None."""
+    if not raw.call_site or stacks.base_name(capture.symbol(int(raw.call_site))) != "mempool_alloc_slab":
+        return None
+    return io.text(bytes(raw.name)) or None
 
 
 def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
@@ -139,6 +147,7 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
             out.kprobes += [io.Attach(mp, "mp_alloc_entry"), io.Attach(sleep, "mp_sleep_entry"),
                             io.Attach(finish, "mp_finish_wait_entry")]
             source = out.read_structs(["OFF_MEMPOOL_WAIT"])
+            out.read_structs(["OFF_MEMPOOL_POOL_DATA", "OFF_MEMPOOL_ALLOC", "OFF_CACHE_NAME"], slub_def=True)
             out.notes.append("mempoolwait: kprobe mode on %s, %s, %s; %s%s" % (
                 mp, sleep, finish, "a sleep ends at finish_wait(&pool->wait)" if source else
                 "without BTF or headers, a sleep ends at a finish_wait on the pool's first 256 bytes",
@@ -176,6 +185,8 @@ def line(event: Any) -> str:
             where = "mempool_alloc from %s" % (event.caller or "?")
             if event.pool is not None:
                 where += " pool %#x" % event.pool
+            if event.pool_cache:
+                where += " (%s)" % event.pool_cache
         else:
             result = "D"
             where = stacks.base_name(event.blocked_in) if event.blocked_in else "[no stack]"

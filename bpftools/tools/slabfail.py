@@ -32,7 +32,7 @@ from ..errors import MissingKernelFeature
 from . import _iocommon as io
 
 TOOL = "slabfail"
-SLAB_SRC = {1: "kmem_cache_alloc", 2: "kmalloc", 3: "kretprobe"}   # probes/slabfail.h SLAB_SRC_*
+SLAB_SRC = {1: "kmem_cache_alloc", 2: "kmalloc"}           # probes/slabfail.h SLAB_SRC_*
 SLAB_F_ACCOUNTED, SLAB_F_ACCOUNTED_KNOWN, SLAB_F_NAME_FROM_TP, SLAB_F_NAME_FROM_CACHE, SLAB_F_OOM_ARGS = \
     1, 2, 4, 8, 16
 # The allocators whose first two arguments are (struct kmem_cache *, gfp_t): 3.10 / 6.1 / 6.10+ names
@@ -111,7 +111,7 @@ def decode(raw: Any, capture: io.Capture) -> Optional[SlabFailure]:
         source="slab_out_of_memory" if oom else SLAB_SRC.get(int(raw.func), str(raw.func)),
         cache=name or None, call_site=call_site, gfp=gfp,
         gfp_flags=_gfp_names(gfp) if gfp is not None else [],
-        bytes_req=None if oom or int(raw.func) == 3 else int(raw.bytes), node=int(raw.node) if has_args and raw.node >= 0 else None,
+        bytes_req=None if oom else int(raw.bytes), node=int(raw.node) if has_args and raw.node >= 0 else None,
         accounted=bool(flags & SLAB_F_ACCOUNTED) if flags & SLAB_F_ACCOUNTED_KNOWN else None,
         memcg_cache=parse_memcg_cache(name), kstack=frames, cgroup=proc["cgroup"], container=proc["container"])
 
@@ -140,16 +140,13 @@ def plan(mode: str, pid: Optional[int]) -> io.Plan:
                       if fld in kmalloc]
     table = SymbolTable.from_system() if kprobe_ok and mode != "tracepoint" else None
     if chosen == "kprobe" and table is not None:
-        out.flags += ["WANT_SLAB_KPROBE", "WANT_SLAB_KRETPROBE"]
+        out.flags.append("WANT_SLAB_KPROBE")
         for resolution in table.resolve_all(CACHE_ALLOCATORS):
             target = resolution.attach or resolution.fallback
             if target is None or resolution.how == "clone":
                 out.notes.append("slabfail: not probing %s (%s)" % (resolution.wanted, resolution.note))
-            elif all(a.event != target for a in out.kprobes):   # the kretprobe first (see io.load)
-                out.kprobes += [io.Attach(target, "slab_alloc_return", ret=True), io.Attach(target, "slab_alloc_entry")]
-        if not io.unwinder_sees_through_kretprobes(table):
-            out.notes.append("slabfail: failures seen at the allocator's return have stacks that end at "
-                             "kretprobe_trampoline on this kernel (before 5.15)")
+            elif all(a.event != target for a in out.kprobes):
+                out.kprobes.append(io.Attach(target, "slab_alloc_entry"))
         source = out.read_structs(["OFF_CACHE_NAME"], slub_def=True)
         if source:
             out.notes.append("slabfail: kprobe mode; cache names read from struct kmem_cache (offset from %s)"

@@ -253,7 +253,7 @@ def test_mempoolwait_kprobes_measure_a_timeout_then_an_early_wake_up(tmp_path, s
 
 def test_slabfail_kprobe_mode_names_the_cache_it_read_from_the_kernel(tmp_path, stall_module, memcg):
     plan = _kprobe_plan("slabfail", "--mode", "kprobe")
-    assert "-DWANT_SLAB_KRETPROBE" in plan and "slab_alloc_entry" in plan and "slab_alloc_return" in plan
+    assert "-DWANT_SLAB_KPROBE" in plan and "slab_alloc_entry" in plan
     if os.path.exists("/sys/kernel/btf/vmlinux"):     # Debian kernels have BTF: the offset comes from it
         assert "-DOFF_CACHE_NAME=" in plan
     names_readable = "-DOFF_CACHE_NAME=" in plan or "-DHAVE_SLUB_DEF" in plan or "-DHAVE_TP_NAME" in plan
@@ -262,7 +262,7 @@ def test_slabfail_kprobe_mode_names_the_cache_it_read_from_the_kernel(tmp_path, 
         tool.wait()
     assert tool.returncode == 0, tool.err
     mine = [e for e in tool.json_lines() if e["tgid"] == victim.pid and e["kind"] == "alloc"]
-    assert [e["source"] for e in mine] == ["kretprobe", "kretprobe"]     # the allocator returned NULL
+    assert [e["source"] for e in mine] == ["kmem_cache_alloc", "kmem_cache_alloc"]
     assert mine[0]["call_site"] in ("alloc_empty_file", "__alloc_file")     # 5.10 allocates in __alloc_file
     assert mine[1]["call_site"] == "bpftools_stall_alloc"
     assert [e["cache"] for e in mine] == (["filp", "bpftools_stall"] if names_readable else [None, None])
