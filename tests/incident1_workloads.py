@@ -416,7 +416,7 @@ class Tool(object):
         ready = os.path.join(tmp_dir, "ready-%s" % tool)
         self.proc = subprocess.Popen(cli_argv(tool, "--ready-file", ready, *args), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, universal_newlines=True, cwd=CLI_CWD)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 600   # compiling under TCG, with other VMs beside it, takes minutes
         while not os.path.exists(ready):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.proc.kill()
