@@ -482,7 +482,7 @@ class _NetdevCollector:
         self._end_tracker()
         if not self.devices:
             return None
-        meaning = _usage_count_meaning(release, release_source, self.saw_ref_tracker)
+        meaning = usage_count_meaning(release, release_source, self.saw_ref_tracker)
         base = meaning["base_references"]
         devices, lines, evidence, distinct_total = [], [], [], 0
         for device in self.devices.values():
@@ -522,7 +522,7 @@ def _event_key(line: LogLine) -> Any:
     return ("line", line.index)
 
 
-def _usage_count_meaning(release: Optional[str], release_source: str, saw_ref_tracker: bool
+def usage_count_meaning(release: Optional[str], release_source: str, saw_ref_tracker: bool
                          ) -> Dict[str, Any]:
     """What "Usage count = N" means on this kernel: how many references are leaked."""
     version = _version(release)

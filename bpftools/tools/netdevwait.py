@@ -7,11 +7,14 @@ base reference, 1 since v5.13), how long it has waited and how many times the ke
 NETDEV_UNREGISTER; and when the wait ends.
 
 Modes (``--mode``):
-- kprobe: the kernel's wait loop itself (probes/netdevwait.bpf.c). Attach points come from the symbol
-  resolver: ``netdev_refcnt_read`` (count, via kretprobe) filtered to calls from the wait loop's code
-  (``netdev_wait_allrefs``/``netdev_wait_allrefs_any`` where it is a symbol, and ``netdev_run_todo``
-  it is often inlined into), and ``raw_notifier_call_chain`` for the rebroadcasts.
-- log (the last resort, e.g. without kprobes): follows /dev/kmsg for the kernel's "waiting for DEV to
+- kprobe: the kernel's wait loop, at its rebroadcasts (probes/netdevwait.bpf.c). The loop itself
+  (``netdev_wait_allrefs``/``netdev_wait_allrefs_any``) is static and inlined into ``netdev_run_todo``,
+  and so is ``netdev_refcnt_read`` on Debian's 5.10 (measured: no call during a 4 s leak); a probe
+  on ``netdev_run_todo`` would miss waits that began before the tool. So the resolver's
+  ``raw_notifier_call_chain`` (each rebroadcast, with the device) and ``free_netdev`` (the end) are
+  the hooks, and the count is summed from the device as netdev_refcnt_read() sums it; struct offsets
+  come from BTF, ``__per_cpu_offset`` and ``netdev_chain`` from kallsyms.
+- log (the last resort: no kprobes, no BTF): follows /dev/kmsg for the kernel's "waiting for DEV to
   become free. Usage count = N" message: devices by name only, seen every
   ``netdev_unregister_timeout_secs`` (10 s by default), no end of wait.
 - ``--log FILE``: the same message in a saved log, summarised.
@@ -28,12 +31,12 @@ import signal
 import stat
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import click
 from dataclasses import dataclass, field
 
-from ..analyses.netdev_wait import (NOTIFY, READ, EpisodeTracker, Observation, Update, count_meaning,
+from ..analyses.netdev_wait import (FREED, ROUND, EpisodeTracker, Observation, Update, count_meaning,
                                     episodes_from_log, message_observation)
 from ..cgroups import container_of, memory_cgroup_of_pid
 from ..errors import BadInput, MissingKernelFeature, PrivilegeError
@@ -41,18 +44,25 @@ from . import _iocommon as io
 
 TOOL = "netdevwait"
 AUTO, KPROBE, LOG = "auto", "kprobe", "log"
-NDW_READ, NDW_NOTIFY, NDW_F_FIELDS = 1, 2, 1          # probes/netdevwait.h
+NDW_ROUND, NDW_FREED = 1, 2                            # probes/netdevwait.h
 OBS, CONTEXT, UPDATE, SUMMARY = "netdev_obs", "netns_context", "netdev_wait", "netdev_wait_summary"
 MODE_LABELS = {KPROBE: "kprobe mode", LOG: "kernel log mode", "log file": "log file"}
 REFRESH_EVERY = 2.0          # seconds between snapshots of who uses which network namespace
 MAX_USERS = 8                # processes remembered per namespace
-# Struct members read from the device (-D offsets from BTF).
+# Struct members read from the device (-D offsets from BTF), all needed.
 FIELDS = OrderedDict([
     ("OFF_DEV_NAME", [("net_device", "name")]),
     ("OFF_DEV_IFINDEX", [("net_device", "ifindex")]),
     ("OFF_DEV_NET", [("net_device", "nd_net")]),
+    ("OFF_DEV_REG_STATE", [("net_device", "reg_state")]),   # an 8-bit, byte-aligned field (5.10-6.18)
     ("OFF_NET_NS", [("net", "ns")]),
     ("OFF_NS_INUM", [("ns_common", "inum")]),
+])
+# The reference count, one of: per-cpu counters (before v5.13 always; CONFIG_PCPU_DEV_REFCNT after)
+# or a refcount_t (v5.13+ without it; 919067cc845f).
+REFCOUNT_FIELDS = OrderedDict([
+    ("OFF_DEV_PCPU_REFCNT", [("net_device", "pcpu_refcnt")]),
+    ("OFF_DEV_REFCNT", [("net_device", "dev_refcnt")]),
 ])
 LOG_NOTE = ("devices are seen only when the kernel prints 'waiting for DEV to become free' (every "
             "net.core.netdev_unregister_timeout_secs, 10 s by default, fixed 10 s before 5.12), by name only, "
@@ -71,136 +81,110 @@ class Plan:
 
     mode: str                                   # KPROBE | LOG
     params: Dict[str, int] = field(default_factory=dict)
-    flags: List[str] = field(default_factory=list)
     kprobes: List[io.Attach] = field(default_factory=list)
-    hooks: Dict[str, Any] = field(default_factory=dict)
+    hooks: Dict[str, str] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
 
     def probe(self) -> Any:
         from ..capture import Probe
-        return Probe(TOOL, self.params, self.flags)
+        return Probe(TOOL, self.params)
 
     def to_json(self, meaning: Dict[str, Any]) -> Dict[str, Any]:
         """The ``mode`` record written first in a recording."""
         return {"type": "mode", "mode": self.mode, "hooks": dict(self.hooks), "params": dict(self.params),
-                "flags": list(self.flags), "notes": list(self.notes), "meaning": dict(meaning)}
+                "notes": list(self.notes), "meaning": dict(meaning)}
 
     def describe(self) -> str:
         """What --ebpf prints: the plan, then (kprobe mode) the program with its cflags."""
         lines = ["// mode: %s" % self.mode] + ["// %s" % n for n in self.notes]
-        lines += ["// attach %s %s -> %s" % ("kretprobe" if a.ret else "kprobe", a.event, a.fn_name)
-                  for a in self.kprobes]
+        lines += ["// attach kprobe %s -> %s" % (a.event, a.fn_name) for a in self.kprobes]
         text = "\n".join(lines) + "\n"
         return text + self.probe().describe() if self.mode == KPROBE else text
 
 
-def function_ranges(kallsyms: Iterable[str], names: Iterable[str]) -> List[Tuple[str, int, int]]:
-    """``(name, start, end)`` of the vmlinux text symbols NAMES, in that order: kallsyms has no sizes,
-    so a function ends where the next text symbol starts. Absent names and hidden (zero) addresses
-    (kptr_restrict) are left out."""
-    wanted = list(OrderedDict.fromkeys(names))
-    starts = {}  # type: Dict[str, int]
-    addresses = []
+def symbol_address(kallsyms: Iterable[str], name: str) -> Optional[int]:
+    """Address of the vmlinux symbol NAME (text or data) in /proc/kallsyms lines; None when absent,
+    hidden (kptr_restrict shows zeros) or only in a module."""
     for line in kallsyms:
         parts = line.split()
-        if len(parts) != 3 or parts[1] not in "tTwW":     # module symbols have a fourth column
-            continue
-        try:
-            addr = int(parts[0], 16)
-        except ValueError:
-            continue
-        addresses.append(addr)
-        if parts[2] in wanted and parts[2] not in starts:
-            starts[parts[2]] = addr
-    out = []
-    for name in wanted:
-        start = starts.get(name)
-        end = min((a for a in addresses if a > start), default=None) if start else None
-        if start and end:
-            out.append((name, start, end))
-    return out
+        if len(parts) == 3 and parts[2] == name:
+            try:
+                return int(parts[0], 16) or None
+            except ValueError:
+                return None
+    return None
 
 
-def make_plan(requested: str, table: Any, kallsyms: Iterable[str], offsets: Dict[str, int], kprobes_ok: bool,
-              headers: bool = False, net_proc_inum: bool = False) -> Plan:
+def possible_cpus(text: str) -> int:
+    """How many per-cpu slots to sum: the highest CPU of /sys/devices/system/cpu/possible ("0-3,8") + 1."""
+    return max(int(part.split("-")[-1]) for part in text.strip().split(",")) + 1
+
+
+def make_plan(requested: str, table: Any, kallsyms: List[str], offsets: Dict[str, int], kprobes_ok: bool,
+              ncpus: int) -> Plan:
     """The plan for REQUESTED mode on a kernel described by its SymbolTable, /proc/kallsyms lines, BTF
-    offsets (FIELDS found), whether it has kprobes and whether its own headers are installed.
+    offsets (of FIELDS and REFCOUNT_FIELDS found), kprobes and its number of possible CPUs.
 
     Raises MissingKernelFeature when kprobe mode is requested but impossible; auto falls back to log."""
     if requested == LOG:
         return Plan(LOG, notes=["kernel log mode (--mode log): " + LOG_NOTE])
-    why, read, scope = None, None, []
+    plan = Plan(KPROBE, params=dict((k, v) for k, v in offsets.items() if k in FIELDS))
+    why = None
     if not kprobes_ok:
         why = "no kprobes"
+    elif len(plan.params) < len(FIELDS):
+        why = "no BTF for struct net_device (%s)" % ", ".join(
+            "%s.%s" % FIELDS[k][0] for k in FIELDS if k not in offsets)
+    elif "OFF_DEV_PCPU_REFCNT" in offsets:
+        per_cpu = symbol_address(kallsyms, "__per_cpu_offset")
+        if per_cpu is None:
+            why = "__per_cpu_offset is not in /proc/kallsyms (needs CONFIG_KALLSYMS_ALL) to sum the per-cpu count"
+        else:
+            plan.params.update(OFF_DEV_PCPU_REFCNT=offsets["OFF_DEV_PCPU_REFCNT"], PER_CPU_OFFSET=per_cpu,
+                               NCPUS=ncpus)
+    elif "OFF_DEV_REFCNT" in offsets:
+        plan.params["OFF_DEV_REFCNT"] = offsets["OFF_DEV_REFCNT"]
     else:
-        read = table.resolve("netdev_refcnt_read")
-        wait = table.resolve("netdev_wait_allrefs")
-        names = [n for n in (wait.attach, "netdev_run_todo") if n and table.has(n)]
-        scope = function_ranges(kallsyms, names)
-        if read.attach is None:
-            why = "netdev_refcnt_read cannot be probed: %s" % read.note
-        elif not scope:
-            why = "the wait loop's code (%s) has no address in /proc/kallsyms (kptr_restrict?)" % (
-                ", ".join(names) or "netdev_run_todo")
+        why = "no BTF for the device's reference count (net_device.pcpu_refcnt or dev_refcnt)"
+    for role, wanted, handler in (("rounds", "raw_notifier_call_chain", "on_notify"), ("end", "free_netdev", "on_free")):
+        if why:
+            break
+        resolution = table.resolve(wanted)
+        if resolution.attach is None:
+            why = "%s cannot be probed: %s" % (wanted, resolution.note)
+        else:
+            plan.kprobes.append(io.Attach(resolution.attach, handler))
+            plan.hooks[role] = resolution.attach
     if why:
         if requested == KPROBE:
-            raise MissingKernelFeature("kprobes on the unregister wait loop (%s)" % why, fallback="--mode log")
+            raise MissingKernelFeature("kprobe mode of netdevwait (%s)" % why, fallback="--mode log")
         return Plan(LOG, notes=["kernel log mode (%s): %s" % (why, LOG_NOTE)])
-    plan = Plan(KPROBE, hooks={"count": read.attach, "wait_loop": [name for name, _, _ in scope]})
-    # kretprobe first: kprobes at one address run newest first, so the entry handler reads the return
-    # address before the kretprobe replaces it with its trampoline.
-    plan.kprobes = [io.Attach(read.attach, "on_refcnt_return", ret=True), io.Attach(read.attach, "on_refcnt_read")]
-    for i, (_, start, end) in enumerate(scope[:2]):
-        plan.params["WAIT_START%d" % i], plan.params["WAIT_END%d" % i] = start, end
-    plan.notes.append("kprobe mode: counts from %s called by %s" % (
-        read.attach, " or ".join("%s [%#x, %#x)" % r for r in scope[:2])))
-    rounds = table.resolve("raw_notifier_call_chain")
-    if rounds.attach:
-        plan.flags.append("WANT_ROUNDS")
-        plan.kprobes.append(io.Attach(rounds.attach, "on_notify"))
-        plan.hooks["rounds"] = rounds.attach
-    else:
-        plan.notes.append("rebroadcast rounds are not counted: %s" % rounds.note)
-    if len(offsets) == len(FIELDS):
-        plan.params.update(offsets)
-        plan.notes.append("device name, ifindex and netns: struct offsets from BTF")
-    elif headers:
-        plan.flags.append("HAVE_MATCHING_HEADERS")
-        if net_proc_inum:
-            plan.flags.append("NET_PROC_INUM")
-        plan.notes.append("device name, ifindex and netns: struct offsets from this kernel's headers (no BTF)")
-    else:
-        plan.notes.append("device name, ifindex and netns unknown (no BTF, no matching kernel headers): "
-                          "devices are shown by address")
+    chain = symbol_address(kallsyms, "netdev_chain")
+    if chain is not None:
+        plan.params["NETDEV_CHAIN"] = chain
+    plan.notes.append("kprobe mode: rounds from %s(%s, NETDEV_UNREGISTER) for unregistered devices, the end "
+                      "from %s; count summed from %s" % (
+                          plan.hooks["rounds"], "netdev_chain" if chain else "any chain", plan.hooks["end"],
+                          "the per-cpu counters of %d CPUs" % ncpus if "NCPUS" in plan.params else "dev_refcnt"))
     return plan
-
-
-def _has_ns_common() -> bool:
-    """True when this kernel's struct net has ``ns`` (struct ns_common, since 3.19, 435d5f4bb2cc)."""
-    for tree in ("build", "source"):
-        try:
-            with open("/lib/modules/%s/%s/include/net/net_namespace.h" % (os.uname().release, tree)) as f:
-                return "struct ns_common" in f.read()
-        except OSError:
-            continue
-    return True
 
 
 def system_plan(requested: str) -> Plan:
     """make_plan for the running kernel (reads kallsyms, BTF and tracefs as root)."""
     if requested == LOG:
-        return make_plan(LOG, None, [], {}, False)
+        return make_plan(LOG, None, [], {}, False, 1)
     io.tracing_ready()
     if not io.kprobes_available():
-        return make_plan(requested, None, [], {}, False)
+        return make_plan(requested, None, [], {}, False, 1)
     from ..symbols import SymbolTable
     from . import _btf
-    table = SymbolTable.from_system()
     with open("/proc/kallsyms") as f:
         kallsyms = f.read().splitlines()
-    offsets = _btf.offsets(dict(FIELDS))
-    headers = len(offsets) < len(FIELDS) and io.headers_match_running_kernel()
-    return make_plan(requested, table, kallsyms, offsets, True, headers, headers and not _has_ns_common())
+    with open("/sys/devices/system/cpu/possible") as f:
+        ncpus = possible_cpus(f.read())
+    wanted = OrderedDict(FIELDS)
+    wanted.update(REFCOUNT_FIELDS)
+    return make_plan(requested, SymbolTable.from_system(), kallsyms, _btf.offsets(dict(wanted)), True, ncpus)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,14 +193,9 @@ def system_plan(requested: str) -> Plan:
 
 def decode(raw: Any) -> Observation:
     """The one place a raw netdevwait_event becomes an Observation."""
-    ts, comm = int(raw.ts_ns), io.text(bytes(raw.comm))
-    if raw.type == NDW_NOTIFY:
-        return Observation(NOTIFY, "%#x" % raw.dev, ts_ns=ts, alt_dev="%#x" % raw.data, pid=int(raw.tid), comm=comm)
-    fields = bool(raw.flags & NDW_F_FIELDS)
-    return Observation(READ, "%#x" % raw.dev, ts_ns=ts, count=int(raw.count),
-                       name=io.text(bytes(raw.name)) if fields else None,
-                       ifindex=int(raw.ifindex) if fields else None,
-                       netns=int(raw.netns) if fields and raw.netns else None, pid=int(raw.tid), comm=comm)
+    return Observation(ROUND if raw.type == NDW_ROUND else FREED, "%#x" % raw.dev, ts_ns=int(raw.ts_ns),
+                       count=int(raw.count), name=io.text(bytes(raw.name)), ifindex=int(raw.ifindex),
+                       netns=int(raw.netns) or None, pid=int(raw.tid), comm=io.text(bytes(raw.comm)))
 
 
 class _StopOnTerm(object):
@@ -307,12 +286,32 @@ def _read(path: str) -> Optional[str]:
         return None
 
 
+def _links(sys_class_net: str) -> Dict[int, Dict[str, Any]]:
+    """ifindex -> name, ifindex, iflink of the devices in a sysfs net class directory (a veth's iflink
+    is its peer's ifindex, in the peer's namespace)."""
+    try:
+        names = os.listdir(sys_class_net)
+    except OSError:
+        return {}
+    out = {}
+    for name in names:
+        ifindex = _read(os.path.join(sys_class_net, name, "ifindex"))
+        iflink = _read(os.path.join(sys_class_net, name, "iflink"))
+        if ifindex and iflink and ifindex.isdigit() and iflink.isdigit():
+            out[int(ifindex)] = {"name": name, "ifindex": int(ifindex), "iflink": int(iflink)}
+    return out
+
+
 class NetnsUsers(object):
-    """Who uses each network namespace, from snapshots of /proc, /run/netns and /sys/class/net.
+    """Who uses each network namespace, from snapshots of /proc, /run/netns and sysfs.
 
     A namespace being torn down has no processes left, so its last users are those of an earlier
-    snapshot: :meth:`refresh` runs at start and every REFRESH_EVERY seconds. A namespace created and
-    deleted between two snapshots is known by its inode only.
+    snapshot: :meth:`refresh` runs at start and every REFRESH_EVERY seconds, and nothing seen is
+    forgotten. The veth peer comes from the namespace's own view of its devices (the sysfs under
+    /proc/PID/root of a process in it: containers and ``ip netns exec`` mount one) matched with the host
+    device whose ifindex is the peer's iflink and whose iflink is the device's ifindex. A namespace
+    created and deleted between two snapshots, or one without processes, is known by its inode (and
+    /run/netns name) only.
     """
 
     def __init__(self, root: str = "/") -> None:
@@ -320,14 +319,15 @@ class NetnsUsers(object):
         self.own = _netns_inode(self._path("proc/self/ns/net"))
         self.names = {}  # type: Dict[int, List[str]]
         self.users = {}  # type: Dict[int, OrderedDict]
-        self.links = {}  # type: Dict[int, Dict[str, Any]]   # host ifindex -> name, iflink
-        self._pids = {}  # type: Dict[int, Optional[int]]     # pid -> its netns when last looked at
+        self.links = {}  # type: Dict[int, Dict[str, Any]]            # host ifindex -> device
+        self.ns_links = {}  # type: Dict[int, Dict[int, Dict[str, Any]]]  # netns -> ifindex -> device
+        self._pids = {}  # type: Dict[int, int]                       # pid -> its netns when last read
 
     def _path(self, rel: str) -> str:
         return os.path.join(self.root, rel)
 
     def refresh(self) -> None:
-        """Take one snapshot (errors on vanishing entries are expected and ignored)."""
+        """Take one snapshot (entries that vanish while being read are skipped)."""
         for directory in ("run/netns", "var/run/netns"):
             try:
                 entries = os.listdir(self._path(directory))
@@ -341,33 +341,33 @@ class NetnsUsers(object):
                 if name not in self.names.setdefault(inode, []):
                     self.names[inode].append(name)
         pids = [int(entry) for entry in os.listdir(self._path("proc")) if entry.isdigit()]
+        live = OrderedDict()  # type: Dict[int, int]                  # netns -> one of its processes
         for pid in pids:
-            self._look_at(pid)
+            inode = self._look_at(pid)
+            if inode is not None:
+                live.setdefault(inode, pid)
         self._pids = dict((pid, self._pids[pid]) for pid in pids if pid in self._pids)
-        try:
-            devices = os.listdir(self._path("sys/class/net"))
-        except OSError:
-            devices = []
-        for name in devices:
-            ifindex = _read(self._path("sys/class/net/%s/ifindex" % name))
-            iflink = _read(self._path("sys/class/net/%s/iflink" % name))
-            if ifindex and iflink and ifindex.isdigit() and iflink.isdigit():
-                self.links[int(ifindex)] = {"name": name, "ifindex": int(ifindex), "iflink": int(iflink)}
+        self.links.update(_links(self._path("sys/class/net")))
+        for inode, pid in live.items():
+            self.ns_links.setdefault(inode, {}).update(_links(self._path("proc/%d/root/sys/class/net" % pid)))
 
-    def _look_at(self, pid: int) -> None:
+    def _look_at(self, pid: int) -> Optional[int]:
+        """Record PID as a user of its namespace (not ours); returns that namespace."""
         inode = _netns_inode(self._path("proc/%d/ns/net" % pid))
-        if inode is None or inode == self.own or self._pids.get(pid) == inode:
-            return
-        self._pids[pid] = inode
-        cgroup = memory_cgroup_of_pid(pid, self.root)
-        users = self.users.setdefault(inode, OrderedDict())
-        users.pop(pid, None)
-        users[pid] = {"pid": pid, "comm": _read(self._path("proc/%d/comm" % pid)), "cgroup": cgroup}
-        while len(users) > MAX_USERS:
-            users.popitem(last=False)
+        if inode is None or inode == self.own:
+            return None
+        if self._pids.get(pid) != inode:
+            self._pids[pid] = inode
+            users = self.users.setdefault(inode, OrderedDict())
+            users.pop(pid, None)
+            users[pid] = {"pid": pid, "comm": _read(self._path("proc/%d/comm" % pid)),
+                          "cgroup": memory_cgroup_of_pid(pid, self.root)}
+            while len(users) > MAX_USERS:
+                users.popitem(last=False)
+        return inode
 
     def context(self, netns: Optional[int], ifindex: Optional[int]) -> Optional[Dict[str, Any]]:
-        """What is known about the namespace NETNS and the device IFINDEX in it, or None."""
+        """What is known about the namespace NETNS and its device IFINDEX, or None."""
         if netns is None:
             return None
         users = list(self.users.get(netns, {}).values())
@@ -377,12 +377,9 @@ class NetnsUsers(object):
             if ref is not None and ref.to_json() not in containers:
                 containers.append(ref.to_json())
         host = netns == self.own
-        # The host side of a veth pair: its iflink is the peer's ifindex. Other namespaces reuse
-        # ifindexes, so several candidates are possible.
-        peers = [] if host or ifindex is None else [
-            {"name": link["name"], "ifindex": link["ifindex"]} for link in sorted(
-                self.links.values(), key=lambda link: link["ifindex"])
-            if link["iflink"] == ifindex and link["ifindex"] != link["iflink"]]
+        inner = self.ns_links.get(netns, {}).get(ifindex) if not host else None
+        peer = self.links.get(inner["iflink"]) if inner else None
+        peers = [{"name": peer["name"], "ifindex": peer["ifindex"]}] if peer and peer["iflink"] == ifindex else []
         return {"netns": netns, "host_netns": host, "netns_names": sorted(self.names.get(netns, [])),
                 "processes": users, "containers": containers, "veth_peers": peers}
 
@@ -406,8 +403,7 @@ class Session(object):
         return "%s:%s" % (netns, ifindex)
 
     def wanted(self, obs: Observation) -> bool:
-        """OBS passes --dev (a device without a name cannot be filtered) and changes the episodes:
-        exactly the observations a recording keeps."""
+        """OBS passes --dev and changes the episodes: exactly the observations a recording keeps."""
         if self.pattern and obs.name is not None and not fnmatch.fnmatchcase(obs.name, self.pattern):
             return False
         return self.tracker.relevant(obs)
@@ -427,8 +423,7 @@ class Session(object):
             data = episode.to_json()
             data["context"] = self.contexts.get(self.context_key(episode.netns, episode.ifindex))
             episodes.append(data)
-        return {"type": SUMMARY, "mode": self.mode, "episodes": episodes, "brief_waits": self.tracker.brief,
-                "meaning": self.meaning}
+        return {"type": SUMMARY, "mode": self.mode, "episodes": episodes, "meaning": self.meaning}
 
 
 def _seconds(value: Optional[float]) -> str:
@@ -470,11 +465,8 @@ def update_line(update: Dict[str, Any]) -> str:
 def summary_lines(summary: Dict[str, Any]) -> List[str]:
     """The final table: one line per device wait, and what the count means."""
     episodes = summary.get("episodes", [])
-    head = "netdevwait summary (%s): %d device wait(s) in unregister" % (
-        MODE_LABELS.get(summary.get("mode"), summary.get("mode")), len(episodes))
-    if summary.get("mode") == KPROBE:
-        head += "; %d brief wait(s) ended within 1 s (normal)" % summary.get("brief_waits", 0)
-    out = [head]
+    out = ["netdevwait summary (%s): %d device wait(s) in unregister" % (
+        MODE_LABELS.get(summary.get("mode"), summary.get("mode")), len(episodes))]
     if episodes:
         out.append("%-15s %7s %-11s %5s %4s %6s %7s %8s %-8s %s" % (
             "DEVICE", "IFINDEX", "NETNS", "COUNT", "BASE", "LEAKED", "ROUNDS", "WAITED", "STATE", "WHERE"))
@@ -499,7 +491,7 @@ def _summarize_log_file(path: str, release: Optional[str], dev_pattern: Optional
     episodes, meaning = episodes_from_log(read_log_file(path), release)
     data = [dict(e.to_json(), context=None) for e in episodes
             if not dev_pattern or fnmatch.fnmatchcase(e.name or "", dev_pattern)]
-    return {"type": SUMMARY, "mode": "log file", "episodes": data, "brief_waits": 0,
+    return {"type": SUMMARY, "mode": "log file", "episodes": data,
             "meaning": meaning or count_meaning(release, "given")}
 
 
@@ -514,7 +506,7 @@ Examples:
 @click.option("--dev", "dev_pattern", metavar="PATTERN", help="Only devices whose name matches PATTERN ('veth*').")
 @click.option("-d", "--duration", type=float, callback=io.positive, metavar="SECONDS", help="Stop after SECONDS.")
 @click.option("--mode", type=click.Choice((AUTO, KPROBE, LOG)), default=AUTO, show_default=True,
-              help="kprobe: the kernel's wait loop (exact, needs kprobes); log: its 'waiting for' messages.")
+              help="kprobe: the wait loop's rebroadcasts (needs kprobes, BTF); log: its 'waiting for' messages.")
 @click.option("--log", "log_path", metavar="FILE", help="Summarise a saved kernel log ('-' for stdin) instead.")
 @click.option("--release", metavar="RELEASE", help="With --log: the kernel release the log came from.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (one object per line).")
