@@ -36,6 +36,7 @@ struct iostall_event {
     s64 state;          /* sleep: prev_state of sched_switch (tracepoint mode) */
     u64 dropped;        /* EV_DROPPED: records dropped so far */
     u64 waited_ns;      /* mempool_alloc: total time asleep */
+    u64 jiffies;        /* sleep (kprobe mode, HAVE_JIFFIES64): jiffies it lasted, the kernel's own clock */
     u32 type;           /* EV_* */
     u32 tgid;
     u32 tid;

@@ -479,6 +479,9 @@ int mp_sleep_entry(struct pt_regs *ctx)
     if (!c)
         return 0;
     c->sleep_ns = bpf_ktime_get_ns();
+#ifdef HAVE_JIFFIES64
+    c->sleep_jiffies = bpf_jiffies64();
+#endif
     c->timeout = PT_REGS_PARM1(ctx);
     c->kstack = stacks.get_stackid(ctx, 0);
     return 0;
@@ -515,6 +518,12 @@ int mp_finish_wait_entry(struct pt_regs *ctx)
             ev->timeout = c->timeout;
             ev->kstack = c->kstack;
             ev->flags = SLEEP_F_MEMPOOL;
+#ifdef HAVE_JIFFIES64
+            /* timed out <=> it lasted its timeout in jiffies (a timer never fires early); ns under
+             * emulation or a skewed clock can say 4.9 s for a 5 s timeout */
+            ev->jiffies = bpf_jiffies64() - c->sleep_jiffies;
+            ev->flags |= SLEEP_F_JIFFIES;
+#endif
             ev->call_site = c->pool_alloc;      /* Python names it; the cache name counts only for */
             ev->cache = c->pool_data;           /* mempool_alloc_slab pools */
             read_cache_name(ev, c->pool_data);

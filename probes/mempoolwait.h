@@ -5,6 +5,7 @@
 /* iostall_event.flags of EV_SLEEP */
 #define SLEEP_F_MEMPOOL 1     /* kprobe mode: measured inside mempool_alloc, ended by finish_wait(&pool->wait) */
 #define SLEEP_F_SCHED 2       /* tracepoint mode: a sched_switch D-state sleep (caller decides from the stack) */
+#define SLEEP_F_JIFFIES 64    /* kprobe mode: `jiffies` holds the sleep's length in jiffies (bpf_jiffies64, 5.5+) */
 /* iostall_event.flags of EV_MEMPOOL_ALLOC */
 #define MPALLOC_F_NULL 1      /* mempool_alloc returned NULL (the caller could not sleep) */
 
@@ -21,6 +22,7 @@ struct mp_call {
     s32 pad;
     u64 pool_alloc;      /* pool->alloc (mempool_alloc_slab, mempool_kmalloc, ...); 0 when unread */
     u64 pool_data;       /* pool->pool_data: the kmem_cache of a slab pool */
+    u64 sleep_jiffies;   /* jiffies at the start of the current sleep (HAVE_JIFFIES64) */
 };
 
 /* tracepoint mode: a thread switched out in D state */

@@ -26,7 +26,7 @@ from ..errors import MissingKernelFeature
 from . import _iocommon as io
 
 TOOL = "mempoolwait"
-SLEEP_F_MEMPOOL, SLEEP_F_SCHED = 1, 2          # probes/mempoolwait.h
+SLEEP_F_MEMPOOL, SLEEP_F_SCHED, SLEEP_F_JIFFIES = 1, 2, 64          # probes/mempoolwait.h
 MPALLOC_F_NULL = 1
 KPROBE_FUNCTIONS = ("mempool_alloc", "io_schedule_timeout", "finish_wait")
 HEADER = "%-14s %-7s %-7s %-16s %10s %-10s %s" % ("TIME(s)", "PID", "TID", "COMM", "SLEEP(ms)", "RESULT",
@@ -108,10 +108,18 @@ def decode(raw: Any, capture: io.Capture) -> Optional[Any]:
     kprobe = bool(raw.flags & SLEEP_F_MEMPOOL)
     in_mempool = kprobe or stacks.holds(frames, stacks.MEMPOOL_ALLOC)
     return Sleep(source="kprobe" if kprobe else "sched_switch", in_mempool=in_mempool,
-                 timed_out=timed_out(end - start) if in_mempool else None,
+                 timed_out=_timed_out(raw, end - start) if in_mempool else None,
                  pool=int(raw.ptr) if kprobe else None, timeout_jiffies=int(raw.timeout) if kprobe else None,
                  blocked_in=stacks.blocking_frame(frames), pool_cache=_pool_cache(raw, capture) if kprobe else None,
                  **common)
+
+
+def _timed_out(raw: Any, duration_ns: int) -> bool:
+    """The kernel's own answer where the sleep was measured in jiffies (it lasted its whole timeout),
+    else from the duration (~5 s)."""
+    if raw.flags & SLEEP_F_JIFFIES and raw.timeout > 0:
+        return int(raw.jiffies) >= int(raw.timeout)
+    return timed_out(duration_ns)
 
 
 def _pool_cache(raw: Any, capture: io.Capture) -> Optional[str]:
@@ -148,6 +156,8 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
                             io.Attach(finish, "mp_finish_wait_entry")]
             source = out.read_structs(["OFF_MEMPOOL_WAIT"])
             out.read_structs(["OFF_MEMPOOL_POOL_DATA", "OFF_MEMPOOL_ALLOC", "OFF_CACHE_NAME"], slub_def=True)
+            if table.has("bpf_jiffies64"):       # the helper (5.5+): timeouts told in jiffies
+                out.flags.append("HAVE_JIFFIES64")
             out.notes.append("mempoolwait: kprobe mode on %s, %s, %s; %s%s" % (
                 mp, sleep, finish, "a sleep ends at finish_wait(&pool->wait)" if source else
                 "without BTF or headers, a sleep ends at a finish_wait on the pool's first 256 bytes",

@@ -66,7 +66,7 @@ def _writer(mnt: str, injector: Injector, inject: bool) -> int:
 def test_iojitter_explains_injected_stalls_and_nothing_without_injection(tmp_path, ext4_mount):
     record = str(tmp_path / "iojitter.jsonl")
     with Injector("bpftools_slabfail") as injector:
-        tool = wl.Tool(str(tmp_path), "iojitter", "--mode", "kprobe", "-m", "1000", "--json", "--record", record,
+        tool = wl.Tool(str(tmp_path), "iojitter", "--mode", "kprobe", "-m", "1000", "-K", "--json", "--record", record,
                        "-d", "600")
         before = injector.counters()
         on = _writer(ext4_mount, injector, inject=True)
