@@ -260,31 +260,44 @@ def test_render_shows_verdict_confidence_and_causal_records():
 # --- recorded in the lab (tests/kernel/test_iojitter_injector.py, kprobe mode) -------------------
 
 def test_lab_61_injector_stall_and_the_flusher_behind_it():
-    """6.1.0-56 under TCG: the slab injector held fs_bio_set's bvec reserve; the writer (tid 414) slept
-    5.00 s (timed out) then 1.17 s (woken when the test stopped the injection); the flusher kworker
-    (tid 25) wrote back the same inode meanwhile and waited behind it. This run predates the slab
-    kretprobe, so its slab failures (made by the injector's kretprobe) are not in the stream."""
-    events = load("lab-6.1-injector-tracepoint-slab.jsonl").events
+    """6.1.0-56 under TCG: the slab injector held fs_bio_set's bvec reserve; the writer (tid 413) slept in
+    mempool_alloc on the biovec-max pool until the 5 s timeout (1250 jiffies at HZ=250), then until the
+    test stopped the injection; the flusher kworker (tid 25) wrote back the same inode meanwhile and
+    waited behind it."""
+    events = load("lab-6.1-injector.jsonl").events
     r = correlate(events)
     assert [(e.tid, e.comm, e.func, e.dev, e.ino, e.explained) for e in r.episodes] == [
-        (414, "python3", "do_writepages", "7:0", 12, True), (25, "kworker/u4:1", "do_writepages", "7:0", 12, True)]
+        (413, "python3", "do_writepages", "7:0", 12, True), (25, "kworker/u4:1", "do_writepages", "7:0", 12, True)]
     writer, flusher = r.episodes
-    assert [(w.in_mempool, w.timed_out, w.caller, w.duration_ns) for w in writer.waits] == [
-        (True, True, "bio_alloc_bioset", 5001815900), (True, False, "bio_alloc_bioset", 1173965620)]
+    sleeps = [e for e in events if e.get("type") == "sleep" and e["tid"] == 413]
+    assert [(w.in_mempool, w.timed_out, w.caller, w.pool_cache, w.duration_ns) for w in writer.waits] == [
+        (True, True, "bio_alloc_bioset", "biovec-max", sleeps[0]["duration_ns"]),
+        (True, False, "bio_alloc_bioset", "biovec-max", sleeps[1]["duration_ns"])]
+    assert [s["timeout_jiffies"] for s in sleeps] == [1250, 1250]
+    assert writer.chain().startswith("mempool wait 5.14s on biovec-max (timed out) -> mempool wait 0.91s on "
+                                     "biovec-max (woken) -> do_writepages 6.21s > ext4_writepages")
     assert writer.behind is None and flusher.waits == []
     (wb,) = [e for e in events if e.get("type") == "writeback" and e["tid"] == 25 and e["depth"] == 0]
-    sleeps = [e for e in events if e.get("type") == "sleep" and e["tid"] == 414]
-    overlap = sum(min(s["ts_ns"], wb["ts_ns"]) - max(s["start_ns"], wb["start_ns"]) for s in sleeps)
-    assert 1.9e9 < overlap < wb["duration_ns"]
-    assert flusher.behind == {"tid": 414, "comm": "python3", "overlap_ns": overlap}
-    assert flusher.chain().startswith("behind tid 414 (python3) in mempool wait 1.94s on the same inode -> ")
+    overlap = sum(min(s["ts_ns"], wb["ts_ns"]) - max(s["start_ns"], wb["start_ns"]) for s in sleeps
+                  if s["ts_ns"] > wb["start_ns"])
+    assert 1e9 < overlap < wb["duration_ns"]
+    assert flusher.behind == {"tid": 413, "comm": "python3", "overlap_ns": overlap}
     assert (r.slow_writebacks, r.explained, r.mempool_timeouts, r.confidence) == (2, 2, 1, "high")
     assert r.verdict.startswith("2 of 2 slow writebacks (100%) were stalled in mempool_alloc (1 of them behind "
                                 "another thread's mempool wait on the same inode)")
 
 
+def test_lab_510_injector_stall_goes_through_bvec_alloc():
+    """5.10.0-46: the same run; before 5.12 bvec_alloc calls mempool_alloc (no tail call)."""
+    r = correlate(load("lab-5.10-injector.jsonl").events)
+    (e,) = r.episodes
+    assert (e.tid, e.func, e.explained, e.mempool_timeouts) == (472, "do_writepages", True, 1)
+    assert [stacks.base_name(f) for f in e.waits[0].kstack[1:4]] == ["mempool_alloc", "bvec_alloc", "bio_alloc_bioset"]
+    assert [(w.timed_out, w.pool_cache) for w in e.waits] == [(True, "biovec-max"), (False, "biovec-max")]
+
+
 def test_a_flusher_on_another_inode_is_not_behind_the_stall():
-    stream = [e for e in load("lab-6.1-injector-tracepoint-slab.jsonl").events]
+    stream = [e for e in load("lab-6.1-injector.jsonl").events]
     for e in stream:
         if e.get("type") == "writeback" and e.get("tid") == 25:
             e["ino"] = 13
