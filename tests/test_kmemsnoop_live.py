@@ -126,7 +126,8 @@ def test_shell_redirect_through_dup2_is_seen(tmp_path, cgroup_dir):
     out, err = proc.communicate(timeout=30)
     events = [json.loads(line) for line in out.splitlines()]
     writes = [e for e in events if e["tgid"] == shell.pid and e["op"] == "write"]
-    assert [(w["comm"], w["path"], w["value"], w["ret"]) for w in writes] == [("sh", path, "1\n", 2)]
+    assert [(w["comm"], w["path"], w["value"], w["ret"]) for w in writes] == [("sh", path, "1\n", 2)], (
+        "events of pid %d: %s\nstderr: %s" % (shell.pid, [e for e in events if e["tgid"] == shell.pid], err))
 
 
 def test_writer_that_exits_at_once_keeps_its_cgroup2_path(tmp_path, cgroup_dir):
