@@ -21,6 +21,7 @@ blocked and a confidence that drops when records were lost or sleeps were only r
 
 Pure: no I/O, no clock; the same stream gives the same result.
 """
+import bisect
 from collections import Counter, OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -225,6 +226,19 @@ class _Tree(object):
             open_.append((ev, len(open_)))
 
 
+class _ByTime(object):
+    """One thread's records of one kind sorted by the time field KEY, for range queries by bisection."""
+
+    def __init__(self, records: List[Dict[str, Any]], key: str) -> None:
+        self.items = sorted(((int(r[key]), i, r) for i, r in enumerate(records)), key=lambda t: (t[0], t[1]))
+        self.keys = [t[0] for t in self.items]
+
+    def between(self, start: int, end: int) -> List[Tuple[int, Dict[str, Any]]]:
+        """(index, record) of the records whose time is within [START, END], in time order."""
+        lo, hi = bisect.bisect_left(self.keys, start), bisect.bisect_right(self.keys, end)
+        return [(i, r) for _, i, r in self.items[lo:hi]]
+
+
 def _innermost(members: List[Tuple[Dict[str, Any], int]], ts: int) -> Optional[str]:
     best = None  # type: Optional[Tuple[int, str]]
     for ev, depth in members:
@@ -317,8 +331,9 @@ def correlate(events: Iterable[Any], extra_lost: int = 0) -> Result:
         tree = _Tree(kinds["writeback"])
         used_sleeps = set()  # type: set
         used_slabs = set()  # type: set
+        indexes = {"sleep": _ByTime(kinds["sleep"], "start_ns"), "slab_failure": _ByTime(kinds["slab_failure"], "ts_ns")}
         for root, members in tree.roots:
-            episodes.append(_episode(root, members, kinds, used_sleeps, used_slabs, windows))
+            episodes.append(_episode(root, members, indexes, used_sleeps, used_slabs, windows))
         mempool_elsewhere += sum(1 for i, s in enumerate(kinds["sleep"]) if i not in used_sleeps and s.get("in_mempool"))
         slab_elsewhere += sum(1 for i in range(len(kinds["slab_failure"])) if i not in used_slabs)
     episodes.sort(key=lambda e: (e.start_ns, e.tid))
@@ -330,13 +345,16 @@ def _attribute_collateral(episodes: List[Episode]) -> None:
     """A writeback of an inode that another thread is writing back while that thread sleeps in the
     mempool waits for it (page locks, writeback bits; e.g. the flusher behind a stalled fsync): when
     those waits cover EXPLAINED_SHARE of it, it is explained, ``behind`` that thread."""
-    direct = [e for e in episodes if e.explained and e.ino is not None]
+    direct = {}  # type: Dict[Tuple[Optional[str], int], List[Episode]]
+    for e in episodes:
+        if e.explained and e.ino is not None:
+            direct.setdefault((e.dev, e.ino), []).append(e)
     for e in episodes:
         if e.explained or e.ino is None:
             continue
         best = None  # type: Optional[Tuple[int, Episode]]
-        for other in direct:
-            if other.tid == e.tid or (other.dev, other.ino) != (e.dev, e.ino):
+        for other in direct.get((e.dev, e.ino), []):
+            if other.tid == e.tid:
                 continue
             overlap = sum(max(0, min(w.end_ns, e.end_ns) - max(w.start_ns, e.start_ns))
                           for w in other.waits if w.in_mempool)
@@ -347,17 +365,15 @@ def _attribute_collateral(episodes: List[Episode]) -> None:
             e.behind = {"tid": best[1].tid, "comm": best[1].comm, "overlap_ns": best[0]}
 
 
-def _episode(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], kinds: Dict[str, List[Dict[str, Any]]],
+def _episode(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], indexes: Dict[str, "_ByTime"],
              used_sleeps: set, used_slabs: set, windows: List[Tuple[float, float]]) -> Episode:
     start, end = int(root["start_ns"]), int(root["ts_ns"])
-    slabs = sorted(((i, s) for i, s in enumerate(kinds["slab_failure"]) if start <= int(s["ts_ns"]) <= end),
-                   key=lambda item: (int(item[1]["ts_ns"]), item[0]))
+    slabs = indexes["slab_failure"].between(start, end)
     used_slabs.update(i for i, _ in slabs)
     waits = []
     cursor = start
     slab_i = 0
-    inside = sorted(((i, s) for i, s in enumerate(kinds["sleep"]) if start <= int(s["start_ns"]) <= end),
-                    key=lambda item: int(item[1]["start_ns"]))
+    inside = indexes["sleep"].between(start, end)
     for i, s in inside:
         used_sleeps.add(i)
         s_start, s_end = int(s["start_ns"]), min(int(s["ts_ns"]), end)

@@ -128,13 +128,23 @@ def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
         if on_lost is not None:
             on_lost(count)
 
+    stop = _StopSignals()
+    now = time.monotonic()
+    deadline = None if duration is None else now + duration
+    detached = []  # type: List[bool]
+
+    def _on_data(cpu: int, data: Any, size: int) -> None:
+        # Under a flood perf_buffer_poll() does not return while producers outrun us: once the run is
+        # over, detach the probes here so the ring drains and the poll returns.
+        if not detached and (stop.received is not None or (deadline is not None and time.monotonic() >= deadline)):
+            detached.append(True)
+            _detach_probes(bpf)
+        on_event(perf.event(data))
+
     perf = bpf[table]
-    perf.open_perf_buffer(lambda cpu, data, size: on_event(perf.event(data)),
-                          page_cnt=page_cnt, lost_cb=_lost)
-    with _StopSignals() as stop:
+    perf.open_perf_buffer(_on_data, page_cnt=page_cnt, lost_cb=_lost)
+    with stop:
         try:
-            now = time.monotonic()
-            deadline = None if duration is None else now + duration
             next_tick = now + tick_every if tick_every and on_tick else None
             if ready is not None:
                 ready()
@@ -155,6 +165,20 @@ def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
             bpf.cleanup()
     if stop.received == signal.SIGINT:
         raise KeyboardInterrupt()
+
+
+def _detach_probes(bpf: Any) -> None:
+    """Detach every tracepoint and kprobe of BPF (bcc 0.18+ API); cleanup() still closes the rest."""
+    for tp in list(getattr(bpf, "tracepoint_fds", {})):
+        try:
+            bpf.detach_tracepoint(tp)
+        except Exception:  # already gone: nothing to stop
+            pass
+    for event in list(getattr(bpf, "kprobe_fds", {})):
+        try:
+            bpf.detach_kprobe_event(event)
+        except Exception:
+            pass
 
 
 def map_drops(bpf: Any) -> int:

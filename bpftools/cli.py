@@ -8,7 +8,7 @@ import click
 
 from . import __version__
 from .options import CONTEXT
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BpftoolsError
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInput, BpftoolsError
 
 
 
@@ -100,16 +100,21 @@ def report(recording: str, as_json: bool, folded: Optional[str], speedscope: Opt
     from . import render
     from .recording import read_recording
     rec = read_recording(recording)
-    if any((folded, speedscope, svg, html, out_dir)):
-        from .reports import build_report, export
-        for path in export(build_report(rec.header, rec.events), folded, speedscope, svg, html, out_dir):
-            click.echo("wrote %s" % path, err=True)
-        return
     if as_json:
         _print_json({"header": rec.header, "events": rec.events, "trailer": rec.trailer,
                      "damaged_lines": rec.damaged_lines})
         return
-    render.recording(rec, _console())
+    try:
+        if any((folded, speedscope, svg, html, out_dir)):
+            from .reports import build_report, export
+            for path in export(build_report(rec.header, rec.events), folded, speedscope, svg, html, out_dir):
+                click.echo("wrote %s" % path, err=True)
+            return
+        render.recording(rec, _console())
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+        # JSON lines of the right shape whose fields have the wrong types (edited or damaged by hand)
+        raise BadInput("%s: events with fields of the wrong type (%s: %s); --json shows them as they are"
+                       % (recording, type(err).__name__, err))
 
 
 def _register_subcommands() -> None:

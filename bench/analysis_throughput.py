@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""Analysis throughput: events per second through iojitter's correlation (and refleak's reference
+attribution) on recordings of 1 million events.
+
+The recording is synthetic and deterministic (a seed): THREADS writer threads, each a run of slow
+writebacks (an outer ``do_writepages`` with ``ext4_writepages`` nested in it) containing slab failures,
+a mempool sleep (every third one timed out at 5 s) and a ``blk_mq_get_tag`` sleep, with sleeps and slab
+failures outside writebacks between them, and a perf-buffer loss marker now and then; the fields are
+those ``bpftools iojitter --record`` writes. Three figures, each events/s:
+
+- ``read``: ``bpftools.recording.read_recording`` (JSON lines parsed),
+- ``correlate``: ``bpftools.analyses.iojitter.correlate`` on the events read,
+- ``report``: ``bpftools report FILE`` end to end in a fresh process (read, correlate, render), with
+  that process's peak RSS.
+
+A step that runs past ``--budget`` seconds is stopped and reported as not finished (with the budget as a
+lower bound); the report step is then skipped (it runs the same analysis).
+
+The same three figures for ``bpftools.analyses.refbalance.analyze`` when that module exists: a synthetic
+refleak recording of DEVICES watched devices, each a stream of holds (``dst_alloc`` from ``connect``) and
+puts (``dst_destroy`` from RCU), one hold in 1000 never put.
+
+    .venv/bin/python bench/analysis_throughput.py [--events 1000000] [--threads 64] [--devices 200] [--json]
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import IO, Any, Dict, List, Optional, Tuple
+
+import benchlib
+
+MS = 1000 * 1000
+SLEEP_STACK = ["__schedule", "schedule", "io_schedule_timeout", "mempool_alloc_noprof", "bio_alloc_bioset",
+               "ext4_bio_write_folio", "mpage_submit_folio", "ext4_do_writepages", "ext4_writepages",
+               "do_writepages"]
+TAG_STACK = ["__schedule", "schedule", "io_schedule", "blk_mq_get_tag", "__blk_mq_alloc_requests",
+             "blk_mq_submit_bio", "submit_bio_noacct", "ext4_io_submit", "ext4_writepages", "do_writepages"]
+CONTAINER = {"container_id": "c8edefa90517e21bc691deef20c17220af0f0ac69962cc51007d372e7dd40256",
+             "pod_uid": "0b5c4d1e-6d3f-4a47-9f0e-3c1a2b4d5e6f", "runtime": "containerd"}
+
+
+class _Writer(object):
+    """Writes JSON lines and counts them."""
+
+    def __init__(self, f: IO[str]) -> None:
+        self.f = f
+        self.events = 0
+
+    def write(self, obj: Dict[str, Any]) -> None:
+        self.f.write(json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n")
+        self.events += 1
+
+
+def _episode(out: _Writer, rnd: random.Random, tid: int, now: int, n: int) -> int:
+    """One slow writeback of thread TID starting at NOW, and what blocked it; returns its end."""
+    comm = "writer-%d" % tid
+    cgroup = "/kubepods/burstable/pod%s/%s" % (CONTAINER["pod_uid"], CONTAINER["container_id"])
+    start = now
+    t = start + rnd.randint(1, 50) * 1000
+    for _ in range(rnd.randint(1, 3)):
+        out.write({"type": "slab_failure", "tid": tid, "tgid": tid, "comm": comm, "ts_ns": t, "kind": "slab",
+                   "cache": "biovec-64", "call_site": "bvec_alloc+0x9a", "memcg_cache": None,
+                   "container": CONTAINER})
+        t += rnd.randint(1, 20) * 1000
+    wait = 5000 * MS if n % 3 == 0 else rnd.randint(5, 900) * MS
+    out.write({"type": "sleep", "tid": tid, "tgid": tid, "comm": comm, "start_ns": t, "ts_ns": t + wait,
+               "duration_ns": wait, "in_mempool": True, "timed_out": wait >= 5000 * MS, "source": "sched_switch",
+               "blocked_in": "mempool_alloc_noprof", "caller": "bio_alloc_bioset", "pool": None,
+               "kstack": SLEEP_STACK})
+    t += wait + rnd.randint(1, 100) * 1000
+    tag = rnd.randint(1, 40) * MS
+    out.write({"type": "sleep", "tid": tid, "tgid": tid, "comm": comm, "start_ns": t, "ts_ns": t + tag,
+               "duration_ns": tag, "in_mempool": False, "timed_out": None, "source": "sched_switch",
+               "blocked_in": "blk_mq_get_tag", "caller": None, "pool": None, "kstack": TAG_STACK})
+    t += tag + rnd.randint(1, 100) * 1000
+    inner_start = start + 500
+    for func, depth, begin in (("ext4_writepages", 1, inner_start), ("do_writepages", 0, start)):
+        end = t if depth == 1 else t + 2000
+        out.write({"type": "writeback", "tid": tid, "tgid": tid, "comm": comm, "start_ns": begin, "ts_ns": end,
+                   "duration_ns": end - begin, "func": func, "depth": depth, "dev": "8:16", "ino": 4000 + n,
+                   "kstack": None, "cgroup": cgroup, "container": CONTAINER, "wb_container": None})
+    return t + 2000
+
+
+def write_recording(path: str, events: int, threads: int, seed: int = 1) -> Tuple[int, int]:
+    """A synthetic iojitter recording of at least EVENTS events; returns how many it holds and how many
+    slow writebacks (episodes) it describes."""
+    from bpftools.recording import make_header
+    rnd = random.Random(seed)
+    clocks = [10 ** 9 * (i + 1) for i in range(threads)]
+    with open(path, "w", encoding="utf-8") as f:
+        out = _Writer(f)
+        f.write(json.dumps(make_header("iojitter", ["bpftools", "iojitter", "--record", path]), sort_keys=True) + "\n")
+        out.write({"type": "mode", "mode": "tracepoint", "flags": ["WANT_SLEEP_SCHED", "WANT_WB_TP", "WANT_SLAB"],
+                   "params": {}, "kprobes": [], "notes": [], "slots": {}})
+        n = 0
+        while out.events < events:
+            tid = 1000 + n % threads
+            i = n % threads
+            clocks[i] = _episode(out, rnd, tid, clocks[i], n)
+            if n % 5 == 0:   # activity outside any slow writeback
+                ts = clocks[i] + 1000
+                out.write({"type": "sleep", "tid": tid, "tgid": tid, "comm": "writer-%d" % tid, "start_ns": ts,
+                           "ts_ns": ts + 2 * MS, "duration_ns": 2 * MS, "in_mempool": n % 10 == 0,
+                           "timed_out": False, "source": "sched_switch", "blocked_in": "folio_wait_bit",
+                           "caller": None, "pool": None, "kstack": TAG_STACK})
+                clocks[i] = ts + 3 * MS
+            if n % 1000 == 999:
+                out.write({"type": "lost", "count": 7, "source": "perf_buffer", "ts_ns": clocks[i]})
+            n += 1
+        f.write(json.dumps({"trailer": True, "lost_events": 7 * (n // 1000), "interrupted": False,
+                            "events": out.events}) + "\n")
+    return out.events, n
+
+
+HOLD_STACK = ["dst_init+0x40", "dst_alloc+0x60", "rt_dst_alloc+0x20", "ip_route_output_key_hash_rcu+0x400",
+              "ip_route_output_flow+0x20", "tcp_v4_connect+0x150", "__sys_connect+0xa0", "do_syscall_64+0x5b"]
+PUT_STACK = ["dst_destroy+0x30", "dst_destroy_rcu+0x10", "rcu_do_batch+0x1a0", "rcu_core+0x100",
+             "handle_softirqs+0xd4", "run_ksoftirqd+0x30"]
+
+
+def write_refleak_recording(path: str, events: int, devices: int) -> Tuple[int, int]:
+    """A synthetic refleak recording of at least EVENTS events; returns how many it holds and how many
+    holds were never put (one in 1000)."""
+    from bpftools.recording import make_header
+    with open(path, "w", encoding="utf-8") as f:
+        out = _Writer(f)
+        f.write(json.dumps(make_header("refleak", ["bpftools", "refleak", "--record", path]), sort_keys=True) + "\n")
+        out.write({"type": "plan", "strategies": ["watch"]})
+        for d in range(devices):
+            dev = "0x%x" % (0xffff888000000000 + d * 0x1000)
+            out.write({"type": "device", "dev": dev, "name": "veth%d" % d, "ifindex": 10 + d, "ts_ns": 1 + d,
+                       "level": 1, "base_refs": 1})
+            out.write({"type": "watch", "dev": dev, "ts_ns": 1 + d, "armed": True, "cpus": [0, 1]})
+            out.write({"type": "sync", "dev": dev, "ts_ns": 1 + d, "level": 1})
+        n = leaked = 0
+        ts = 10 ** 9
+        while out.events < events:
+            d = n % devices
+            dev = "0x%x" % (0xffff888000000000 + d * 0x1000)
+            ts += 1000
+            out.write({"type": "ref", "dev": dev, "ts_ns": ts, "delta": 1, "strategy": "watch", "stack": HOLD_STACK,
+                       "comm": "curl", "tgid": 4000 + n % 50})
+            if n % 1000 == 999:
+                leaked += 1
+            else:
+                ts += 1000
+                out.write({"type": "ref", "dev": dev, "ts_ns": ts, "delta": -1, "strategy": "watch",
+                           "stack": PUT_STACK, "comm": "ksoftirqd/0", "tgid": 15})
+            n += 1
+        f.write(json.dumps({"trailer": True, "lost_events": 0, "interrupted": False, "events": out.events}) + "\n")
+    return out.events, leaked
+
+
+class OverBudget(Exception):
+    """A step ran past the time budget."""
+
+
+def _timed(fn: Any, budget: float = 0) -> Tuple[Any, float]:
+    """FN's value and seconds; (None, budget) when it ran past BUDGET seconds (0: no budget)."""
+    def _stop(signum: int, frame: Any) -> None:
+        raise OverBudget()
+    old = signal.signal(signal.SIGALRM, _stop)
+    if budget:
+        signal.setitimer(signal.ITIMER_REAL, budget)
+    start = time.perf_counter()
+    try:
+        value = fn()
+    except OverBudget:
+        return None, float(budget)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    return value, time.perf_counter() - start
+
+
+def report_process(path: str, budget: float) -> Tuple[Optional[float], Optional[float]]:
+    """``bpftools report PATH`` in a fresh process: seconds and peak RSS (MiB); (None, None) when a
+    previous step ran over the budget (BUDGET < 0), (BUDGET, None) when this one does."""
+    if budget < 0:
+        return None, None
+    start = time.perf_counter()
+    proc = subprocess.Popen(benchlib.bpftools("report", path), cwd=benchlib.ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if budget and time.perf_counter() - start > budget:
+            proc.kill()
+            os.wait4(proc.pid, 0)
+            proc.stderr.close()
+            return float(budget), None
+        time.sleep(0.1)
+    proc.returncode = status
+    report_s = time.perf_counter() - start
+    err = proc.stderr.read().decode("utf-8", "replace")
+    proc.stderr.close()
+    if status != 0:
+        raise SystemExit("bpftools report failed (wait status %d): %s" % (status, err))
+    return report_s, usage.ru_maxrss / 1024.0
+
+
+def _rate(events: int, seconds: Optional[float], finished: bool) -> Optional[float]:
+    return events / seconds if seconds and finished else None
+
+
+def run(events: int, threads: int, workdir: str, budget: float = 0) -> Dict[str, Any]:
+    """Write the iojitter recording, then time reading, correlating and ``bpftools report`` on it."""
+    from bpftools.analyses.iojitter import correlate
+    from bpftools.recording import read_recording
+    path = os.path.join(workdir, "iojitter-%d.jsonl" % events)
+    written, episodes = write_recording(path, events, threads)
+    rec, read_s = _timed(lambda: read_recording(path))
+    result, corr_s = _timed(lambda: correlate(rec.events), budget)
+    report_s, report_rss = report_process(path, -1 if result is None else budget)
+    size_mib = os.path.getsize(path) / 2.0 ** 20
+    os.remove(path)
+    return {
+        "events": written, "threads": threads, "file_mib": size_mib, "budget_s": budget,
+        "correlate_finished": result is not None,
+        "episodes_written": episodes, "episodes": result.slow_writebacks if result else None,
+        "explained": result.explained if result else None,
+        "read_s": read_s, "correlate_s": corr_s, "report_s": report_s,
+        "read_events_per_s": written / read_s, "correlate_events_per_s": _rate(written, corr_s, result is not None),
+        "report_events_per_s": _rate(written, report_s, report_rss is not None), "report_peak_rss_mib": report_rss,
+    }
+
+
+def run_refleak(events: int, devices: int, workdir: str, budget: float = 0) -> Optional[Dict[str, Any]]:
+    """The same for refleak's attribution; None when analyses/refbalance.py is not there."""
+    try:
+        from bpftools.analyses.refbalance import analyze
+    except ImportError:
+        return None
+    from bpftools.recording import read_recording
+    path = os.path.join(workdir, "refleak-%d.jsonl" % events)
+    written, leaked = write_refleak_recording(path, events, devices)
+    rec, read_s = _timed(lambda: read_recording(path))
+    result, analyze_s = _timed(lambda: analyze(rec.events), budget)
+    unbalanced = (sum(row.count for d in result.devices for s in d.strategies for row in s.unbalanced)
+                  if result is not None else None)
+    report_s, report_rss = report_process(path, -1 if result is None else budget)
+    os.remove(path)
+    return {
+        "events": written, "devices": devices, "leaked_written": leaked, "unbalanced": unbalanced,
+        "budget_s": budget, "analyze_finished": result is not None,
+        "read_s": read_s, "analyze_s": analyze_s, "report_s": report_s,
+        "read_events_per_s": written / read_s, "analyze_events_per_s": _rate(written, analyze_s, result is not None),
+        "report_events_per_s": _rate(written, report_s, report_rss is not None), "report_peak_rss_mib": report_rss,
+    }
+
+
+def _speed(rate: Optional[float], seconds: Optional[float], budget: float) -> str:
+    if rate is not None:
+        return "{:,.0f} events/s".format(rate)
+    return "not finished in %.0f s" % budget if seconds is not None else "skipped"
+
+
+def table(r: Dict[str, Any], ref: Optional[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
+    """The rows of the README table for one size."""
+    n = "{:,}".format(r["events"])
+    rows = [
+        ("analysis: read a recording of %s events" % n, _speed(r["read_events_per_s"], r["read_s"], 0),
+         "%.1f s; %.0f MiB, %d writer threads, %s slow writebacks" % (
+             r["read_s"], r["file_mib"], r["threads"], "{:,}".format(r["episodes_written"]))),
+        ("analysis: iojitter correlate, %s events" % n, _speed(r["correlate_events_per_s"], r["correlate_s"], r["budget_s"]),
+         "%.1f s; %s of %s explained" % (r["correlate_s"], "{:,}".format(r["explained"]), "{:,}".format(r["episodes"]))
+         if r["correlate_finished"] else "so below %.0f events/s" % (r["events"] / r["budget_s"])),
+        ("analysis: `bpftools report` end to end, %s events" % n, _speed(r["report_events_per_s"], r["report_s"], r["budget_s"]),
+         "%.1f s, peak RSS %.0f MiB" % (r["report_s"], r["report_peak_rss_mib"]) if r["report_peak_rss_mib"] else "-"),
+    ]
+    if ref is not None:
+        rows += [
+            ("analysis: refleak attribution (refbalance.analyze), %s events" % n,
+             _speed(ref["analyze_events_per_s"], ref["analyze_s"], ref["budget_s"]),
+             "%.1f s, %d devices; %s unbalanced holds found of %s written" % (
+                 ref["analyze_s"], ref["devices"], "{:,}".format(ref["unbalanced"]), "{:,}".format(ref["leaked_written"]))
+             if ref["analyze_finished"] else "so below %.0f events/s" % (ref["events"] / ref["budget_s"])),
+            ("analysis: `bpftools report` of a refleak recording, %s events" % n,
+             _speed(ref["report_events_per_s"], ref["report_s"], ref["budget_s"]),
+             "%.1f s, peak RSS %.0f MiB" % (ref["report_s"], ref["report_peak_rss_mib"]) if ref["report_peak_rss_mib"] else "-"),
+        ]
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, action="append", help="events in the recording (1000000); "
+                        "repeat for several sizes")
+    parser.add_argument("--threads", type=int, default=64, help="writer threads (64)")
+    parser.add_argument("--devices", type=int, default=200, help="refleak: watched devices (200)")
+    parser.add_argument("--budget", type=float, default=0, help="seconds one step may take (0: no limit)")
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+    args = parser.parse_args()
+    sizes = args.events or [1000000]
+    if min(sizes) < 10 or args.threads < 1 or args.devices < 1 or args.budget < 0:
+        parser.error("--events >= 10, --threads >= 1, --devices >= 1 and --budget >= 0")
+    workdir = tempfile.mkdtemp(prefix="bpftools-bench-")
+    runs = []
+    try:
+        for events in sizes:
+            runs.append((run(events, args.threads, workdir, args.budget),
+                         run_refleak(events, args.devices, workdir, args.budget)))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    rows = [row for r, ref in runs for row in table(r, ref)]
+    benchlib.emit({"bench": "analysis_throughput", "result": runs[0][0], "refleak": runs[0][1],
+                   "sizes": [{"iojitter": r, "refleak": ref} for r, ref in runs], "table": rows}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

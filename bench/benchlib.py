@@ -1,0 +1,128 @@
+"""What every benchmark here shares: interleaved A/B runs, medians and spreads, starting a tool until it
+is attached, a process's memory, and the BPF programs and maps a process owns.
+
+The benchmarks run as scripts (``sudo .venv/bin/python bench/NAME.py``); each prints a table, or with
+``--json`` one JSON object whose ``table`` rows ``bench/run_all.py`` gathers into the README's table.
+"""
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Sequence, Set, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bpftools(*args: str) -> List[str]:
+    """The command line of ``bpftools ARGS`` with this Python (the venv that sees the system bcc)."""
+    return [sys.executable, "-m", "bpftools.cli"] + list(args)
+
+
+def median_spread(values: Sequence[float]) -> Tuple[float, float]:
+    """The median and the spread (max - min) / median: how noisy the repeats were."""
+    med = statistics.median(values)
+    return med, ((max(values) - min(values)) / med if med else 0.0)
+
+
+def interleaved(rounds: int, arms: Sequence[Tuple[str, Callable[[], float]]]) -> Dict[str, List[float]]:
+    """Run each arm once per round, the order reversed every other round (A B, B A, ...), so drift and
+    the neighbours' load hit every arm alike."""
+    out = dict((name, []) for name, _ in arms)  # type: Dict[str, List[float]]
+    for i in range(rounds):
+        for name, fn in (arms if i % 2 == 0 else list(reversed(arms))):
+            out[name].append(fn())
+    return out
+
+
+def wait_for(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds from now until READY() holds; SystemExit with the process's stderr if it exits first."""
+    start = time.monotonic()
+    while not ready():
+        if proc.poll() is not None or time.monotonic() - start > timeout:
+            if proc.poll() is None:
+                proc.kill()
+            err = proc.communicate()[1]
+            raise SystemExit("%s did not attach (exit %s): %s" % (what, proc.returncode,
+                                                                  (err or "").strip()[-2000:]))
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+class Tool(object):
+    """``bpftools ARGS`` in the background, attached (its ready file exists) until ``stop()``."""
+
+    def __init__(self, args: Sequence[str], workdir: str, timeout: float = 300.0,
+                 stdout: Any = subprocess.DEVNULL) -> None:
+        self.ready = os.path.join(workdir, "ready-%d-%d" % (os.getpid(), id(self)))
+        if os.path.exists(self.ready):
+            os.remove(self.ready)
+        started = time.monotonic()
+        self.proc = subprocess.Popen(bpftools(*(list(args) + ["--ready-file", self.ready])), cwd=ROOT,
+                                     stdout=stdout, stderr=subprocess.PIPE, universal_newlines=True)
+        wait_for(self.proc, lambda: os.path.exists(self.ready), timeout, "bpftools %s" % " ".join(args))
+        self.attach_s = time.monotonic() - started
+        self.pid = self.proc.pid
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 120.0) -> Tuple[int, str]:
+        """Send SIGNUM, wait; the exit code and stderr."""
+        self.proc.send_signal(signum)
+        _, err = self.proc.communicate(timeout=timeout)
+        if os.path.exists(self.ready):
+            os.remove(self.ready)
+        return self.proc.returncode, err
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A ``kB`` line of /proc/PID/status (VmRSS, VmHWM...), in KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def owned_bpf_ids(pid: int) -> Dict[str, Set[int]]:
+    """The ids of the BPF programs and maps whose file descriptors process PID holds (its fdinfo)."""
+    out = {"prog": set(), "map": set()}  # type: Dict[str, Set[int]]
+    base = "/proc/%d/fdinfo" % pid
+    for fd in os.listdir(base):
+        try:
+            with open(os.path.join(base, fd)) as f:
+                text = f.read()
+        except OSError:   # closed meanwhile
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("prog_id", "map_id"):
+                out[key[:-3]].add(int(value))
+    return out
+
+
+def bpftool_json(*args: str) -> Any:
+    """``bpftool ARGS --json`` parsed (bpftool from the distribution's package ``bpftool``)."""
+    out = subprocess.check_output(["bpftool"] + list(args) + ["--json"], universal_newlines=True)
+    return json.loads(out) if out.strip() else []
+
+
+def map_entries(map_id: int) -> int:
+    """How many entries map MAP_ID holds now (its dump)."""
+    return len(bpftool_json("map", "dump", "id", str(map_id)))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def emit(result: Dict[str, Any], as_json: bool, header: Sequence[str] = ("figure", "value", "noise / detail")) -> None:
+    """Print RESULT: one JSON object, or its ``table`` rows as a markdown table."""
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(markdown_table(header, result["table"]))
+

@@ -1,0 +1,112 @@
+"""Smoke versions of the benchmarks in bench/: each runs for real, small, and its figures are checked for
+being produced, consistent and within stated bounds (the README's table comes from the full runs)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+sys.path.insert(0, BENCH)
+import flamegraph_scale  # noqa: E402
+import run_all  # noqa: E402
+
+RSS_CEILING_MIB = 400        # kmemsnoop under a flood (measured ~150 MiB: Python + bcc + LLVM)
+REPORT_RSS_CEILING_MIB = 300  # `bpftools report` of a few thousand events
+MAPS_CEILING_MIB = 8         # kmemsnoop's kernel maps, all preallocated
+
+
+def bench(script, *args):
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, script)] + list(args) + ["--json"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.root
+def test_tool_overhead_ratio_of_one_interleaved_run():
+    out = bench("tool_overhead.py", "--only", "kmemsnoop", "--rounds", "2", "--calls", "3000")
+    row, = out["rows"]
+    assert (row["tool"], row["args"], row["workload"], row["calls"]) == ("kmemsnoop", ["--mode", "tracepoint"],
+                                                                         "syscalls", 3000)
+    assert len(row["runs_without"]) == len(row["runs_with"]) == 2
+    assert row["ratio"] == pytest.approx(row["median_s_with"] / row["median_s_without"])
+    assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
+    assert 0.2 < row["ratio"] < 20
+    assert row["calls_per_s_without"] == pytest.approx(3000 / row["median_s_without"])
+    assert 0 < row["median_attach_s"] < 300
+    assert out["table"][0][0] == "overhead: kmemsnoop --mode tracepoint on `syscalls` loop (time with/without)"
+    assert out["table"][0][1] == "%.2fx" % row["ratio"]
+
+
+@pytest.mark.root
+def test_startup_ours_attaches_and_bcc_is_timed_or_its_failure_shown():
+    out = bench("startup.py", "--only", "kmemsnoop", "--only", "bcc opensnoop", "--rounds", "1")
+    ours, bcc = out["rows"]
+    assert (ours["tool"], ours["kind"], bcc["tool"], bcc["kind"]) == (
+        "bpftools kmemsnoop --mode tracepoint", "ours", "bcc opensnoop", "bcc")
+    assert len(ours["runs"]) == 1 and 0 < ours["median_s"] < 300 and ours["failure"] == ""
+    if bcc["runs"]:
+        assert 0 < bcc["median_s"] < 300 and bcc["failure"] == ""
+    else:   # e.g. this machine: opensnoop's fentry load is refused
+        assert bcc["failure"].startswith("failed after ")
+        assert out["table"][1][1:] == ["does not attach here", bcc["failure"]]
+
+
+def test_analysis_throughput_counts_every_episode_and_leak():
+    out = bench("analysis_throughput.py", "--events", "3000", "--threads", "4", "--devices", "5")
+    r, ref = out["result"], out["refleak"]
+    assert r["events"] >= 3000
+    assert r["episodes"] == r["episodes_written"] > 0          # correlate finds each slow writeback written
+    assert 0 < r["explained"] <= r["episodes"]
+    for step in ("read", "correlate", "report"):
+        assert r["%s_events_per_s" % step] == pytest.approx(r["events"] / r["%s_s" % step])
+    assert 0 < r["report_peak_rss_mib"] < REPORT_RSS_CEILING_MIB
+    if ref is not None:                                         # analyses/refbalance.py exists
+        assert ref["unbalanced"] == ref["leaked_written"] == 1  # one hold in 1000 never put
+        assert ref["analyze_events_per_s"] == pytest.approx(ref["events"] / ref["analyze_s"])
+        assert 0 < ref["report_peak_rss_mib"] < REPORT_RSS_CEILING_MIB
+
+
+def test_flamegraph_scale_figures():
+    r = bench("flamegraph_scale.py", "--stacks", "1500")["result"]
+    assert r["stacks"] == 1500
+    assert r["svg_stacks_per_s"] == pytest.approx(1500 / r["svg_s"])
+    assert 1 <= r["frames_drawn"] <= 50000 and r["frames_pruned"] >= 0
+    assert r["svg_mib"] > 0 and r["speedscope_mib"] > 0
+
+
+def test_flamegraph_stacks_are_distinct_deterministic_and_render():
+    from bpftools.flamegraph import render_svg
+    stacks = flamegraph_scale.distinct_stacks(300)
+    assert len(stacks) == 300 and stacks == flamegraph_scale.distinct_stacks(300)
+    assert all(8 <= len(key.split(";")) <= 40 and weight > 0 for key, weight in stacks.items())
+    root = ET.fromstring(render_svg(stacks, "t", unit="ns").encode("utf-8"))
+    assert int(root.get("data-total")) == sum(stacks.values())
+
+
+@pytest.mark.root
+def test_memory_flood_rss_bounded_maps_bounded_losses_counted_and_shown():
+    if shutil.which("bpftool") is None:
+        pytest.skip("bpftool missing (apt-get install bpftool)")
+    r = bench("memory_flood.py", "--seconds", "1", "--hold", "4200")["result"]
+    assert r["kmem_fds_max_entries"] == 4096
+    assert r["kmem_fds_entries_while_held"] == 4096            # full, never past its bound
+    assert r["map_full"] == 4200 - 4096
+    assert r["lost_trailer"] > 0 and r["lost_stderr"] == r["lost_trailer"]
+    # What is neither recorded nor counted is at most what the rings held when the flood ended (the
+    # kernel reports those losses only with a next record): 64 pages per CPU of ~400-byte events.
+    assert 0 <= r["unaccounted"] <= os.cpu_count() * 64 * 4096 // 400
+    assert 0 < r["rss_attached_mib"] <= r["rss_peak_flood_mib"] < RSS_CEILING_MIB
+    assert 0 < r["maps_memlock_mib"] < MAPS_CEILING_MIB
+    assert sorted(m["name"] for m in r["maps"]) == ["events", "kmem_fds", "lost", "pending_by_tid", "scratch"]
+
+
+def test_run_all_names_benches_that_exist():
+    for script, _, quick in run_all.BENCHES:
+        assert os.path.exists(os.path.join(BENCH, script)), script
+        assert "--json" not in quick

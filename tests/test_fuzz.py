@@ -1,0 +1,287 @@
+"""Property-based fuzzing (hypothesis) of what a user feeds bpftools: kernel logs, recordings, arguments.
+
+Whatever the input, the CLI answers with an exit code from the README's table and at most a one-line
+error, never a traceback. Exit code 1 ("internal error (a bug)") and 130 (interrupted) are failures
+here: nothing below is a bug or an interruption. ``main()`` runs in-process (fast), with stdin empty,
+the working directory a temporary one and, for random arguments, ``os.geteuid`` reporting an ordinary
+user, so no random combination can attach a probe or touch the node; ``repro`` and the commands
+still in development are fuzzed in a subprocess as user nobody instead.
+"""
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import click
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from bpftools.cli import cli, main
+from bpftools.recording import Recorder, make_header
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import analysis_throughput  # noqa: E402
+
+CORPUS = os.path.join(os.path.dirname(ROOT), "shared", "corpus", "dmesg")
+DOCUMENTED = {0, 1, 2, 3, 4, 5, 6, 130}
+NOT_A_BUG = DOCUMENTED - {1, 130}
+SAFE_COMMANDS = ["doctor", "report", "kmemsnoop", "slabfail", "mempoolwait", "writeslow", "iojitter"]
+FUZZ = settings(max_examples=int(os.environ.get("BPFTOOLS_FUZZ_EXAMPLES", "40")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.function_scoped_fixture])
+SEED_LINES = [   # used when the shared corpus is not beside the clone
+    "[8643296.448116] SLUB: Unable to allocate memory on node -1 (gfp=0x8020)",
+    "[8643296.448120]   cache: kmalloc-1024(1793:c8edefa90517e21bc691deef20c17220af0f0ac69962cc51007d372e7dd40256), "
+    "object size: 1024, buffer size: 1024, default order: 3, min order: 0",
+    "[  10.000000] unregister_netdevice: waiting for eth0.100 to become free. Usage count = 1",
+    "Jan  3 10:00:00 node kernel: INFO: task kworker/u8:2:1234 blocked for more than 120 seconds.",
+    "6,1234,5678,-;mempool_alloc+0x64/0x170",
+]
+
+
+def corpus_lines():
+    lines = list(SEED_LINES)
+    if os.path.isdir(CORPUS):
+        for name in sorted(os.listdir(CORPUS)):
+            if name.endswith(".log"):
+                with open(os.path.join(CORPUS, name), "rb") as f:
+                    lines += f.read().decode("utf-8", "replace").splitlines()[:400]
+    return lines
+
+
+LINES = corpus_lines()
+
+
+def run_cli(args, stdin=b""):
+    """``bpftools ARGS`` in-process: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        sys.stdin = saved
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_clean(code, err, allowed=NOT_A_BUG):
+    assert code in allowed, (code, err)
+    assert "Traceback" not in err and "internal error" not in err, err
+    if code not in (0, 2):                 # click's usage errors print a usage block; ours one line
+        assert len(err.strip().splitlines()) == 1 and err.startswith("bpftools: error: "), err
+
+
+@contextlib.contextmanager
+def scratch_dir():
+    """A temporary working directory for one example."""
+    old = os.getcwd()
+    path = tempfile.mkdtemp(prefix="bpftools-fuzz-")
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(old)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def mutate_text(rnd, text):
+    """One random edit of a line: cut, insert, delete or replace a span."""
+    if not text:
+        return text
+    i = rnd.randrange(len(text))
+    j = min(len(text), i + rnd.randint(1, 12))
+    junk = "".join(chr(rnd.choice([rnd.randint(0, 0x7f), rnd.randint(0x80, 0x10ffff)])) for _ in range(rnd.randint(0, 6)))
+    junk = junk.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return rnd.choice([text[:i], text[:i] + junk + text[i:], text[:i] + text[j:], text[:i] + junk + text[j:]])
+
+
+log_lines = st.lists(st.one_of(
+    st.sampled_from(LINES),
+    st.tuples(st.sampled_from(LINES), st.randoms(use_true_random=False)).map(lambda t: mutate_text(t[1], t[0])),
+    st.text(max_size=200),
+), max_size=40)
+releases = st.one_of(st.sampled_from(["3.10.0-957.el7.x86_64", "3.10.0-1160.el7.x86_64", "5.4.0-29-generic",
+                                      "6.1.0-56-amd64", "4.19", "", "x"]), st.text(max_size=30))
+
+
+@FUZZ
+@given(lines=log_lines, release=releases, raw=st.binary(max_size=200), as_json=st.booleans())
+def test_doctor_log_never_fails_on_mutated_corpus_lines(lines, release, raw, as_json):
+    with scratch_dir():
+        with open("k.log", "wb") as f:
+            f.write("\n".join(lines).encode("utf-8", "surrogatepass") + b"\n" + raw)
+        code, out, err = run_cli(["doctor", "--log", "k.log", "--release", release] + (["--json"] if as_json else []))
+    assert_clean(code, err, allowed={0})
+    if as_json:
+        report = json.loads(out)
+        assert report["log"] == {"source": "k.log", "lines": report["log"]["lines"]}
+        assert report["kernel_release"] == (release or os.uname().release)
+
+
+def _kmem_event(i):
+    return {"type": "kmem_file", "ts_ns": 10 ** 9 + i, "tgid": 100 + i, "tid": 100 + i, "comm": "sh",
+            "op": "write" if i % 2 else "open", "path": "/sys/fs/cgroup/memory/pod%d/memory.kmem.limit_in_bytes" % i,
+            "value": "1\n" if i % 2 else None, "ret": 2 if i % 2 else 3, "writer_cgroup": "/kubepods/pod%d" % i,
+            "writer_cgroup_v2": None, "container": None, "error": None}
+
+
+def kmem_recording(path, n):
+    rec = Recorder(path, make_header("kmemsnoop", ["bpftools", "kmemsnoop", "--record", path]))
+    for i in range(n):
+        rec.write(_kmem_event(i))
+    rec.close({"lost_events": 0, "interrupted": False, "events": n})
+
+
+@FUZZ
+@given(n=st.integers(0, 12), where=st.floats(0, 1))
+def test_a_recording_cut_anywhere_after_its_header_reports_every_whole_line(n, where):
+    with scratch_dir():
+        kmem_recording("r.jsonl", n)
+        with open("r.jsonl", "rb") as f:
+            data = f.read()
+        lines = data.split(b"\n")[:-1]
+        start = len(lines[0]) + 1
+        cut = start + int(where * (len(data) - start))
+        with open("r.jsonl", "wb") as f:
+            f.write(data[:cut])
+        kept = data[:cut].split(b"\n")
+        whole = kept[:-1] + ([kept[-1]] if kept[-1] in lines else [])
+        damaged = 0 if kept[-1] in (b"",) or kept[-1] in lines else 1
+        code, out, err = run_cli(["report", "r.jsonl", "--json"])
+        assert_clean(code, err, allowed={0})
+        back = json.loads(out)
+        events = [json.loads(l) for l in whole[1:] if b'"trailer"' not in l]
+        assert back["events"] == events and back["damaged_lines"] == damaged
+        assert (back["trailer"] is not None) == (len(whole) == n + 2)
+        code, out, err = run_cli(["report", "r.jsonl"])
+        assert_clean(code, err, allowed={0})
+        assert ("%d damaged line(s) skipped" % damaged in " ".join(out.split())) == bool(damaged)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=8),
+                           lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3),
+                           max_leaves=6)
+TOOLS = ["kmemsnoop", "iojitter", "slabfail", "mempoolwait", "writeslow", "netdevwait", "refleak", "nosuchtool"]
+
+
+def _json_or(line, default):
+    """LINE as JSON, or DEFAULT when an earlier edit left it invalid."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return default
+
+
+@FUZZ
+@given(tool=st.sampled_from(TOOLS), data=st.data(), rnd=st.randoms(use_true_random=False),
+       command=st.sampled_from([[], ["--json"], ["--folded", "-"]]))
+def test_report_on_a_mutated_recording_never_fails(tool, data, rnd, command):
+    with scratch_dir():
+        if tool == "kmemsnoop":
+            kmem_recording("r.jsonl", 6)
+        else:
+            analysis_throughput.write_recording("r.jsonl", 30, 2)
+        with open("r.jsonl", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        header = json.loads(lines[0])
+        header["tool"] = tool
+        lines[0] = json.dumps(header)
+        for _ in range(data.draw(st.integers(1, 4), label="edits")):
+            i = rnd.randrange(len(lines))
+            edit = data.draw(st.sampled_from(["field", "text", "delete", "duplicate", "insert", "header"]), label="edit")
+            if edit == "field" and i > 0:
+                obj = _json_or(lines[i], {})
+                if isinstance(obj, dict) and obj:
+                    obj[rnd.choice(sorted(obj))] = data.draw(json_values, label="value")
+                    lines[i] = json.dumps(obj)
+            elif edit == "text":
+                lines[i] = mutate_text(rnd, lines[i])
+            elif edit == "delete" and len(lines) > 1:
+                del lines[i]
+            elif edit == "duplicate":
+                lines.insert(i, lines[i])
+            elif edit == "insert":
+                lines.insert(i, json.dumps(data.draw(json_values, label="line")))
+            elif edit == "header":
+                head = _json_or(lines[0], None)
+                if isinstance(head, dict):
+                    head[data.draw(st.sampled_from(["argv", "version", "kernel_release", "capabilities"]))] = \
+                        data.draw(json_values, label="header value")
+                    lines[0] = json.dumps(head)
+        with open("r.jsonl", "w", encoding="utf-8", errors="surrogatepass") as f:
+            f.write("\n".join(lines) + "\n")
+        code, out, err = run_cli(["report", "r.jsonl"] + command)
+    assert_clean(code, err, allowed={0, 3})
+
+
+def _option_names(command):
+    names = set()
+    for param in command.params:
+        if isinstance(param, click.Option):
+            names.update(param.opts + param.secondary_opts)
+    return names
+
+
+OPTION_NAMES = sorted(set(n for name in SAFE_COMMANDS for n in _option_names(cli.commands[name]))
+                      | _option_names(cli) | {"--help", "-h", "--version"})
+ALL_NAMES = sorted(set(OPTION_NAMES) | set(n for c in cli.commands.values() for n in _option_names(c)))
+value = st.one_of(
+    st.integers(-2 ** 70, 2 ** 70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(["-", "--", "", "-1", "0", "1", "nan", "inf", "1e999", "r.jsonl", "k.log", "out"]),
+    st.text(alphabet=st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), max_size=10),
+)
+token = st.one_of(st.sampled_from(OPTION_NAMES), value)
+
+
+def arguments(command):
+    """COMMAND then a few of its own options, with or without a value, and stray tokens."""
+    names = sorted(_option_names(cli.commands[command]) | {"--help"}) if command in cli.commands else OPTION_NAMES
+    pair = st.tuples(st.sampled_from(names), value).map(list)
+    single = st.one_of(st.sampled_from(names), value).map(lambda t: [t])
+    return st.lists(st.one_of(pair, pair, single), max_size=4).map(
+        lambda groups: [command] + [t for g in groups for t in g])
+
+
+# Mostly real commands (a random word is a usage error at once).
+commands = st.one_of(st.sampled_from(SAFE_COMMANDS), st.sampled_from(SAFE_COMMANDS), st.text(max_size=6))
+
+
+@settings(FUZZ, max_examples=3 * FUZZ.max_examples)
+@given(args=commands.flatmap(arguments),
+       leading=st.lists(st.sampled_from(["-v", "--traceback", "-vv"]), max_size=2))
+def test_random_arguments_never_fail(monkeypatch, args, leading):
+    """As an ordinary user (os.geteuid patched): tracing stops at the privilege check, never attaches."""
+    monkeypatch.setattr(os, "geteuid", lambda: 65534)
+    with scratch_dir():
+        with open("k.log", "w") as f:
+            f.write(SEED_LINES[2] + "\n")
+        kmem_recording("r.jsonl", 2)
+        code, out, err = run_cli(leading + args)
+    event("exit %d" % code)
+    if "--traceback" in leading and code in (3, 4, 5, 6):
+        err = err.split("\n", 1)[0] + "\n"      # --traceback adds the traceback of a typed error on purpose
+    assert_clean(code, err)
+
+
+@pytest.mark.root
+@settings(max_examples=8, deadline=None)
+@given(command=st.sampled_from(sorted(set(cli.commands) - set(SAFE_COMMANDS))),
+       tokens=st.lists(st.one_of(st.sampled_from(ALL_NAMES), token), max_size=5))
+def test_random_arguments_as_nobody_never_fail(command, tokens):
+    """The other commands (repro creates cgroups and namespaces) as the unprivileged user nobody."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) missing")
+    proc = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                           "bpftools.cli", command] + tokens, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, cwd="/tmp",
+                          timeout=60)
+    assert_clean(proc.returncode, proc.stderr)
