@@ -9,6 +9,7 @@ kernel exactly; the offsets go to the BPF program as ``-D`` integers.
 Format: include/uapi/linux/btf.h (header, type section, string section). Only what offsets need is
 kept: struct/union members, and the kinds whose records must be skipped.
 """
+import functools
 import struct
 from typing import Dict, List, Optional, Tuple
 
@@ -104,12 +105,20 @@ class Btf(object):
         return None
 
 
+@functools.lru_cache(maxsize=4)
+def _parsed(path: str) -> Optional[Btf]:
+    """PATH's BTF, parsed once per process (iojitter's sections each ask for offsets), or None."""
+    try:
+        return Btf.from_file(path)
+    except (OSError, BtfError):
+        return None
+
+
 def offsets(wanted: Dict[str, List[Tuple[str, str]]], path: str = VMLINUX) -> Dict[str, int]:
     """``{PARAM: [(struct, member), ...]}`` -> ``{PARAM: offset}`` of the first pair found (struct names
     change: 6.1's ``struct mempool_s`` is ``struct mempool`` on 6.18); {} without readable BTF."""
-    try:
-        btf = Btf.from_file(path)
-    except (OSError, BtfError):
+    btf = _parsed(path)
+    if btf is None:
         return {}
     out = {}
     for param, pairs in wanted.items():
