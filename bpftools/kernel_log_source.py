@@ -3,33 +3,37 @@ import errno
 import os
 import subprocess
 import sys
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 from .errors import BadInput, PrivilegeError
 
 MAX_BYTES = 256 * 1024 * 1024
 
 
+def available(fd: int) -> Iterator[bytes]:
+    """What non-blocking FD has now, one read at a time (/dev/kmsg gives one record per read); records
+    overwritten before they were read (EPIPE) are skipped."""
+    while True:
+        try:
+            data = os.read(fd, 8192)
+        except OSError as err:
+            if err.errno == errno.EAGAIN:
+                return
+            if err.errno == errno.EPIPE:
+                continue
+            raise
+        if not data:
+            return
+        yield data
+
+
 def read_kmsg(path: str = "/dev/kmsg") -> List[str]:
     """Every record currently in the kernel ring buffer, in /dev/kmsg form ("6,123,456,-;msg")."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    lines = []
     try:
-        while True:
-            try:
-                record = os.read(fd, 8192)
-            except OSError as err:
-                if err.errno == errno.EAGAIN:
-                    break
-                if err.errno == errno.EPIPE:   # overwritten while reading: continue with the next record
-                    continue
-                raise
-            if not record:
-                break
-            lines.extend(record.decode("utf-8", "replace").splitlines())
+        return [line for record in available(fd) for line in record.decode("utf-8", "replace").splitlines()]
     finally:
         os.close(fd)
-    return lines
 
 
 def read_live_log() -> List[str]:

@@ -40,6 +40,8 @@ from ..analyses.netdev_wait import (FREED, ROUND, EpisodeTracker, Observation, U
                                     episodes_from_log, message_observation)
 from ..cgroups import container_of, memory_cgroup_of_pid
 from ..errors import BadInput, MissingKernelFeature, PrivilegeError
+from ..kernel_log_source import available
+from ..options import CONTEXT as CLI_CONTEXT, positive
 from . import _iocommon as io
 
 TOOL = "netdevwait"
@@ -230,17 +232,7 @@ def follow_log(path: str, on_line: Callable[[str], None], duration: Optional[flo
     pending = [""]
 
     def drain() -> None:
-        while True:
-            try:
-                data = os.read(fd, 8192)
-            except OSError as err:
-                if err.errno == errno.EAGAIN:
-                    return
-                if err.errno == errno.EPIPE:      # records overwritten before we read them
-                    continue
-                raise
-            if not data:
-                return
+        for data in available(fd):
             lines = (pending[0] + data.decode("utf-8", "replace")).split("\n")
             pending[0] = lines.pop()
             for line in lines:
@@ -495,7 +487,7 @@ def _summarize_log_file(path: str, release: Optional[str], dev_pattern: Optional
             "meaning": meaning or count_meaning(release, "given")}
 
 
-@click.command(TOOL, context_settings=io.CONTEXT, epilog="""\b
+@click.command(TOOL, context_settings=CLI_CONTEXT, epilog="""\b
 Examples:
   bpftools netdevwait                  # devices stuck in unregister, live, until Ctrl-C
   bpftools netdevwait -d 60 --json     # 60 s, one JSON object per update, then a summary
@@ -504,7 +496,7 @@ Examples:
   bpftools netdevwait --log /var/log/kern.log --release 3.10.0-1127.el7.x86_64
 """)
 @click.option("--dev", "dev_pattern", metavar="PATTERN", help="Only devices whose name matches PATTERN ('veth*').")
-@click.option("-d", "--duration", type=float, callback=io.positive, metavar="SECONDS", help="Stop after SECONDS.")
+@click.option("-d", "--duration", type=float, callback=positive, metavar="SECONDS", help="Stop after SECONDS.")
 @click.option("--mode", type=click.Choice((AUTO, KPROBE, LOG)), default=AUTO, show_default=True,
               help="kprobe: the wait loop's rebroadcasts (needs kprobes, BTF); log: its 'waiting for' messages.")
 @click.option("--log", "log_path", metavar="FILE", help="Summarise a saved kernel log ('-' for stdin) instead.")
