@@ -258,7 +258,8 @@ def _gnu_build_id(notes: bytes) -> Optional[str]:
 
 # ---- ELF ---------------------------------------------------------------------------------------
 
-def _uleb(data: bytes, pos: int) -> Tuple[int, int]:
+def _leb128(data: bytes, pos: int, signed: bool) -> Tuple[int, int]:
+    """(value, position after it) of the LEB128 number at POS."""
     result = shift = 0
     while True:
         byte = data[pos]
@@ -266,20 +267,17 @@ def _uleb(data: bytes, pos: int) -> Tuple[int, int]:
         result |= (byte & 0x7F) << shift
         shift += 7
         if byte < 0x80:
+            if signed and byte & 0x40:
+                result -= 1 << shift
             return result, pos
+
+
+def _uleb(data: bytes, pos: int) -> Tuple[int, int]:
+    return _leb128(data, pos, False)
 
 
 def _sleb(data: bytes, pos: int) -> Tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            if byte & 0x40:
-                result -= 1 << shift
-            return result, pos
+    return _leb128(data, pos, True)
 
 
 class _Image(object):
