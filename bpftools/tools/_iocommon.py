@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..capture import Probe, poll_events
 from ..cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
-from ..options import CONTEXT, positive  # noqa: F401  (the tools use io.CONTEXT, io.positive)
+from ..options import positive
 from ..errors import MissingKernelFeature, PrivilegeError, ProbeLoadError
 from ..tracefs import ensure_tracefs, find_tracefs
 

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from ..analyses import folded as folded_stacks
 from ..analyses.iojitter import Result, correlate
+from ..options import CONTEXT, positive
 from . import _iocommon as io
 from . import mempoolwait, slabfail, writeslow
 
@@ -89,7 +90,7 @@ def _console() -> Any:
     return Console(file=sys.stdout, highlight=False)
 
 
-@click.command(TOOL, context_settings=io.CONTEXT, epilog="""\b
+@click.command(TOOL, context_settings=CONTEXT, epilog="""\b
 Examples:
   bpftools iojitter -d 60              # one minute, then the verdict and the tables
   bpftools iojitter -m 1000 10 6       # writebacks of 1 s or more; a report every 10 s, 6 times
@@ -105,7 +106,7 @@ Examples:
               help="Writeback function to time instead of the default set (repeatable; needs kprobes).")
 @click.option("-K", "kernel_stacks", is_flag=True, help="With --json: keep the kernel stacks in the episodes.")
 @click.option("-f", "--folded", is_flag=True, help="Print folded stacks weighted by time blocked at the end.")
-@click.argument("interval", required=False, type=float, callback=io.positive)
+@click.argument("interval", required=False, type=float, callback=positive)
 @click.argument("count", required=False, type=click.IntRange(1, None))
 def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float], mode: str, as_json: bool,
             record: Optional[str], ready_file: Optional[str], ebpf: bool, min_ms: float, wait_min_ms: float,

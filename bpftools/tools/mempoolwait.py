@@ -23,6 +23,7 @@ from ..analyses import folded as folded_stacks
 from ..analyses import stacks
 from ..analyses.iojitter import timed_out
 from ..errors import MissingKernelFeature
+from ..options import CONTEXT
 from . import _iocommon as io
 
 TOOL = "mempoolwait"
@@ -211,7 +212,7 @@ def folded_sample(event: Sleep) -> Tuple[List[str], int]:
     return [event.comm] + stacks.root_first(event.kstack) + [folded_stacks.annotation(label)], event.duration_ns
 
 
-@click.command(TOOL, context_settings=io.CONTEXT, epilog="""\b
+@click.command(TOOL, context_settings=CONTEXT, epilog="""\b
 Examples:
   bpftools mempoolwait                 # sleeps in mempool_alloc, until Ctrl-C
   bpftools mempoolwait -K -m 100       # only sleeps of 100 ms or more, with stacks

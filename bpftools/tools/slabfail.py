@@ -29,6 +29,7 @@ from ..analyses import stacks
 from ..analyses.gfp import UNKNOWN, decode_gfp, generation_for_release
 from ..cgroups import container_of
 from ..errors import MissingKernelFeature
+from ..options import CONTEXT, positive
 from . import _iocommon as io
 
 TOOL = "slabfail"
@@ -199,7 +200,7 @@ def summary_lines(counts: "Counter[Tuple[str, str, str]]") -> List[str]:
     return out
 
 
-@click.command(TOOL, context_settings=io.CONTEXT, epilog="""\b
+@click.command(TOOL, context_settings=CONTEXT, epilog="""\b
 Examples:
   bpftools slabfail                    # each failed slab allocation, until Ctrl-C
   bpftools slabfail -K                 # with kernel stacks
@@ -210,7 +211,7 @@ Examples:
 @io.common_options
 @click.option("-K", "kernel_stacks", is_flag=True, help="Print the kernel stack of each failure.")
 @click.option("-f", "--folded", is_flag=True, help="Print folded stacks (failures per stack) at the end.")
-@click.argument("interval", required=False, type=float, callback=io.positive)
+@click.argument("interval", required=False, type=float, callback=positive)
 @click.argument("count", required=False, type=click.IntRange(1, None))
 def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float], mode: str, as_json: bool,
             record: Optional[str], ready_file: Optional[str], ebpf: bool, kernel_stacks: bool, folded: bool,

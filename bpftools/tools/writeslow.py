@@ -22,6 +22,7 @@ from ..event import JsonEvent
 from ..analyses import folded as folded_stacks
 from ..analyses import stacks
 from ..errors import BadInput, MissingKernelFeature
+from ..options import CONTEXT
 from . import _iocommon as io
 
 TOOL = "writeslow"
@@ -186,7 +187,7 @@ def folded_sample(event: WritebackCall) -> Tuple[List[str], int]:
     return [event.comm] + stacks.root_first(event.kstack) + [label], event.duration_ns
 
 
-@click.command(TOOL, context_settings=io.CONTEXT, epilog="""\b
+@click.command(TOOL, context_settings=CONTEXT, epilog="""\b
 Examples:
   bpftools writeslow                   # writeback calls of 10 ms or more, until Ctrl-C
   bpftools writeslow -m 1000 -K        # 1 s or more, with stacks
