@@ -119,9 +119,9 @@ def report(recording: str, as_json: bool, folded: Optional[str], speedscope: Opt
 
 def _register_subcommands() -> None:
     from .repro.cli import repro
-    from .tools import iojitter, kmemsnoop, mempoolwait, netdevwait, slabfail, writeslow
+    from .tools import iojitter, kmemsnoop, mempoolwait, netdevwait, refleak, slabfail, writeslow
     cli.add_command(repro)
-    for tool in (kmemsnoop, slabfail, mempoolwait, writeslow, iojitter, netdevwait):
+    for tool in (kmemsnoop, slabfail, mempoolwait, writeslow, iojitter, netdevwait, refleak):
         cli.add_command(tool.command)
 
 

@@ -8,8 +8,8 @@ Builder = Callable[[Dict[str, Any], List[Dict[str, Any]], str], Any]
 
 
 def _builders() -> Dict[str, Builder]:
-    from .tools import kmemsnoop
-    return {"kmemsnoop": kmemsnoop.incident_report}
+    from .tools import kmemsnoop, refleak
+    return {"kmemsnoop": kmemsnoop.incident_report, "refleak": refleak.incident_report}
 
 
 def now_iso() -> str:
