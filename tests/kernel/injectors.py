@@ -6,14 +6,15 @@ through ``/proc/NAME`` (commands in, counters out) and ``/sys/module/NAME/parame
 unloads it on exit. Everything is safe to repeat: a module left loaded by an earlier failure is
 removed before loading. :class:`KernelLog` reads the kernel log records written after it opened.
 """
-import errno
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
+from bpftools.kernel_log_source import available
 from kerneltier import kernel_version, skip_or_fail
 
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -129,19 +130,7 @@ class KernelLog(object):
 
     def poll(self) -> List[str]:
         """Read every new record; returns the new ones (all are kept in ``records``)."""
-        new = []  # type: List[str]
-        while True:
-            try:
-                data = os.read(self.fd, 8192)
-            except OSError as e:
-                if e.errno == errno.EAGAIN:
-                    break
-                if e.errno == errno.EPIPE:       # records overwritten before we read them
-                    continue
-                raise
-            if not data:
-                break
-            new.append(data.decode("utf-8", "replace").split("\n", 1)[0])
+        new = [data.decode("utf-8", "replace").split("\n", 1)[0] for data in available(self.fd)]
         self.records.extend(new)
         return new
 
@@ -208,6 +197,51 @@ os.fsync(fd)
 print("synced", flush=True)
 sys.stdin.readline()
 """
+
+
+SLABFAIL_HOLD_S = 6.0   # after the writer is seen in mempool_alloc: one 5 s timeout, then the wake-up
+
+
+def run_slabfail_writer(path: str, injector: "Injector", inject: bool, in_mempool: Callable[[int], bool],
+                        on_dirty: Optional[Callable[[int], None]] = None,
+                        why: Callable[[], str] = lambda: "") -> int:
+    """One SLABFAIL_WRITER run on PATH with the bpftools_slabfail module targeting it; returns its pid.
+
+    With INJECT the module fails the writer's biovec-max allocations and holds the bvec pool's reserve,
+    so its writeback sleeps in mempool_alloc; once IN_MEMPOOL(pid) says so the test waits
+    SLABFAIL_HOLD_S (one 5 s timeout), then stops the injection, which gives the reserve back and
+    wakes the writer. ON_DIRTY(pid) runs once the writer has dirtied its data; WHY() adds to the
+    failure message when the writer never sleeps there."""
+    import incident1_workloads as wl   # tests/, on the path of the kernel tier's test modules
+    child = subprocess.Popen([sys.executable, "-c", SLABFAIL_WRITER, path], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        assert wl._readline(child, 60).strip() == "dirty"
+        if on_dirty is not None:
+            on_dirty(child.pid)
+        injector.set_param("pid", child.pid)
+        injector.set_param("drain", 1)
+        if inject:
+            injector.set_param("enable", 1)
+            assert injector.counters()["hoarded"] == 2            # BIO_POOL_SIZE
+        child.stdin.write("sync\n")
+        child.stdin.flush()
+        if inject:
+            if not wait_until(lambda: in_mempool(child.pid), 60):
+                raise AssertionError("writer never slept in mempool_alloc; module: %s%s" % (injector.read(), why()))
+            time.sleep(SLABFAIL_HOLD_S)
+            injector.set_param("enable", 0)
+        assert wl._readline(child, 60).strip() == "synced"
+        child.communicate("bye\n", timeout=30)
+    finally:
+        injector.set_param("enable", 0)
+        injector.set_param("pid", 0)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if os.path.exists(path):
+            os.remove(path)
+    return child.pid
 
 
 def bvec_caller() -> str:

@@ -24,7 +24,7 @@ import pytest
 
 from bpftools.analyses.kernel_log import find_incidents
 from bpftools.analyses.stacks import base_name
-from injectors import SLABFAIL_WRITER, Injector, KernelLog, bvec_caller, tasks_in, wait_until
+from injectors import Injector, KernelLog, bvec_caller, run_slabfail_writer, tasks_in, wait_until
 from kerneltier import kernel_version, modprobe
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: incident1_workloads
@@ -175,7 +175,7 @@ def test_devref_commands_report_errors(devref):
 # ``drain=1`` the module holds the pool's 2 reserved elements from ``enable=1`` on, so the
 # writer's first bvec allocation fails twice (the reduced and then the full gfp mask) and sleeps
 # in io_schedule_timeout(5*HZ); that sleep times out (nothing gives an element back), the retry
-# fails a third time and sleeps again, until the test writes ``enable=0`` HOLD_S after it saw the
+# fails a third time and sleeps again, until the test writes ``enable=0`` SLABFAIL_HOLD_S after it saw the
 # writer in mempool_alloc: the module stops failing and gives the elements back (mempool_free →
 # wake_up), which ends the second sleep early. (Without draining, the reserve runs out only with
 # three bios in flight at once: a 4 MiB contiguous fsync made 2 bios on 6.1, bio_add_page merging
@@ -184,7 +184,6 @@ def test_devref_commands_report_errors(devref):
 # writer's io_schedule_timeout sleeps (entry to the following finish_wait) and keeps their kernel
 # stacks; the mempool ones are those with mempool_alloc in the stack.
 
-HOLD_S = 6.0                  # after the writer is seen in mempool_alloc: one 5 s timeout, then the wake-up
 LONG_SLEEP_NS = 4.5e9
 
 
@@ -282,41 +281,18 @@ def slabfail():
 def write_and_fsync(mnt: str, injector: Injector, bpf, inject: bool) -> dict:
     """One writer run (see the section comment); returns its pid, its observed mempool sleeps and
     the module's counters before and after."""
-    import incident1_workloads as wl
-    path = os.path.join(mnt, "slabfail-%d" % os.getpid())
     bpf[b"sleeps"].clear()
     before = injector.counters()
-    child = subprocess.Popen([sys.executable, "-c", SLABFAIL_WRITER, path],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
-    try:
-        assert wl._readline(child, 60).strip() == "dirty"
-        bpf[b"target"][ct.c_int(0)] = ct.c_uint32(child.pid)
-        injector.set_param("pid", child.pid)
-        injector.set_param("drain", 1)
-        if inject:
-            injector.set_param("enable", 1)
-            assert injector.counters()["hoarded"] == 2            # BIO_POOL_SIZE
-        child.stdin.write("sync\n")
-        child.stdin.flush()
-        if inject and not wait_until(lambda: sleeping_in_mempool(bpf, child.pid), 60):
-            raise AssertionError("writer never slept in mempool_alloc; module: %s\nall sleeps: %s" % (
-                injector.read(), [(s.tid, s.duration_ns, _frames(bpf, s.stackid))
-                                  for _, s in list(bpf[b"sleeps"].items()) + list(bpf[b"sleeping"].items())]))
-        if inject:
-            time.sleep(HOLD_S)
-            injector.set_param("enable", 0)
-        assert wl._readline(child, 60).strip() == "synced"
-        child.communicate("bye\n", timeout=30)
-    finally:
-        injector.set_param("enable", 0)
-        injector.set_param("pid", 0)
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        if os.path.exists(path):
-            os.remove(path)
-    return {"pid": child.pid, "sleeps": observed_sleeps(bpf, child.pid), "before": before,
-            "after": injector.counters()}
+
+    def observe(pid: int) -> None:
+        bpf[b"target"][ct.c_int(0)] = ct.c_uint32(pid)
+
+    def all_sleeps() -> str:
+        return "\nall sleeps: %s" % [(s.tid, s.duration_ns, _frames(bpf, s.stackid))
+                                      for _, s in list(bpf[b"sleeps"].items()) + list(bpf[b"sleeping"].items())]
+    pid = run_slabfail_writer(os.path.join(mnt, "slabfail-%d" % os.getpid()), injector, inject,
+                              lambda tid: sleeping_in_mempool(bpf, tid), on_dirty=observe, why=all_sleeps)
+    return {"pid": pid, "sleeps": observed_sleeps(bpf, pid), "before": before, "after": injector.counters()}
 
 
 def test_slabfail_learns_the_biovec_allocations(slabfail):

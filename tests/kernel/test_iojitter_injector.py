@@ -15,52 +15,26 @@ loop device, one at a time (see tests/kernel/injectors.py ``SLABFAIL_WRITER``):
 The recording is kept for the host (tests/fixtures/iojitter/lab-*.jsonl come from these runs).
 """
 import os
-import subprocess
 import sys
-import time
 
 import pytest
 
 from bpftools.analyses.stacks import base_name
 from bpftools.recording import read_recording
-from injectors import SLABFAIL_WRITER, Injector, bvec_caller, tasks_in, wait_until
+from injectors import Injector, bvec_caller, run_slabfail_writer, tasks_in
 from kerneltier import keep_for_host
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import incident1_workloads as wl  # noqa: E402  (tests/)
 
 pytestmark = pytest.mark.kernel
-HOLD_S = 6.0
 SLOW_NS = 1e9
 
 
 def _writer(mnt: str, injector: Injector, inject: bool) -> int:
     """One SLABFAIL_WRITER run; returns its pid (= its only thread's tid)."""
-    path = os.path.join(mnt, "iojitter-%s" % ("on" if inject else "off"))
-    child = subprocess.Popen([sys.executable, "-c", SLABFAIL_WRITER, path], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, universal_newlines=True)
-    try:
-        assert wl._readline(child, 60).strip() == "dirty"
-        injector.set_param("pid", child.pid)
-        injector.set_param("drain", 1)
-        if inject:
-            injector.set_param("enable", 1)
-        child.stdin.write("sync\n")
-        child.stdin.flush()
-        if inject:
-            assert wait_until(lambda: child.pid in tasks_in("mempool_alloc"), 60), injector.read()
-            time.sleep(HOLD_S)
-            injector.set_param("enable", 0)
-        assert wl._readline(child, 60).strip() == "synced"
-        child.communicate("bye\n", timeout=30)
-    finally:
-        injector.set_param("enable", 0)
-        injector.set_param("pid", 0)
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        os.remove(path)
-    return child.pid
+    return run_slabfail_writer(os.path.join(mnt, "iojitter-%s" % ("on" if inject else "off")), injector, inject,
+                               lambda pid: pid in tasks_in("mempool_alloc"))
 
 
 def test_iojitter_explains_injected_stalls_and_nothing_without_injection(tmp_path, ext4_mount):
