@@ -17,7 +17,7 @@ import errno
 import fcntl
 import os
 import platform
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 from dataclasses import dataclass, field
 
@@ -53,8 +53,9 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def open_breakpoint(addr: int, cpu: int, length: int = 4, kind: int = HW_BREAKPOINT_W) -> int:
-    """perf_event_open a disabled watchpoint on ADDR on CPU; returns its fd, OSError(errno) on failure.
+def open_breakpoint(addr: int, cpu: int, length: int = 4, kind: int = HW_BREAKPOINT_W, pid: int = -1) -> int:
+    """perf_event_open a disabled watchpoint on ADDR on CPU (PID -1: every task; 0 with CPU -1: this process
+    only); returns its fd, OSError(errno) on failure.
 
     ENOSPC: the CPU's debug registers are all in use; EINVAL: a bad address or length; EACCES/EPERM:
     not root (a kernel-address breakpoint needs CAP_SYS_ADMIN)."""
@@ -64,7 +65,7 @@ def open_breakpoint(addr: int, cpu: int, length: int = 4, kind: int = HW_BREAKPO
     attr = breakpoint_attr(addr, length, kind)
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(ctypes.c_long(nr), ctypes.byref(attr), ctypes.c_int(-1), ctypes.c_int(cpu),
+    fd = libc.syscall(ctypes.c_long(nr), ctypes.byref(attr), ctypes.c_int(pid), ctypes.c_int(cpu),
                       ctypes.c_int(-1), ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
     if fd < 0:
         err = ctypes.get_errno()

@@ -6,7 +6,6 @@ a kallsyms symbol, a syscall that succeeds). ``bpftools doctor --capabilities`` 
 import ctypes
 import errno
 import os
-import platform
 import re
 from typing import Any, Dict, List, Optional
 
@@ -120,33 +119,14 @@ def _check_headers(release: str) -> Check:
     return Check("kernel_headers", True, "headers at %s" % os.path.realpath(build))
 
 
-class _BreakpointAttr(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
-                ("sample_period", ctypes.c_uint64), ("sample_type", ctypes.c_uint64),
-                ("read_format", ctypes.c_uint64), ("flags", ctypes.c_uint64),
-                ("wakeup_events", ctypes.c_uint32), ("bp_type", ctypes.c_uint32),
-                ("bp_addr", ctypes.c_uint64), ("bp_len", ctypes.c_uint64)]
-
-
-PERF_TYPE_BREAKPOINT = 5
-HW_BREAKPOINT_W = 2
-SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
-
-
 def _check_hw_breakpoint() -> Check:
     """Try it: a write watchpoint on a variable of our own process."""
-    nr = SYS_PERF_EVENT_OPEN.get(platform.machine())
-    if nr is None:
-        return Check("hw_breakpoints", None, "perf_event_open number unknown on %s" % platform.machine())
+    from .breakpoints import open_breakpoint
     target = ctypes.c_uint32(0)
-    attr = _BreakpointAttr(type=PERF_TYPE_BREAKPOINT, size=ctypes.sizeof(_BreakpointAttr),
-                           sample_period=1, bp_type=HW_BREAKPOINT_W,
-                           bp_addr=ctypes.addressof(target), bp_len=4, flags=1)  # disabled
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.syscall(nr, ctypes.byref(attr), 0, -1, -1, 0)
-    if fd < 0:
-        err = ctypes.get_errno()
-        return Check("hw_breakpoints", False, "perf_event_open(BREAKPOINT): %s" % errno.errorcode.get(err, err))
+    try:
+        fd = open_breakpoint(ctypes.addressof(target), cpu=-1, pid=0)
+    except OSError as e:
+        return Check("hw_breakpoints", False, "perf_event_open(BREAKPOINT): %s" % errno.errorcode.get(e.errno, e))
     os.close(fd)
     return Check("hw_breakpoints", True, "perf_event_open(PERF_TYPE_BREAKPOINT) accepted")
 

@@ -788,8 +788,7 @@ class _Discoverer(object):
         pos = top.offset + top.size
         # One entry per open level: (innermost enclosing instance, instance that is the parent,
         # DW_AT_frame_base of the enclosing function, parent DIE).
-        Level = Tuple[Optional[int], Optional[int], object, int]
-        stack = [(None, None, None, top.offset)] if top.has_children else []  # type: List[Level]
+        stack = [(None, None, None, top.offset)] if top.has_children else []  # type: List[Tuple[Optional[int], Optional[int], object, int]]
         while pos < end and stack:
             die = DIE(cu, stream, pos)
             if die.is_null():

@@ -24,6 +24,7 @@ from . import breakpoints
 from .capture import poll_events
 from .cgroups import cgroup2_path_of_id
 from .errors import ProbeLoadError
+from .kstacks import KernelStacks
 from .refleak_devices import Selector, ask_flags, find_existing
 from .refleak_plan import RefleakPlan
 
@@ -57,24 +58,15 @@ class Decoder(object):
         self.bpf = bpf
         self.level_known = "LEVEL_UNKNOWN" not in plan.flags
         self.base_refs = plan.base_refs
-        self._stacks = {}  # type: Dict[int, List[str]]
+        self._stacks = KernelStacks(bpf, offsets=True)
         self._cgroups = {}  # type: Dict[int, Optional[str]]
         self._drops = 0
 
     def stack(self, stack_id: int) -> Optional[List[str]]:
-        if stack_id < 0:
-            return None
-        if stack_id not in self._stacks:
-            try:
-                addrs = list(self.bpf["stacks"].walk(stack_id))
-            except KeyError:
-                return None
-            self._stacks[stack_id] = [self._sym(a) for a in addrs]
-        return list(self._stacks[stack_id])
+        return self._stacks.frames(stack_id)
 
     def _sym(self, addr: int) -> str:
-        name = self.bpf.ksym(addr, show_offset=True)
-        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+        return self._stacks.symbol(addr)
 
     def cgroup(self, cgroup_id: int) -> Optional[str]:
         if not cgroup_id:

@@ -9,7 +9,7 @@ import pytest
 from bpftools.errors import EXIT_BAD_INPUT, EXIT_NOT_ROOT, EXIT_USAGE
 
 COMMANDS = [[], ["doctor"], ["kmemsnoop"], ["report"], ["slabfail"], ["mempoolwait"], ["writeslow"], ["iojitter"],
-            ["repro"], ["repro", "kmem-io"], ["repro", "netns-churn"]]
+            ["netdevwait"], ["refleak"], ["repro"], ["repro", "kmem-io"], ["repro", "netns-churn"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "bpftools")

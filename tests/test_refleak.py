@@ -1,7 +1,6 @@
 """bpftools refleak without a kernel to trace: CLI errors and exit codes, the plan per kernel (from the
 lab's kallsyms and BTF offsets), watchpoint bookkeeping, inline-site entries, device selection, the
 capture's decoding and device lifecycle on fakes, and the reports of real lab recordings."""
-import ctypes as ct
 import errno
 import glob
 import json

@@ -8,7 +8,7 @@ import pytest
 
 from bpftools import symbols
 from bpftools.errors import MissingKernelFeature
-from bpftools.symbols import KNOWN_SYMBOLS, Resolution, SymbolTable
+from bpftools.symbols import KNOWN_SYMBOLS, SymbolTable
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "kallsyms")
 

@@ -20,6 +20,7 @@ from ..capture import Probe, poll_events
 from ..cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
 from ..options import positive
 from ..errors import MissingKernelFeature, PrivilegeError, ProbeLoadError
+from ..kstacks import KernelStacks
 from ..tracefs import ensure_tracefs, find_tracefs
 
 PROGRAM = "iojitter"
@@ -237,27 +238,18 @@ class Capture(object):
         self.bpf = bpf
         self.plan = plan
         self.last_ts = None  # type: Optional[int]
-        self._stacks = {}  # type: Dict[int, List[str]]
+        self._stacks = KernelStacks(bpf)
         self._cgroups = {}  # type: Dict[int, Optional[str]]
         self._wb_cgroups = {}  # type: Dict[int, Optional[str]]
         self._kernel_drops = 0
 
     def frames(self, stack_id: int) -> Optional[List[str]]:
         """Kernel frames of STACK_ID, innermost first; None when no stack was taken (negative id)."""
-        if stack_id < 0:
-            return None
-        if stack_id not in self._stacks:
-            try:
-                addrs = list(self.bpf["stacks"].walk(stack_id))
-            except KeyError:
-                return None
-            self._stacks[stack_id] = [self.symbol(a) for a in addrs]
-        return list(self._stacks[stack_id])
+        return self._stacks.frames(stack_id)
 
     def symbol(self, addr: int) -> str:
         """Kernel symbol of ADDR (``[unknown]`` when kallsyms has none)."""
-        name = self.bpf.ksym(addr)
-        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+        return self._stacks.symbol(addr)
 
     def process(self, tgid: int) -> Dict[str, Any]:
         """``cgroup`` (memory cgroup path) and ``container`` (ContainerRef JSON) of a process."""

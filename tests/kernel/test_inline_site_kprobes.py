@@ -11,7 +11,6 @@ the per-cpu counter (objdump); one BPF object puts a kprobe at each ``caller+off
 DEV`` on a dummy device must then count one hit at the hold site with that device's ifindex, and
 ``put`` one at the put site.
 """
-import os
 import re
 import subprocess
 from typing import Dict, Iterator, Tuple
