@@ -2,7 +2,7 @@
 import json
 import sys
 import traceback
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import click
 
@@ -86,35 +86,56 @@ Examples:
   bpftools report kmem.jsonl --json
   bpftools report kmem.jsonl --report out/     # report.html + .svg/.folded/.speedscope.json
   bpftools report kmem.jsonl --folded - | flamegraph.pl > kmem.svg
+  bpftools report iojitter.jsonl refleak.jsonl --html incident.html   # one report of both
+  bpftools report iojitter.jsonl refleak.jsonl --report out/          # + every flame graph
+\b
+Several recordings: the text of each in turn; --json prints a JSON list of their objects; --html
+and --report make one report of all of them (--folded, --speedscope and --svg write a single flame
+graph, so they take one recording: use --report DIR for several).
 """, context_settings=CONTEXT)
-@click.argument("recording", metavar="RECORDING")
-@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON.")
+@click.argument("recordings", metavar="RECORDING...", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON (a list of recordings for several).")
 @click.option("--folded", metavar="FILE", help="Write folded stacks (flamegraph.pl/inferno); '-' for stdout.")
 @click.option("--speedscope", metavar="FILE", help="Write a speedscope JSON profile.")
 @click.option("--svg", metavar="FILE", help="Write an interactive SVG flame graph.")
 @click.option("--html", metavar="FILE", help="Write the self-contained HTML incident report.")
 @click.option("--report", "out_dir", metavar="DIR", help="Write all of the above into DIR.")
-def report(recording: str, as_json: bool, folded: Optional[str], speedscope: Optional[str], svg: Optional[str],
-           html: Optional[str], out_dir: Optional[str]) -> None:
-    """Re-render a recording made with --record, or export it."""
+def report(recordings: Tuple[str, ...], as_json: bool, folded: Optional[str], speedscope: Optional[str],
+           svg: Optional[str], html: Optional[str], out_dir: Optional[str]) -> None:
+    """Re-render recordings made with --record, or export them (several: one report)."""
     from . import render
     from .recording import read_recording
-    rec = read_recording(recording)
+    recs = [(path, read_recording(path)) for path in recordings]
     if as_json:
-        _print_json({"header": rec.header, "events": rec.events, "trailer": rec.trailer,
-                     "damaged_lines": rec.damaged_lines})
+        docs = [{"header": rec.header, "events": rec.events, "trailer": rec.trailer,
+                 "damaged_lines": rec.damaged_lines} for _, rec in recs]
+        _print_json(docs[0] if len(docs) == 1 else docs)
         return
+    if len(recs) > 1 and any((folded, speedscope, svg)):
+        raise BadInput("--folded, --speedscope and --svg write one flame graph: with %d recordings use --report DIR"
+                       % len(recs))
+    if any((folded, speedscope, svg, html, out_dir)):
+        from .reports import build_report, combine, export, now_iso
+        generated = now_iso()
+        parts = [(rec.tool, _typed(path, build_report, rec.header, rec.events, generated)) for path, rec in recs]
+        for path in _typed(", ".join(recordings), export, combine(parts), folded, speedscope, svg, html, out_dir):
+            click.echo("wrote %s" % path, err=True)
+        return
+    console = _console()
+    for i, (path, rec) in enumerate(recs):
+        if i:
+            console.print()
+        _typed(path, render.recording, rec, console)
+
+
+def _typed(what: str, func: Any, *args: Any) -> Any:
+    """FUNC(*ARGS); the errors of recordings whose fields have the wrong types (edited or damaged by
+    hand: JSON lines of the right shape) become one BadInput naming WHAT."""
     try:
-        if any((folded, speedscope, svg, html, out_dir)):
-            from .reports import build_report, export
-            for path in export(build_report(rec.header, rec.events), folded, speedscope, svg, html, out_dir):
-                click.echo("wrote %s" % path, err=True)
-            return
-        render.recording(rec, _console())
+        return func(*args)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
-        # JSON lines of the right shape whose fields have the wrong types (edited or damaged by hand)
         raise BadInput("%s: events with fields of the wrong type (%s: %s); --json shows them as they are"
-                       % (recording, type(err).__name__, err))
+                       % (what, type(err).__name__, err))
 
 
 def _register_subcommands() -> None:
@@ -126,6 +147,11 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
+
+
+def one_line(message: object) -> str:
+    """MESSAGE with control characters (a newline in a file name...) escaped: an error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -147,7 +173,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         err.show()
         return EXIT_USAGE
     except BpftoolsError as err:
-        click.echo("bpftools: error: %s" % err, err=True)
+        click.echo("bpftools: error: %s" % one_line(err), err=True)
         if opts.verbose and err.detail():
             click.echo(err.detail(), err=True)
         if opts.show_traceback:
@@ -156,7 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as err:  # a bug: one line unless --traceback
-        click.echo("bpftools: internal error: %s: %s (rerun with --traceback)" % (type(err).__name__, err), err=True)
+        click.echo("bpftools: internal error: %s: %s (rerun with --traceback)" % (type(err).__name__, one_line(err)), err=True)
         if opts.show_traceback:
             traceback.print_exc()
         return EXIT_FAILURE

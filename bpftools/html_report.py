@@ -71,7 +71,8 @@ class Section:
 class IncidentReport:
     """What the report shows. ``generated`` is an ISO time string chosen by the caller;
     ``verdicts`` are ``analyses.verdicts.Verdict.to_json()`` dicts; ``timeline`` holds
-    ``(ts_ns, label, kind)``; ``capabilities`` is ``Capabilities.to_json()``."""
+    ``(ts_ns, label, kind)``; ``capabilities`` is ``Capabilities.to_json()``. ``commands``, when
+    set (a report of several recordings), are ``(label, argv)`` of each, shown instead of ``command``."""
 
     title: str
     command: List[str]
@@ -84,6 +85,7 @@ class IncidentReport:
     capabilities: Optional[Dict[str, Any]] = None
     notes: List[str] = field(default_factory=list)
     tool_version: str = ""
+    commands: List[Tuple[str, List[str]]] = field(default_factory=list)
 
     def to_json(self) -> Dict[str, Any]:
         """Plain data of the report; flame graphs as their totals (the stacks go to .folded files)."""
@@ -97,6 +99,7 @@ class IncidentReport:
             "flame_graphs": [{"title": g.title, "name": g.name, "unit": g.unit, "stacks": len(g.folded),
                               "total": sum(g.folded.values())} for g in self.flame_graphs],
             "capabilities": self.capabilities,
+            "commands": [[label, list(argv)] for label, argv in self.commands],
         }
 
 
@@ -279,8 +282,13 @@ def sections(report: IncidentReport) -> List[Section]:
             _table(t, "table-%d" % i) for i, t in enumerate(report.tables, 1)), len(report.tables)))
     if report.capabilities is not None:
         out.append(Section("capabilities", "Node capabilities", _capabilities(report.capabilities)))
-    out.append(Section("command", "Command", '<pre class="command"><code>%s</code></pre>' % h(
-        command_line(report.command))))
+    if report.commands:
+        out.append(Section("command", "Commands", "".join(
+            '<h3>%s</h3><pre class="command"><code>%s</code></pre>' % (h(label), h(command_line(argv)))
+            for label, argv in report.commands), len(report.commands)))
+    else:
+        out.append(Section("command", "Command", '<pre class="command"><code>%s</code></pre>' % h(
+            command_line(report.command))))
     return out
 
 

@@ -11,6 +11,7 @@ recognised as mempool waits by their stack; other sleeps in a stall are shown as
 """
 import json
 import sys
+from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
 import click
@@ -18,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..analyses import folded as folded_stacks
-from ..analyses.iojitter import Result, correlate
+from ..analyses.iojitter import Episode, Result, correlate
 from ..options import CONTEXT, positive
 from . import _iocommon as io
 from . import mempoolwait, slabfail, writeslow
@@ -28,6 +29,10 @@ DECODERS = {io.EV_SLAB_FAIL: slabfail.decode, io.EV_SLUB_OOM: slabfail.decode, i
             io.EV_MEMPOOL_ALLOC: mempoolwait.decode, io.EV_WRITEBACK: writeslow.decode}
 CONFIDENCE_STYLE = {"high": "green", "medium": "yellow", "low": "red"}
 MAX_EPISODES = 20
+
+
+def _secs(ns: int) -> str:
+    return folded_stacks.fixed(ns / 1e9, 2)
 
 
 def plan(mode: str, pid: Optional[int], min_ns: int, wait_min_ns: int, functions: Tuple[str, ...] = ()) -> io.Plan:
@@ -83,6 +88,97 @@ def render_recording(rec: Any, console: Any) -> None:
     trailer_lost = int((rec.trailer or {}).get("lost_events") or 0)
     marked = sum(int(e.get("count") or 0) for e in rec.events if e.get("type") == "lost" and e.get("source") == "perf_buffer")
     render(correlate(rec.events, extra_lost=max(0, trailer_lost - marked)), console)
+
+
+def _threshold_ns(events: List[Dict[str, Any]]) -> Optional[int]:
+    """The slow-writeback threshold of the run (WB_MIN_NS of its plan), None when not recorded."""
+    mode = next((e for e in events if isinstance(e, dict) and e.get("type") == "mode"), None)
+    params = (mode or {}).get("params")
+    value = params.get("WB_MIN_NS") if isinstance(params, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _distinct(values: List[Any]) -> List[str]:
+    """The non-empty values as text, each once, in first-seen order."""
+    return list(OrderedDict((str(v), None) for v in values if v))
+
+
+def _episode_line(e: Episode) -> str:
+    """Evidence for one slow writeback: who, how long, and the mempool waits (or what it waited behind)."""
+    line = "tid %d (%s): %s stalled %s s, %s" % (e.tid, e.comm, e.func, _secs(e.duration_ns),
+                                                 "explained" if e.explained else "not explained")
+    waits = [w for w in e.waits if w.in_mempool]
+    if waits:
+        line += "; %d mempool wait(s) for %s s, %d timed out; pool %s; mempool_alloc called from %s" % (
+            len(waits), _secs(e.mempool_ns), e.mempool_timeouts,
+            ", ".join(_distinct([w.pool_cache for w in waits])) or "?",
+            ", ".join(_distinct([w.caller for w in waits])) or "?")
+    elif e.behind:
+        line += "; behind tid %d (%s) in mempool wait %s s on the same inode" % (
+            e.behind["tid"], e.behind["comm"], _secs(e.behind["overlap_ns"]))
+    else:
+        line += "; %s" % e.chain()
+    return line
+
+
+def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], generated: str) -> Any:
+    """The HTML/flame-graph report of an iojitter recording: the verdict, episodes, containers, the
+    timeline and the time blocked per kernel stack (the same folded stacks as ``--folded``)."""
+    from ..analyses.verdicts import KMEM
+    from ..html_report import FlameGraph, IncidentReport, Table
+    result = correlate(events)
+    threshold = _threshold_ns(events)
+    at_least = " (>= %s s)" % _secs(threshold) if threshold is not None else ""
+    pools = _distinct([w.pool_cache for e in result.episodes for w in e.waits if w.in_mempool])
+    if result.slow_writebacks:
+        summary = "%d of %d slow writebacks%s explained by mempool waits%s" % (
+            result.explained, result.slow_writebacks, at_least, "; pools: %s" % ", ".join(pools) if pools else "")
+    else:
+        summary = "no slow writeback%s in this recording" % at_least
+    verdict = {
+        "incident": KMEM, "title": "Slow writebacks stalled in mempool_alloc",
+        "status": "detected" if result.explained else "clear", "summary": summary,
+        "evidence": [_episode_line(e) for e in result.episodes[:MAX_EPISODES]] + [
+            "confidence %s (sleeps from %s)%s" % (result.confidence, result.sleeps_from,
+                                                  "".join("; " + r for r in result.reasons))],
+        "remediation": [],
+    }
+    episodes = []
+    for e in result.episodes:
+        waits = [w for w in e.waits if w.in_mempool]
+        frames = next((w.kstack for w in waits + e.waits if w.kstack), None) or e.kstack or []
+        episodes.append([
+            round(e.start_ns / 1e9, 6), e.tid, e.comm, e.group, e.func, round(e.duration_ns / 1e9, 3),
+            ("yes, behind tid %d" % e.behind["tid"]) if e.behind else e.explained, len(waits), e.mempool_timeouts,
+            round(e.mempool_ns / 1e9, 3), ", ".join(_distinct([w.pool_cache for w in waits])),
+            ", ".join(_distinct([w.caller for w in waits])), " <- ".join(frames[:6]), e.chain()])
+    groups = [[g.group, g.episodes, g.explained, round(100.0 * g.explained / g.episodes) if g.episodes else 0,
+               round(g.stalled_ns / 1e9, 3), round(g.mempool_ns / 1e9, 3), g.slab_failures] for g in result.groups]
+    timeline = []  # type: List[Tuple[int, str, str]]
+    for e in result.episodes:
+        timeline.append((e.start_ns, "tid %d %s: %s stalled %s s" % (e.tid, e.comm, e.func, _secs(e.duration_ns)),
+                         "slow writeback"))
+        for w in e.waits:
+            what = ("mempool wait %s s%s (%s)" % (_secs(w.duration_ns), " on %s" % w.pool_cache if w.pool_cache else "",
+                                                 "timed out" if w.timed_out else "woken")
+                    if w.in_mempool else "blocked %s s in %s" % (_secs(w.duration_ns), w.blocked_in or "[no stack]"))
+            timeline.append((w.start_ns, "tid %d: %s" % (e.tid, what),
+                             "mempool wait" if w.in_mempool else "other sleep"))
+    return IncidentReport(
+        title="iojitter: slow writebacks and mempool waits", command=list(header.get("argv", [])),
+        generated=generated, kernel_release=str(header.get("kernel_release", "")), verdicts=[verdict],
+        tables=[Table("Slow writebacks", ["start (s)", "tid", "comm", "group", "function", "stall (s)", "explained",
+                                          "mempool waits", "timeouts", "in mempool (s)", "pool cache",
+                                          "mempool_alloc caller", "first frames", "causal record"], episodes),
+                Table("By container / pod / cgroup", ["group", "slow writebacks", "explained by mempool",
+                                                      "explained (%)", "stalled (s)", "in mempool (s)",
+                                                      "slab failures"], groups)],
+        timeline=timeline,
+        flame_graphs=[FlameGraph("Time in slow writebacks by kernel stack (waits and the rest)", result.folded,
+                                 unit="ns", name="iojitter")],
+        capabilities=header.get("capabilities"), tool_version=str(header.get("version", "")),
+        notes=["%d mempool wait(s) outside any slow writeback" % result.mempool_waits_elsewhere]
+        if result.mempool_waits_elsewhere else [])
 
 
 def _console() -> Any:
