@@ -25,7 +25,8 @@ class LiveRun(object):
         if record_path or report_dir:
             from .capabilities import detect
             caps = detect(try_fentry=False)
-            self.header = make_header(tool, list(sys.argv if argv is None else argv),
+            # as typed: "bpftools TOOL ARGS", whatever the entry point (a venv script, python -m, -c)
+            self.header = make_header(tool, ["bpftools"] + sys.argv[1:] if argv is None else list(argv),
                                       {"capabilities": caps.to_json()})
         if record_path:
             self.recorder = Recorder(record_path, self.header)

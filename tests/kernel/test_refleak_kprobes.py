@@ -16,7 +16,7 @@
 - The plan on this kernel, and its inputs for the host tests (tests/test_refleak.py).
 
 Recordings go to $BPFTOOLS_LAB_OUT (lab/run.py --out) for tests/fixtures/refleak.
-Runs inside ``python3 lab/run.py SUITE -- tests/kernel/test_refleak.py``.
+Runs inside ``python3 lab/run.py SUITE -- tests/kernel/test_refleak_kprobes.py``.
 """
 import json
 import os
