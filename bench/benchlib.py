@@ -52,15 +52,16 @@ def wait_for(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float, 
 
 
 class Tool(object):
-    """``bpftools ARGS`` in the background, attached (its ready file exists) until ``stop()``."""
+    """``bpftools ARGS`` in the background, attached (its ready file exists) until ``stop()``. CWD "/" where
+    the source tree must not shadow the installed package (the lab VM: /opt/bpftools vs /opt/site)."""
 
     def __init__(self, args: Sequence[str], workdir: str, timeout: float = 300.0,
-                 stdout: Any = subprocess.DEVNULL) -> None:
+                 stdout: Any = subprocess.DEVNULL, cwd: str = ROOT) -> None:
         self.ready = os.path.join(workdir, "ready-%d-%d" % (os.getpid(), id(self)))
         if os.path.exists(self.ready):
             os.remove(self.ready)
         started = time.monotonic()
-        self.proc = subprocess.Popen(bpftools(*(list(args) + ["--ready-file", self.ready])), cwd=ROOT,
+        self.proc = subprocess.Popen(bpftools(*(list(args) + ["--ready-file", self.ready])), cwd=cwd,
                                      stdout=stdout, stderr=subprocess.PIPE, universal_newlines=True)
         wait_for(self.proc, lambda: os.path.exists(self.ready), timeout, "bpftools %s" % " ".join(args))
         self.attach_s = time.monotonic() - started

@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any, Dict, List, Optional
+
+import benchlib
 
 WRITER = r"""
 import os, sys, time
@@ -51,7 +50,7 @@ class Disk(object):
         self.mib = mib
         self.base = tempfile.mkdtemp(prefix="bpftools-bench-", dir="/dev/shm")
         self.mnt = os.path.join(self.base, "mnt")
-        self.dev = None  # type: Optional[str]
+        self.dev: Optional[str] = None
 
     def __enter__(self) -> "Disk":
         for module in ("loop", "crc32c_generic", "ext4"):   # built in, or modules (the lab's kernels)
@@ -80,68 +79,48 @@ def write_for(path: str, chunk: int, seconds: float) -> float:
     return int(written) / float(elapsed) / (1 << 20)
 
 
-class Tool(object):
-    """``bpftools TOOL`` (iojitter or one of its parts) in the background until stopped."""
-
-    def __init__(self, name: str, mode: str, workdir: str, min_ms: float) -> None:
-        self.record = os.path.join(workdir, "iojitter.jsonl")
-        ready = os.path.join(workdir, "ready")
-        for path in (self.record, ready):
-            if os.path.exists(path):
-                os.remove(path)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bpftools.cli", name, "--mode", mode, "-d", "3600",
-             "--record", self.record, "--ready-file", ready, "--json"]
-            + (["-m", str(min_ms)] if name != "slabfail" else []),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, universal_newlines=True,
-            cwd="/")   # not a source tree whose bpftools/ would shadow the installed package
-        deadline = time.monotonic() + 600
-        while not os.path.exists(ready):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise SystemExit("%s did not attach: %s" % (name, self.proc.communicate()[1]))
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        """SIGTERM, wait, and return how many events it recorded (writebacks over -m, sleeps, failures)."""
-        self.proc.send_signal(signal.SIGTERM)
-        _, err = self.proc.communicate(timeout=600)
-        if self.proc.returncode != 0:
-            raise SystemExit("the tool failed (%d): %s" % (self.proc.returncode, err))
-        from bpftools.recording import read_recording
-        types = [e.get("type") for e in read_recording(self.record).events]
-        return sum(1 for t in types if t != "mode")
-
-
-def spread(values: List[float]) -> float:
-    """(max - min) / median: how noisy one arm was."""
-    return (max(values) - min(values)) / statistics.median(values)
+def events_recorded(record: str) -> int:
+    """How many events a recording holds besides its mode record (writebacks over -m, sleeps, failures)."""
+    from bpftools.recording import read_recording
+    return sum(1 for e in read_recording(record).events if e.get("type") != "mode")
 
 
 def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min_ms: float) -> Dict[str, Any]:
     """Alternate the arms REPEATS times; medians, ratio, spreads and what the tool saw."""
-    arms = {"without": [], "with": []}  # type: Dict[str, List[float]]
-    writebacks = []  # type: List[int]
+    recorded: List[int] = []
     with Disk() as disk:
         target = os.path.join(disk.mnt, "data")
+        record = os.path.join(disk.base, "iojitter.jsonl")
+        args = [tool_name, "--mode", mode, "-d", "3600", "--record", record, "--json"] + (
+            ["-m", str(min_ms)] if tool_name != "slabfail" else [])
         write_for(target, chunk, 1.0)   # warm-up: allocate blocks, fill caches
-        for i in range(repeats):
-            for arm in (("without", "with") if i % 2 == 0 else ("with", "without")):
-                if arm == "without":
-                    arms[arm].append(write_for(target, chunk, seconds))
-                    continue
-                tool = Tool(tool_name, mode, disk.base, min_ms)
-                try:
-                    arms[arm].append(write_for(target, chunk, seconds))
-                finally:
-                    writebacks.append(tool.stop())
-    without, with_tool = statistics.median(arms["without"]), statistics.median(arms["with"])
-    return {"kernel": os.uname().release, "tool": tool_name, "mode": mode, "min_ms": min_ms, "repeats": repeats, "seconds": seconds, "chunk": chunk,
-            "mib_s_without": round(without, 2), "mib_s_with": round(with_tool, 2),
-            "ratio": round(with_tool / without, 4), "slowdown_pct": round((1 - with_tool / without) * 100, 2),
-            "spread_without": round(spread(arms["without"]), 3), "spread_with": round(spread(arms["with"]), 3),
+
+        def without() -> float:
+            return write_for(target, chunk, seconds)
+
+        def with_tool() -> float:
+            if os.path.exists(record):
+                os.remove(record)
+            # cwd "/": not a source tree whose bpftools/ would shadow the installed package
+            tool = benchlib.Tool(args, disk.base, timeout=600, cwd="/")
+            try:
+                return write_for(target, chunk, seconds)
+            finally:
+                code, err = tool.stop(timeout=600)
+                if code != 0:
+                    raise SystemExit("the tool failed (%d): %s" % (code, err))
+                recorded.append(events_recorded(record))
+
+        arms = benchlib.interleaved(repeats, [("without", without), ("with", with_tool)])
+    without_mib, spread_without = benchlib.median_spread(arms["without"])
+    with_mib, spread_with = benchlib.median_spread(arms["with"])
+    return {"kernel": os.uname().release, "tool": tool_name, "mode": mode, "min_ms": min_ms, "repeats": repeats,
+            "seconds": seconds, "chunk": chunk,
+            "mib_s_without": round(without_mib, 2), "mib_s_with": round(with_mib, 2),
+            "ratio": round(with_mib / without_mib, 4), "slowdown_pct": round((1 - with_mib / without_mib) * 100, 2),
+            "spread_without": round(spread_without, 3), "spread_with": round(spread_with, 3),
             "runs_without": [round(v, 2) for v in arms["without"]], "runs_with": [round(v, 2) for v in arms["with"]],
-            "events_recorded": writebacks}
+            "events_recorded": recorded}
 
 
 def main() -> int:

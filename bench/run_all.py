@@ -64,7 +64,7 @@ def main() -> int:
     load_before = os.getloadavg()
     start = time.monotonic()
     rows = []  # type: List[Tuple[str, str, str]]
-    steps = []  # type: List[Tuple[str, Callable[[], List[Tuple[str, str, str]]]]]
+    steps: List[Tuple[str, Callable[[], List[Tuple[str, str, str]]]]] = []
     for script, full, quick in BENCHES:
         steps.append((script, lambda s=script, a=(quick if args.quick else full): [
             tuple(r) for r in run_bench(s, a)["table"]]))

@@ -57,6 +57,50 @@ def test_startup_ours_attaches_and_bcc_is_timed_or_its_failure_shown():
         assert out["table"][1][1:] == ["does not attach here", bcc["failure"]]
 
 
+@pytest.mark.root
+def test_iojitter_overhead_interleaves_and_counts_what_the_tool_recorded():
+    r = bench("iojitter_overhead.py", "--tool", "writeslow", "--mode", "tracepoint", "--repeats", "2", "--seconds", "1")
+    assert (r["tool"], r["mode"], r["repeats"], r["seconds"], r["chunk"]) == ("writeslow", "tracepoint", 2, 1.0, 1 << 20)
+    assert len(r["runs_without"]) == len(r["runs_with"]) == len(r["events_recorded"]) == 2
+    assert r["ratio"] == pytest.approx(r["mib_s_with"] / r["mib_s_without"], rel=1e-2)
+    assert r["slowdown_pct"] == pytest.approx((1 - r["ratio"]) * 100, abs=0.01)
+    assert all(n >= 0 for n in r["events_recorded"])
+
+
+@pytest.mark.root
+def test_netns_overhead_without_kprobes_exits_5_with_one_line():
+    from bpftools.capabilities import check_kprobes
+    from bpftools.tools._iocommon import find_tracefs, tracing_ready
+    tracing_ready()
+    if check_kprobes(find_tracefs()).ok:
+        pytest.skip("this machine has kprobes: the bench would run for real")
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "netns_overhead.py"), "--json"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (5, "")
+    line, = proc.stderr.splitlines()
+    assert line.startswith("netns_overhead: no kprobes here (no kprobe_events in tracefs")
+    assert line.endswith("; run it in the lab: python3 lab/run.py bookworm --exec 'python3 bench/netns_overhead.py'")
+
+
+@pytest.mark.root
+def test_netns_overhead_log_arm_churns_and_reports_what_netdevwait_saw():
+    if shutil.which("ip") is None:
+        pytest.skip("ip (iproute2) missing")
+    out = bench("netns_overhead.py", "--only", "netdevwait-log", "--rounds", "2", "--count", "2")
+    row, = out["rows"]
+    assert (out["count"], out["rounds"], row["tool"], row["argv"]) == (
+        2, 2, "netdevwait-log", ["netdevwait", "--mode", "log", "--dev", "bpft-*"])
+    assert len(row["runs_without"]) == len(row["runs_with"]) == len(row["attach_s"]) == 2
+    assert row["exceptions_without"] == row["exceptions_with"] == [2, 2]   # every churn round made its fnhe
+    assert row["saw"] == [{"bpf_programs": 0, "devices_created": 8, "mode": "log", "updates": 0, "waits": 0}] * 2
+    assert row["ratio"] == pytest.approx(row["median_s_with"] / row["median_s_without"])
+    assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
+    assert row["s_per_round_without"] == pytest.approx(row["median_s_without"] / 2)
+    assert out["table"][0][0] == "overhead: netdevwait --mode log --dev 'bpft-*' on `repro netns-churn` (time with/without)"
+    assert out["table"][0][1] == "%.2fx" % row["ratio"]
+    assert out["table"][0][2].endswith("log mode, 0 BPF programs, 0 waits over 16 devices churned")
+
+
 def test_analysis_throughput_counts_every_episode_and_leak():
     out = bench("analysis_throughput.py", "--events", "3000", "--threads", "4", "--devices", "5")
     r, ref = out["result"], out["refleak"]
