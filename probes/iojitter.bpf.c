@@ -14,7 +14,9 @@
  *                        attach point is the real function (not a clone with other arguments).
  *   WANT_SLEEP_KPROBE    kprobes: mempool_alloc entry/return, io_schedule_timeout and finish_wait entry.
  *   WANT_SLEEP_SCHED     sched:sched_switch: sleeps in D state (prev_state & DSTATE_MASK) with the stack;
- *     SLEEP_ONLY_IN_WB   + only sleeps of threads inside a traced writeback call (iojitter).
+ *   ONLY_IN_WB           only threads inside a traced writeback call (iojitter): their D-state sleeps,
+ *                        mempool_alloc calls and allocator entries; any other thread costs a probe one
+ *                        map lookup.
  *   WANT_WB_TP           writeback:writeback_single_inode_start/_ (HAVE_TP_WBSI) and
  *                        ext4:ext4_writepages/_result (HAVE_TP_EXT4) pairs, nested per thread.
  *   WANT_WB_KPROBE       kprobes wb_entry_N / wb_return_N on up to WB_SLOTS writeback functions.
@@ -65,8 +67,8 @@
 #define OFF_CACHE_NAME offsetof(struct kmem_cache, name)
 #endif
 #endif /* HAVE_MATCHING_HEADERS */
-#if defined(SLEEP_ONLY_IN_WB) && !(defined(WANT_WB_TP) || defined(WANT_WB_KPROBE))
-#error "SLEEP_ONLY_IN_WB needs a writeback section"
+#if defined(ONLY_IN_WB) && !(defined(WANT_WB_TP) || defined(WANT_WB_KPROBE))
+#error "ONLY_IN_WB needs a writeback section"
 #endif
 #include "common.h"
 #include "slabfail.h"
@@ -372,6 +374,17 @@ int wb_return_7(struct pt_regs *ctx) { return wb_return(ctx, 7); }
 #endif /* WANT_WB_KPROBE */
 #endif /* writeback */
 
+/* Does thread TID matter? With ONLY_IN_WB, only while it is inside a traced writeback call. */
+static __always_inline int thread_wanted(u32 tid)
+{
+#ifdef ONLY_IN_WB
+    struct wb_stack *st = wb_stacks.lookup(&tid);
+    return st && st->depth > 0;
+#else
+    return 1;
+#endif
+}
+
 /* ---------------------------------------------------------------- sleeps (mempoolwait) ---------- */
 /* The name of kmem_cache CACHE into ev->name (a slab failure's cache, or the cache behind a mempool). */
 static __always_inline void read_cache_name(struct iostall_event *ev, u64 cache)
@@ -389,23 +402,13 @@ static __always_inline void read_cache_name(struct iostall_event *ev, u64 cache)
 #ifdef WANT_SLEEP_SCHED
 BPF_HASH(dsleeps, u32, struct dsleep, 10240);
 
-static __always_inline int sleep_wanted(u32 tid)
-{
-#ifdef SLEEP_ONLY_IN_WB
-    struct wb_stack *st = wb_stacks.lookup(&tid);
-    return st && st->depth > 0;
-#else
-    return 1;
-#endif
-}
-
 TRACEPOINT_PROBE(sched, sched_switch)
 {
     u64 now = bpf_ktime_get_ns();
     u32 prev = args->prev_pid;
     if ((args->prev_state & DSTATE_MASK) && prev != 0) {
         u64 id = bpf_get_current_pid_tgid();   /* the tracepoint runs in prev's context */
-        if (!filtered(id >> 32) && sleep_wanted(prev)) {
+        if (!filtered(id >> 32) && thread_wanted(prev)) {
             struct dsleep s = {};
             s.start_ns = now;
             s.state = args->prev_state;
@@ -452,7 +455,7 @@ int mp_alloc_entry(struct pt_regs *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
-    if (filtered(id >> 32))
+    if (filtered(id >> 32) || !thread_wanted(tid))
         return 0;
     struct mp_call c = {};
     c.pool = PT_REGS_PARM1(ctx);
@@ -571,6 +574,8 @@ BPF_PERCPU_ARRAY(slab_zero, struct slab_calls, 1);       /* never written: the a
 int slab_alloc_entry(struct pt_regs *ctx)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
+    if (!thread_wanted(tid))
+        return 0;
     struct slab_calls *st = slab_calls.lookup(&tid);
     if (!st) {
         int zero = 0;

@@ -36,13 +36,15 @@ def _secs(ns: int) -> str:
 
 
 def plan(mode: str, pid: Optional[int], min_ns: int, wait_min_ns: int, functions: Tuple[str, ...] = ()) -> io.Plan:
-    """writeslow's plan (the slow-write threshold) + mempoolwait's (only sleeps inside writebacks) + slabfail's."""
+    """writeslow's plan (the slow-write threshold) + mempoolwait's + slabfail's, all three following only
+    the threads inside a traced writeback call (ONLY_IN_WB): the rest of the node costs one map lookup."""
     wb = writeslow.plan(mode, pid, min_ns, functions)
     sleeps = mempoolwait.plan(mode, pid, wait_min_ns, only_in_writeback=True)
     slabs = slabfail.plan(mode, pid)
     merged = sleeps.merge(wb).merge(slabs)
-    if "WANT_SLEEP_KPROBE" in merged.flags:
-        merged.flags = [f for f in merged.flags if f != "SLEEP_ONLY_IN_WB"]
+    if "WANT_SLAB_KPROBE" in merged.flags:
+        merged.notes.append("slabfail: allocator entries followed inside traced writebacks only: a failure "
+                            "elsewhere is named by the tracepoint's cache name where it has one")
     return merged
 
 

@@ -132,7 +132,10 @@ def _pool_cache(raw: Any, capture: io.Capture) -> Optional[str]:
 
 def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
          only_in_writeback: bool = False) -> io.Plan:
-    """kprobes on mempool_alloc/io_schedule_timeout/finish_wait, or the sched_switch fallback."""
+    """kprobes on mempool_alloc/io_schedule_timeout/finish_wait, or the sched_switch fallback.
+
+    ONLY_IN_WRITEBACK (iojitter, which adds the writeback section): only threads inside a traced
+    writeback call are followed, and no per-call records are made (no kretprobe on mempool_alloc)."""
     from ..symbols import SymbolTable
     if all_dstate and mode == "kprobe":
         raise click.BadParameter("--all-dstate is the sched_switch view: use it without --mode kprobe")
@@ -150,7 +153,9 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
         if not missing:
             mp, sleep, finish = (r.attach for r in found)
             out.flags.append("WANT_SLEEP_KPROBE")
-            returns = io.unwinder_sees_through_kretprobes(table)
+            returns = io.unwinder_sees_through_kretprobes(table) and not only_in_writeback
+            if only_in_writeback:
+                out.flags.append("ONLY_IN_WB")
             if returns:
                 out.kprobes.append(io.Attach(mp, "mp_alloc_return", ret=True))
             out.kprobes += [io.Attach(mp, "mp_alloc_entry"), io.Attach(sleep, "mp_sleep_entry"),
@@ -162,6 +167,7 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
             out.notes.append("mempoolwait: kprobe mode on %s, %s, %s; %s%s" % (
                 mp, sleep, finish, "a sleep ends at finish_wait(&pool->wait)" if source else
                 "without BTF or headers, a sleep ends at a finish_wait on the pool's first 256 bytes",
+                "; only threads inside a traced writeback" if only_in_writeback else
                 "" if returns else "; no per-call records: a kretprobe on %s would hide its callers in the "
                 "stacks of this kernel (before 5.15)" % mp))
             return out
@@ -176,7 +182,7 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
     out.flags.append("WANT_SLEEP_SCHED")
     out.params["DSTATE_MASK"] = dstate_mask(fmt)
     if only_in_writeback:
-        out.flags.append("SLEEP_ONLY_IN_WB")
+        out.flags.append("ONLY_IN_WB")
     what = "every D-state sleep" if all_dstate else "D-state sleeps whose kernel stack holds mempool_alloc"
     out.notes.append("mempoolwait: tracepoint fallback mode (sched:sched_switch): %s of %.3g ms or more%s; "
                      "no pool pointer, 'timed out' inferred from a ~5 s sleep" % (
