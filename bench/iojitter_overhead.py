@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,8 +86,13 @@ def events_recorded(record: str) -> int:
     return sum(1 for e in read_recording(record).events if e.get("type") != "mode")
 
 
-def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min_ms: float) -> Dict[str, Any]:
-    """Alternate the arms REPEATS times; medians, ratio, spreads and what the tool saw."""
+def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min_ms: float,
+        settle: float = 0.0) -> Dict[str, Any]:
+    """Alternate the arms REPEATS times; medians, ratio, spreads, per-round ratios and what the tool saw.
+
+    Each measured run is preceded by SETTLE seconds of unmeasured writing, in both arms: attaching
+    compiles a BPF program, and what that evicts (page cache; under QEMU's TCG, the translated code)
+    must not be charged to the probes."""
     recorded: List[int] = []
     with Disk() as disk:
         target = os.path.join(disk.mnt, "data")
@@ -95,8 +101,13 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
             ["-m", str(min_ms)] if tool_name != "slabfail" else [])
         write_for(target, chunk, 1.0)   # warm-up: allocate blocks, fill caches
 
-        def without() -> float:
+        def measured() -> float:
+            if settle > 0:
+                write_for(target, chunk, settle)
             return write_for(target, chunk, seconds)
+
+        def without() -> float:
+            return measured()
 
         def with_tool() -> float:
             if os.path.exists(record):
@@ -104,7 +115,7 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
             # cwd "/": not a source tree whose bpftools/ would shadow the installed package
             tool = benchlib.Tool(args, disk.base, timeout=600, cwd="/")
             try:
-                return write_for(target, chunk, seconds)
+                return measured()
             finally:
                 code, err = tool.stop(timeout=600)
                 if code != 0:
@@ -114,8 +125,11 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
         arms = benchlib.interleaved(repeats, [("without", without), ("with", with_tool)])
     without_mib, spread_without = benchlib.median_spread(arms["without"])
     with_mib, spread_with = benchlib.median_spread(arms["with"])
+    per_round = [w / wo for w, wo in zip(arms["with"], arms["without"])]
     return {"kernel": os.uname().release, "tool": tool_name, "mode": mode, "min_ms": min_ms, "repeats": repeats,
-            "seconds": seconds, "chunk": chunk,
+            "seconds": seconds, "chunk": chunk, "settle": settle,
+            "per_round_ratios": [round(r, 3) for r in per_round],
+            "median_per_round_ratio": round(statistics.median(per_round), 4),
             "mib_s_without": round(without_mib, 2), "mib_s_with": round(with_mib, 2),
             "ratio": round(with_mib / without_mib, 4), "slowdown_pct": round((1 - with_mib / without_mib) * 100, 2),
             "spread_without": round(spread_without, 3), "spread_with": round(spread_with, 3),
@@ -133,13 +147,15 @@ def main() -> int:
     parser.add_argument("--mode", choices=("auto", "kprobe", "tracepoint"), default="auto")
     parser.add_argument("--min-ms", type=float, default=100.0,
                         help="iojitter -m: writebacks this slow are reported (100, its default; 0 = all)")
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds of unmeasured writing before each measured run, in both arms (3)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("needs root (loop device, mount, BPF)")
-    if args.repeats < 2 or args.seconds <= 0 or args.chunk <= 0:
-        parser.error("--repeats >= 2, --seconds > 0 and --chunk > 0")
-    result = run(args.repeats, args.seconds, args.chunk, args.tool, args.mode, args.min_ms)
+    if args.repeats < 2 or args.seconds <= 0 or args.chunk <= 0 or args.settle < 0:
+        parser.error("--repeats >= 2, --seconds > 0, --chunk > 0 and --settle >= 0")
+    result = run(args.repeats, args.seconds, args.chunk, args.tool, args.mode, args.min_ms, args.settle)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
@@ -148,8 +164,8 @@ def main() -> int:
         print("%-16s %10s %8s" % ("arm", "MiB/s", "spread"))
         print("%-16s %10.2f %8.3f" % ("without", result["mib_s_without"], result["spread_without"]))
         print("%-16s %10.2f %8.3f" % ("with " + args.tool, result["mib_s_with"], result["spread_with"]))
-        print("ratio with/without %.4f (slowdown %.2f%%); events recorded per run %s"
-              % (result["ratio"], result["slowdown_pct"], result["events_recorded"]))
+        print("ratio with/without %.4f (slowdown %.2f%%); per round %s; events recorded per run %s"
+              % (result["ratio"], result["slowdown_pct"], result["per_round_ratios"], result["events_recorded"]))
     return 0
 
 

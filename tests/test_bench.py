@@ -59,8 +59,12 @@ def test_startup_ours_attaches_and_bcc_is_timed_or_its_failure_shown():
 
 @pytest.mark.root
 def test_iojitter_overhead_interleaves_and_counts_what_the_tool_recorded():
-    r = bench("iojitter_overhead.py", "--tool", "writeslow", "--mode", "tracepoint", "--repeats", "2", "--seconds", "1")
-    assert (r["tool"], r["mode"], r["repeats"], r["seconds"], r["chunk"]) == ("writeslow", "tracepoint", 2, 1.0, 1 << 20)
+    r = bench("iojitter_overhead.py", "--tool", "writeslow", "--mode", "tracepoint", "--repeats", "2", "--seconds", "1",
+              "--settle", "0.5")
+    assert (r["tool"], r["mode"], r["repeats"], r["seconds"], r["chunk"], r["settle"]) == (
+        "writeslow", "tracepoint", 2, 1.0, 1 << 20, 0.5)
+    assert r["per_round_ratios"] == pytest.approx([w / wo for w, wo in zip(r["runs_with"], r["runs_without"])],
+                                                  rel=1e-2)   # the runs are rounded to 0.01 MiB/s
     assert len(r["runs_without"]) == len(r["runs_with"]) == len(r["events_recorded"]) == 2
     assert r["ratio"] == pytest.approx(r["mib_s_with"] / r["mib_s_without"], rel=1e-2)
     assert r["slowdown_pct"] == pytest.approx((1 - r["ratio"]) * 100, abs=0.01)
