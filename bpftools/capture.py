@@ -123,9 +123,15 @@ def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
     ``on_event`` gets the bcc-decoded ctypes struct, ``on_lost`` the count of each perf-buffer loss,
     ``on_tick`` is called every TICK_EVERY seconds. SIGTERM ends the poll like the duration does;
     SIGINT raises KeyboardInterrupt after detaching (the CLI maps it to exit code 130).
+
+    A program with an ``unsent`` array counts its failed ``perf_submit()`` calls itself: that count is
+    exact, where the kernel reports a ring's losses only with its next record (the last ones of a flood
+    never), so the perf buffer's loss reports are then not counted (they are the same events).
     """
+    counts_unsent = _has_table(bpf, "unsent")
+
     def _lost(count: int) -> None:
-        if on_lost is not None:
+        if on_lost is not None and not counts_unsent:
             on_lost(count)
 
     stop = _StopSignals()
@@ -159,7 +165,8 @@ def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
         finally:
             for cpu in _bcc().utils.get_online_cpus():   # close our buffers while the map fd is open
                 del perf[cpu]
-            dropped = map_drops(bpf) + kprobe_misses(os.getpid())   # full maps; kretprobes over maxactive
+            # full maps, failed perf_submit() (where counted), kretprobes over maxactive
+            dropped = table_sum(bpf, "lost") + table_sum(bpf, "unsent") + kprobe_misses(os.getpid())
             if dropped and on_lost is not None:
                 on_lost(dropped)
             bpf.cleanup()
@@ -181,13 +188,20 @@ def _detach_probes(bpf: Any) -> None:
             pass
 
 
-def map_drops(bpf: Any) -> int:
-    """Events a program dropped because a bounded map was full (its ``lost`` array, if it has one)."""
+def _has_table(bpf: Any, name: str) -> bool:
     try:
-        table = bpf.get_table("lost")
+        bpf.get_table(name)
+        return True
     except KeyError:
+        return False
+
+
+def table_sum(bpf: Any, name: str) -> int:
+    """The sum of the program's counter array NAME (0 if it has none): ``lost`` counts events dropped
+    because a bounded map was full, ``unsent`` those whose perf_submit() failed."""
+    if not _has_table(bpf, name):
         return 0
-    return sum(int(v.value) for v in table.values())
+    return sum(int(v.value) for v in bpf.get_table(name).values())
 
 
 def try_fentry_attach(function: str) -> Tuple[bool, str]:

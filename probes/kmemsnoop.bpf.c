@@ -20,6 +20,7 @@ BPF_PERCPU_ARRAY(scratch, struct pending, 1);
 BPF_HASH(pending_by_tid, u32, struct pending, 1024);
 BPF_HASH(kmem_fds, u64, struct pending, 4096);   /* (tgid << 32 | fd) -> the open's event (path) */
 BPF_ARRAY(lost, u64, 1);                          /* events dropped by full maps */
+BPF_ARRAY(unsent, u64, 1);                        /* events perf_submit() could not write (ring full) */
 
 static __always_inline int filtered(u32 tgid)
 {
@@ -34,6 +35,14 @@ static __always_inline void count_lost(void)
 {
     int zero = 0;
     u64 *n = lost.lookup(&zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+static __always_inline void count_unsent(void)
+{
+    int zero = 0;
+    u64 *n = unsent.lookup(&zero);
     if (n)
         __sync_fetch_and_add(n, 1);
 }
@@ -114,7 +123,8 @@ static __always_inline int on_exit(void *ctx, long ret)
                 count_lost();
         }
     }
-    events.perf_submit(ctx, &p->ev, sizeof(p->ev));
+    if (events.perf_submit(ctx, &p->ev, sizeof(p->ev)) < 0)
+        count_unsent();
     pending_by_tid.delete(&tid);
     return 0;
 }
@@ -284,7 +294,8 @@ int kernel_write_return(struct pt_regs *ctx)
     p->ev.kernel_ret = ret;
     p->ev.ret = ret;
     stamp(&p->ev);
-    events.perf_submit(ctx, &p->ev, sizeof(p->ev));
+    if (events.perf_submit(ctx, &p->ev, sizeof(p->ev)) < 0)
+        count_unsent();
     kernel_calls.delete(&tid);
     return 0;
 }

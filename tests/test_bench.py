@@ -148,10 +148,11 @@ def test_memory_flood_rss_bounded_maps_bounded_losses_counted_and_shown():
     assert r["lost_trailer"] > 0 and r["lost_stderr"] == r["lost_trailer"]
     # What is neither recorded nor counted is at most what the rings held when the flood ended (the
     # kernel reports those losses only with a next record): 64 pages per CPU of ~400-byte events.
-    assert 0 <= r["unaccounted"] <= os.cpu_count() * 64 * 4096 // 400
+    assert r["unaccounted"] == 0          # failed perf_submit() calls are counted by the program
     assert 0 < r["rss_attached_mib"] <= r["rss_peak_flood_mib"] < RSS_CEILING_MIB
     assert 0 < r["maps_memlock_mib"] < MAPS_CEILING_MIB
-    assert sorted(m["name"] for m in r["maps"]) == ["events", "kmem_fds", "lost", "pending_by_tid", "scratch"]
+    assert sorted(m["name"] for m in r["maps"]) == ["events", "kmem_fds", "lost", "pending_by_tid", "scratch",
+                                                         "unsent"]
 
 
 def test_run_all_names_benches_that_exist():
