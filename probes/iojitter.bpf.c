@@ -89,6 +89,7 @@ BPF_PERF_OUTPUT(events);
 BPF_STACK_TRACE(stacks, 16384);
 BPF_PERCPU_ARRAY(scratch, struct iostall_event, 2);   /* slot 0: the event being built; slot 1: drop reports */
 BPF_ARRAY(drops, u64, 1);
+BPF_ARRAY(unsent, u64, 1);   /* events perf_submit() could not write (ring full): counted exactly here */
 
 static __always_inline int filtered(u32 tgid)
 {
@@ -117,6 +118,17 @@ static __always_inline struct iostall_event *new_event(int slot, u32 type)
     return ev;
 }
 
+/* Send EV; a full ring is counted in `unsent` (the kernel would report it only with the ring's next record). */
+static __always_inline void submit(void *ctx, struct iostall_event *ev)
+{
+    if (events.perf_submit(ctx, ev, sizeof(*ev)) < 0) {
+        int zero = 0;
+        u64 *n = unsent.lookup(&zero);
+        if (n)
+            __sync_fetch_and_add(n, 1);
+    }
+}
+
 /* A map was full: count it, and report the 1st, 2nd, 4th, 8th... drop in the stream itself. */
 static __always_inline void count_drop(void *ctx)
 {
@@ -132,7 +144,7 @@ static __always_inline void count_drop(void *ctx)
     if (!ev)
         return;
     ev->dropped = v;
-    events.perf_submit(ctx, ev, sizeof(*ev));
+    submit(ctx, ev);
 }
 
 /* ---------------------------------------------------------------- writeback (writeslow) --------- */
@@ -242,7 +254,7 @@ TRACEPOINT_PROBE(writeback, writeback_single_inode)
         return 0;
     ev->written = args->wrote;
     ev->flags |= WB_F_WRITTEN;
-    events.perf_submit(args, ev, sizeof(*ev));
+    submit(args, ev);
     return 0;
 }
 #endif /* HAVE_TP_WBSI */
@@ -269,7 +281,7 @@ TRACEPOINT_PROBE(ext4, ext4_writepages_result)
     ev->written = args->pages_written;
     ev->ret = args->ret;
     ev->flags |= WB_F_WRITTEN;
-    events.perf_submit(args, ev, sizeof(*ev));
+    submit(args, ev);
     return 0;
 }
 #endif /* HAVE_TP_EXT4 */
@@ -325,7 +337,7 @@ static __always_inline int wb_return(struct pt_regs *ctx, u32 slot)
         ev->flags |= WB_F_WRITTEN;
     }
 #endif
-    events.perf_submit(ctx, ev, sizeof(*ev));
+    submit(ctx, ev);
     return 0;
 }
 
@@ -439,7 +451,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
     ev->kstack = s.kstack;
     ev->flags = SLEEP_F_SCHED;
     __builtin_memcpy(ev->comm, s.comm, sizeof(ev->comm));
-    events.perf_submit(args, ev, sizeof(*ev));
+    submit(args, ev);
     return 0;
 }
 #endif /* WANT_SLEEP_SCHED */
@@ -530,7 +542,7 @@ int mp_finish_wait_entry(struct pt_regs *ctx)
             ev->call_site = c->pool_alloc;      /* Python names it; the cache name counts only for */
             ev->cache = c->pool_data;           /* mempool_alloc_slab pools */
             read_cache_name(ev, c->pool_data);
-            events.perf_submit(ctx, ev, sizeof(*ev));
+            submit(ctx, ev);
         }
     }
     c->sleep_ns = 0;
@@ -555,7 +567,7 @@ int mp_alloc_return(struct pt_regs *ctx)
             ev->waited_ns = c->waited_ns;
             ev->kstack = c->kstack >= 0 ? c->kstack : stacks.get_stackid(ctx, 0);
             ev->flags = PT_REGS_RC(ctx) == 0 ? MPALLOC_F_NULL : 0;
-            events.perf_submit(ctx, ev, sizeof(*ev));
+            submit(ctx, ev);
         }
     }
     mp_calls.delete(&tid);
@@ -684,7 +696,7 @@ TRACEPOINT_PROBE(kmem, kmem_cache_alloc)
         ev->flags |= SLAB_F_NAME_FROM_TP;
     }
 #endif
-    events.perf_submit(args, ev, sizeof(*ev));
+    submit(args, ev);
     return 0;
 }
 
@@ -702,7 +714,7 @@ TRACEPOINT_PROBE(kmem, kmalloc)
     struct iostall_event *ev = slab_tracepoint(args, SLAB_SRC_KMALLOC, args->call_site, (u64)args->ptr,
                                                args->bytes_req, args->gfp_flags, node, accounted);
     if (ev)
-        events.perf_submit(args, ev, sizeof(*ev));
+        submit(args, ev);
     return 0;
 }
 #endif /* HAVE_TP_KMALLOC */
@@ -727,7 +739,7 @@ int slub_oom_entry(struct pt_regs *ctx)
     read_cache_name(ev, ev->cache);
 #endif
     ev->kstack = stacks.get_stackid(ctx, 0);
-    events.perf_submit(ctx, ev, sizeof(*ev));
+    submit(ctx, ev);
     return 0;
 }
 #endif /* WANT_SLUB_OOM */
