@@ -10,7 +10,6 @@ wanted name this process enters the device's namespace (setns) and asks for its 
 (``SIOCGIFFLAGS``); the kernel answers through ``dev_get_flags(dev)``, where a kprobe of ours reads
 the device's address.
 """
-import ctypes
 import fcntl
 import fnmatch
 import os
@@ -21,8 +20,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from dataclasses import dataclass, field
 
 from .errors import BadInput
+from .netns import InNetns
 
-CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS = 0x8913
 NETNS_DIR = "/var/run/netns"      # iproute2's NETNS_RUN_DIR
 IFNAMSIZ = 16
@@ -85,40 +84,6 @@ def make_selector(patterns: List[str], netns: List[str]) -> Selector:
     for value in netns:
         spaces[inode(netns_path(value))] = value
     return Selector([validate_pattern(p) for p in patterns], spaces)
-
-
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-class InNetns(object):
-    """``with InNetns(path):`` runs the block in that network namespace (this thread), then returns."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.home = -1
-
-    def __enter__(self) -> "InNetns":
-        self.home = os.open("/proc/self/ns/net", os.O_RDONLY)   # the main thread's: we run there
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                _setns(fd)
-            finally:
-                os.close(fd)
-        except BaseException:
-            os.close(self.home)
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            _setns(self.home)
-        finally:
-            os.close(self.home)
 
 
 def namespaces(selector: Selector) -> List[Tuple[int, str]]:

@@ -26,7 +26,6 @@ Names (at most 15 characters, IFNAMSIZ): ``bpft-<owner pid in base 36>-<round, 2
 digits><role>``; namespaces end in ``c``/``r``/``s``, devices in ``cr``/``rc``/``rs``/``sr``
 (the namespace they sit in, then the one they face).
 """
-import ctypes
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from dataclasses import dataclass
 
 from ..errors import BadInput, MissingKernelFeature
+from ..netns import InNetns
 from . import (ReproError, Signalled, Signals, command, describe_status, errno_name,
                find_tool, first_line, fork_child, kill_and_reap, kmsg_mark, kmsg_since, latency_stats,
                interrupted_error, owned_by_dead_run, reap, require_root, warn_cleanup_errors, write_ready_file)
@@ -59,7 +59,6 @@ MAX_START_DELAY = 300.0
 EXCEPTION_WAIT = 2.0  # seconds to wait for the fnhe to show up, resending now and then
 GONE_WAIT = 5.0  # seconds to wait for a deleted device to vanish from a namespace we can still see
 WORKER_TIMEOUT = 10.0
-CLONE_NEWNET = 0x40000000
 # <linux/in.h>; the socket module lacks some of them on older Pythons.
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
@@ -193,31 +192,6 @@ def classify_ip_error(argv: List[str], stderr: str) -> Optional[Exception]:
 # The worker: the one process that sends the traffic
 # ---------------------------------------------------------------------------------------------
 
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-class _InNetns(object):
-    """``with _InNetns(name, home_fd):`` runs the block in network namespace NAME (setns), then
-    returns to the worker's own namespace."""
-
-    def __init__(self, name: str, home: int) -> None:
-        self.name, self.home = name, home
-
-    def __enter__(self) -> None:
-        fd = os.open(os.path.join(NETNS_DIR, self.name), os.O_RDONLY)
-        try:
-            _setns(fd)
-        finally:
-            os.close(fd)
-
-    def __exit__(self, *exc: Any) -> None:
-        _setns(self.home)
-
-
 def _df_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
@@ -235,14 +209,14 @@ def _os_result(call: Callable[[], Any]) -> Tuple[str, Any]:
 def _worker_op(req: Dict[str, Any], home: int, state: Dict[str, Any]) -> Dict[str, Any]:
     op = req["op"]
     if op == "forward":
-        with _InNetns(req["netns"], home):
+        with InNetns(os.path.join(NETNS_DIR, req["netns"]), home):
             path = "/proc/sys/net/ipv4/ip_forward"
             with open(path, "w") as f:
                 f.write("1")
             with open(path) as f:
                 return {"ip_forward": int(f.read().strip())}
     if op == "probe":
-        with _InNetns(req["netns"], home):
+        with InNetns(os.path.join(NETNS_DIR, req["netns"]), home):
             sock = _df_socket()
             try:
                 result, _ = _os_result(lambda: sock.sendto(b"\0" * req["payload"], (req["dst"], DISCARD_PORT)))
@@ -250,7 +224,7 @@ def _worker_op(req: Dict[str, Any], home: int, state: Dict[str, Any]) -> Dict[st
                 sock.close()
         return {"send": result}
     if op == "hold":
-        with _InNetns(req["netns"], home):
+        with InNetns(os.path.join(NETNS_DIR, req["netns"]), home):
             sock = _df_socket()
             sock.connect((req["dst"], DISCARD_PORT))
         state["held"] = sock
