@@ -2,7 +2,8 @@
 put balanced (the leak), and the kernel objects still pinning each device out.
 
 Input: the event dicts of a refleak recording (``bpftools refleak --record``), in capture order.
-Types: ``plan``, ``device``, ``watch`` (watchpoints armed or not), ``sync`` (the counter's level: the
+Types: ``plan``, ``device``, ``watch`` (watchpoints armed or not), ``watch_end`` (the hits perf
+counted and how many of them the kernel skipped our program for), ``sync`` (the counter's level: the
 baseline of the counting strategies), ``ref`` (one hold +1 or put -1, with its strategy, stack, task
 and cgroup), ``holder_new`` / ``holder_end`` / ``fnhe`` (holder objects), ``unregister``, ``free``,
 ``lost`` and ``dropped`` (gaps). Devices are keyed by their ``dev`` (the net_device address).
@@ -24,7 +25,11 @@ the rules' choice, so it is called attribution, and a device whose stream has ga
 a watchpoint slot that moved by more than one, a put with nothing to balance, a count that differs
 from the kernel's own at unregister or free) is ``uncertain``. A watchpoint trap that left the
 counter as it was (QEMU's emulation delivers some) is counted as ``unchanged`` and ignored: every
-real hold or put changes the slot by one, and a miss would show as a jump later.
+real hold or put changes the slot by one, and a miss would show as a jump later. The kernel does
+not run a watchpoint's program for a hit that lands while another BPF program runs on that CPU;
+perf still counts the hit, so ``skipped`` says how many writes could not be seen; the jumps
+(``missed``) beyond it (and beyond hits during a sync, whose baseline read may precede them) are
+writes that raised no hit at all: ``untrapped``.
 A freed device is balanced by definition: the kernel freed it at its base level. The inline
 strategy with debug info of modules only (no vmlinux) sees a part of the holds and puts: it has no
 level and no older references, and its puts of holds it did not see are just counted.
@@ -122,6 +127,9 @@ class StrategyBalance:
     presync: int = 0                     # records before the baseline (not counted)
     unchanged: int = 0                   # watchpoint traps that changed nothing (not counted)
     missed: int = 0                      # changes not seen, from jumps and the kernel's own counts
+    hits: Optional[int] = None           # watch: the hits perf counted on the armed CPUs
+    skipped: Optional[int] = None        # watch: hits the kernel did not run our program for
+    in_sync: int = 0                     # watch: hits during a sync (whose baseline may miss them)
 
     @property
     def net(self) -> int:
@@ -131,13 +139,22 @@ class StrategyBalance:
     def outstanding(self) -> int:
         return sum(s.count for s in self.unbalanced)
 
+    @property
+    def untrapped(self) -> Optional[int]:
+        """watch: writes missed beyond the hits the kernel skipped and those during a sync, i.e. writes
+        that raised no watchpoint hit at all (None: no hit count)."""
+        if self.skipped is None:
+            return None
+        return max(0, self.missed - self.skipped - self.in_sync)
+
     def to_json(self) -> Dict[str, Any]:
         return {"strategy": self.strategy, "holds": self.holds, "puts": self.puts, "net": self.net,
                 "level_start": self.level_start, "level_end": self.level_end, "older": self.older,
                 "outstanding": self.outstanding, "unbalanced": [s.to_json() for s in self.unbalanced],
                 "matched": dict(self.matched), "uncertain": list(self.uncertain), "presync": self.presync,
                 "unchanged": self.unchanged, "partial": self.partial, "unmatched": self.unmatched,
-                "missed": self.missed}
+                "missed": self.missed, "hits": self.hits, "skipped": self.skipped, "in_sync": self.in_sync,
+                "untrapped": self.untrapped}
 
 
 @dataclass
@@ -374,6 +391,13 @@ class _Ledger(object):
         for _ in range(-diff if diff < 0 else 0):
             self._consume(None, ())
 
+    def watch_end(self, event: Dict[str, Any]) -> None:
+        """The watchpoints' own counts (``watch_end``): every write either reached us or is in SKIPPED."""
+        for name in ("hits", "skipped"):
+            if event.get(name) is not None:
+                setattr(self.out, name, (getattr(self.out, name) or 0) + int(event[name]))
+        self.out.in_sync += int(event.get("in_sync") or 0)
+
     def lost(self, count: int, source: str) -> None:
         if self.synced and not self.ended:
             self.out.uncertain.append("%d record(s) lost (%s) while this device was counted" % (count, source))
@@ -515,6 +539,8 @@ class Balancer(object):
             out.watch = dict((k, v) for k, v in event.items() if k not in ("type", "dev"))
             if event.get("armed"):
                 device.ledger("watch").activate()
+        elif kind == "watch_end":
+            device.ledger("watch").watch_end(event)
         elif kind == "sync":
             for ledger in device.ledgers.values():
                 ledger.sync(event.get("level"))

@@ -27,6 +27,19 @@ def median_spread(values: Sequence[float]) -> Tuple[float, float]:
     return med, ((max(values) - min(values)) / med if med else 0.0)
 
 
+def ratio_interval(per_round: Sequence[float], level: float = 0.95, resamples: int = 4000,
+                   seed: int = 1) -> Tuple[float, float, float]:
+    """The geometric mean of paired per-round ratios (with/without of one round) and its bootstrap
+    confidence interval at LEVEL: (mean, low, high). Seeded: the same rounds give the same interval."""
+    import math
+    import random
+    logs = [math.log(r) for r in per_round]
+    draw = random.Random(seed)
+    means = sorted(sum(draw.choice(logs) for _ in logs) / len(logs) for _ in range(resamples))
+    cut = int(resamples * (1 - level) / 2)
+    return (math.exp(sum(logs) / len(logs)), math.exp(means[cut]), math.exp(means[resamples - 1 - cut]))
+
+
 def interleaved(rounds: int, arms: Sequence[Tuple[str, Callable[[], float]]]) -> Dict[str, List[float]]:
     """Run each arm once per round, the order reversed every other round (A B, B A, ...), so drift and
     the neighbours' load hit every arm alike."""

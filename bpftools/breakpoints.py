@@ -17,7 +17,8 @@ import errno
 import fcntl
 import os
 import platform
-from typing import Dict, List, Optional
+import struct
+from typing import Dict, List, Optional, Tuple
 
 from dataclasses import dataclass, field
 
@@ -73,6 +74,12 @@ def open_breakpoint(addr: int, cpu: int, length: int = 4, kind: int = HW_BREAKPO
     return int(fd)
 
 
+def read_hits(fd: int) -> int:
+    """How many times breakpoint FD was hit (perf counts every hit, also those whose BPF program the
+    kernel did not run). read_format 0: the count alone, one u64."""
+    return int(struct.unpack("=Q", os.read(fd, 8))[0])
+
+
 def attach_program(fd: int, prog_fd: int) -> None:
     """Attach the BPF perf-event program PROG_FD to breakpoint FD and enable it."""
     fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
@@ -96,13 +103,14 @@ class Watchpoints(object):
     """The breakpoints of one run, grouped by a caller's key (e.g. a device's address).
 
     ``arm(key, {cpu: addr}, prog_fd)`` opens one breakpoint per CPU and attaches the program;
-    ``disarm(key)`` closes them; ``close()`` closes everything. ``opener``/``attacher`` are injectable
-    for tests.
+    ``disarm(key)`` stops them, reads how often each was hit and closes them; ``close()`` closes
+    everything. ``opener``/``attacher``/``reader`` are injectable for tests.
     """
 
-    def __init__(self, opener=open_breakpoint, attacher=attach_program) -> None:
+    def __init__(self, opener=open_breakpoint, attacher=attach_program, reader=read_hits) -> None:
         self._open = opener
         self._attach = attacher
+        self._read = reader
         self._fds = {}  # type: Dict[int, List[Tuple[int, int]]]
 
     def arm(self, key: int, addrs: Dict[int, int], prog_fd: int, length: int = 4) -> Armed:
@@ -134,13 +142,23 @@ class Watchpoints(object):
     def keys(self) -> List[int]:
         return sorted(self._fds)
 
-    def disarm(self, key: int) -> List[int]:
-        """Stop watching KEY; returns the CPUs that were watched."""
-        cpus = []
-        for cpu, fd in self._fds.pop(key, []):
+    def disarm(self, key: int) -> Dict[int, Optional[int]]:
+        """Stop watching KEY; returns {cpu: hits} for the CPUs that were watched (None: unreadable).
+        Every breakpoint is disabled before any is read, so the counts end at the same moment."""
+        fds = self._fds.pop(key, [])
+        for _, fd in fds:
+            try:
+                fcntl.ioctl(fd, PERF_EVENT_IOC_DISABLE, 0)
+            except OSError:
+                pass
+        hits = {}  # type: Dict[int, Optional[int]]
+        for cpu, fd in fds:
+            try:
+                hits[cpu] = self._read(fd)
+            except OSError:
+                hits[cpu] = None
             _close(fd)
-            cpus.append(cpu)
-        return cpus
+        return hits
 
     def close(self) -> None:
         for key in list(self._fds):

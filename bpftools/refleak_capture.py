@@ -9,12 +9,16 @@ kprobes, and for every device the selector wants:
    its writes. A device that finds the debug registers taken waits until a watched device is freed.
 2. a sync (``ctl[RL_CTL_SYNC] = dev`` then a getppid() of ours, which the program's tracepoint
    sees) reads the counter and sets every slot's shadow: the baseline the balance counts from.
-3. ``free_netdev`` ends the watch: the breakpoints are closed before the freed slots are reused.
+3. ``free_netdev`` ends the watch: the breakpoints are closed before the freed slots are reused, and a
+   ``watch_end`` record compares the hits perf counted with the runs of our program.
 
 Records of a device not yet announced (holders created inside register_netdevice, before its return
-announces the device) wait for the announcement, and are dropped with an unwanted device. Decoding
-raw records into event dicts happens here and nowhere else.
+announces the device) wait for the announcement, and are dropped with an unwanted device. The perf
+buffer has one ring per CPU, read one after the other: a device's free can be read before its last
+writes from another CPU, so records of a freed device older than its free are still kept (the
+analysis orders by time). Decoding raw records into event dicts happens here and nowhere else.
 """
+import collections
 import ctypes as ct
 import os
 import time
@@ -40,6 +44,7 @@ SYNC_DONE = 1
 SYNC_TRIES = 3
 PERF_EVENT_PROG = 7          # BPF_PROG_TYPE_PERF_EVENT
 MAX_PENDING = 4096           # records kept for devices not announced yet
+MAX_FREED = 4096             # freed devices remembered (records from other CPUs' buffers arrive late)
 DISCOVERY_WAIT = 10.0        # seconds to wait for the devices found at the start to be synced
 
 
@@ -138,6 +143,7 @@ class Session(object):
         self.devices = {}  # type: Dict[str, Dict[str, Any]]      # wanted devices, by dev
         self.waiting_slots = []  # type: List[str]                 # wanted, not armed (registers taken)
         self.pending = {}  # type: Dict[str, List[Dict[str, Any]]] # records of devices not announced yet
+        self.freed = collections.OrderedDict()  # type: Dict[str, int]  # freed devices: when
         self.synced = set()  # type: set
         self.ignored = set()  # type: set                         # announced, not wanted
         self.errors = 0
@@ -233,6 +239,7 @@ class Session(object):
                   "failed": dict((str(c), e) for c, e in sorted(armed.failed.items())), "armed": armed.complete}
         if not armed.complete:
             self.watchpoints.disarm(int(dev, 16))
+            self._runs(dev)
             record["cpus"] = []
             record["reason"] = ("no free debug register on cpu %s" % ", ".join(str(c) for c in sorted(armed.failed))
                                 if any(e == "ENOSPC" for e in armed.failed.values())
@@ -261,8 +268,39 @@ class Session(object):
                 "not watched any more" if status else "the getppid tracepoint did not run"))
         return status == SYNC_DONE
 
+    def _runs(self, dev: str) -> Dict[int, Tuple[int, int]]:
+        """{cpu: (runs, of which during a sync)} of on_watch for DEV's slots; the counts are cleared."""
+        table = self.bpf["watch_runs"]
+        counts = {}  # type: Dict[int, Tuple[int, int]]
+        addrs = self._slot_addrs(dev)
+        for cpu, addr in addrs.items():
+            per_cpu = table.get(ct.c_uint64(addr))
+            if per_cpu is not None and cpu < len(per_cpu):
+                counts[cpu] = (int(per_cpu[cpu].runs), int(per_cpu[cpu].in_sync))
+        for addr in set(addrs.values()):
+            try:
+                del table[ct.c_uint64(addr)]
+            except KeyError:
+                pass
+        return counts
+
+    def _end_watch(self, dev: str) -> None:
+        """Close DEV's watchpoints and say how many hits the kernel counted against how many our program
+        ran for: the difference is writes the kernel did not show us (a hit that lands while another BPF
+        program runs on that CPU skips ours), what makes the watch's count uncertain."""
+        hits = self.watchpoints.disarm(int(dev, 16))
+        if not hits or dev not in self.devices:
+            return
+        runs = self._runs(dev)
+        per_cpu = dict((str(cpu), [n, runs.get(cpu, (0, 0))[0]]) for cpu, n in sorted(hits.items()))
+        total = None if any(n is None for n in hits.values()) else sum(hits.values())
+        ran = sum(r for r, _ in runs.values())
+        self.emit({"type": "watch_end", "dev": dev, "ts_ns": self.last_ts, "hits": total, "runs": ran,
+                   "in_sync": sum(s for _, s in runs.values()),
+                   "skipped": total - ran if total is not None else None, "cpus": per_cpu})
+
     def _freed(self, dev: str) -> None:
-        self.watchpoints.disarm(int(dev, 16))
+        self._end_watch(dev)
         self.devices.pop(dev, None)
         if dev in self.waiting_slots:
             self.waiting_slots.remove(dev)
@@ -305,6 +343,9 @@ class Session(object):
         if dev in self.ignored:
             return
         if dev not in self.devices:
+            if ev.get("ts_ns", 0) <= self.freed.get(dev, -1):
+                self.emit(ev)     # from another CPU's buffer, read after the free: its place is before it
+                return
             backlog = self.pending.setdefault(dev, [])
             if len(backlog) < MAX_PENDING:
                 backlog.append(ev)
@@ -315,12 +356,21 @@ class Session(object):
         if ev["type"] == "free":
             self._freed(dev)
             self.pending.pop(dev, None)
+            self.freed[dev] = ev["ts_ns"]
+            if len(self.freed) > MAX_FREED:
+                self.freed.popitem(last=False)
 
     def lost(self, count: int) -> None:
         self.emit({"type": "lost", "count": count, "source": "perf_buffer", "ts_ns": self.last_ts})
 
     def close(self) -> None:
-        self.watchpoints.close()
+        """End every watch still armed (its hit count is part of the record), then close the rest."""
+        try:
+            if self.bpf is not None:
+                for key in self.watchpoints.keys():
+                    self._end_watch(hexaddr(key))
+        finally:
+            self.watchpoints.close()
 
 
 def run(session: Session, duration: Optional[float], ready: Optional[Callable[[], None]],

@@ -11,7 +11,10 @@
  *                 bpftools/breakpoints.py opens on each CPU's counter slot. The trap comes after the
  *                 write, so the change is the slot's new value minus its shadow in `slots`; a sync
  *                 (sync_request: a getppid() of ours with RL_CTL_SYNC = dev) sets the shadows and
- *                 reports the level, the baseline of the watch.
+ *                 reports the level, the baseline of the watch. `watch_runs` counts its runs per
+ *                 address and CPU: perf counts every hit, and the kernel skips the program for a hit
+ *                 that lands while another BPF program runs on that CPU, so user space can tell how
+ *                 many writes were not seen.
  *   HOLD_DST, HOLD_FNHE, HOLD_NEIGH, HOLD_IN_DEV, HOLD_INET6_DEV, HOLD_FIB_NH
  *                 holder objects: the kernel objects that pin a device, from creation (with its stack)
  *                 to release, in `holders`; HOLD_FNHE checks after rt_set_nexthop/rt_bind_exception
@@ -99,6 +102,11 @@ struct slot {
     u32 cpu;
 };
 
+struct watch_runs {  /* per CPU, per watched address: user space compares with the breakpoint's hit count */
+    u64 runs;       /* times on_watch ran for a hit */
+    u64 in_sync;    /* ... of which while user space was syncing a device (the sync may miss that write) */
+};
+
 struct holder {
     u64 dev;
     u32 kind;
@@ -126,6 +134,7 @@ BPF_ARRAY(cpu_offsets, u64, MAX_CPUS);
 BPF_ARRAY(drops, u64, 1);
 BPF_HASH(watched, u64, struct watched, 4096);
 BPF_HASH(slots, u64, struct slot, 4096);
+BPF_PERCPU_HASH(watch_runs, u64, struct watch_runs, 4096);
 BPF_HASH(registering, u32, struct pending, 1024);
 BPF_HASH(holders, u64, struct holder, 65536);
 BPF_HASH(creating, u64, struct pending, 4096);
@@ -382,9 +391,27 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
 
 #ifdef WATCH
 /* A write to a watched counter slot; the trap comes after it. */
+static __always_inline void count_run(u64 addr)
+{
+    struct watch_runs *r = watch_runs.lookup(&addr);
+    if (!r) {
+        struct watch_runs zero = {};
+        watch_runs.update(&addr, &zero);
+        r = watch_runs.lookup(&addr);
+        if (!r)
+            return;
+    }
+    r->runs++;
+    int k = RL_CTL_SYNC;
+    u64 *syncing = ctl.lookup(&k);
+    if (syncing && *syncing)
+        r->in_sync++;
+}
+
 int on_watch(struct bpf_perf_event_data *ctx)
 {
     u64 addr = ctx->addr;
+    count_run(addr);
     struct slot *s = slots.lookup(&addr);
     if (!s)
         return 0;

@@ -69,6 +69,21 @@ def test_iojitter_overhead_interleaves_and_counts_what_the_tool_recorded():
     assert r["ratio"] == pytest.approx(r["mib_s_with"] / r["mib_s_without"], rel=1e-2)
     assert r["slowdown_pct"] == pytest.approx((1 - r["ratio"]) * 100, abs=0.01)
     assert all(n >= 0 for n in r["events_recorded"])
+    low, high = r["ratio_ci95"]
+    assert low <= r["geomean_per_round_ratio"] <= high and r["target_shown"] == (low >= 0.95)
+
+
+def test_ratio_interval_is_the_geometric_mean_with_a_bootstrap_interval_that_narrows_with_rounds():
+    import benchlib
+    assert benchlib.ratio_interval([0.5, 2.0])[0] == pytest.approx(1.0)
+    mean, low, high = benchlib.ratio_interval([0.98, 1.0] * 3)
+    assert mean == pytest.approx((0.98 ** 3) ** (1 / 6.0) * 1.0, rel=1e-9)
+    assert 0.98 <= low < mean < high <= 1.0
+    assert benchlib.ratio_interval([0.98, 1.0] * 3) == (mean, low, high)          # seeded: reproducible
+    wide = benchlib.ratio_interval([0.7, 1.1, 0.9, 1.05])
+    narrow = benchlib.ratio_interval([0.7, 1.1, 0.9, 1.05] * 8)
+    assert narrow[2] - narrow[1] < (wide[2] - wide[1]) / 2
+    assert benchlib.ratio_interval([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)
 
 
 @pytest.mark.root

@@ -119,6 +119,21 @@ def test_a_slot_that_jumped_says_how_many_writes_were_not_seen():
     assert (watch.level_end, watch.older, watch.outstanding) == (7, 5, 1)
 
 
+def test_the_watchpoints_count_says_how_many_hits_the_kernel_skipped():
+    events = [{"type": "plan", "strategies": ["watch"]}, device(), armed(), sync(),
+              ref(10, +1, TAKE), ref(11, -4, TEARDOWN[0], gap=True),
+              {"type": "free", "dev": "0xd1", "ts_ns": 20, "level": 1},
+              {"type": "watch_end", "dev": "0xd1", "ts_ns": 20, "hits": 5, "runs": 2, "in_sync": 1, "skipped": 3,
+               "cpus": {"0": [3, 1], "1": [2, 1]}}]
+    (watch,) = analyze(events).device("rln").strategies
+    assert (watch.missed, watch.hits, watch.skipped, watch.in_sync) == (3, 5, 3, 1)
+    assert (watch.to_json()["skipped"], watch.to_json()["hits"], watch.untrapped) == (3, 5, 0)
+    events[-1].update(hits=5, runs=4, skipped=1)                     # one write never trapped
+    (watch,) = analyze(events).device("rln").strategies
+    assert (watch.missed, watch.skipped, watch.in_sync, watch.untrapped) == (3, 1, 1, 1)
+    assert analyze(events[:-1]).device("rln").strategies[0].untrapped is None
+
+
 def test_a_trap_without_a_change_is_ignored():
     events = [{"type": "plan", "strategies": ["watch"]}, device(), armed(), sync(),
               ref(10, 0, ["perf_trace_buf_alloc+0x5e", "perf_syscall_enter+0xdd"], value=9)]

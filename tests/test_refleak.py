@@ -1,7 +1,9 @@
 """bpftools refleak without a kernel to trace: CLI errors and exit codes, the plan per kernel (from the
 lab's kallsyms and BTF offsets), watchpoint bookkeeping, inline-site entries, device selection, the
 capture's decoding and device lifecycle on fakes, and the reports of real lab recordings."""
+import ctypes
 import errno
+import fcntl
 import glob
 import json
 import os
@@ -198,13 +200,31 @@ def test_arming_reports_the_cpus_whose_debug_registers_are_full():
         fifth = wp.arm(4, {0: 0x1004, 1: 0x2004}, 9)
         assert (fifth.cpus, fifth.failed, fifth.complete) == ([0], {1: "ENOSPC"}, False)
         assert wp.armed(4) == [0]
-        assert wp.disarm(4) == [0] and closed == [109]
+        assert wp.disarm(4) == {0: None} and closed == [109]       # a fake fd: its count cannot be read
         assert wp.keys() == [0, 1, 2, 3]
         wp.close()
         assert sorted(closed) == list(range(101, 110))
     finally:
         os.close = real_close
     assert attached[0] == (101, 9)
+
+
+def test_a_watchpoint_counts_every_write_it_traps():
+    """A real breakpoint on a variable of this process (no BPF program): perf's count is the hits."""
+    value = ctypes.c_int(0)
+    try:
+        fd = breakpoints.open_breakpoint(ctypes.addressof(value), cpu=-1, pid=0)
+    except OSError as err:
+        pytest.skip("no hardware breakpoints here: %s" % err)
+    wp = breakpoints.Watchpoints(opener=lambda addr, cpu, length: fd,
+                                 attacher=lambda fd, prog: fcntl.ioctl(fd, breakpoints.PERF_EVENT_IOC_ENABLE, 0))
+    assert wp.arm(7, {0: ctypes.addressof(value)}, -1).complete
+    for i in range(5):
+        value.value = i + 1
+    _ = value.value                                   # a read: not a hit of a write watchpoint
+    assert wp.disarm(7) == {0: 5}
+    value.value = 9                                   # disarmed and closed
+    assert wp.keys() == []
 
 
 def test_cpu_lists():
@@ -285,7 +305,7 @@ class FakeBpf(object):
 
     def __init__(self):
         self.maps = {"ctl": FakeTable(), "cpu_offsets": FakeTable(), "watched": FakeTable(), "slots": FakeTable(),
-                     "stacks": FakeTable()}
+                     "stacks": FakeTable(), "watch_runs": FakeTable()}
         self.maps["cpu_offsets"][0] = 0x1000
         self.maps["cpu_offsets"][1] = 0x2000
 
@@ -333,6 +353,10 @@ class FakeWatchpoints(object):
     def __init__(self, free=4):
         self.free = free
         self.armed = {}
+        self.hits = {}           # by address: what perf would count
+
+    def keys(self):
+        return sorted(self.armed)
 
     def arm(self, key, addrs, prog_fd):
         result = breakpoints.Armed(key)
@@ -347,9 +371,11 @@ class FakeWatchpoints(object):
         return result
 
     def disarm(self, key):
-        if self.armed.pop(key, None) is not None:
-            self.free += 1
-        return []
+        addrs = self.armed.pop(key, None)
+        if addrs is None:
+            return {}
+        self.free += 1
+        return dict((cpu, self.hits.get(addr, 0)) for cpu, addr in addrs.items())
 
     def close(self):
         self.armed.clear()
@@ -398,6 +424,38 @@ def test_a_device_waits_for_a_free_debug_register_and_is_armed_when_one_is_freed
     assert (watches[-1]["dev"], watches[-1]["armed"]) == ("0xd2", True)
     # b is synced when announced (the baseline of the other strategies) and again once armed
     assert synced == [0xd1, 0xd2, 0xd2] and session.waiting_slots == []
+
+
+def test_the_end_of_a_watch_compares_the_hits_with_the_runs_of_our_program(monkeypatch):
+    session, emitted, said, synced = _session(monkeypatch, Selector())
+    session.on_raw(raw(type=1, dev=0xd1, name=b"a", flags=3, aux=0x3000))
+    session.watchpoints.hits = {0x4000: 7, 0x5000: 2}                        # counter 0x3000 + each CPU's offset
+    runs = lambda *per_cpu: [types.SimpleNamespace(runs=r, in_sync=s) for r, s in per_cpu]
+    session.bpf["watch_runs"][0x4000] = runs((5, 1), (0, 0))                # cpu 0 ran 5 of its 7 hits
+    session.bpf["watch_runs"][0x5000] = runs((0, 0), (2, 0))
+    session.on_raw(raw(type=8, dev=0xd1, level=1))                           # freed: the watch ends
+    end = emitted[-1]
+    assert (end["type"], end["dev"], end["hits"], end["runs"], end["skipped"], end["in_sync"], end["cpus"]) == (
+        "watch_end", "0xd1", 9, 7, 2, 1, {"0": [7, 5], "1": [2, 2]})
+    assert dict(session.bpf["watch_runs"]) == {} and session.watchpoints.armed == {}
+
+
+def test_a_freed_devices_writes_read_late_from_another_cpus_buffer_are_kept(monkeypatch):
+    session, emitted, said, synced = _session(monkeypatch, Selector())
+    session.on_raw(raw(type=1, dev=0xd1, name=b"a", flags=3, aux=0x3000, ts_ns=10))
+    session.on_raw(raw(type=8, dev=0xd1, level=1, ts_ns=50, cpu=0))           # the free, from cpu 0's ring
+    session.on_raw(raw(type=3, dev=0xd1, strategy=1, delta=-1, ts_ns=40, cpu=1))   # cpu 1's ring: before it
+    session.on_raw(raw(type=3, dev=0xd1, strategy=1, delta=1, ts_ns=60, cpu=1))    # after it: not this device's
+    assert [(e["type"], e["ts_ns"]) for e in emitted if e["type"] in ("free", "ref")] == [("free", 50), ("ref", 40)]
+
+
+def test_closing_the_session_ends_the_watches_still_armed(monkeypatch):
+    session, emitted, said, synced = _session(monkeypatch, Selector())
+    session.on_raw(raw(type=1, dev=0xd1, name=b"a", flags=3, aux=0x3000))
+    session.close()
+    assert [(e["type"], e["hits"], e["skipped"]) for e in emitted if e["type"] == "watch_end"] == [
+        ("watch_end", 0, 0)]
+    assert session.watchpoints.armed == {}
 
 
 def test_a_record_that_cannot_be_processed_becomes_a_gap(monkeypatch):

@@ -128,6 +128,12 @@ def render_result(result: Any, console: Any, top: int = TOP_STACKS) -> None:
         for s in d.strategies:
             for reason in s.uncertain[:5]:
                 console.print("  [yellow]uncertain[/yellow] %s" % escape(reason))
+            if s.skipped:
+                console.print("  %s: the kernel did not run our program for %d of %d watchpoint hit(s) (another "
+                              "BPF program was running on that CPU)" % (s.strategy, s.skipped, s.hits))
+            if s.untrapped:
+                console.print("  %s: %d write(s) did not trap at all (perf counted no hit for them)"
+                              % (s.strategy, s.untrapped))
             for row in s.unbalanced[:top]:
                 console.print("  %s %+d  %s" % (s.strategy, row.count, escape(frames_text(row.stack))), highlight=False)
                 when = "%.3fs" % (row.first_ns / 1e9) if row.first_ns == row.last_ns else "%.3fs..%.3fs" % (
