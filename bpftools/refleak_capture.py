@@ -10,7 +10,9 @@ kprobes, and for every device the selector wants:
 2. a sync (``ctl[RL_CTL_SYNC] = dev`` then a getppid() of ours, which the program's tracepoint
    sees) reads the counter and sets every slot's shadow: the baseline the balance counts from.
 3. ``free_netdev`` ends the watch: the breakpoints are closed before the freed slots are reused, and a
-   ``watch_end`` record compares the hits perf counted with the runs of our program.
+   ``watch_end`` record compares the hits perf counted with the runs of our program. A device whose
+   counter sits where a watched device's was (that one is freed, its free not read yet) ends that
+   watch before its own is armed: an address is never watched twice, so runs per address are exact.
 
 Records of a device not yet announced (holders created inside register_netdevice, before its return
 announces the device) wait for the announcement, and are dropped with an unwanted device. The perf
@@ -234,7 +236,13 @@ class Session(object):
     def _arm(self, dev: str) -> bool:
         if self.prog_fd is None:
             return False
-        armed = self.watchpoints.arm(int(dev, 16), self._slot_addrs(dev), self.prog_fd)
+        addrs = self._slot_addrs(dev)
+        for key in self.watchpoints.keys():
+            other = hexaddr(key)
+            if other != dev and other in self.devices and set(self._slot_addrs(other).values()) & set(addrs.values()):
+                # DEV's counter sits where OTHER's was: OTHER is freed (its free not read yet), its watch ends
+                self._end_watch(other)
+        armed = self.watchpoints.arm(int(dev, 16), addrs, self.prog_fd)
         record = {"type": "watch", "dev": dev, "ts_ns": self.last_ts, "cpus": list(armed.cpus),
                   "failed": dict((str(c), e) for c, e in sorted(armed.failed.items())), "armed": armed.complete}
         if not armed.complete:

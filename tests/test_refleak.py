@@ -449,6 +449,17 @@ def test_a_freed_devices_writes_read_late_from_another_cpus_buffer_are_kept(monk
     assert [(e["type"], e["ts_ns"]) for e in emitted if e["type"] in ("free", "ref")] == [("free", 50), ("ref", 40)]
 
 
+def test_a_new_device_on_a_freed_devices_counter_ends_that_watch_first(monkeypatch):
+    session, emitted, said, synced = _session(monkeypatch, Selector())
+    session.on_raw(raw(type=1, dev=0xd1, name=b"a", flags=3, aux=0x3000, ts_ns=10))
+    session.on_raw(raw(type=1, dev=0xd2, name=b"b", flags=3, aux=0x3000, ts_ns=60))   # a's free not read yet
+    assert [(e["type"], e["dev"]) for e in emitted if e["type"] in ("watch", "watch_end")] == [
+        ("watch", "0xd1"), ("watch_end", "0xd1"), ("watch", "0xd2")]
+    assert sorted(session.watchpoints.armed) == [0xd2]
+    session.on_raw(raw(type=8, dev=0xd1, level=1, ts_ns=50))                            # now it is
+    assert [e["dev"] for e in emitted if e["type"] == "watch_end"] == ["0xd1"] and 0xd2 in session.watchpoints.armed
+
+
 def test_closing_the_session_ends_the_watches_still_armed(monkeypatch):
     session, emitted, said, synced = _session(monkeypatch, Selector())
     session.on_raw(raw(type=1, dev=0xd1, name=b"a", flags=3, aux=0x3000))
