@@ -19,7 +19,7 @@ from typing import Dict, List, Tuple
 import elftools
 import pytest
 
-from bpftools import inline_sites
+from bpftools import dwarf, inline_sites
 from bpftools.errors import BadInput
 from bpftools.inline_sites import (DevLocation, InlineSite, build_id, cached_discovery, cached_sites, discover,
                                    discover_all, find_debug_vmlinux)
@@ -331,7 +331,7 @@ def test_find_debug_vmlinux(builds, tmp_path, monkeypatch):
     (b"\x75\x00\x23\x08", (None, "expression")),                        # breg5 0; plus_uconst 8
 ])
 def test_location_expressions(expr, expected):
-    assert inline_sites._evaluate(expr) == expected
+    assert dwarf.evaluate(expr) == expected
 
 
 LINES = {0x13: (1, 4), 0x25: (1, 4), 0x459: (1, 4030), 0x467: (1, 4035)}
@@ -370,11 +370,11 @@ def test_percpu_updates(code, expected):
 @pytest.mark.skipif(shutil.which("readelf") is None, reason="needs binutils")
 def test_frame_table_agrees_with_readelf(builds):
     """Every CFA row readelf interprets from the fixture's .debug_frame (pushes, remember/restore
-    state in drop_either) is what _FrameTable computes at that address."""
+    state in drop_either) is what FrameTable computes at that address."""
     out = subprocess.check_output(["readelf", "--debug-dump=frames-interp", builds["main"]], universal_newlines=True)
     rows = re.findall(r"^([0-9a-f]{16}) rsp\+(\d+) ", out.split(".debug_frame", 1)[1], re.M)
-    with inline_sites._Image(builds["main"]) as image:
-        table = inline_sites._FrameTable(image.data(".debug_frame"))
+    with dwarf.Image(builds["main"]) as image:
+        table = dwarf.FrameTable(image.data(".debug_frame"))
     assert len(rows) >= 8
     for loc, offset in rows:
         if int(loc, 16):                                # the CIE's own row is at 0
@@ -383,6 +383,6 @@ def test_frame_table_agrees_with_readelf(builds):
 
 def test_frame_base_locations():
     """DW_OP_fbreg N with the frame base at (register, offset): memory at register + offset + N."""
-    assert inline_sites._evaluate(b"\x91\x00", (7, 8)) == (DevLocation("breg", "sp", 8), "")
-    assert inline_sites._evaluate(b"\x91\x68", (7, 40)) == (DevLocation("breg", "sp", 16), "")
-    assert inline_sites._evaluate(b"\x91\x68\x9f", (6, 16)) == (DevLocation("reg", "bp", -8), "")
+    assert dwarf.evaluate(b"\x91\x00", (7, 8)) == (DevLocation("breg", "sp", 8), "")
+    assert dwarf.evaluate(b"\x91\x68", (7, 40)) == (DevLocation("breg", "sp", 16), "")
+    assert dwarf.evaluate(b"\x91\x68\x9f", (6, 16)) == (DevLocation("reg", "bp", -8), "")
