@@ -117,11 +117,13 @@ class _StopSignals(object):
 def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
                 duration: Optional[float] = None, ready: Optional[Callable[[], None]] = None,
                 on_lost: Optional[Callable[[int], None]] = None, page_cnt: int = 64,
-                tick_every: Optional[float] = None, on_tick: Optional[Callable[[], None]] = None) -> None:
+                tick_every: Optional[float] = None, on_tick: Optional[Callable[[], None]] = None,
+                on_end: Optional[Callable[[], None]] = None) -> None:
     """Poll perf buffer TABLE until DURATION seconds pass or SIGINT/SIGTERM, then detach.
 
     ``on_event`` gets the bcc-decoded ctypes struct, ``on_lost`` the count of each perf-buffer loss,
-    ``on_tick`` is called every TICK_EVERY seconds. SIGTERM ends the poll like the duration does;
+    ``on_tick`` is called every TICK_EVERY seconds, ``on_end`` once at the end while the maps are still
+    open (before the probes are cleaned up). SIGTERM ends the poll like the duration does;
     SIGINT raises KeyboardInterrupt after detaching (the CLI maps it to exit code 130).
 
     A program with an ``unsent`` array counts its failed ``perf_submit()`` calls itself: that count is
@@ -163,13 +165,17 @@ def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
                     next_tick += tick_every
             bpf.perf_buffer_poll(timeout=10)   # drain what arrived at the end
         finally:
-            for cpu in _bcc().utils.get_online_cpus():   # close our buffers while the map fd is open
-                del perf[cpu]
-            # full maps, failed perf_submit() (where counted), kretprobes over maxactive
-            dropped = table_sum(bpf, "lost") + table_sum(bpf, "unsent") + kprobe_misses(os.getpid())
-            if dropped and on_lost is not None:
-                on_lost(dropped)
-            bpf.cleanup()
+            try:
+                if on_end is not None:
+                    on_end()        # the maps are still open
+            finally:
+                for cpu in _bcc().utils.get_online_cpus():   # close our buffers while the map fd is open
+                    del perf[cpu]
+                # full maps, failed perf_submit() (where counted), kretprobes over maxactive
+                dropped = table_sum(bpf, "lost") + table_sum(bpf, "unsent") + kprobe_misses(os.getpid())
+                if dropped and on_lost is not None:
+                    on_lost(dropped)
+                bpf.cleanup()
     if stop.received == signal.SIGINT:
         raise KeyboardInterrupt()
 

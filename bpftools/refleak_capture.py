@@ -371,14 +371,13 @@ class Session(object):
     def lost(self, count: int) -> None:
         self.emit({"type": "lost", "count": count, "source": "perf_buffer", "ts_ns": self.last_ts})
 
+    def end_watches(self) -> None:
+        """End every watch still armed (its hit count is part of the record): while the maps are open."""
+        for key in self.watchpoints.keys():
+            self._end_watch(hexaddr(key))
+
     def close(self) -> None:
-        """End every watch still armed (its hit count is part of the record), then close the rest."""
-        try:
-            if self.bpf is not None:
-                for key in self.watchpoints.keys():
-                    self._end_watch(hexaddr(key))
-        finally:
-            self.watchpoints.close()
+        self.watchpoints.close()
 
 
 def run(session: Session, duration: Optional[float], ready: Optional[Callable[[], None]],
@@ -395,6 +394,6 @@ def run(session: Session, duration: Optional[float], ready: Optional[Callable[[]
 
     try:
         poll_events(bpf, "events", session.on_raw, duration=duration, ready=_ready, on_lost=session.lost,
-                    page_cnt=256, tick_every=tick_every, on_tick=on_tick)
+                    page_cnt=256, tick_every=tick_every, on_tick=on_tick, on_end=session.end_watches)
     finally:
         session.close()

@@ -102,7 +102,7 @@ struct slot {
     u32 cpu;
 };
 
-struct watch_runs {  /* per CPU, per watched address: user space compares with the breakpoint's hit count */
+struct run_count {   /* per CPU, per watched address: user space compares with the breakpoint's hit count */
     u64 runs;       /* times on_watch ran for a hit */
     u64 in_sync;    /* ... of which while user space was syncing a device (the sync may miss that write) */
 };
@@ -134,7 +134,7 @@ BPF_ARRAY(cpu_offsets, u64, MAX_CPUS);
 BPF_ARRAY(drops, u64, 1);
 BPF_HASH(watched, u64, struct watched, 4096);
 BPF_HASH(slots, u64, struct slot, 4096);
-BPF_PERCPU_HASH(watch_runs, u64, struct watch_runs, 4096);
+BPF_TABLE("percpu_hash", u64, struct run_count, watch_runs, 4096);   /* bcc 0.18 has no BPF_PERCPU_HASH */
 BPF_HASH(registering, u32, struct pending, 1024);
 BPF_HASH(holders, u64, struct holder, 65536);
 BPF_HASH(creating, u64, struct pending, 4096);
@@ -393,9 +393,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
 /* A write to a watched counter slot; the trap comes after it. */
 static __always_inline void count_run(u64 addr)
 {
-    struct watch_runs *r = watch_runs.lookup(&addr);
+    struct run_count *r = watch_runs.lookup(&addr);
     if (!r) {
-        struct watch_runs zero = {};
+        struct run_count zero = {};
         watch_runs.update(&addr, &zero);
         r = watch_runs.lookup(&addr);
         if (!r)

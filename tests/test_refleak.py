@@ -460,10 +460,10 @@ def test_a_new_device_on_a_freed_devices_counter_ends_that_watch_first(monkeypat
     assert [e["dev"] for e in emitted if e["type"] == "watch_end"] == ["0xd1"] and 0xd2 in session.watchpoints.armed
 
 
-def test_closing_the_session_ends_the_watches_still_armed(monkeypatch):
+def test_the_end_of_the_run_ends_the_watches_still_armed(monkeypatch):
     session, emitted, said, synced = _session(monkeypatch, Selector())
     session.on_raw(raw(type=1, dev=0xd1, name=b"a", flags=3, aux=0x3000))
-    session.close()
+    session.end_watches()
     assert [(e["type"], e["hits"], e["skipped"]) for e in emitted if e["type"] == "watch_end"] == [
         ("watch_end", 0, 0)]
     assert session.watchpoints.armed == {}
