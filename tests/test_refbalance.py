@@ -281,10 +281,8 @@ def test_lab_leak_recordings(path):
 
 
 # Writes the watch missed and traps that changed nothing (QEMU), per recording: what the lab runs gave.
-# (5.10's and 6.1's were recorded before refleak kept a freed device's records read late from another
-# CPU's ring and before the watch_end hit counts; 6.12's after.)
-GAPS = {("5.10.0-46-amd64", "netns-churn"): (2, 0),
-        ("6.1.0-56-amd64", "leak-existing"): (0, 1), ("6.12.118+deb13-amd64", "leak-new"): (0, 1)}
+GAPS = {("5.10.0-46-amd64", "netns-churn"): (0, 1), ("6.1.0-56-amd64", "netns-churn"): (1, 5),
+        ("6.1.0-56-amd64", "leak-new"): (0, 1), ("6.12.118+deb13-amd64", "leak-new"): (0, 1)}
 
 
 @pytest.mark.parametrize("path", recordings("*"))
@@ -294,14 +292,13 @@ def test_lab_recordings_with_hit_counts_account_for_every_write(path):
     beyond the skipped ones."""
     rec = read_recording(path)
     ends = [e for e in rec.events if e["type"] == "watch_end"]
-    if "6.12" not in path:
-        assert ends == []
-        return
     watches = [s for d in analyze(rec.events).devices for s in d.strategies if s.strategy == "watch"]
     assert len(ends) == len(watches) >= 1
     for w in watches:
         assert w.hits - w.skipped >= w.holds + w.puts + w.unchanged + w.presync > 0, w
-        assert (w.skipped, w.untrapped, w.missed) == (0, 0, 0), w
+        assert w.untrapped == 0 and w.missed <= w.skipped + w.in_sync, w
+    skipped = sum(w.skipped for w in watches)
+    assert skipped == (1 if os.path.basename(path) == "refleak-netns-churn.jsonl" and "6.12" not in path else 0)
 
 
 @pytest.mark.parametrize("path", recordings("*"))
