@@ -115,6 +115,40 @@ def owned_bpf_ids(pid: int) -> Dict[str, Set[int]]:
     return out
 
 
+def bpf_run_stats(pid: int) -> Dict[int, Tuple[int, int]]:
+    """{prog_id: (run_cnt, run_time_ns)} of the BPF programs process PID holds, from its fdinfo (the
+    kernel counts them while sysctl kernel.bpf_stats_enabled is 1; see :class:`BpfStats`)."""
+    out = {}  # type: Dict[int, Tuple[int, int]]
+    base = "/proc/%d/fdinfo" % pid
+    for fd in os.listdir(base):
+        try:
+            with open(os.path.join(base, fd)) as f:
+                fields = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if "prog_id" in fields and "run_cnt" in fields:
+            out[int(fields["prog_id"])] = (int(fields["run_cnt"]), int(fields["run_time_ns"]))
+    return out
+
+
+class BpfStats(object):
+    """``with BpfStats():`` turns sysctl kernel.bpf_stats_enabled on (run counts and times of every BPF
+    program) and back to what it was."""
+
+    PATH = "/proc/sys/kernel/bpf_stats_enabled"
+
+    def __enter__(self) -> "BpfStats":
+        with open(self.PATH) as f:
+            self.before = f.read().strip()
+        with open(self.PATH, "w") as f:
+            f.write("1")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with open(self.PATH, "w") as f:
+            f.write(self.before)
+
+
 def bpftool_json(*args: str) -> Any:
     """``bpftool ARGS --json`` parsed (bpftool from the distribution's package ``bpftool``)."""
     out = subprocess.check_output(["bpftool"] + list(args) + ["--json"], universal_newlines=True)

@@ -96,7 +96,9 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
     compiles a BPF program, and what that evicts (page cache; under QEMU's TCG, the translated code)
     must not be charged to the probes."""
     recorded: List[int] = []
-    with Disk() as disk:
+    bpf_ns: List[int] = []      # per with-run: run time of the tool's BPF programs during the measured seconds
+    bpf_runs: List[int] = []
+    with Disk() as disk, benchlib.BpfStats():
         target = os.path.join(disk.mnt, "data")
         record = os.path.join(disk.base, "iojitter.jsonl")
         args = [tool_name, "--mode", mode, "-d", "3600", "--record", record, "--json"] + (
@@ -117,7 +119,14 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
             # cwd "/": not a source tree whose bpftools/ would shadow the installed package
             tool = benchlib.Tool(args, disk.base, timeout=600, cwd="/")
             try:
-                return measured()
+                if settle > 0:
+                    write_for(target, chunk, settle)
+                before = benchlib.bpf_run_stats(tool.pid)
+                mib_s = write_for(target, chunk, seconds)
+                after = benchlib.bpf_run_stats(tool.pid)
+                bpf_runs.append(sum(n - before.get(p, (0, 0))[0] for p, (n, _) in after.items()))
+                bpf_ns.append(sum(t - before.get(p, (0, 0))[1] for p, (_, t) in after.items()))
+                return mib_s
             finally:
                 code, err = tool.stop(timeout=600)
                 if code != 0:
@@ -139,7 +148,11 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
             "ratio": round(with_mib / without_mib, 4), "slowdown_pct": round((1 - with_mib / without_mib) * 100, 2),
             "spread_without": round(spread_without, 3), "spread_with": round(spread_with, 3),
             "runs_without": [round(v, 2) for v in arms["without"]], "runs_with": [round(v, 2) for v in arms["with"]],
-            "events_recorded": recorded}
+            "events_recorded": recorded,
+            # the probes' own CPU time (BPF program run time, not the trap or trampoline around it)
+            "bpf_runs_per_s": [round(n / seconds) for n in bpf_runs],
+            "bpf_cpu_pct": [round(ns / (seconds * 1e9) * 100, 3) for ns in bpf_ns],
+            "bpf_ns_per_run": [round(ns / n) if n else 0 for ns, n in zip(bpf_ns, bpf_runs)]}
 
 
 def main() -> int:
@@ -171,6 +184,8 @@ def main() -> int:
         print("%-16s %10.2f %8.3f" % ("with " + args.tool, result["mib_s_with"], result["spread_with"]))
         print("ratio with/without %.4f (slowdown %.2f%%); per round %s; events recorded per run %s"
               % (result["ratio"], result["slowdown_pct"], result["per_round_ratios"], result["events_recorded"]))
+        print("the tool's BPF programs per measured run: %s runs/s, %s%% of one CPU, %s ns per run"
+              % (result["bpf_runs_per_s"], result["bpf_cpu_pct"], result["bpf_ns_per_run"]))
         print("per-round ratios: geometric mean %.4f, 95%% interval %.4f-%.4f: the 5%% target is %s"
               % (result["geomean_per_round_ratio"], result["ratio_ci95"][0], result["ratio_ci95"][1],
                  "shown (the interval stays above 0.95)" if result["target_shown"] else "not shown"))

@@ -69,6 +69,11 @@ def test_iojitter_overhead_interleaves_and_counts_what_the_tool_recorded():
     assert r["ratio"] == pytest.approx(r["mib_s_with"] / r["mib_s_without"], rel=1e-2)
     assert r["slowdown_pct"] == pytest.approx((1 - r["ratio"]) * 100, abs=0.01)
     assert all(n >= 0 for n in r["events_recorded"])
+    # writeslow's programs ran while the writer fsynced (kernel.bpf_stats_enabled on for the run)
+    assert len(r["bpf_runs_per_s"]) == len(r["bpf_cpu_pct"]) == len(r["bpf_ns_per_run"]) == 2
+    assert all(n > 0 for n in r["bpf_runs_per_s"]) and all(ns > 0 for ns in r["bpf_ns_per_run"])
+    with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+        assert f.read().strip() == "0"                     # put back
     low, high = r["ratio_ci95"]
     assert low <= r["geomean_per_round_ratio"] <= high and r["target_shown"] == (low >= 0.95)
 
