@@ -162,7 +162,7 @@ def test_cli_writes_one_html_report_of_both_recordings(bpftools_cli, tmp_path):
     assert "bpftools incident report: iojitter + refleak" in texts
     assert IOJITTER_TITLE in texts and REFLEAK_TITLE in texts
     assert html.count('</h3><pre class="command">') == 2            # the command of each recording
-    assert '<h3>refleak</h3><pre class="command"><code>/opt/site/bpftools/cli.py refleak --json' in html
+    assert '<h3>refleak</h3><pre class="command"><code>bpftools refleak --json --record /tmp/bpftools-refleak-' in html
     assert EVIL in texts                                            # the writer's comm, shown as text
     data = json.loads(embedded_json(html))
     assert [v["title"] for v in data["verdicts"]] == [IOJITTER_TITLE, REFLEAK_TITLE]
