@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Set, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,9 +98,8 @@ def proc_status_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def owned_bpf_ids(pid: int) -> Dict[str, Set[int]]:
-    """The ids of the BPF programs and maps whose file descriptors process PID holds (its fdinfo)."""
-    out = {"prog": set(), "map": set()}  # type: Dict[str, Set[int]]
+def _fdinfos(pid: int) -> Iterator[Dict[str, str]]:
+    """The ``key: value`` fields of each of process PID's file descriptors (/proc/PID/fdinfo)."""
     base = "/proc/%d/fdinfo" % pid
     for fd in os.listdir(base):
         try:
@@ -108,27 +107,24 @@ def owned_bpf_ids(pid: int) -> Dict[str, Set[int]]:
                 text = f.read()
         except OSError:   # closed meanwhile
             continue
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            if key in ("prog_id", "map_id"):
-                out[key[:-3]].add(int(value))
+        yield dict((k, v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines()))
+
+
+def owned_bpf_ids(pid: int) -> Dict[str, Set[int]]:
+    """The ids of the BPF programs and maps whose file descriptors process PID holds (its fdinfo)."""
+    out = {"prog": set(), "map": set()}  # type: Dict[str, Set[int]]
+    for fields in _fdinfos(pid):
+        for key in ("prog_id", "map_id"):
+            if key in fields:
+                out[key[:-3]].add(int(fields[key]))
     return out
 
 
 def bpf_run_stats(pid: int) -> Dict[int, Tuple[int, int]]:
     """{prog_id: (run_cnt, run_time_ns)} of the BPF programs process PID holds, from its fdinfo (the
     kernel counts them while sysctl kernel.bpf_stats_enabled is 1; see :class:`BpfStats`)."""
-    out = {}  # type: Dict[int, Tuple[int, int]]
-    base = "/proc/%d/fdinfo" % pid
-    for fd in os.listdir(base):
-        try:
-            with open(os.path.join(base, fd)) as f:
-                fields = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
-        except OSError:
-            continue
-        if "prog_id" in fields and "run_cnt" in fields:
-            out[int(fields["prog_id"])] = (int(fields["run_cnt"]), int(fields["run_time_ns"]))
-    return out
+    return dict((int(f["prog_id"]), (int(f["run_cnt"]), int(f["run_time_ns"])))
+                for f in _fdinfos(pid) if "prog_id" in f and "run_cnt" in f)
 
 
 class BpfStats(object):

@@ -105,10 +105,17 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
             ["-m", str(min_ms)] if tool_name != "slabfail" else [])
         write_for(target, chunk, 1.0)   # warm-up: allocate blocks, fill caches
 
-        def measured() -> float:
+        def measured(tool_pid: Optional[int] = None) -> float:
+            """SETTLE seconds unmeasured, then SECONDS measured; with TOOL_PID, its BPF run time over them."""
             if settle > 0:
                 write_for(target, chunk, settle)
-            return write_for(target, chunk, seconds)
+            before = benchlib.bpf_run_stats(tool_pid) if tool_pid else {}
+            mib_s = write_for(target, chunk, seconds)
+            if tool_pid:
+                after = benchlib.bpf_run_stats(tool_pid)
+                bpf_runs.append(sum(n - before.get(p, (0, 0))[0] for p, (n, _) in after.items()))
+                bpf_ns.append(sum(t - before.get(p, (0, 0))[1] for p, (_, t) in after.items()))
+            return mib_s
 
         def without() -> float:
             return measured()
@@ -119,14 +126,7 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
             # cwd "/": not a source tree whose bpftools/ would shadow the installed package
             tool = benchlib.Tool(args, disk.base, timeout=600, cwd="/")
             try:
-                if settle > 0:
-                    write_for(target, chunk, settle)
-                before = benchlib.bpf_run_stats(tool.pid)
-                mib_s = write_for(target, chunk, seconds)
-                after = benchlib.bpf_run_stats(tool.pid)
-                bpf_runs.append(sum(n - before.get(p, (0, 0))[0] for p, (n, _) in after.items()))
-                bpf_ns.append(sum(t - before.get(p, (0, 0))[1] for p, (_, t) in after.items()))
-                return mib_s
+                return measured(tool.pid)
             finally:
                 code, err = tool.stop(timeout=600)
                 if code != 0:

@@ -390,7 +390,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
 }
 
 #ifdef WATCH
-/* A write to a watched counter slot; the trap comes after it. */
+/* One more run of on_watch for ADDR on this CPU (and whether a sync was under way). */
 static __always_inline void count_run(u64 addr)
 {
     struct run_count *r = watch_runs.lookup(&addr);
@@ -408,6 +408,7 @@ static __always_inline void count_run(u64 addr)
         r->in_sync++;
 }
 
+/* A write to a watched counter slot; the trap comes after it. */
 int on_watch(struct bpf_perf_event_data *ctx)
 {
     u64 addr = ctx->addr;
