@@ -127,6 +127,41 @@ def bpf_run_stats(pid: int) -> Dict[int, Tuple[int, int]]:
                 for f in _fdinfos(pid) if "prog_id" in f and "run_cnt" in f)
 
 
+def bpf_prog_name(prog_id: int) -> str:
+    """The name of BPF program PROG_ID (the kernel keeps its first 15 characters), by the bpf()
+    syscall: BPF_PROG_GET_FD_BY_ID, then BPF_OBJ_GET_INFO_BY_FD (struct bpf_prog_info.name at 64)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr_bpf = 321   # x86_64
+    attr = ctypes.create_string_buffer(128)
+    ctypes.c_uint32.from_buffer(attr, 0).value = prog_id
+    fd = libc.syscall(nr_bpf, 13, attr, 128)          # BPF_PROG_GET_FD_BY_ID
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "BPF_PROG_GET_FD_BY_ID %d" % prog_id)
+    try:
+        info = ctypes.create_string_buffer(256)
+        attr = ctypes.create_string_buffer(128)
+        ctypes.c_uint32.from_buffer(attr, 0).value = fd                   # info.bpf_fd
+        ctypes.c_uint32.from_buffer(attr, 4).value = len(info)            # info.info_len
+        ctypes.c_uint64.from_buffer(attr, 8).value = ctypes.addressof(info)
+        if libc.syscall(nr_bpf, 15, attr, 128) < 0:   # BPF_OBJ_GET_INFO_BY_FD
+            raise OSError(ctypes.get_errno(), "BPF_OBJ_GET_INFO_BY_FD %d" % prog_id)
+        return info.raw[64:80].split(b"\0", 1)[0].decode("ascii", "replace")
+    finally:
+        os.close(fd)
+
+
+def runs_by_program(before: Dict[int, Tuple[int, int]], after: Dict[int, Tuple[int, int]]) -> Dict[str, Tuple[int, int]]:
+    """{program name: (runs, run time ns)} between two :func:`bpf_run_stats` readings (ids of one name summed)."""
+    out = {}  # type: Dict[str, Tuple[int, int]]
+    for prog, (runs, ns) in after.items():
+        was = before.get(prog, (0, 0))
+        name = bpf_prog_name(prog)
+        had = out.get(name, (0, 0))
+        out[name] = (had[0] + runs - was[0], had[1] + ns - was[1])
+    return out
+
+
 class BpfStats(object):
     """``with BpfStats():`` turns sysctl kernel.bpf_stats_enabled on (run counts and times of every BPF
     program) and back to what it was."""

@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import benchlib
 
@@ -98,6 +98,7 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
     recorded: List[int] = []
     bpf_ns: List[int] = []      # per with-run: run time of the tool's BPF programs during the measured seconds
     bpf_runs: List[int] = []
+    by_program: Dict[str, Tuple[int, int]] = {}   # program name: (runs, ns) over all with-runs
     with Disk() as disk, benchlib.BpfStats():
         target = os.path.join(disk.mnt, "data")
         record = os.path.join(disk.base, "iojitter.jsonl")
@@ -112,9 +113,12 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
             before = benchlib.bpf_run_stats(tool_pid) if tool_pid else {}
             mib_s = write_for(target, chunk, seconds)
             if tool_pid:
-                after = benchlib.bpf_run_stats(tool_pid)
-                bpf_runs.append(sum(n - before.get(p, (0, 0))[0] for p, (n, _) in after.items()))
-                bpf_ns.append(sum(t - before.get(p, (0, 0))[1] for p, (_, t) in after.items()))
+                programs = benchlib.runs_by_program(before, benchlib.bpf_run_stats(tool_pid))
+                bpf_runs.append(sum(n for n, _ in programs.values()))
+                bpf_ns.append(sum(t for _, t in programs.values()))
+                for name, (n, t) in programs.items():
+                    had = by_program.get(name, (0, 0))
+                    by_program[name] = (had[0] + n, had[1] + t)
             return mib_s
 
         def without() -> float:
@@ -152,7 +156,11 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
             # the probes' own CPU time (BPF program run time, not the trap or trampoline around it)
             "bpf_runs_per_s": [round(n / seconds) for n in bpf_runs],
             "bpf_cpu_pct": [round(ns / (seconds * 1e9) * 100, 3) for ns in bpf_ns],
-            "bpf_ns_per_run": [round(ns / n) if n else 0 for ns, n in zip(bpf_ns, bpf_runs)]}
+            "bpf_ns_per_run": [round(ns / n) if n else 0 for ns, n in zip(bpf_ns, bpf_runs)],
+            # where those runs went: per program, runs per measured second and ns per run (all with-runs)
+            "bpf_by_program": dict((name, {"runs_per_s": round(n / (seconds * repeats)),
+                                           "ns_per_run": round(t / n) if n else 0})
+                                   for name, (n, t) in by_program.items() if n)}
 
 
 def main() -> int:
@@ -186,6 +194,8 @@ def main() -> int:
               % (result["ratio"], result["slowdown_pct"], result["per_round_ratios"], result["events_recorded"]))
         print("the tool's BPF programs per measured run: %s runs/s, %s%% of one CPU, %s ns per run"
               % (result["bpf_runs_per_s"], result["bpf_cpu_pct"], result["bpf_ns_per_run"]))
+        for name, row in sorted(result["bpf_by_program"].items(), key=lambda kv: -kv[1]["runs_per_s"]):
+            print("  %-16s %8d runs/s %6d ns per run" % (name, row["runs_per_s"], row["ns_per_run"]))
         print("per-round ratios: geometric mean %.4f, 95%% interval %.4f-%.4f: the 5%% target is %s"
               % (result["geomean_per_round_ratio"], result["ratio_ci95"][0], result["ratio_ci95"][1],
                  "shown (the interval stays above 0.95)" if result["target_shown"] else "not shown"))

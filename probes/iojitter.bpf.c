@@ -20,6 +20,9 @@
  *   WANT_WB_TP           writeback:writeback_single_inode_start/_ (HAVE_TP_WBSI) and
  *                        ext4:ext4_writepages/_result (HAVE_TP_EXT4) pairs, nested per thread.
  *   WANT_WB_KPROBE       kprobes wb_entry_N / wb_return_N on up to WB_SLOTS writeback functions.
+ *   WB_STACK_AT_EXIT     a writeback call's stack is taken when it ends, and only when it was slow (the
+ *                        callers are the same as at entry; a stack walk on every call is most of
+ *                        writeslow's cost). Not where a kretprobe hides the callers (before 5.15).
  * Tracepoint fields that not every kernel has: HAVE_TP_NAME, HAVE_TP_NODE, HAVE_TP_ACCOUNTED,
  * HAVE_TP_KMALLOC_NODE, HAVE_TP_KMALLOC_ACCOUNTED, HAVE_WB_CGROUP_INO.
  * Parameters (-D integers, validated in Python): FILTER_TGID, SLEEP_MIN_NS, WB_MIN_NS, DSTATE_MASK,
@@ -183,7 +186,11 @@ static __always_inline struct wb_frame *wb_push(void *ctx, u32 func)
     __builtin_memset(f, 0, sizeof(*f));
     f->start_ns = bpf_ktime_get_ns();
     f->func = func;
+#ifdef WB_STACK_AT_EXIT
+    f->kstack = -1;
+#else
     f->kstack = stacks.get_stackid(ctx, 0);
+#endif
     return f;
 }
 
@@ -216,9 +223,14 @@ static __always_inline struct iostall_event *wb_pop(void *ctx, u32 func, u64 *wb
             ev->dev = f->dev;
             ev->cgroup_ino = f->cgroup_ino;
             ev->nr_to_write = f->nr_to_write;
+#ifdef WB_STACK_AT_EXIT
+            ev->kstack = stacks.get_stackid(ctx, 0);   /* the same callers as at entry; slow calls only */
+            ev->flags = f->flags | WB_F_EXIT_STACK;
+#else
             ev->kstack = f->kstack;
-            ev->func = func;
             ev->flags = f->flags;
+#endif
+            ev->func = func;
             ev->depth = d;
             __builtin_memcpy(ev->name, f->name, NAME_LEN);
             *wbc = f->wbc;

@@ -11,6 +11,7 @@
 #define WB_F_INODE 1          /* ino (and dev or bdi name) are known */
 #define WB_F_WRITTEN 2        /* written is known */
 #define WB_F_DEEPER 4         /* nesting went deeper than WB_MAX_DEPTH: inner calls not recorded */
+#define WB_F_EXIT_STACK 8     /* kstack was taken at the call's end (WB_STACK_AT_EXIT) */
 
 /* kinds of first argument in kprobe mode (WB_ARGn) */
 #define WB_ARG_NONE 0

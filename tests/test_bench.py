@@ -72,6 +72,11 @@ def test_iojitter_overhead_interleaves_and_counts_what_the_tool_recorded():
     # writeslow's programs ran while the writer fsynced (kernel.bpf_stats_enabled on for the run)
     assert len(r["bpf_runs_per_s"]) == len(r["bpf_cpu_pct"]) == len(r["bpf_ns_per_run"]) == 2
     assert all(n > 0 for n in r["bpf_runs_per_s"]) and all(ns > 0 for ns in r["bpf_ns_per_run"])
+    # per program, by the names the kernel keeps (bcc drops "tracepoint__"; 15 characters): the ext4 pair
+    # (or writeback_single_inode's), and together every run counted above
+    assert set(r["bpf_by_program"]) <= {"ext4__ext4_writ", "writeback__writ"} and r["bpf_by_program"]
+    assert sum(p["runs_per_s"] for p in r["bpf_by_program"].values()) == pytest.approx(
+        sum(r["bpf_runs_per_s"]) / 2, abs=2)
     with open("/proc/sys/kernel/bpf_stats_enabled") as f:
         assert f.read().strip() == "0"                     # put back
     low, high = r["ratio_ci95"]

@@ -36,16 +36,14 @@ def _secs(ns: int) -> str:
 
 
 def plan(mode: str, pid: Optional[int], min_ns: int, wait_min_ns: int, functions: Tuple[str, ...] = ()) -> io.Plan:
-    """writeslow's plan (the slow-write threshold) + mempoolwait's + slabfail's, all three following only
-    the threads inside a traced writeback call (ONLY_IN_WB): the rest of the node costs one map lookup."""
+    """writeslow's plan (the slow-write threshold) + mempoolwait's + slabfail's, the sleeps followed only
+    in threads inside a traced writeback call (ONLY_IN_WB): the rest of the node costs one map lookup.
+    No allocator is kprobed (a probe on every allocation of the node): a failure's cache is named by the
+    tracepoint where it has ``name``, and the cache behind a mempool by the pool itself."""
     wb = writeslow.plan(mode, pid, min_ns, functions)
     sleeps = mempoolwait.plan(mode, pid, wait_min_ns, only_in_writeback=True)
-    slabs = slabfail.plan(mode, pid)
-    merged = sleeps.merge(wb).merge(slabs)
-    if "WANT_SLAB_KPROBE" in merged.flags:
-        merged.notes.append("slabfail: allocator entries followed inside traced writebacks only: a failure "
-                            "elsewhere is named by the tracepoint's cache name where it has one")
-    return merged
+    slabs = slabfail.plan(mode, pid, follow_allocators=False)
+    return sleeps.merge(wb).merge(slabs)
 
 
 def decode(raw: Any, capture: io.Capture) -> Optional[Any]:

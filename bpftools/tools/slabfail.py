@@ -117,8 +117,9 @@ def decode(raw: Any, capture: io.Capture) -> Optional[SlabFailure]:
         memcg_cache=parse_memcg_cache(name), kstack=frames, cgroup=proc["cgroup"], container=proc["container"])
 
 
-def plan(mode: str, pid: Optional[int]) -> io.Plan:
-    """Which tracepoints and kprobes this kernel allows for slab failures, and what they can tell."""
+def plan(mode: str, pid: Optional[int], follow_allocators: bool = True) -> io.Plan:
+    """Which tracepoints and kprobes this kernel allows for slab failures, and what they can tell.
+    Without FOLLOW_ALLOCATORS no allocator is kprobed (a kprobe per allocation): names as in tracepoint mode."""
     from ..symbols import SymbolTable
     io.tracing_ready()
     fields = io.tracepoint_fields("kmem", "kmem_cache_alloc")
@@ -140,7 +141,7 @@ def plan(mode: str, pid: Optional[int]) -> io.Plan:
         out.flags += [flag for fld, flag in (("node", "HAVE_TP_KMALLOC_NODE"), ("accounted", "HAVE_TP_KMALLOC_ACCOUNTED"))
                       if fld in kmalloc]
     table = SymbolTable.from_system() if kprobe_ok and mode != "tracepoint" else None
-    if chosen == "kprobe" and table is not None:
+    if chosen == "kprobe" and table is not None and follow_allocators:
         out.flags.append("WANT_SLAB_KPROBE")
         for resolution in table.resolve_all(CACHE_ALLOCATORS):
             target = resolution.attach or resolution.fallback
@@ -157,11 +158,11 @@ def plan(mode: str, pid: Optional[int]) -> io.Plan:
         else:
             out.notes.append("slabfail: cache names unknown: kmem_cache->name needs BTF or this kernel's own "
                              "headers (with a self-contained linux/slub_def.h); call sites only")
-    elif has_name:
-        out.notes.append("slabfail: tracepoint mode; cache names from kmem:kmem_cache_alloc's name field")
     else:
-        out.notes.append("slabfail: tracepoint mode; this kernel's kmem:kmem_cache_alloc has no cache name "
-                         "(kprobe mode reads it): call sites only")
+        how = "tracepoint mode" if chosen == "tracepoint" else "failures from the tracepoints, no allocator kprobed"
+        out.notes.append("slabfail: %s; %s" % (how, "cache names from kmem:kmem_cache_alloc's name field" if has_name
+                                                else "this kernel's kmem:kmem_cache_alloc has no cache name "
+                                                     "(slabfail's kprobe mode reads it): call sites only"))
     if table is not None:
         oom = table.resolve("slab_out_of_memory")
         if oom.attach:

@@ -27,7 +27,7 @@ from . import _iocommon as io
 
 TOOL = "writeslow"
 WB_SRC = {100: "writeback_single_inode", 101: "ext4_writepages"}   # probes/writeslow.h WB_SRC_*
-WB_F_INODE, WB_F_WRITTEN, WB_F_DEEPER = 1, 2, 4
+WB_F_INODE, WB_F_WRITTEN, WB_F_DEEPER, WB_F_EXIT_STACK = 1, 2, 4, 8
 WB_SLOTS = 8
 WB_ARG_NONE, WB_ARG_MAPPING, WB_ARG_PAGE = 0, 1, 2
 # Writeback functions, outermost first, and the kind of their first argument (kernel-facts.md,
@@ -70,7 +70,7 @@ class WritebackCall(JsonEvent):
     wb_cgroup_ino: Optional[int]   # the bdi_writeback's cgroup (cgroup writeback), as an inode number
     wb_cgroup: Optional[str]
     wb_container: Optional[Dict[str, Any]]
-    kstack: Optional[List[str]]    # at entry, innermost first
+    kstack: Optional[List[str]]    # the callers (taken at entry, or at the end of a slow call), innermost first
     cgroup: Optional[str]          # the writing task's memory cgroup (a kworker's is the root)
     container: Optional[Dict[str, Any]]
 
@@ -106,7 +106,17 @@ def decode(raw: Any, capture: io.Capture) -> Optional[WritebackCall]:
         written=int(raw.written) if flags & WB_F_WRITTEN else None,
         ret=int(raw.ret) if func_id == 101 else None, deeper=bool(flags & WB_F_DEEPER),
         wb_cgroup_ino=wb_ino, wb_cgroup=wb_cgroup, wb_container=wb_ref.to_json() if wb_ref else None,
-        kstack=capture.frames(int(raw.kstack)), cgroup=proc["cgroup"], container=proc["container"])
+        kstack=_entry_stack(capture.frames(int(raw.kstack)), func, func_id in capture.plan.slots and
+                            bool(flags & WB_F_EXIT_STACK)),
+        cgroup=proc["cgroup"], container=proc["container"])
+
+
+def _entry_stack(frames: Optional[List[str]], func: str, at_kretprobe: bool) -> Optional[List[str]]:
+    """FRAMES as the call's entry would have seen them: a stack taken in a kretprobe starts at the
+    caller (the probed function has returned), so FUNC is put back on top."""
+    if at_kretprobe and frames and stacks.base_name(frames[0]) != stacks.base_name(func):
+        return [func] + frames
+    return frames
 
 
 def plan(mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] = ()) -> io.Plan:
@@ -144,7 +154,9 @@ def plan(mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] 
             source = out.read_structs(STRUCT_READS)
             extra = ("device, inode and pages read from the arguments" if source else
                      "no device/inode/pages (needs BTF or this kernel's own headers)")
-            if not io.unwinder_sees_through_kretprobes(table):
+            if io.unwinder_sees_through_kretprobes(table):
+                out.flags.append("WB_STACK_AT_EXIT")
+            else:
                 extra += "; stacks of nested calls end at the outer call (kretprobe_trampoline, before 5.15)"
             out.notes.append("writeslow: kprobe mode on %s; %s" % (", ".join(out.slots.values()), extra))
             return out
@@ -158,7 +170,7 @@ def plan(mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] 
     if single is None and ext4 is None:
         raise MissingKernelFeature("writeback tracepoints (writeback:writeback_single_inode_start, "
                                    "ext4:ext4_writepages)")
-    out.flags.append("WANT_WB_TP")
+    out.flags += ["WANT_WB_TP", "WB_STACK_AT_EXIT"]
     pairs = []
     if single is not None and io.tracepoint_fields("writeback", "writeback_single_inode") is not None:
         out.flags.append("HAVE_TP_WBSI")
@@ -199,7 +211,7 @@ Examples:
               help="Report calls that took at least this long.")
 @click.option("-F", "--function", "functions", multiple=True, metavar="NAME",
               help="Probe this writeback function (repeatable; needs kprobes).")
-@click.option("-K", "kernel_stacks", is_flag=True, help="Print the kernel stack (at entry) of each call.")
+@click.option("-K", "kernel_stacks", is_flag=True, help="Print the kernel stack (the callers) of each call.")
 @click.option("-f", "--folded", is_flag=True, help="Print folded stacks of the outermost calls at the end.")
 def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float], mode: str, as_json: bool,
             record: Optional[str], ready_file: Optional[str], ebpf: bool, min_ms: float,

@@ -272,6 +272,9 @@ def test_slabfail_kprobe_mode_names_the_cache_it_read_from_the_kernel(tmp_path, 
 def test_iojitter_kprobes_give_the_whole_causal_record(tmp_path, stall_module, memcg):
     args = ("--mode", "kprobe", "-m", "1000", "-F", "bpftools_stall_do_writepages",
             "-F", "bpftools_stall_writepages")
+    plan = _kprobe_plan("iojitter", *args)
+    # failures from the slab tracepoints; no kprobe on the allocators (one per allocation of the node)
+    assert "-DWANT_SLAB " in plan + " " and "slab_alloc_entry" not in plan and "WANT_SLAB_KPROBE" not in plan
     tool = wl.Tool(str(tmp_path), "iojitter", "--json", "-d", RUN_S, *args)
     with _stalled_victim(stall_module) as victim:
         tool.wait()
@@ -315,6 +318,13 @@ def test_writeslow_kprobes_nest_do_writepages_and_ext4_writepages(tmp_path, disk
     inner = [e for e in mine if e["func"] == "ext4_writepages"][0]
     assert outer["start_ns"] <= inner["start_ns"] and inner["ts_ns"] <= outer["ts_ns"]
     assert inner["duration_ns"] >= 0.3e9
+    if "-DWB_STACK_AT_EXIT" in plan:      # 5.15+: taken in the kretprobe of a slow call, the function put back
+        for e in (inner, outer):
+            assert "ext4_sync_file" in e["kstack"], e["kstack"]
+        assert [base_name(f) for f in inner["kstack"][:2]] == ["ext4_writepages", "do_writepages"], inner["kstack"]
+    else:                                  # at entry; an inner call's stack ends at the outer's kretprobe
+        assert "ext4_sync_file" in outer["kstack"], outer["kstack"]
+    assert base_name(outer["kstack"][0]) == "do_writepages", outer["kstack"]
     if "-DHAVE_MATCHING_HEADERS" in plan:      # the lab installs the kernel's own headers
         dev = "%d:%d" % run["dev"]
         assert [(e["dev"], e["ino"], e["written"]) for e in (outer, inner)] == [
