@@ -31,20 +31,26 @@ static __always_inline int filtered(u32 tgid)
     return 0;
 }
 
-static __always_inline void count_lost(void)
+static __always_inline void add_one(u64 *n)
 {
-    int zero = 0;
-    u64 *n = lost.lookup(&zero);
     if (n)
         __sync_fetch_and_add(n, 1);
 }
 
-static __always_inline void count_unsent(void)
+/* An event a full map made us drop. */
+static __always_inline void count_lost(void)
 {
     int zero = 0;
-    u64 *n = unsent.lookup(&zero);
-    if (n)
-        __sync_fetch_and_add(n, 1);
+    add_one(lost.lookup(&zero));
+}
+
+/* Send EV; a full ring is counted in `unsent`. */
+static __always_inline void submit(void *ctx, struct kmem_event *ev)
+{
+    if (events.perf_submit(ctx, ev, sizeof(*ev)) < 0) {
+        int zero = 0;
+        add_one(unsent.lookup(&zero));
+    }
 }
 
 /* True when the basename of the user path starts with "memory.kmem.". */
@@ -123,8 +129,7 @@ static __always_inline int on_exit(void *ctx, long ret)
                 count_lost();
         }
     }
-    if (events.perf_submit(ctx, &p->ev, sizeof(p->ev)) < 0)
-        count_unsent();
+    submit(ctx, &p->ev);
     pending_by_tid.delete(&tid);
     return 0;
 }
@@ -294,8 +299,7 @@ int kernel_write_return(struct pt_regs *ctx)
     p->ev.kernel_ret = ret;
     p->ev.ret = ret;
     stamp(&p->ev);
-    if (events.perf_submit(ctx, &p->ev, sizeof(p->ev)) < 0)
-        count_unsent();
+    submit(ctx, &p->ev);
     kernel_calls.delete(&tid);
     return 0;
 }

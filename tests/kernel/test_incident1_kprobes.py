@@ -274,7 +274,7 @@ def test_iojitter_kprobes_give_the_whole_causal_record(tmp_path, stall_module, m
             "-F", "bpftools_stall_writepages")
     plan = _kprobe_plan("iojitter", *args)
     # failures from the slab tracepoints; no kprobe on the allocators (one per allocation of the node)
-    assert "-DWANT_SLAB " in plan + " " and "slab_alloc_entry" not in plan and "WANT_SLAB_KPROBE" not in plan
+    assert "-DWANT_SLAB " in plan and "-> slab_alloc_entry" not in plan and "-DWANT_SLAB_KPROBE" not in plan
     tool = wl.Tool(str(tmp_path), "iojitter", "--json", "-d", RUN_S, *args)
     with _stalled_victim(stall_module) as victim:
         tool.wait()
