@@ -93,6 +93,9 @@ BPF_STACK_TRACE(stacks, 16384);
 BPF_PERCPU_ARRAY(scratch, struct iostall_event, 2);   /* slot 0: the event being built; slot 1: drop reports */
 BPF_ARRAY(drops, u64, 1);
 BPF_ARRAY(unsent, u64, 1);   /* events perf_submit() could not write (ring full): counted exactly here */
+#ifdef WANT_SLEEP_KPROBE
+BPF_HASH(mp_calls, u32, struct mp_call, 10240);   /* threads inside mempool_alloc */
+#endif
 
 static __always_inline int filtered(u32 tgid)
 {
@@ -189,7 +192,8 @@ static __always_inline struct wb_frame *wb_push(void *ctx, u32 func)
 #ifdef WB_STACK_AT_EXIT
     f->kstack = -1;
 #else
-    f->kstack = stacks.get_stackid(ctx, 0);
+    /* at entry, outermost calls only: a nested call's stack ends at the outer call's kretprobe trampoline */
+    f->kstack = d == 0 ? stacks.get_stackid(ctx, 0) : -1;
 #endif
     return f;
 }
@@ -236,8 +240,15 @@ static __always_inline struct iostall_event *wb_pop(void *ctx, u32 func, u64 *wb
             *wbc = f->wbc;
         }
     }
-    if (d == 0)
+    if (d == 0) {
         wb_stacks.delete(&tid);
+#ifdef WANT_SLEEP_KPROBE
+        /* without a return probe on mempool_alloc (before 5.15) its record would outlive the call and
+         * every later io_schedule_timeout of the thread would take a stack: a call inside a writeback
+         * (ONLY_IN_WB) has ended by the writeback's end */
+        mp_calls.delete(&tid);
+#endif
+    }
     return ev;
 }
 
@@ -473,8 +484,6 @@ TRACEPOINT_PROBE(sched, sched_switch)
  * The sequence measured (mm/mempool.c, the same in 3.10 and 6.x): mempool_alloc entry marks the
  * thread; io_schedule_timeout(5*HZ) entry while marked starts a sleep; finish_wait(&pool->wait)
  * ends it; mempool_alloc return reports the whole call. */
-BPF_HASH(mp_calls, u32, struct mp_call, 10240);
-
 int mp_alloc_entry(struct pt_regs *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();

@@ -84,3 +84,28 @@ def test_interval_reports_are_cumulative(tmp_path, disk):
     for report in reports:
         assert [(e["func"], e["explained"]) for e in report["episodes"]
                 if e["tid"] == run["writer"] and e["ino"] == run["ino"]] == [("writeback_single_inode", False)]
+
+
+KPROBE_FUNCTIONS = (["mp_alloc_entry", "mp_sleep_entry", "mp_finish_wait_entry", "mp_alloc_return", "slab_alloc_entry",
+                     "slub_oom_entry"] + ["wb_entry_%d" % i for i in range(8)] + ["wb_return_%d" % i for i in range(8)])
+
+
+@pytest.mark.parametrize("stack_at_exit", [False, True])
+def test_the_kprobe_programs_pass_this_kernels_verifier(stack_at_exit):
+    """This machine cannot attach kprobes, but it loads kprobe programs: every kprobe function of the
+    program, with iojitter's kprobe-mode flags and struct offsets from this kernel's BTF, is accepted by
+    the verifier (the lab attaches them)."""
+    from bcc import BPF
+    from bpftools.tools import _iocommon as iocommon
+    from bpftools.tools.writeslow import STRUCT_READS
+    flags = ["WANT_SLAB", "WANT_SLAB_KPROBE", "WANT_SLUB_OOM", "SLUB_OOM_ARGS", "WANT_SLEEP_KPROBE", "ONLY_IN_WB",
+             "WANT_WB_KPROBE", "HAVE_JIFFIES64"] + (["WB_STACK_AT_EXIT"] if stack_at_exit else [])
+    plan = iocommon.Plan(mode="kprobe", flags=flags, params=dict(("WB_ARG%d" % i, i % 3) for i in range(8)))
+    assert plan.read_structs(STRUCT_READS + ["OFF_MEMPOOL_WAIT", "OFF_MEMPOOL_POOL_DATA", "OFF_MEMPOOL_ALLOC",
+                                             "OFF_CACHE_NAME"]) == "btf"
+    bpf = plan.probe().load()
+    try:
+        fds = dict((name, bpf.load_func(name.encode(), BPF.KPROBE).fd) for name in KPROBE_FUNCTIONS)
+    finally:
+        bpf.cleanup()
+    assert sorted(fds) == sorted(KPROBE_FUNCTIONS) and all(fd >= 0 for fd in fds.values())
