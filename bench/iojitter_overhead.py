@@ -10,6 +10,7 @@ interval stays above 0.95.
 
     sudo python3 bench/iojitter_overhead.py                    # 5 repeats of 5 s per arm
     sudo python3 bench/iojitter_overhead.py --repeats 9 --seconds 10 --json
+    sudo python3 bench/iojitter_overhead.py --tool none        # the control: no probe in the B arm
     python3 lab/run.py bookworm --exec 'python3 bench/iojitter_overhead.py --mode kprobe'   # real kernel
 
 Needs root, mkfs.ext4, losetup and mount. ``--mode`` is iojitter's (auto: kprobes where they exist).
@@ -124,6 +125,16 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
         def without() -> float:
             return measured()
 
+        def with_placebo() -> float:
+            """The control: a process started, left idle and stopped around the run, as the tool is."""
+            proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+            try:
+                return measured()
+            finally:
+                proc.terminate()
+                proc.wait()
+                recorded.append(0)
+
         def with_tool() -> float:
             if os.path.exists(record):
                 os.remove(record)
@@ -137,7 +148,8 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
                     raise SystemExit("the tool failed (%d): %s" % (code, err))
                 recorded.append(events_recorded(record))
 
-        arms = benchlib.interleaved(repeats, [("without", without), ("with", with_tool)])
+        arms = benchlib.interleaved(repeats, [("without", without),
+                                              ("with", with_placebo if tool_name == "none" else with_tool)])
     without_mib, spread_without = benchlib.median_spread(arms["without"])
     with_mib, spread_with = benchlib.median_spread(arms["with"])
     per_round = [w / wo for w, wo in zip(arms["with"], arms["without"])]
@@ -168,8 +180,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="runs per arm (5)")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per run (5)")
     parser.add_argument("--chunk", type=int, default=1 << 20, help="bytes per write+fsync (1 MiB)")
-    parser.add_argument("--tool", choices=("iojitter", "slabfail", "mempoolwait", "writeslow"), default="iojitter",
-                        help="the tool attached in the B arm (iojitter; the others are its parts)")
+    parser.add_argument("--tool", choices=("iojitter", "slabfail", "mempoolwait", "writeslow", "none"),
+                        default="iojitter", help="the tool attached in the B arm (iojitter; the others are its "
+                        "parts; none: an idle process instead, the control that shows what the procedure alone gives)")
     parser.add_argument("--mode", choices=("auto", "kprobe", "tracepoint"), default="auto")
     parser.add_argument("--min-ms", type=float, default=100.0,
                         help="iojitter -m: writebacks this slow are reported (100, its default; 0 = all)")

@@ -58,6 +58,15 @@ def test_startup_ours_attaches_and_bcc_is_timed_or_its_failure_shown():
 
 
 @pytest.mark.root
+def test_iojitter_overhead_control_arm_runs_no_bpf_program():
+    r = bench("iojitter_overhead.py", "--tool", "none", "--repeats", "2", "--seconds", "1", "--settle", "0")
+    assert (r["tool"], len(r["runs_with"]), len(r["runs_without"])) == ("none", 2, 2)
+    assert r["events_recorded"] == [0, 0] and r["bpf_runs_per_s"] == [] and r["bpf_by_program"] == {}
+    assert r["per_round_ratios"] == pytest.approx([w / wo for w, wo in zip(r["runs_with"], r["runs_without"])],
+                                                  rel=1e-2)
+
+
+@pytest.mark.root
 def test_iojitter_overhead_interleaves_and_counts_what_the_tool_recorded():
     r = bench("iojitter_overhead.py", "--tool", "writeslow", "--mode", "tracepoint", "--repeats", "2", "--seconds", "1",
               "--settle", "0.5")
