@@ -97,9 +97,8 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
     compiles a BPF program, and what that evicts (page cache; under QEMU's TCG, the translated code)
     must not be charged to the probes."""
     recorded: List[int] = []
-    bpf_ns: List[int] = []      # per with-run: run time of the tool's BPF programs during the measured seconds
-    bpf_runs: List[int] = []
-    by_program: Dict[str, Tuple[int, int]] = {}   # program name: (runs, ns) over all with-runs
+    # per with-run: {program name: (runs, run time ns)} of the tool's BPF programs over the measured seconds
+    bpf_runs: List[Dict[str, Tuple[int, int]]] = []
     with Disk() as disk, benchlib.BpfStats():
         target = os.path.join(disk.mnt, "data")
         record = os.path.join(disk.base, "iojitter.jsonl")
@@ -114,12 +113,7 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
             before = benchlib.bpf_run_stats(tool_pid) if tool_pid else {}
             mib_s = write_for(target, chunk, seconds)
             if tool_pid:
-                programs = benchlib.runs_by_program(before, benchlib.bpf_run_stats(tool_pid))
-                bpf_runs.append(sum(n for n, _ in programs.values()))
-                bpf_ns.append(sum(t for _, t in programs.values()))
-                for name, (n, t) in programs.items():
-                    had = by_program.get(name, (0, 0))
-                    by_program[name] = (had[0] + n, had[1] + t)
+                bpf_runs.append(benchlib.runs_by_program(before, benchlib.bpf_run_stats(tool_pid)))
             return mib_s
 
         def without() -> float:
@@ -154,6 +148,13 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
     with_mib, spread_with = benchlib.median_spread(arms["with"])
     per_round = [w / wo for w, wo in zip(arms["with"], arms["without"])]
     mean, low, high = benchlib.ratio_interval(per_round)
+    runs = [sum(n for n, _ in programs.values()) for programs in bpf_runs]
+    run_ns = [sum(t for _, t in programs.values()) for programs in bpf_runs]
+    by_program: Dict[str, Tuple[int, int]] = {}   # program name: (runs, ns) over all with-runs
+    for programs in bpf_runs:
+        for name, (n, t) in programs.items():
+            had = by_program.get(name, (0, 0))
+            by_program[name] = (had[0] + n, had[1] + t)
     return {"kernel": os.uname().release, "tool": tool_name, "mode": mode, "min_ms": min_ms, "repeats": repeats,
             "seconds": seconds, "chunk": chunk, "settle": settle,
             "per_round_ratios": [round(r, 3) for r in per_round],
@@ -166,9 +167,9 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
             "runs_without": [round(v, 2) for v in arms["without"]], "runs_with": [round(v, 2) for v in arms["with"]],
             "events_recorded": recorded,
             # the probes' own CPU time (BPF program run time, not the trap or trampoline around it)
-            "bpf_runs_per_s": [round(n / seconds) for n in bpf_runs],
-            "bpf_cpu_pct": [round(ns / (seconds * 1e9) * 100, 3) for ns in bpf_ns],
-            "bpf_ns_per_run": [round(ns / n) if n else 0 for ns, n in zip(bpf_ns, bpf_runs)],
+            "bpf_runs_per_s": [round(n / seconds) for n in runs],
+            "bpf_cpu_pct": [round(ns / (seconds * 1e9) * 100, 3) for ns in run_ns],
+            "bpf_ns_per_run": [round(ns / n) if n else 0 for ns, n in zip(run_ns, runs)],
             # where those runs went: per program, runs per measured second and ns per run (all with-runs)
             "bpf_by_program": dict((name, {"runs_per_s": round(n / (seconds * repeats)),
                                            "ns_per_run": round(t / n) if n else 0})

@@ -160,9 +160,10 @@ def plan(mode: str, pid: Optional[int], follow_allocators: bool = True) -> io.Pl
                              "headers (with a self-contained linux/slub_def.h); call sites only")
     else:
         how = "tracepoint mode" if chosen == "tracepoint" else "failures from the tracepoints, no allocator kprobed"
-        out.notes.append("slabfail: %s; %s" % (how, "cache names from kmem:kmem_cache_alloc's name field" if has_name
-                                                else "this kernel's kmem:kmem_cache_alloc has no cache name "
-                                                     "(slabfail's kprobe mode reads it): call sites only"))
+        names = ("cache names from kmem:kmem_cache_alloc's name field" if has_name else
+                 "this kernel's kmem:kmem_cache_alloc has no cache name (slabfail's kprobe mode reads it): "
+                 "call sites only")
+        out.notes.append("slabfail: %s; %s" % (how, names))
     if table is not None:
         oom = table.resolve("slab_out_of_memory")
         if oom.attach:
