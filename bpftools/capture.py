@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from . import probes as _probes_package
 from .errors import MissingDependency, MissingKernelFeature, PrivilegeError, ProbeLoadError
-from .tracefs import ensure_tracefs, kprobe_misses
+from .kernel.tracefs import ensure_tracefs, kprobe_misses
 
 PROBES_DIR = os.path.dirname(os.path.abspath(_probes_package.__file__))
 _PARAM_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789")

@@ -61,7 +61,7 @@ def doctor(opts: Options, log_path: Optional[str], release: Optional[str], only_
     """Triage this node: a verdict for each incident, with evidence and remediation."""
     from . import render
     if only_caps:
-        from .capabilities import detect
+        from .kernel.capabilities import detect
         caps = detect()
         if as_json:
             _print_json(caps.to_json())

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from .analyses.kernel_log import find_incidents
 from .analyses.known_bugs import check_release, remediation_for
 from .analyses.verdicts import Verdict, decide
-from .cgroups import memory_cgroup_mount
-from .kernel_log_source import read_log
+from .kernel.cgroups import memory_cgroup_mount
+from .kernel.log import read_log
 from .kmem_audit import audit_kmem
 from .runtimes import discover_runtimes
 

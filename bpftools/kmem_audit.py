@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from dataclasses import asdict, dataclass, field
 
 from bpftools.analyses.known_bugs import parse_release
-from bpftools.cgroups import ContainerRef, container_of
+from .kernel.cgroups import ContainerRef, container_of
 
 MAX_CGROUPS = 100000
 # "Unlimited" reads back as LLONG_MAX on 3.10 (res_counter RESOURCE_MAX, 9223372036854775807)

@@ -23,7 +23,7 @@ class LiveRun(object):
         self.recorder = None  # type: Optional[Recorder]
         self.header = {}  # type: Dict[str, Any]
         if record_path or report_dir:
-            from .capabilities import detect
+            from .kernel.capabilities import detect
             caps = detect(try_fentry=False)
             # as typed: "bpftools TOOL ARGS", whatever the entry point (a venv script, python -m, -c)
             self.header = make_header(tool, ["bpftools"] + sys.argv[1:] if argv is None else list(argv),

@@ -91,7 +91,7 @@ class MemoryCgroup(object):
     """A memory cgroup that can be limited to its usage with no OOM kill: v1 if mounted, else v2."""
 
     def __init__(self, name: str) -> None:
-        from bpftools.cgroups import cgroup2_mount
+        from bpftools.kernel.cgroups import cgroup2_mount
         self.version = None  # type: Optional[str]
         if os.path.exists(os.path.join(MEMCG_ROOT, "memory.oom_control")):
             self.version, root = "v1", MEMCG_ROOT

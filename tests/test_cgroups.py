@@ -3,8 +3,7 @@ import os
 
 import pytest
 
-from bpftools.cgroups import (ContainerRef, cgroup_layout, container_of, memory_cgroup_mount,
-                              memory_cgroup_of_pid)
+from bpftools.kernel.cgroups import (ContainerRef, cgroup_layout, container_of, memory_cgroup_mount, memory_cgroup_of_pid)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "cgroup")
 RHEL7 = os.path.join(FIXTURES, "rhel7-957")

@@ -19,10 +19,10 @@ from typing import Dict, List, Tuple
 import elftools
 import pytest
 
-from bpftools import dwarf, inline_sites
+from bpftools.kernel import dwarf
+from bpftools.refleak import inline_sites
 from bpftools.errors import BadInput
-from bpftools.inline_sites import (DevLocation, InlineSite, build_id, cached_discovery, cached_sites, discover,
-                                   discover_all, find_debug_vmlinux)
+from bpftools.refleak.inline_sites import (DevLocation, InlineSite, build_id, cached_discovery, cached_sites, discover, discover_all, find_debug_vmlinux)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "inline_sites", "fake_netdev.c")
 # Flags that make gcc's code the same on every distribution (no endbr64, no stack protector).

@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from bpftools.tools import _btf
+from bpftools.kernel import btf as _btf
 from bpftools.tools import _iocommon as io
 from bpftools.tools.writeslow import kernel_dev
 

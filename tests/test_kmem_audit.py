@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from bpftools.analyses.known_bugs import parse_release
-from bpftools.cgroups import ContainerRef, memory_cgroup_mount
+from bpftools.kernel.cgroups import ContainerRef, memory_cgroup_mount
 from bpftools.kmem_audit import (PAGE_COUNTER_MAX_BYTES, KmemSummary, audit_kmem,
                                  kmem_check_applies, read_slabinfo)
 

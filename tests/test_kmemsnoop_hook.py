@@ -4,7 +4,7 @@ import os
 import pytest
 
 from bpftools.errors import MissingKernelFeature
-from bpftools.symbols import SymbolTable
+from bpftools.kernel.symbols import SymbolTable
 from bpftools.tools import kmemsnoop
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "kallsyms")

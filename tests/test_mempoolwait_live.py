@@ -9,7 +9,7 @@ sleep in /proc/PID/stack (tests/incident1_workloads.py).
 import pytest
 
 import incident1_workloads as wl
-from bpftools.cgroups import memory_cgroup_of_pid
+from bpftools.kernel.cgroups import memory_cgroup_of_pid
 from bpftools.tools.mempoolwait import dstate_mask
 
 pytestmark = pytest.mark.root

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from bpftools.analyses.netdev_wait import (FREED, MESSAGE, ROUND, EpisodeTracker, Observation, count_meaning,
                                            episodes_from_log, message_observation)
 from bpftools.errors import MissingKernelFeature
-from bpftools.symbols import SymbolTable
+from bpftools.kernel.symbols import SymbolTable
 from bpftools.tools import netdevwait as ndw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,14 +11,14 @@ import types
 
 import pytest
 
-from bpftools import breakpoints
+from bpftools.kernel import breakpoints
 from bpftools.errors import EXIT_BAD_INPUT, EXIT_NOT_ROOT, EXIT_USAGE, BadInput
 from bpftools.recording import read_recording
-from bpftools.refleak_capture import Decoder, Session
-from bpftools.refleak_devices import Selector, find_existing, make_selector, validate_pattern
-from bpftools.refleak_plan import MissingHook, MissingOffsets, data_symbol, make_plan, base_references
-from bpftools.refleak_sites import kallsyms_addresses, site_entries
-from bpftools.symbols import SymbolTable
+from bpftools.refleak.session import Decoder, Session
+from bpftools.refleak.devices import Selector, find_existing, make_selector, validate_pattern
+from bpftools.refleak.plan import MissingHook, MissingOffsets, data_symbol, make_plan, base_references
+from bpftools.refleak.sites import kallsyms_addresses, site_entries
+from bpftools.kernel.symbols import SymbolTable
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "refleak")
 ALL = ["watch", "holders", "ref_tracker", "inline"]

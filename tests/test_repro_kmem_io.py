@@ -184,7 +184,7 @@ def test_help_has_examples():
 # --------------------------------------------------------------------------------------------
 
 def _memory_mount():
-    from bpftools.cgroups import memory_cgroup_mount
+    from bpftools.kernel.cgroups import memory_cgroup_mount
     mount = memory_cgroup_mount()
     if mount is None:
         pytest.skip("no cgroup v1 memory controller")
@@ -193,7 +193,7 @@ def _memory_mount():
 
 def _kernel_answers_to_runc_writes(mount):
     """What this kernel does with 1 then -1 in a fresh, empty memory cgroup: [(result, read back)]."""
-    from bpftools.cgroups import memory_cgroup_of_pid
+    from bpftools.kernel.cgroups import memory_cgroup_of_pid
     parent = os.path.join(mount, (memory_cgroup_of_pid(os.getpid()) or "/").lstrip("/"))
     scratch = os.path.join(parent, "bpftools-test-kmem-%d" % os.getpid())
     os.mkdir(scratch)

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from bpftools import symbols
+from bpftools.kernel import symbols
 from bpftools.errors import MissingKernelFeature
-from bpftools.symbols import KNOWN_SYMBOLS, SymbolTable
+from bpftools.kernel.symbols import KNOWN_SYMBOLS, SymbolTable
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "kallsyms")
 

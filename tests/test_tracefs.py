@@ -1,6 +1,6 @@
 """bpftools.tracefs: reading tracefs files (fixtures stand in for kernels without kprobes)."""
 
-from bpftools.tracefs import kprobe_misses
+from bpftools.kernel.tracefs import kprobe_misses
 
 
 def test_kprobe_misses_sums_this_processes_bcc_events(tmp_path):

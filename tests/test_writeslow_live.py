@@ -46,7 +46,7 @@ def test_the_stalled_fsync_is_one_slow_ext4_writepages_with_device_inode_and_pag
 
 
 def wl_cgroup():
-    from bpftools.cgroups import memory_cgroup_of_pid
+    from bpftools.kernel.cgroups import memory_cgroup_of_pid
     return memory_cgroup_of_pid(wl.os.getpid())
 
 

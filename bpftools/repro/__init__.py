@@ -293,7 +293,7 @@ def write_ready_file(path: Optional[str], data: Dict[str, Any]) -> None:
 def kmsg_mark(path: str = "/dev/kmsg") -> Tuple[Optional[int], Optional[str]]:
     """(sequence number of the newest kernel log record, None) — or (None, reason) when the log
     cannot be read. Records after the mark are the ones this run's kernel activity wrote."""
-    from ..kernel_log_source import read_kmsg
+    from ..kernel.log import read_kmsg
     try:
         lines = read_kmsg(path)
     except OSError as err:
@@ -308,7 +308,7 @@ def kmsg_mark(path: str = "/dev/kmsg") -> Tuple[Optional[int], Optional[str]]:
 
 def kmsg_since(mark: int, path: str = "/dev/kmsg") -> List[str]:
     """The /dev/kmsg records (with their continuation lines) newer than MARK."""
-    from ..kernel_log_source import read_kmsg
+    from ..kernel.log import read_kmsg
     out = []
     keep = False
     for line in read_kmsg(path):

@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from dataclasses import dataclass
 
-from ..cgroups import mountinfo, memory_cgroup_mount, memory_cgroup_of_pid
+from ..kernel.cgroups import mountinfo, memory_cgroup_mount, memory_cgroup_of_pid
 from ..errors import BadInput, MissingKernelFeature
 from ..kmem_audit import UNLIMITED_FLOOR, read_slabinfo
 from . import (ReproError, Signalled, Signals, check, command, describe_status,

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from dataclasses import dataclass
 
 from ..errors import BadInput, MissingKernelFeature
-from ..netns import InNetns
+from ..kernel.netns import InNetns
 from . import (ReproError, Signalled, Signals, command, describe_status, errno_name,
                find_tool, first_line, fork_child, kill_and_reap, kmsg_mark, kmsg_since, latency_stats,
                interrupted_error, owned_by_dead_run, reap, require_root, warn_cleanup_errors, write_ready_file)

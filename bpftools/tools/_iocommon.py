@@ -17,11 +17,11 @@ import click
 from dataclasses import asdict, dataclass, field
 
 from ..capture import Probe, poll_events
-from ..cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
+from ..kernel.cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
 from ..options import positive
 from ..errors import MissingKernelFeature, PrivilegeError, ProbeLoadError
 from ..kstacks import KernelStacks
-from ..tracefs import ensure_tracefs, find_tracefs
+from ..kernel.tracefs import ensure_tracefs, find_tracefs
 
 PROGRAM = "iojitter"
 EV_SLAB_FAIL, EV_SLUB_OOM, EV_SLEEP, EV_MEMPOOL_ALLOC, EV_WRITEBACK, EV_DROPPED = 1, 2, 3, 4, 5, 6
@@ -62,7 +62,7 @@ def tracing_ready() -> None:
 
 def kprobes_available() -> bool:
     """True when this kernel has kprobes (the capability layer's check)."""
-    from ..capabilities import check_kprobes
+    from ..kernel.capabilities import check_kprobes
     return bool(check_kprobes(find_tracefs()).ok)
 
 
@@ -156,7 +156,7 @@ class Plan:
         kernel's own headers are installed; SLUB_DEF also needs linux/slub_def.h to compile alone), else
         None: the program reads nothing from those structs.
         """
-        from . import _btf
+        from ..kernel import btf as _btf
         found = _btf.offsets(dict((n, STRUCT_MEMBERS[n]) for n in names))
         if len(found) == len(names):
             self.params.update(found)

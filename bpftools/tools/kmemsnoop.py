@@ -17,13 +17,13 @@ import click
 from dataclasses import dataclass, field
 
 from ..event import JsonEvent
-from ..cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
+from ..kernel.cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
 from ..capture import Probe, poll_events
 from ..errors import MissingKernelFeature, ProbeLoadError
 from ..options import CONTEXT, positive
-from ..symbols import SymbolTable
-from ..tracefs import find_tracefs, tracepoint_exists
-from . import _btf
+from ..kernel.symbols import SymbolTable
+from ..kernel.tracefs import find_tracefs, tracepoint_exists
+from ..kernel import btf as _btf
 
 OPS = {1: "open", 2: "write", 3: "kernel"}
 TOOL = "kmemsnoop"
@@ -181,7 +181,7 @@ def plan(pid: Optional[int], mode: str = "auto", table: Optional[SymbolTable] = 
         flags.append("HAVE_CGROUP_ID")
     hook, note = None, "tracepoints only (--mode tracepoint)"
     if mode != "tracepoint":
-        from ..capabilities import check_kprobes
+        from ..kernel.capabilities import check_kprobes
         kprobes = check_kprobes(find_tracefs())
         if kprobes.ok:
             hook, note = kernel_hook(table)

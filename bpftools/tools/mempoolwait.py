@@ -136,7 +136,7 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
 
     ONLY_IN_WRITEBACK (iojitter, which adds the writeback section): only threads inside a traced
     writeback call are followed, and no per-call records are made (no kretprobe on mempool_alloc)."""
-    from ..symbols import SymbolTable
+    from ..kernel.symbols import SymbolTable
     if all_dstate and mode == "kprobe":
         raise click.BadParameter("--all-dstate is the sched_switch view: use it without --mode kprobe")
     io.tracing_ready()

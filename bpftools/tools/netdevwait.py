@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 
 from ..analyses.netdev_wait import (FREED, ROUND, EpisodeTracker, Observation, Update, count_meaning,
                                     episodes_from_log, message_observation)
-from ..cgroups import container_of, memory_cgroup_of_pid
+from ..kernel.cgroups import container_of, memory_cgroup_of_pid
 from ..errors import BadInput, MissingKernelFeature, PrivilegeError
-from ..kernel_log_source import available
+from ..kernel.log import available
 from ..options import CONTEXT as CLI_CONTEXT, positive
 from . import _iocommon as io
 
@@ -178,8 +178,8 @@ def system_plan(requested: str) -> Plan:
     io.tracing_ready()
     if not io.kprobes_available():
         return make_plan(requested, None, [], {}, False, 1)
-    from ..symbols import SymbolTable
-    from . import _btf
+    from ..kernel.symbols import SymbolTable
+    from ..kernel import btf as _btf
     with open("/proc/kallsyms") as f:
         kallsyms = f.read().splitlines()
     with open("/sys/devices/system/cpu/possible") as f:
@@ -479,7 +479,7 @@ def summary_lines(summary: Dict[str, Any]) -> List[str]:
 # ---------------------------------------------------------------------------------------------
 
 def _summarize_log_file(path: str, release: Optional[str], dev_pattern: Optional[str]) -> Dict[str, Any]:
-    from ..kernel_log_source import read_log_file
+    from ..kernel.log import read_log_file
     episodes, meaning = episodes_from_log(read_log_file(path), release)
     data = [dict(e.to_json(), context=None) for e in episodes
             if not dev_pattern or fnmatch.fnmatchcase(e.name or "", dev_pattern)]

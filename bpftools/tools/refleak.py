@@ -45,7 +45,7 @@ def inline_sites(debuginfo: List[str], wanted: bool, say: Any) -> List[Any]:
     if not wanted:
         return []
     import os
-    from .. import inline_sites as sites_mod
+    from ..refleak import inline_sites as sites_mod
     paths = list(debuginfo)
     if not paths:
         found = sites_mod.find_debug_vmlinux(os.uname().release)
@@ -62,7 +62,7 @@ def inline_sites(debuginfo: List[str], wanted: bool, say: Any) -> List[Any]:
 
 def plan_for(strategies: List[str], watch_new: bool, sites: List[Any]) -> Any:
     """The refleak plan of this kernel (MissingKernelFeature when a required hook is missing)."""
-    from ..refleak_plan import MissingHook, MissingOffsets, system_plan
+    from ..refleak.plan import MissingHook, MissingOffsets, system_plan
     try:
         return system_plan(strategies, watch_new, inline_sites=len(sites),
                            inline_vmlinux=any(s.module is None for s in sites))
@@ -271,7 +271,7 @@ def command(patterns: List[str], netns: List[str], strategy: str, debuginfo: Lis
             duration: Optional[float], as_json: bool, record: Optional[str], report_dir: Optional[str],
             folded: Optional[str], svg: Optional[str], ready_file: Optional[str], ebpf: bool) -> None:
     """Attribute device references (holds and puts) to stacks and show the ones never dropped."""
-    from ..refleak_devices import make_selector
+    from ..refleak.devices import make_selector
     from ..tools._iocommon import tracing_ready
     strategies = parse_strategies(strategy)
     selector = make_selector(list(patterns), list(netns))
@@ -301,7 +301,7 @@ def _run(plan: Any, selector: Any, sites: List[Any], duration: Optional[float], 
          ready_file: Optional[str]) -> None:
     from ..analyses.refbalance import analyze
     from ..live import LiveRun
-    from ..refleak_capture import Session, run
+    from ..refleak.session import Session, run
     events = []  # type: List[Dict[str, Any]]
     progress = _progress()
     with LiveRun(TOOL, record, report_dir) as liverun:

@@ -27,7 +27,7 @@ from ..event import JsonEvent
 from ..analyses import folded as folded_stacks
 from ..analyses import stacks
 from ..analyses.gfp import UNKNOWN, decode_gfp, generation_for_release
-from ..cgroups import container_of
+from ..kernel.cgroups import container_of
 from ..errors import MissingKernelFeature
 from ..options import CONTEXT, positive
 from . import _iocommon as io
@@ -120,7 +120,7 @@ def decode(raw: Any, capture: io.Capture) -> Optional[SlabFailure]:
 def plan(mode: str, pid: Optional[int], follow_allocators: bool = True) -> io.Plan:
     """Which tracepoints and kprobes this kernel allows for slab failures, and what they can tell.
     Without FOLLOW_ALLOCATORS no allocator is kprobed (a kprobe per allocation): names as in tracepoint mode."""
-    from ..symbols import SymbolTable
+    from ..kernel.symbols import SymbolTable
     io.tracing_ready()
     fields = io.tracepoint_fields("kmem", "kmem_cache_alloc")
     if fields is None:

@@ -85,7 +85,7 @@ def decode(raw: Any, capture: io.Capture) -> Optional[WritebackCall]:
     """The one place a raw EV_WRITEBACK record becomes a WritebackCall."""
     if raw.type != io.EV_WRITEBACK:
         return None
-    from ..cgroups import container_of
+    from ..kernel.cgroups import container_of
     flags = int(raw.flags)
     func_id = int(raw.func)
     func = WB_SRC.get(func_id) or capture.plan.slots.get(func_id) or "slot%d" % func_id
@@ -121,7 +121,7 @@ def _entry_stack(frames: Optional[List[str]], func: str, at_kretprobe: bool) -> 
 
 def plan(mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] = ()) -> io.Plan:
     """kprobes on this kernel's writeback functions (or FUNCTIONS), or the tracepoint pairs."""
-    from ..symbols import SymbolTable
+    from ..kernel.symbols import SymbolTable
     if functions and mode == "tracepoint":
         raise click.BadParameter("-F/--function needs kprobes: use it without --mode tracepoint")
     io.tracing_ready()

@@ -34,7 +34,7 @@ def kallsyms_text() -> Set[str]:
 @pytest.fixture(scope="session")
 def symbol_table():
     """bpftools' resolver over this kernel's kallsyms, blacklist and available_filter_functions."""
-    from bpftools.symbols import SymbolTable
+    from bpftools.kernel.symbols import SymbolTable
     return SymbolTable.from_system()
 
 

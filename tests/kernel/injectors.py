@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional
 
-from bpftools.kernel_log_source import available
+from bpftools.kernel.log import available
 from kerneltier import kernel_version, skip_or_fail
 
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),

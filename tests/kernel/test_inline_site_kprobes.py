@@ -17,8 +17,8 @@ from typing import Dict, Iterator, Tuple
 
 import pytest
 
-from bpftools.inline_sites import PT_REGS_OFFSETS, build_id, discover
-from bpftools.tools._btf import offsets as btf_offsets
+from bpftools.refleak.inline_sites import PT_REGS_OFFSETS, build_id, discover
+from bpftools.kernel.btf import offsets as btf_offsets
 from injectors import Injector
 from kerneltier import modprobe, skip_or_fail
 

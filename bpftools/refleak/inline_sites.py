@@ -65,10 +65,10 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from dataclasses import asdict, dataclass, field
 
-from .dwarf import (ADDRX_FORMS, BLOCK_FORMS, CONST_FORMS, CROSS_UNIT_ABBREVS, INLINED, PARAM, REF_FORMS,
-                    SUBPROGRAM, DevLocation, FrameTable, Functions, Image, Instance, Unit,
-                    check_version, evaluate, gnu_build_id, sleb, uleb, unit_offsets, units_holding)
-from .errors import BadInput
+from ..kernel.dwarf import (ADDRX_FORMS, BLOCK_FORMS, CONST_FORMS, CROSS_UNIT_ABBREVS, INLINED, PARAM, REF_FORMS,
+                            SUBPROGRAM, DevLocation, FrameTable, Functions, Image, Instance, Unit, check_version,
+                            evaluate, gnu_build_id, sleb, uleb, unit_offsets, units_holding)
+from ..errors import BadInput
 
 # Helper name -> counter delta. 3.10-5.16: dev_hold/dev_put are the counter; 5.17-5.19: the
 # tracked variants dev_hold_track/dev_put_track wrap them; 6.0+: dev_hold -> netdev_hold ->

@@ -145,7 +145,7 @@ def _check_fentry(symbols: List[Any], try_fentry: bool) -> Check:
     target = next((s.attach for s in symbols if s.attach), None)
     if target is None:
         return Check("fentry", None, "no resolvable function to try")
-    from .capture import try_fentry_attach  # bcc only here
+    from ..capture import try_fentry_attach
     ok, why = try_fentry_attach(target)
     return Check("fentry", ok, why)
 

@@ -24,7 +24,7 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from dataclasses import dataclass
 
-from .errors import BadInput
+from ..errors import BadInput
 
 # DWARF x86-64 register numbers (System V psABI, figure 3.36) -> struct pt_regs field names.
 DWARF_REGS = ("ax", "dx", "cx", "bx", "si", "di", "bp", "sp",

@@ -19,8 +19,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from dataclasses import dataclass, field
 
-from .errors import BadInput
-from .netns import InNetns
+from ..errors import BadInput
+from ..kernel.netns import InNetns
 
 SIOCGIFFLAGS = 0x8913
 NETNS_DIR = "/var/run/netns"      # iproute2's NETNS_RUN_DIR

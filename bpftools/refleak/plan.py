@@ -14,8 +14,8 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from dataclasses import asdict, dataclass, field
 
-from .capture import Probe
-from .symbols import SymbolTable
+from ..capture import Probe
+from ..kernel.symbols import SymbolTable
 
 PROGRAM = "refleak"
 STRATEGIES = ("watch", "holders", "ref_tracker", "inline")
@@ -430,9 +430,9 @@ def kernel_config(release: str) -> Optional[Dict[str, str]]:
 def system_plan(requested: Iterable[str], watch_new: bool, inline_sites: int = 0,
                 inline_vmlinux: bool = False) -> RefleakPlan:
     """The plan for the running kernel (reads kallsyms, BTF, /boot/config; root sees data symbols)."""
-    from .breakpoints import possible_cpus
-    from .tools import _btf
-    from .tools._iocommon import headers_match_running_kernel
+    from ..kernel.breakpoints import possible_cpus
+    from ..kernel import btf as _btf
+    from ..tools._iocommon import headers_match_running_kernel
     table = SymbolTable.from_system()
     offsets = _btf.offsets(STRUCT_MEMBERS)
     with open("/proc/kallsyms") as f:

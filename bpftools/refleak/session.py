@@ -26,13 +26,13 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import breakpoints
-from .capture import poll_events
-from .cgroups import cgroup2_path_of_id
-from .errors import ProbeLoadError
-from .kstacks import KernelStacks
-from .refleak_devices import Selector, ask_flags, find_existing
-from .refleak_plan import RefleakPlan
+from ..kernel import breakpoints
+from ..capture import poll_events
+from ..kernel.cgroups import cgroup2_path_of_id
+from ..errors import ProbeLoadError
+from ..kstacks import KernelStacks
+from .devices import Selector, ask_flags, find_existing
+from .plan import RefleakPlan
 
 # probes/refleak.h
 EV_DEVICE, EV_SYNC, EV_REF, EV_HOLDER_NEW, EV_HOLDER_END, EV_FNHE, EV_UNREGISTER, EV_FREE, EV_DROPPED = range(1, 10)
@@ -165,7 +165,7 @@ class Session(object):
             if "watch" in self.plan.strategies:
                 self.prog_fd = bpf.load_func(b"on_watch", PERF_EVENT_PROG).fd
             if self.sites:
-                from .refleak_sites import attach_sites
+                from .sites import attach_sites
                 for note in attach_sites(bpf, self.sites):
                     self.say(note)
         except Exception as err:  # bcc raises plain Exception

@@ -24,7 +24,7 @@ from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
 
 from dataclasses import dataclass
 
-from .errors import MissingKernelFeature
+from ..errors import MissingKernelFeature
 from .tracefs import find_tracefs
 
 # nm types of text symbols; kallsyms shows data symbols too on kernels with CONFIG_KALLSYMS_ALL.

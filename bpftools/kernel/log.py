@@ -5,7 +5,7 @@ import subprocess
 import sys
 from typing import Iterator, List, Optional
 
-from .errors import BadInput, PrivilegeError
+from ..errors import BadInput, PrivilegeError
 
 MAX_BYTES = 256 * 1024 * 1024
 
