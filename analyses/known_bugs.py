@@ -20,12 +20,13 @@ build whose stable sublevel cannot be seen in ``uname -r`` (Debian ``6.1.0-28``,
 Pure: no I/O, deterministic; imports nothing from the capture layer.
 """
 import re
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from dataclasses import asdict, dataclass
 
-if TYPE_CHECKING:  # pragma: no cover - typing only; the analyses layer does no I/O
-    from bpftools.runtimes import RuntimeVersion  # noqa: F401
+# A runtime found on the node: bpftools.runtimes.RuntimeVersion, which this layer does not import
+# (analyses never look up); only its name, runtime, version and kmem_flags are read.
+RuntimeVersion = Any
 
 AFFECTED = "affected"
 FIXED = "fixed"
@@ -369,13 +370,13 @@ def check_release(release: str) -> List[BugStatus]:
     return out
 
 
-def _runtime_label(rt: "RuntimeVersion") -> str:
+def _runtime_label(rt: RuntimeVersion) -> str:
     where = " (%s)" % rt.path if rt.path else ""
     return "%s %s%s" % (rt.name, rt.version or "?", where)
 
 
 def remediation_for(statuses: Sequence[BugStatus],
-                    runtimes: Sequence["RuntimeVersion"]) -> List[Remediation]:
+                    runtimes: Sequence[RuntimeVersion]) -> List[Remediation]:
     """Concrete steps for the affected (and some unknown) findings, runtimes first.
 
     ``runtimes`` are ``bpftools.runtimes.RuntimeVersion`` objects (only ``name``, ``runtime``,

@@ -202,9 +202,9 @@ def table(rows: List[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
 def missing_kprobes() -> Optional[str]:
     """Why this machine cannot run the kprobe arms, or None."""
     from bpftools.kernel.capabilities import check_kprobes
-    from bpftools.tools import _iocommon as io
-    io.tracing_ready()
-    check = check_kprobes(io.find_tracefs())
+    from bpftools.kernel.tracefs import find_tracefs, tracing_ready
+    tracing_ready()
+    check = check_kprobes(find_tracefs())
     return None if check.ok else check.detail
 
 

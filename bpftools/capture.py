@@ -5,13 +5,17 @@ text), attaches, polls the perf buffer, counts lost events and detaches on Ctrl-
 end of the duration.
 """
 import contextlib
+import inspect
 import os
 import signal
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from dataclasses import dataclass
+
 from . import probes as _probes_package
-from .errors import MissingDependency, MissingKernelFeature, PrivilegeError, ProbeLoadError
+from .errors import MissingDependency, PrivilegeError, ProbeLoadError
+from .kernel.headers import require_headers
 from .kernel.tracefs import ensure_tracefs, kprobe_misses
 
 PROBES_DIR = os.path.dirname(os.path.abspath(_probes_package.__file__))
@@ -20,7 +24,8 @@ _PARAM_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789")
 
 def _bcc() -> Any:
     try:
-        import bcc  # noqa: F401  (system package: python3-bpfcc / python3-bcc)
+        # lazy: bcc is a system package (python3-bpfcc / python3-bcc) that only live runs need
+        import bcc  # noqa: F401
     except ImportError:
         raise MissingDependency(
             "the bcc Python module", "apt-get install python3-bpfcc (Debian/Ubuntu) or "
@@ -63,40 +68,93 @@ class Probe:
         """What --ebpf prints: the cflags and the program source."""
         return "// cflags: %s\n%s" % (" ".join(self.cflags()), self.source())
 
-    def load(self) -> Any:
-        """Compile and load (tracepoint probes attach automatically). Needs root."""
+    def load(self, kprobes: Iterable["Attach"] = (), maxactive: int = 0) -> Any:
+        """Compile and load (tracepoint probes attach automatically), then attach KPROBES (see
+        :func:`attach`). Needs root."""
         if os.geteuid() != 0:
             raise PrivilegeError("tracing")
         bcc = _bcc()
-        _require_headers()
+        require_headers()
         ensure_tracefs()
         try:
-            return bcc.BPF(src_file=self.path.encode(), cflags=self.cflags())
+            bpf = bcc.BPF(src_file=self.path.encode(), cflags=self.cflags())
         except Exception as err:  # bcc raises plain Exception with the compiler/verifier log on stderr
             raise ProbeLoadError("cannot load BPF program %s: %s (use -v for the log)"
                                  % (self.name, str(err).splitlines()[0] if str(err) else type(err).__name__),
                                  log=str(err))
+        attach(bpf, kprobes, maxactive)
+        return bpf
 
 
-def _require_headers() -> None:
-    """bcc compiles against /lib/modules/$(uname -r)/build, or the kernel's built-in kheaders."""
-    release = os.uname().release
-    if os.path.isdir("/lib/modules/%s/build/include" % release) or os.path.exists("/sys/kernel/kheaders.tar.xz"):
-        return
-    raise MissingKernelFeature(
-        "kernel headers for %s" % release,
-        fallback="apt-get install linux-headers-%s (Debian/Ubuntu), yum install kernel-devel-%s (RHEL), "
-                 "or modprobe kheaders" % (release, release))
+@dataclass
+class Attach:
+    """One kprobe or kretprobe: the kernel symbol (+ OFFSET into it) and the BPF function."""
+
+    event: str
+    fn_name: str
+    ret: bool = False
+    offset: int = 0
+
+    def to_json(self) -> Dict[str, Any]:
+        """As a recording's mode record lists it (``offset`` only where there is one)."""
+        out = {"event": self.event, "fn_name": self.fn_name, "ret": self.ret}   # type: Dict[str, Any]
+        if self.offset:
+            out["offset"] = self.offset
+        return out
+
+    def describe(self) -> str:
+        return "%s %s%s -> %s" % ("kretprobe" if self.ret else "kprobe", self.event,
+                                  "+%#x" % self.offset if self.offset else "", self.fn_name)
 
 
-class _StopSignals(object):
-    """SIGINT and SIGTERM set a flag instead of raising.
+def try_attach(bpf: Any, probe: Attach, maxactive: int = 0) -> Optional[str]:
+    """Attach one kprobe or kretprobe; None when attached, else the first line of bcc's error.
+
+    MAXACTIVE (kretprobe instances in flight) is passed only where this bcc takes it."""
+    try:
+        if probe.ret:
+            extra = {"maxactive": maxactive} if maxactive and _takes_maxactive(bpf) else {}
+            bpf.attach_kretprobe(event=probe.event.encode(), fn_name=probe.fn_name.encode(), **extra)
+        else:
+            extra = {"event_off": probe.offset} if probe.offset else {}
+            bpf.attach_kprobe(event=probe.event.encode(), fn_name=probe.fn_name.encode(), **extra)
+    except Exception as err:  # bcc raises plain Exception
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None
+
+
+def _takes_maxactive(bpf: Any) -> bool:
+    return "maxactive" in inspect.signature(bpf.attach_kretprobe).parameters
+
+
+def attach(bpf: Any, probes: Iterable[Attach], maxactive: int = 0) -> None:
+    """Attach PROBES in order, all or nothing: on a failure everything is detached (ProbeLoadError).
+
+    Kprobes run newest first where several share an address, so a plan lists a function's kretprobe
+    before its entry kprobe: the entry handler then sees the stack before the kretprobe rewrites the
+    return address (what an unwinder without kretprobe support would stop at).
+    """
+    for probe in probes:
+        why = try_attach(bpf, probe, maxactive)
+        if why is not None:
+            bpf.cleanup()
+            raise ProbeLoadError("cannot attach %s: %s" % (probe.describe(), why), log=why)
+
+
+def c_text(raw: bytes) -> str:
+    """A C string from a fixed-size char array of a raw record."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+class StopSignals(object):
+    """SIGNALS (SIGINT and SIGTERM by default) set a flag instead of raising.
 
     An exception raised by a signal handler while a perf-buffer callback runs is printed and swallowed by
     ctypes; a flag is seen by the poll loop whenever the signal lands. Previous handlers come back on exit.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, signals: Tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        self.signals = signals
         self.received = None  # type: Optional[int]
         self._old = {}  # type: Dict[int, Any]
 
@@ -104,8 +162,8 @@ class _StopSignals(object):
         if self.received is None:
             self.received = signum
 
-    def __enter__(self) -> "_StopSignals":
-        for signum in (signal.SIGINT, signal.SIGTERM):
+    def __enter__(self) -> "StopSignals":
+        for signum in self.signals:
             self._old[signum] = signal.signal(signum, self._handler)
         return self
 
@@ -136,7 +194,7 @@ def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
         if on_lost is not None and not counts_unsent:
             on_lost(count)
 
-    stop = _StopSignals()
+    stop = StopSignals()
     now = time.monotonic()
     deadline = None if duration is None else now + duration
     detached = []  # type: List[bool]
@@ -241,3 +299,4 @@ def _quiet_stderr() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+

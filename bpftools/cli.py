@@ -5,11 +5,18 @@ import traceback
 from typing import Any, List, Optional, Tuple
 
 import click
+from rich.console import Console
 
-from . import __version__
-from .options import CONTEXT
+from . import __version__, render
+from .capture import try_fentry_attach
+from .doctor import run_doctor
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInput, BpftoolsError
-
+from .exports import combine, export, now_iso
+from .kernel.capabilities import detect
+from .options import CONTEXT
+from .recording import read_recording
+from .registry import TOOLS, build_report, tool_named
+from .repro.cli import repro
 
 
 class Options(object):
@@ -21,7 +28,6 @@ class Options(object):
 
 
 def _console(json_mode: bool = False) -> Any:
-    from rich.console import Console
     return Console(file=sys.stdout, highlight=False, soft_wrap=json_mode)
 
 
@@ -59,21 +65,18 @@ Examples:
 @click.pass_obj
 def doctor(opts: Options, log_path: Optional[str], release: Optional[str], only_caps: bool, as_json: bool) -> None:
     """Triage this node: a verdict for each incident, with evidence and remediation."""
-    from . import render
     if only_caps:
-        from .kernel.capabilities import detect
-        caps = detect()
+        caps = detect(try_fentry=try_fentry_attach)
         if as_json:
             _print_json(caps.to_json())
         else:
             render.capabilities(caps, _console())
         return
-    from .doctor import run_doctor
-    report = run_doctor(log_path=log_path, release=release)
+    triage = run_doctor(log_path=log_path, release=release)
     if as_json:
-        _print_json(report.to_json())
+        _print_json(triage.to_json())
     else:
-        render.doctor_report(report, _console())
+        render.triage(triage, _console())
 
 
 def _print_json(obj: Any) -> None:
@@ -103,8 +106,6 @@ graph, so they take one recording: use --report DIR for several).
 def report(recordings: Tuple[str, ...], as_json: bool, folded: Optional[str], speedscope: Optional[str],
            svg: Optional[str], html: Optional[str], out_dir: Optional[str]) -> None:
     """Re-render recordings made with --record, or export them (several: one report)."""
-    from . import render
-    from .recording import read_recording
     recs = [(path, read_recording(path)) for path in recordings]
     if as_json:
         docs = [{"header": rec.header, "events": rec.events, "trailer": rec.trailer,
@@ -115,7 +116,6 @@ def report(recordings: Tuple[str, ...], as_json: bool, folded: Optional[str], sp
         raise BadInput("--folded, --speedscope and --svg write one flame graph: with %d recordings use --report DIR"
                        % len(recs))
     if any((folded, speedscope, svg, html, out_dir)):
-        from .reports import build_report, combine, export, now_iso
         generated = now_iso()
         parts = [(rec.tool, _typed(path, build_report, rec.header, rec.events, generated)) for path, rec in recs]
         for path in _typed(", ".join(recordings), export, combine(parts), folded, speedscope, svg, html, out_dir):
@@ -125,7 +125,8 @@ def report(recordings: Tuple[str, ...], as_json: bool, folded: Optional[str], sp
     for i, (path, rec) in enumerate(recs):
         if i:
             console.print()
-        _typed(path, render.recording, rec, console)
+        tool = tool_named(rec.tool)
+        _typed(path, render.recording, rec, console, tool.render_recording if tool else None)
 
 
 def _typed(what: str, func: Any, *args: Any) -> Any:
@@ -138,15 +139,9 @@ def _typed(what: str, func: Any, *args: Any) -> Any:
                        % (what, type(err).__name__, err))
 
 
-def _register_subcommands() -> None:
-    from .repro.cli import repro
-    from .tools import iojitter, kmemsnoop, mempoolwait, netdevwait, refleak, slabfail, writeslow
-    cli.add_command(repro)
-    for tool in (kmemsnoop, slabfail, mempoolwait, writeslow, iojitter, netdevwait, refleak):
-        cli.add_command(tool.command)
-
-
-_register_subcommands()
+cli.add_command(repro)
+for _tool in TOOLS.values():
+    cli.add_command(_tool.command)
 
 
 def one_line(message: object) -> str:

@@ -14,7 +14,7 @@ from .runtimes import discover_runtimes
 
 
 @dataclass
-class DoctorReport:
+class Triage:
     """Everything doctor found, in the order it prints it."""
 
     release: str
@@ -38,7 +38,7 @@ class DoctorReport:
         }
 
 
-def run_doctor(log_path: Optional[str] = None, release: Optional[str] = None) -> DoctorReport:
+def run_doctor(log_path: Optional[str] = None, release: Optional[str] = None) -> Triage:
     """Inspect this node (or a saved log): with --log, the audit still looks at this node."""
     live_release = os.uname().release
     lines = read_log(log_path)
@@ -47,7 +47,7 @@ def run_doctor(log_path: Optional[str] = None, release: Optional[str] = None) ->
     audit = audit_kmem(mount, live_release) if mount else None
     bugs = check_release(release or live_release)
     runtimes = discover_runtimes()
-    report = DoctorReport(release=release or live_release,
+    report = Triage(release=release or live_release,
                           log_source=log_path or "live kernel log", log_lines=len(lines),
                           findings=findings, audit=audit, bugs=bugs, runtimes=runtimes)
     steps = remediation_for(bugs, runtimes)

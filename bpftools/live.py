@@ -3,9 +3,12 @@
 Whatever ends the run (duration, SIGTERM, Ctrl-C), the recording gets its trailer and the report
 directory its files: nothing recorded is lost.
 """
+import contextlib
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
+from .exports import export, now_iso
+from .kernel.capabilities import detect
 from .recording import Recorder, make_header
 
 MAX_REPORT_EVENTS = 1000000
@@ -15,16 +18,21 @@ class LiveRun(object):
     """Context manager around one live capture."""
 
     def __init__(self, tool: str, record_path: Optional[str], report_dir: Optional[str] = None,
-                 argv: Optional[List[str]] = None) -> None:
+                 argv: Optional[List[str]] = None,
+                 incident_report: Optional[Callable[[Dict[str, Any], List[Dict[str, Any]], str], Any]] = None
+                 ) -> None:
+        """REPORT_DIR gets, at the end, the files of INCIDENT_REPORT(header, events, generated)."""
+        if report_dir and incident_report is None:
+            raise ValueError("a report directory needs the tool's incident report function")
         self.tool = tool
+        self.incident_report = incident_report
         self.lost = 0
         self.report_dir = report_dir
         self.events = []  # type: List[Dict[str, Any]]
         self.recorder = None  # type: Optional[Recorder]
         self.header = {}  # type: Dict[str, Any]
         if record_path or report_dir:
-            from .kernel.capabilities import detect
-            caps = detect(try_fentry=False)
+            caps = detect()
             # as typed: "bpftools TOOL ARGS", whatever the entry point (a venv script, python -m, -c)
             self.header = make_header(tool, ["bpftools"] + sys.argv[1:] if argv is None else list(argv),
                                       {"capabilities": caps.to_json()})
@@ -62,6 +70,22 @@ class LiveRun(object):
             self.recorder.close({"lost_events": self.lost, "interrupted": interrupted,
                                  "events": self.recorder.events})
         if self.report_dir and exc_type in (None, KeyboardInterrupt):
-            from .reports import build_report, export
-            for path in export(build_report(self.header, self.events), out_dir=self.report_dir):
+            report = self.incident_report(self.header, self.events, now_iso())
+            for path in export(report, out_dir=self.report_dir):
                 sys.stderr.write("wrote %s\n" % path)
+
+
+def warn(message: str) -> None:
+    """A one-line note on stderr (keeps stdout clean for --json and --folded)."""
+    sys.stderr.write("bpftools: %s\n" % message)
+
+
+@contextlib.contextmanager
+def then(finish: Callable[[], None]) -> Iterator[None]:
+    """Run FINISH after the block, also when Ctrl-C ended it (bcc's -f tools print on Ctrl-C too)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        finish()
+        raise
+    finish()

@@ -1,5 +1,5 @@
 """Terminal rendering with rich: results in, text out. Tests pass Console(file=StringIO())."""
-from typing import Any, List
+from typing import Any, Callable, List, Optional
 
 from rich.console import Console
 from rich.markup import escape
@@ -35,14 +35,14 @@ def capabilities(caps: Any, console: Console) -> None:
     console.print(syms)
 
 
-def recording(rec: Any, console: Console) -> None:
-    """Re-render a recording with the renderer of the tool that made it."""
+def recording(rec: Any, console: Console, renderer: Optional[Callable[[Any, Console], None]]) -> None:
+    """Re-render a recording with RENDERER, that of the tool that made it (None: an unknown tool, its
+    events printed as they are)."""
     header = rec.header
     console.print("[bold]%s[/bold] recording: bpftools %s on %s, %d events%s" % (
         escape(rec.tool), escape(str(header.get("version"))), escape(str(header.get("kernel_release"))),
         len(rec.events), ", %d damaged line(s) skipped" % rec.damaged_lines if rec.damaged_lines else ""))
     console.print("command: %s" % escape(" ".join(str(a) for a in header.get("argv", []))))
-    renderer = _tool_renderer(rec.tool)
     if renderer is not None:
         renderer(rec, console)
     else:
@@ -58,7 +58,7 @@ def recording(rec: Any, console: Console) -> None:
             console.print("run interrupted with Ctrl-C")
 
 
-def doctor_report(report: Any, console: Console) -> None:
+def triage(report: Any, console: Console) -> None:
     """The doctor's verdicts first, then the evidence behind them."""
     console.print("[bold]bpftools doctor[/bold]  kernel %s, log: %s (%d lines)" % (
         escape(report.release), escape(report.log_source), report.log_lines))
@@ -131,15 +131,3 @@ def _bugs(bugs: List[Any], console: Console) -> None:
                       escape(str(data.get("reason"))))
     console.print(table)
 
-
-def _tool_renderer(tool: Any) -> Any:
-    """``render_recording`` of module bpftools.tools.TOOL, or None for an unknown tool name."""
-    import importlib
-    import re
-    if not isinstance(tool, str) or not re.match(r"^[a-z][a-z0-9_]*$", tool):
-        return None
-    try:
-        module = importlib.import_module("bpftools.tools." + tool)
-    except ImportError:
-        return None
-    return getattr(module, "render_recording", None)

@@ -157,7 +157,9 @@ def write_project_cpio(path: str, repo: str, suite: str, pytest_args: List[str],
         for name in files:
             cpio.file("opt/bpftools/" + name, os.path.join(repo, name))
             target = installed_name(name)
-            if target is not None:
+            # bpftools/analyses and bpftools/probes are links for a checkout: the installed layout has
+            # the folders themselves (PACKAGE_MAP)
+            if target is not None and not os.path.isdir(os.path.join(repo, name)):
                 cpio.file("opt/site/" + target, os.path.join(repo, name))
         cpio.data("opt/bpftools-lab/pytest-args", "".join(a + "\n" for a in pytest_args).encode())
         if command is not None:

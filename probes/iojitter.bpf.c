@@ -73,7 +73,7 @@
 #if defined(ONLY_IN_WB) && !(defined(WANT_WB_TP) || defined(WANT_WB_KPROBE))
 #error "ONLY_IN_WB needs a writeback section"
 #endif
-#include "common.h"
+#include "iostall.h"
 #include "slabfail.h"
 #include "mempoolwait.h"
 #include "writeslow.h"

@@ -82,7 +82,6 @@
 #endif /* HAVE_MATCHING_HEADERS */
 #include "refleak.h"
 
-#define MAX_CPUS 64
 #ifndef NCPUS
 #define NCPUS 1
 #endif

@@ -45,6 +45,7 @@
 #define RL_F_INPUT 8        /* FNHE: bound as the exception's input route (else output) */
 
 #define RL_COMM_LEN 16
+#define MAX_CPUS 64         /* possible CPUs whose per-cpu counter slots the watch covers */
 #define RL_IFNAMSIZ 16
 
 struct refleak_event {

@@ -108,7 +108,7 @@ def test_ratio_interval_is_the_geometric_mean_with_a_bootstrap_interval_that_nar
 @pytest.mark.root
 def test_netns_overhead_without_kprobes_exits_5_with_one_line():
     from bpftools.kernel.capabilities import check_kprobes
-    from bpftools.tools._iocommon import find_tracefs, tracing_ready
+    from bpftools.kernel.tracefs import find_tracefs, tracing_ready
     tracing_ready()
     if check_kprobes(find_tracefs()).ok:
         pytest.skip("this machine has kprobes: the bench would run for real")

@@ -96,8 +96,8 @@ def test_the_kprobe_programs_pass_this_kernels_verifier(stack_at_exit):
     program, with iojitter's kprobe-mode flags and struct offsets from this kernel's BTF, is accepted by
     the verifier (the lab attaches them)."""
     from bcc import BPF
-    from bpftools.tools import _iocommon as iocommon
-    from bpftools.tools.writeslow import STRUCT_READS
+    from bpftools.iostall import program as iocommon
+    from bpftools.iostall.writeback import STRUCT_READS
     flags = ["WANT_SLAB", "WANT_SLAB_KPROBE", "WANT_SLUB_OOM", "SLUB_OOM_ARGS", "WANT_SLEEP_KPROBE", "ONLY_IN_WB",
              "WANT_WB_KPROBE", "HAVE_JIFFIES64"] + (["WB_STACK_AT_EXIT"] if stack_at_exit else [])
     plan = iocommon.Plan(mode="kprobe", flags=flags, params=dict(("WB_ARG%d" % i, i % 3) for i in range(8)))

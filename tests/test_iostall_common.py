@@ -5,8 +5,11 @@ import struct
 import pytest
 
 from bpftools.kernel import btf as _btf
-from bpftools.tools import _iocommon as io
-from bpftools.tools.writeslow import kernel_dev
+from bpftools.iostall import program as io
+from bpftools.iostall.writeback import kernel_dev
+from bpftools.iostall.face import cgroup_matches
+from bpftools.kernel import structs
+from bpftools.kernel.tracefs import tracepoint_fields
 
 KMEM_CACHE_ALLOC_6_18 = """name: kmem_cache_alloc
 ID: 476
@@ -29,9 +32,9 @@ def test_tracepoint_fields_from_a_format_file(tmp_path):
     fmt = tmp_path / "events" / "kmem" / "kmem_cache_alloc" / "format"
     fmt.parent.mkdir(parents=True)
     fmt.write_text(KMEM_CACHE_ALLOC_6_18)
-    assert io.tracepoint_fields("kmem", "kmem_cache_alloc", tracefs=str(tmp_path)) == {
+    assert tracepoint_fields("kmem", "kmem_cache_alloc", tracefs=str(tmp_path)) == {
         "common_type", "common_pid", "call_site", "ptr", "name", "bytes_req", "comm", "accounted"}
-    assert io.tracepoint_fields("kmem", "kmalloc", tracefs=str(tmp_path)) is None
+    assert tracepoint_fields("kmem", "kmalloc", tracefs=str(tmp_path)) is None
 
 
 def _btf_blob():
@@ -68,7 +71,7 @@ def test_btf_of_this_kernel_knows_fixed_uapi_layouts():
     btf = _btf.Btf.from_file()
     assert (btf.member_offset("list_head", "prev"), btf.member_offset("sockaddr_in", "sin_port"),
             btf.member_offset("sockaddr_in", "sin_addr")) == (8, 2, 4)
-    found = _btf.offsets(io.STRUCT_MEMBERS)
+    found = structs.offsets(io.STRUCT_MEMBERS)
     assert set(found) == set(io.STRUCT_MEMBERS)          # every offset the kprobe modes read
     assert found["OFF_MAPPING_HOST"] == 0 and found["OFF_WBC_NR_TO_WRITE"] == 0   # first members in 6.x
 
@@ -101,7 +104,7 @@ def test_kprobe_mode_without_kprobes_names_the_fallback():
     ("/kubepods.slice/x", "kubepods", False), ("/", "kubepods", False), (None, "kubepods", False),
     ("/anything", None, True), (None, None, True), ("/a", "/", True)])
 def test_cgroup_filter(cgroup, want, expected):
-    assert io.cgroup_matches(cgroup, want) is expected
+    assert cgroup_matches(cgroup, want) is expected
 
 
 def test_kernel_dev_numbers():
@@ -112,10 +115,10 @@ def test_a_kernel_drop_report_counts_the_drops_since_the_last_one():
     class Raw(object):
         def __init__(self, dropped):
             self.dropped = dropped
-    capture = io.Capture(bpf=None, plan=io.Plan(mode="tracepoint"))
-    capture.seen(500)
-    capture.seen(400)
-    first, second = capture.dropped(Raw(1)), capture.dropped(Raw(4))
+    decoder = io.Decoder(bpf=None, plan=io.Plan(mode="tracepoint"))
+    decoder.seen(500)
+    decoder.seen(400)
+    first, second = decoder.dropped(Raw(1)), decoder.dropped(Raw(4))
     assert (first.to_json(), second.to_json()) == (
         {"type": "lost", "count": 1, "source": "kernel_map_full", "ts_ns": 500},
         {"type": "lost", "count": 3, "source": "kernel_map_full", "ts_ns": 500})

@@ -10,7 +10,7 @@ import pytest
 
 import incident1_workloads as wl
 from bpftools.kernel.cgroups import memory_cgroup_of_pid
-from bpftools.tools.mempoolwait import dstate_mask
+from bpftools.iostall.mempool import dstate_mask
 
 pytestmark = pytest.mark.root
 HOLD = 0.3

@@ -16,6 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bpftools.kernel import cpus
+from bpftools.kernel.capabilities import kprobes_available
+from bpftools.kernel.symbols import symbol_address
 from bpftools.analyses.netdev_wait import (FREED, MESSAGE, ROUND, EpisodeTracker, Observation, count_meaning,
                                            episodes_from_log, message_observation)
 from bpftools.errors import MissingKernelFeature
@@ -271,9 +274,9 @@ def test_plan_falls_back_to_the_kernel_log():
 
 def test_symbol_addresses_and_possible_cpus():
     lines = ["ffffffff81000000 T a", "ffffffff82000100 d data", "ffffffffc0000000 t mod\t[m]", "0000000000000000 T z"]
-    assert [ndw.symbol_address(lines, n) for n in ("a", "data", "mod", "z", "missing")] == [
+    assert [symbol_address(lines, n) for n in ("a", "data", "mod", "z", "missing")] == [
         0xffffffff81000000, 0xffffffff82000100, None, None, None]
-    assert [ndw.possible_cpus(t) for t in ("0\n", "0-1\n", "0-3,8-11\n")] == [1, 2, 12]
+    assert [cpus.slots(t) for t in ("0\n", "0-1\n", "0-3,8-11\n")] == [1, 2, 12]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,12 +487,11 @@ def test_kernel_log_mode_follows_new_records_until_sigterm(tmp_path):
 @pytest.mark.root
 def test_live_kernel_log_of_this_machine(bpftools_cli):
     """This machine has no kprobes: auto mode reads /dev/kmsg (no leak is made here)."""
-    from bpftools.tools import _iocommon
     r = bpftools_cli("netdevwait", "-d", "1", "--json")
     assert r.code == 0, r.err
     summary = json.loads(r.out.splitlines()[-1])
     meaning = count_meaning(os.uname().release)
-    if _iocommon.kprobes_available():
+    if kprobes_available():
         assert summary["mode"] == "kprobe"
     else:
         assert summary["mode"] == "log"
@@ -499,10 +501,9 @@ def test_live_kernel_log_of_this_machine(bpftools_cli):
 
 @pytest.mark.root
 def test_ebpf_prints_the_plan(bpftools_cli):
-    from bpftools.tools import _iocommon
     r = bpftools_cli("netdevwait", "--ebpf")
     assert r.code == 0, r.err
-    if _iocommon.kprobes_available():
+    if kprobes_available():
         assert r.out.startswith("// mode: kprobe\n") and "int on_refcnt_read(struct pt_regs *ctx)" in r.out
     else:
         assert r.out.splitlines()[:2] == ["// mode: log", "// kernel log mode (no kprobes): " + ndw.LOG_NOTE]

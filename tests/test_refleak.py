@@ -11,13 +11,15 @@ import types
 
 import pytest
 
-from bpftools.kernel import breakpoints
+from bpftools.kernel import breakpoints, cpus
 from bpftools.errors import EXIT_BAD_INPUT, EXIT_NOT_ROOT, EXIT_USAGE, BadInput
 from bpftools.recording import read_recording
 from bpftools.refleak.session import Decoder, Session
 from bpftools.refleak.devices import Selector, find_existing, make_selector, validate_pattern
-from bpftools.refleak.plan import MissingHook, MissingOffsets, data_symbol, make_plan, base_references
-from bpftools.refleak.sites import kallsyms_addresses, site_entries
+from bpftools.kernel.symbols import DATA_TYPES, symbol_address
+from bpftools.refleak.plan import MissingHook, MissingOffsets, make_plan, base_references
+from bpftools.kernel.symbols import text_addresses
+from bpftools.refleak.sites import site_entries
 from bpftools.kernel.symbols import SymbolTable
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "refleak")
@@ -80,7 +82,7 @@ def _fixture_plan(plan_path):
     with open(plan_path) as f:
         recorded = json.load(f)
     table = SymbolTable.from_kallsyms(kallsyms)
-    plan = make_plan(table, offsets, data_symbol("__per_cpu_offset", kallsyms), recorded["ncpus"],
+    plan = make_plan(table, offsets, symbol_address(kallsyms, "__per_cpu_offset", DATA_TYPES), recorded["ncpus"],
                      recorded["base_refs"], ALL, True, recorded["params"]["SELF_TGID"],
                      cgroup_id=table.has("bpf_get_current_cgroup_id"))
     return plan, recorded
@@ -118,7 +120,7 @@ OFFSETS = {"OFF_DEV_NAME": 0, "OFF_DEV_IFINDEX": 216, "OFF_DEV_ND_NET": 1280, "O
 def test_a_tracker_kernel_gets_the_ref_tracker_strategy():
     lines = _synthetic_kallsyms("ref_tracker_alloc", "ref_tracker_free")
     offsets = dict(OFFSETS, OFF_DEV_REFCNT_TRACKER=1240)
-    plan = make_plan(SymbolTable.from_kallsyms(lines), offsets, data_symbol("__per_cpu_offset", lines), 4, 1,
+    plan = make_plan(SymbolTable.from_kallsyms(lines), offsets, symbol_address(lines, "__per_cpu_offset", DATA_TYPES), 4, 1,
                      ALL, True, 7)
     assert plan.strategies == ["watch", "holders", "ref_tracker"]
     assert plan.params["OFF_DEV_REFCNT_TRACKER"] == 1240 and "TRACKER" in plan.flags
@@ -228,8 +230,8 @@ def test_a_watchpoint_counts_every_write_it_traps():
 
 
 def test_cpu_lists():
-    assert breakpoints.parse_cpu_list("0-3,5") == [0, 1, 2, 3, 5]
-    assert breakpoints.parse_cpu_list("0\n") == [0]
+    assert cpus.parse_cpu_list("0-3,5") == [0, 1, 2, 3, 5]
+    assert cpus.parse_cpu_list("0\n") == [0]
     assert breakpoints.slot_limit("x86_64") == 4 and breakpoints.slot_limit("s390x") is None
 
 
@@ -241,7 +243,7 @@ def _site(caller, offset, delta=1, module=None, reg="di", kind="reg", off=0):
 
 
 def test_site_entries_key_by_the_probed_address_and_say_what_was_left_out():
-    addresses = kallsyms_addresses([
+    addresses = text_addresses([
         "ffffffffc0a01000 t bpftools_devref_take\t[bpftools_devref]",
         "ffffffffc0a01040 t bpftools_devref_drop\t[bpftools_devref]",
         "ffffffff817d79d0 T dev_get_by_name", "ffffffff81000000 t dup", "ffffffff81000100 t dup",

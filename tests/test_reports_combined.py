@@ -13,7 +13,8 @@ from bpftools.analyses.iojitter import correlate
 from bpftools.errors import EXIT_BAD_INPUT
 from bpftools.exports import export_names
 from bpftools.recording import read_recording
-from bpftools.reports import build_report, combine
+from bpftools.exports import combine
+from bpftools.registry import build_report
 from bpftools.tools.iojitter import incident_report
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")

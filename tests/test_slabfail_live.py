@@ -14,8 +14,9 @@ from rich.console import Console
 
 import incident1_workloads as wl
 from bpftools.recording import read_recording
-from bpftools.tools import _iocommon
-from bpftools.tools.slabfail import parse_memcg_cache
+from bpftools.iostall.slab import parse_memcg_cache
+from bpftools.kernel.capabilities import kprobes_available
+from bpftools.kernel.tracefs import tracepoint_fields
 
 pytestmark = pytest.mark.root
 
@@ -29,7 +30,7 @@ def memcg():
 
 
 def _has_tp_name():
-    return "name" in (_iocommon.tracepoint_fields("kmem", "kmem_cache_alloc") or ())
+    return "name" in (tracepoint_fields("kmem", "kmem_cache_alloc") or ())
 
 
 def test_the_failed_filp_allocation_with_cache_caller_gfp_stack_and_cgroup(tmp_path, memcg):
@@ -112,7 +113,7 @@ def test_interval_tables_count_the_failure_once(tmp_path, memcg):
 
 
 def test_kprobe_mode_without_kprobes_is_a_clear_error(tmp_path):
-    if _iocommon.kprobes_available():
+    if kprobes_available():
         pytest.skip("this kernel has kprobes")
     proc = wl.run_cli("slabfail", "--mode", "kprobe", "-d", "1")
     assert proc.returncode == 5

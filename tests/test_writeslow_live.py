@@ -10,7 +10,7 @@ import re
 import pytest
 
 import incident1_workloads as wl
-from bpftools.tools import _iocommon
+from bpftools.kernel.capabilities import kprobes_available
 
 pytestmark = pytest.mark.root
 HOLD = 0.3
@@ -102,7 +102,7 @@ def test_folded_charges_the_outermost_call(tmp_path, disk):
 
 
 def test_kprobe_only_options_fail_clearly_without_kprobes():
-    if _iocommon.kprobes_available():
+    if kprobes_available():
         pytest.skip("this kernel has kprobes")
     for args in (["--mode", "kprobe"], ["-F", "do_writepages"]):
         proc = wl.run_cli("writeslow", "-d", "1", *args)

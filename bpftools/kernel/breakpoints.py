@@ -172,33 +172,6 @@ def _close(fd: int) -> None:
         pass
 
 
-def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> List[int]:
-    """CPU numbers from a kernel cpu list file (``0-3,5``); [0] when it cannot be read."""
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        return [0]
-    return parse_cpu_list(text)
-
-
-def parse_cpu_list(text: str) -> List[int]:
-    """``0-3,5`` -> [0, 1, 2, 3, 5]."""
-    cpus = []  # type: List[int]
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
-
-
-def online_cpus() -> List[int]:
-    """The online CPUs (what a per-CPU watch must cover)."""
-    return possible_cpus("/sys/devices/system/cpu/online")
-
-
 def slot_limit(machine: Optional[str] = None) -> Optional[int]:
     """Data breakpoints per CPU on this architecture (None when not known)."""
     return DEBUG_REGISTERS_X86 if (machine or platform.machine()) in ("x86_64", "i686", "i386") else None

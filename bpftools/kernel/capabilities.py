@@ -7,11 +7,16 @@ import ctypes
 import errno
 import os
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from dataclasses import dataclass, field
 
+from .breakpoints import open_breakpoint
+from .cgroups import cgroup_layout
+from .symbols import SymbolTable
 from .tracefs import find_tracefs, tracepoint_exists
+
+FentryTest = Callable[[str], Tuple[bool, str]]
 
 # Tracepoints the tools use; each has a kprobe-free role (see the tools).
 WANTED_TRACEPOINTS = (
@@ -121,7 +126,6 @@ def _check_headers(release: str) -> Check:
 
 def _check_hw_breakpoint() -> Check:
     """Try it: a write watchpoint on a variable of our own process."""
-    from .breakpoints import open_breakpoint
     target = ctypes.c_uint32(0)
     try:
         fd = open_breakpoint(ctypes.addressof(target), cpu=-1, pid=0)
@@ -137,24 +141,23 @@ def _check_blacklist(table: Any) -> Check:
     return Check("kprobe_blacklist", None, "no kprobes blacklist file (old kernels lack it; bcc#2413)")
 
 
-def _check_fentry(symbols: List[Any], try_fentry: bool) -> Check:
+def _check_fentry(symbols: List[Any], try_fentry: Optional[FentryTest]) -> Check:
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
         return Check("fentry", False, "no BTF: fentry/fexit need /sys/kernel/btf/vmlinux (5.5+)")
-    if not try_fentry:
+    if try_fentry is None:
         return Check("fentry", None, "not tried")
     target = next((s.attach for s in symbols if s.attach), None)
     if target is None:
         return Check("fentry", None, "no resolvable function to try")
-    from ..capture import try_fentry_attach
-    ok, why = try_fentry_attach(target)
+    ok, why = try_fentry(target)
     return Check("fentry", ok, why)
 
 
-def detect(try_fentry: bool = True) -> Capabilities:
-    """Compute the capability table of the running kernel (root gives the full picture)."""
-    from .cgroups import cgroup_layout
-    from .symbols import SymbolTable
+def detect(try_fentry: Optional[FentryTest] = None) -> Capabilities:
+    """Compute the capability table of the running kernel (root gives the full picture).
 
+    TRY_FENTRY (the capture layer's, which loads BPF) attaches a fentry program as the honest test;
+    without it fentry is "not tried"."""
     release = os.uname().release
     tracefs = find_tracefs()
     caps = Capabilities(release=release, distro=distro_name())
@@ -165,7 +168,7 @@ def detect(try_fentry: bool = True) -> Capabilities:
     caps.checks.append(_check_blacklist(table))
     caps.symbols = table.resolve_all(WANTED_FUNCTIONS)
     caps.checks.append(Check("btf", os.path.exists("/sys/kernel/btf/vmlinux"), "/sys/kernel/btf/vmlinux"))
-    caps.checks.append(_check_fentry(caps.symbols, try_fentry and os.geteuid() == 0))
+    caps.checks.append(_check_fentry(caps.symbols, try_fentry if os.geteuid() == 0 else None))
     caps.checks.append(_check_headers(release))
     caps.checks.append(Check("ring_buffer", table.has("bpf_ringbuf_output"), "BPF ring buffer (5.8+)"))
     caps.checks.append(Check("perf_buffer", table.has("bpf_perf_event_output"), "BPF perf buffer (4.4+)"))
@@ -175,3 +178,8 @@ def detect(try_fentry: bool = True) -> Capabilities:
                             for tp in WANTED_TRACEPOINTS)
     caps.cgroup_layout = cgroup_layout()
     return caps
+
+
+def kprobes_available() -> bool:
+    """True when this kernel has kprobes (the capability layer's check)."""
+    return bool(check_kprobes(find_tracefs()).ok)

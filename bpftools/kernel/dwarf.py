@@ -17,6 +17,7 @@ N: ``kind="reg"`` with ``offset=N``), and ``DW_OP_fbreg N`` when the function's 
 the reason.
 """
 import bisect
+from io import BytesIO
 import os
 import re
 import struct
@@ -86,6 +87,7 @@ class Image(object):
     SHF_ALLOC, SHF_EXECINSTR = 0x2, 0x4
 
     def __init__(self, path: str) -> None:
+        # lazy: pyelftools is needed only when debug info is read (refleak --debuginfo)
         from elftools.common.exceptions import ELFError
         from elftools.elf.elffile import ELFFile
         try:
@@ -208,7 +210,6 @@ class Image(object):
 
     def dwarf(self):
         """pyelftools DWARFInfo over the (relocated) sections."""
-        from io import BytesIO
         if not self.elf.has_dwarf_info() or ".debug_info" not in self.by_name:
             raise BadInput("%s has no DWARF debug info (install the -dbg/debuginfo package)" % self.path)
         info = self.elf.get_dwarf_info(relocate_dwarf_sections=False)
@@ -398,7 +399,7 @@ class FrameTable(object):
 
 def check_version(image: Image, offset: int) -> None:
     """pyelftools reads DWARF 5 since 0.28 (0.27 misparses the header): say so instead of crashing."""
-    import elftools
+    import elftools   # lazy: pyelftools is needed only when debug info is read (refleak --debuginfo)
     info = image.data(".debug_info")
     at = offset + (12 if info[offset:offset + 4] == b"\xff\xff\xff\xff" else 4)
     version, = struct.unpack_from("<H", info, at)

@@ -20,7 +20,7 @@ source, [L] seen in /proc/kallsyms of the 6.18 lab machine, [U] inference).
 import errno
 import os
 import re
-from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Tuple, Union
 
 from dataclasses import dataclass
 
@@ -192,6 +192,49 @@ def _is_cold(name: str) -> bool:
     return _COLD.search(name) is not None
 
 
+KALLSYMS = "/proc/kallsyms"
+DATA_TYPES = frozenset("dDbBrR")
+Entry = Tuple[int, str, str, Optional[str]]     # address, nm type, name, module (None: vmlinux)
+
+
+def kallsyms_entries(lines: Iterable[str]) -> Iterator[Entry]:
+    """The symbols of /proc/kallsyms LINES (``addr type name [\t[module]]``); malformed lines skipped.
+    Addresses read 0 where kptr_restrict hides them."""
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        try:
+            addr = int(parts[0], 16)
+        except ValueError:
+            continue
+        yield addr, parts[1], parts[2], parts[3].strip("[]") if len(parts) > 3 else None
+
+
+def read_kallsyms(path: str = KALLSYMS) -> List[str]:
+    """The lines of /proc/kallsyms (root sees addresses and, with CONFIG_KALLSYMS_ALL, data symbols)."""
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+def symbol_address(lines: Iterable[str], name: str, types: Optional[FrozenSet[str]] = None) -> Optional[int]:
+    """Address of the vmlinux symbol NAME (of nm TYPES; any type when None) in kallsyms LINES; None when
+    absent, hidden (kptr_restrict shows zeros) or only in a module."""
+    for addr, kind, sym, module in kallsyms_entries(lines):
+        if sym == name and module is None and (types is None or kind in types):
+            return addr or None
+    return None
+
+
+def text_addresses(lines: Iterable[str]) -> Dict[Tuple[str, Optional[str]], List[int]]:
+    """(name, module) -> addresses of the text symbols of kallsyms LINES (module None for vmlinux)."""
+    out = {}  # type: Dict[Tuple[str, Optional[str]], List[int]]
+    for addr, kind, name, module in kallsyms_entries(lines):
+        if kind in TEXT_TYPES:
+            out.setdefault((name, module), []).append(addr)
+    return out
+
+
 class SymbolTable:
     """The text symbols of one kernel plus what its kprobes blacklist and ftrace allow."""
 
@@ -222,13 +265,10 @@ class SymbolTable:
         symbols = {}  # type: Dict[str, List[Optional[str]]]
         clones = {}   # type: Dict[str, List[str]]
         visible = False
-        for line in lines:
-            parts = line.split()
-            if len(parts) < 3 or parts[1] not in TEXT_TYPES:
+        for addr, kind, name, module in kallsyms_entries(lines):
+            if kind not in TEXT_TYPES:
                 continue
-            name = parts[2]
-            module = parts[3].strip("[]") if len(parts) > 3 else None
-            visible = visible or parts[0].strip("0") != ""
+            visible = visible or addr != 0
             if name not in symbols:
                 symbols[name] = []
                 base, dot, suffix = name.partition(".")

@@ -1,7 +1,10 @@
 """Where tracefs is (mounted at /sys/kernel/tracing, or under debugfs on old kernels), mounting it if needed."""
 import os
+import re
 import subprocess
-from typing import Optional
+from typing import Optional, Set
+
+from ..errors import PrivilegeError
 
 CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -59,3 +62,30 @@ def kprobe_misses(pid: int, tracefs: Optional[str] = None) -> int:
         if len(parts) == 3 and parts[0].endswith(suffix) and parts[2].isdigit():
             total += int(parts[2])
     return total
+
+
+def tracepoint_fields(category: str, name: str, tracefs: Optional[str] = None) -> Optional[Set[str]]:
+    """Field names of tracepoint CATEGORY:NAME from its tracefs format file, None when it does not exist."""
+    fmt = tracepoint_format(category, name, tracefs)
+    if fmt is None:
+        return None
+    return set(re.findall(r"field:[^;]*?([A-Za-z_][A-Za-z0-9_]*)(?:\[[^\]]*\])?;", fmt))
+
+
+def tracepoint_format(category: str, name: str, tracefs: Optional[str] = None) -> Optional[str]:
+    """The text of a tracepoint's format file, or None."""
+    base = tracefs or find_tracefs()
+    if not base:
+        return None
+    try:
+        with open(os.path.join(base, "events", category, name, "format")) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def tracing_ready() -> None:
+    """Planning reads tracefs and kallsyms as they are for root: require root, mount tracefs if needed."""
+    if os.geteuid() != 0:
+        raise PrivilegeError("tracing")
+    ensure_tracefs()

@@ -338,7 +338,7 @@ class _Discoverer(object):
         return None
 
     def _walk_unit(self, offset: int) -> None:
-        from elftools.dwarf.die import DIE
+        from elftools.dwarf.die import DIE   # lazy: pyelftools, only when debug info is read
         check_version(self.image, offset)
         cu = self.dwarf.get_CU_at(offset)
         top = cu.get_top_DIE()

@@ -12,47 +12,28 @@ import os
 import re
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from ..capture import Probe
-from ..kernel.symbols import SymbolTable
+from ..capture import Attach, Probe
+from ..kernel import structs
+from ..kernel.cpus import possible_slots
+from ..kernel.headers import headers_match_running_kernel
+from ..kernel.kconfig import kernel_config
+from ..kernel.symbols import DATA_TYPES, SymbolTable, read_kallsyms, symbol_address
 
 PROGRAM = "refleak"
 STRATEGIES = ("watch", "holders", "ref_tracker", "inline")
 MAX_CPUS = 64                      # probes/refleak.bpf.c MAX_CPUS
-# struct members read by the program: -D name -> alternatives (struct, member), first found wins.
-STRUCT_MEMBERS = {
-    "OFF_DEV_NAME": [("net_device", "name")],
-    "OFF_DEV_IFINDEX": [("net_device", "ifindex")],
-    "OFF_DEV_PCPU_REFCNT": [("net_device", "pcpu_refcnt")],
-    "OFF_DEV_REFCOUNT_T": [("net_device", "dev_refcnt")],
-    "OFF_DEV_ND_NET": [("net_device", "nd_net")],
-    "OFF_NET_NS": [("net", "ns")],
-    "OFF_NS_INUM": [("ns_common", "inum")],
-    "OFF_FNHE_RTH_INPUT": [("fib_nh_exception", "fnhe_rth_input")],
-    "OFF_FNHE_RTH_OUTPUT": [("fib_nh_exception", "fnhe_rth_output")],
-    "OFF_NEIGH_DEV": [("neighbour", "dev")],
-    "OFF_DST_DEV": [("dst_entry", "dev")],
-    "OFF_IN_DEV_DEV": [("in_device", "dev")],
-    "OFF_INET6_DEV_DEV": [("inet6_dev", "dev")],
-    "OFF_FIB_NH_COMMON": [("fib_nh", "nh_common")],
-    "OFF_NHC_DEV": [("fib_nh_common", "nhc_dev")],
-    "OFF_DEV_REFCNT_TRACKER": [("net_device", "refcnt_tracker")],
-}
+# struct members read by the program (their -D names; kernel.structs says where each is)
+STRUCT_MEMBERS = ("OFF_DEV_NAME", "OFF_DEV_IFINDEX", "OFF_DEV_PCPU_REFCNT", "OFF_DEV_REFCOUNT_T", "OFF_DEV_ND_NET",
+                  "OFF_NET_NS", "OFF_NS_INUM", "OFF_FNHE_RTH_INPUT", "OFF_FNHE_RTH_OUTPUT", "OFF_NEIGH_DEV",
+                  "OFF_DST_DEV", "OFF_IN_DEV_DEV", "OFF_INET6_DEV_DEV", "OFF_FIB_NH_COMMON", "OFF_NHC_DEV",
+                  "OFF_DEV_REFCNT_TRACKER")
 DEVICE_MEMBERS = ("OFF_DEV_NAME", "OFF_DEV_IFINDEX", "OFF_DEV_ND_NET", "OFF_NET_NS", "OFF_NS_INUM")
 # What probes/refleak.bpf.c takes from the kernel's own headers when there is no BTF (members that
 # exist from 3.10 on); the others (fib_nh_common, the fnhe's input/output routes) need BTF.
 HEADER_MEMBERS = frozenset(DEVICE_MEMBERS + ("OFF_NEIGH_DEV", "OFF_IN_DEV_DEV", "OFF_INET6_DEV_DEV",
                                              "OFF_DEV_REFCNT_TRACKER", "OFF_DST_DEV"))
-
-
-@dataclass
-class Attach:
-    """One kprobe or kretprobe: the kernel symbol and the BPF function."""
-
-    event: str
-    fn_name: str
-    ret: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,7 +92,7 @@ class RefleakPlan:
     def to_json(self) -> Dict[str, Any]:
         """The ``plan`` record written first in a recording."""
         return {"type": "plan", "flags": sorted(set(self.flags)), "params": dict(self.params),
-                "kprobes": [asdict(a) for a in self.kprobes], "strategies": list(self.strategies),
+                "kprobes": [a.to_json() for a in self.kprobes], "strategies": list(self.strategies),
                 "off": dict(self.off), "holders": list(self.holders), "notes": list(self.notes),
                 "pcpu": self.pcpu, "base_refs": self.base_refs, "ncpus": self.ncpus, "watch_new": self.watch_new,
                 "inline_vmlinux": self.inline_vmlinux}
@@ -122,8 +103,7 @@ class RefleakPlan:
         lines += ["// off: %s: %s" % (s, why) for s, why in sorted(self.off.items())]
         lines += ["// holders: %s" % (", ".join(self.holders) or "none")]
         lines += ["// %s" % n for n in self.notes]
-        lines += ["// attach %s %s -> %s" % ("kretprobe" if a.ret else "kprobe", a.event, a.fn_name)
-                  for a in self.kprobes]
+        lines += ["// attach " + a.describe() for a in self.kprobes]
         return "\n".join(lines) + "\n" + self.probe().describe()
 
 
@@ -383,15 +363,6 @@ def relevant_symbol(line: str) -> bool:
     return parts[2] == "__per_cpu_offset" or base in set(wanted_functions())
 
 
-def data_symbol(name: str, kallsyms: Iterable[str]) -> Optional[int]:
-    """Address of the data symbol NAME in kallsyms lines (None when absent or hidden as 0)."""
-    for line in kallsyms:
-        parts = line.split()
-        if len(parts) >= 3 and parts[2] == name and parts[1] in "dDbBrR":
-            addr = int(parts[0], 16)
-            return addr or None
-    return None
-
 
 def base_references(release: str, config: Optional[Dict[str, str]], has_refcount_t: bool) -> Optional[int]:
     """The references an unregistering device keeps: 1 since v5.13, 0 before.
@@ -412,34 +383,16 @@ def base_references(release: str, config: Optional[Dict[str, str]], has_refcount
     return 1 if (int(m.group(1)), int(m.group(2))) >= (5, 13) else 0
 
 
-def kernel_config(release: str) -> Optional[Dict[str, str]]:
-    """CONFIG_* of the running kernel from /boot/config-RELEASE ("n" for "is not set"), or None."""
-    try:
-        with open("/boot/config-%s" % release) as f:
-            text = f.read()
-    except OSError:
-        return None
-    out = {}  # type: Dict[str, str]
-    for line in text.splitlines():
-        m = re.match(r"^(CONFIG_\w+)=(.*)$", line) or re.match(r"^# (CONFIG_\w+) is not set$", line)
-        if m:
-            out[m.group(1)] = m.group(2) if m.lastindex == 2 else "n"
-    return out
-
 
 def system_plan(requested: Iterable[str], watch_new: bool, inline_sites: int = 0,
                 inline_vmlinux: bool = False) -> RefleakPlan:
     """The plan for the running kernel (reads kallsyms, BTF, /boot/config; root sees data symbols)."""
-    from ..kernel.breakpoints import possible_cpus
-    from ..kernel import btf as _btf
-    from ..tools._iocommon import headers_match_running_kernel
     table = SymbolTable.from_system()
-    offsets = _btf.offsets(STRUCT_MEMBERS)
-    with open("/proc/kallsyms") as f:
-        per_cpu = data_symbol("__per_cpu_offset", f)
+    offsets = structs.offsets(STRUCT_MEMBERS)
+    per_cpu = symbol_address(read_kallsyms(), "__per_cpu_offset", DATA_TYPES)
     release = os.uname().release
     base = base_references(release, kernel_config(release), "OFF_DEV_REFCOUNT_T" in offsets)
-    return make_plan(table, offsets, per_cpu, max(possible_cpus()) + 1, base, requested, watch_new, os.getpid(),
+    return make_plan(table, offsets, per_cpu, possible_slots(), base, requested, watch_new, os.getpid(),
                      cgroup_id=table.has("bpf_get_current_cgroup_id"),
                      headers=not offsets and headers_match_running_kernel(), inline_sites=inline_sites,
                      inline_vmlinux=inline_vmlinux)

@@ -27,12 +27,14 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..kernel import breakpoints
-from ..capture import poll_events
+from ..kernel.cpus import online_cpus
+from ..capture import c_text, poll_events
 from ..kernel.cgroups import cgroup2_path_of_id
 from ..errors import ProbeLoadError
 from ..kstacks import KernelStacks
 from .devices import Selector, ask_flags, find_existing
 from .plan import RefleakPlan
+from .sites import attach_sites
 
 # probes/refleak.h
 EV_DEVICE, EV_SYNC, EV_REF, EV_HOLDER_NEW, EV_HOLDER_END, EV_FNHE, EV_UNREGISTER, EV_FREE, EV_DROPPED = range(1, 10)
@@ -44,6 +46,7 @@ F_PCPU, F_REGISTERED, F_GAP, F_INPUT = 1, 2, 4, 8
 CTL_LOOKUP, CTL_SYNC, CTL_SYNCED = 0, 1, 2
 SYNC_DONE = 1
 SYNC_TRIES = 3
+MAXACTIVE = 64               # kretprobe instances in flight (where this bcc can say)
 PERF_EVENT_PROG = 7          # BPF_PROG_TYPE_PERF_EVENT
 MAX_PENDING = 4096           # records kept for devices not announced yet
 MAX_FREED = 4096             # freed devices remembered (records from other CPUs' buffers arrive late)
@@ -52,10 +55,6 @@ DISCOVERY_WAIT = 10.0        # seconds to wait for the devices found at the star
 
 def hexaddr(value: int) -> str:
     return "0x%x" % (value & 0xFFFFFFFFFFFFFFFF)
-
-
-def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 class Decoder(object):
@@ -88,9 +87,9 @@ class Decoder(object):
     def __call__(self, raw: Any) -> Optional[Dict[str, Any]]:
         kind = int(raw.type)
         ev = {"ts_ns": int(raw.ts_ns), "dev": hexaddr(int(raw.dev)), "tgid": int(raw.tgid), "tid": int(raw.tid),
-              "cpu": int(raw.cpu), "comm": _text(bytes(raw.comm))}  # type: Dict[str, Any]
+              "cpu": int(raw.cpu), "comm": c_text(bytes(raw.comm))}  # type: Dict[str, Any]
         if kind == EV_DEVICE:
-            ev.update(type="device", name=_text(bytes(raw.name)), ifindex=int(raw.ifindex), netns=int(raw.netns),
+            ev.update(type="device", name=c_text(bytes(raw.name)), ifindex=int(raw.ifindex), netns=int(raw.netns),
                       how="registered" if raw.flags & F_REGISTERED else "existing", pcpu=bool(raw.flags & F_PCPU),
                       counter=hexaddr(int(raw.aux)), level=self.level(raw), base_refs=self.base_refs)
         elif kind == EV_SYNC:
@@ -150,22 +149,16 @@ class Session(object):
         self.ignored = set()  # type: set                         # announced, not wanted
         self.errors = 0
         self.last_ts = None  # type: Optional[int]
-        self.cpus = breakpoints.online_cpus()
+        self.cpus = online_cpus()
 
     # -- setup -----------------------------------------------------------------------------------
     def load(self) -> Any:
-        """Compile, load, attach the kprobes (kretprobe before entry of one function: see _iocommon)."""
-        bpf = self.plan.probe().load()
+        """Compile, load, attach the kprobes (a function's kretprobe before its entry: see capture.attach)."""
+        bpf = self.plan.probe().load(self.plan.kprobes, maxactive=MAXACTIVE)
         try:
-            for a in self.plan.kprobes:
-                if a.ret:
-                    bpf.attach_kretprobe(event=a.event.encode(), fn_name=a.fn_name.encode(), maxactive=64)
-                else:
-                    bpf.attach_kprobe(event=a.event.encode(), fn_name=a.fn_name.encode())
             if "watch" in self.plan.strategies:
                 self.prog_fd = bpf.load_func(b"on_watch", PERF_EVENT_PROG).fd
             if self.sites:
-                from .sites import attach_sites
                 for note in attach_sites(bpf, self.sites):
                     self.say(note)
         except Exception as err:  # bcc raises plain Exception

@@ -5,7 +5,11 @@ is). Here each site becomes one entry of the program's ``sites`` map, keyed by t
 (the caller's kallsyms address + offset: on x86 a kprobe's handler sees ``ip`` one byte past it, the
 int3), and one kprobe running the single BPF function ``site_entry``: no per-site C text.
 """
+import ctypes as ct
 from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from ..capture import Attach, try_attach
+from ..kernel.symbols import read_kallsyms, text_addresses
 
 # struct pt_regs as an array of u64 (x86-64): the index site_entry's switch reads.
 PT_REGS = ("r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx", "si", "di",
@@ -14,17 +18,6 @@ READABLE = frozenset(PT_REGS[:15] + ("sp",))
 LOC = {"reg": 1, "breg": 2}      # probes/refleak.h RL_LOC_*
 MAX_SITES = 4096
 
-
-def kallsyms_addresses(lines: Iterable[str]) -> Dict[Tuple[str, Optional[str]], List[int]]:
-    """(name, module) -> addresses of the text symbols of kallsyms LINES (module None for vmlinux)."""
-    out = {}  # type: Dict[Tuple[str, Optional[str]], List[int]]
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 3 or parts[1] not in "tTW":
-            continue
-        module = parts[3].strip("[]") if len(parts) > 3 else None
-        out.setdefault((parts[2], module), []).append(int(parts[0], 16))
-    return out
 
 
 def site_entries(sites: Iterable[Any], addresses: Dict[Tuple[str, Optional[str]], List[int]]
@@ -59,19 +52,15 @@ def site_entries(sites: Iterable[Any], addresses: Dict[Tuple[str, Optional[str]]
 
 def attach_sites(bpf: Any, sites: List[Any]) -> List[str]:
     """Fill ``sites`` and attach one kprobe per usable site; returns notes for the user."""
-    import ctypes as ct
-    with open("/proc/kallsyms") as f:
-        addresses = kallsyms_addresses(f)
-    usable, skipped = site_entries(sites, addresses)
+    usable, skipped = site_entries(sites, text_addresses(read_kallsyms()))
     table = bpf["sites"]
     attached = 0
     for addr, site in usable:
         value = table.Leaf(site.delta, PT_REGS.index(site.dev.reg), site.dev.offset, LOC[site.dev.kind], 0)
         table[ct.c_uint64(addr)] = value
-        try:
-            bpf.attach_kprobe(event=site.caller.encode(), event_off=site.offset, fn_name=b"site_entry")
+        if try_attach(bpf, Attach(site.caller, "site_entry", offset=site.offset)) is None:
             attached += 1
-        except Exception:  # bcc raises plain Exception: e.g. a blacklisted or notrace function
+        else:   # e.g. a blacklisted or notrace function
             del table[ct.c_uint64(addr)]
             skipped["kprobe refused"] = skipped.get("kprobe refused", 0) + 1
     notes = ["inline: %d kprobes on inlined hold/put sites" % attached]

@@ -28,6 +28,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import (EXIT_FAILURE, BadInput, BpftoolsError, MissingDependency, PrivilegeError)
+from ..kernel.log import read_kmsg
 
 # Where root's tools live when PATH lacks the sbin directories (sudo without secure_path, cron).
 _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin")
@@ -293,7 +294,6 @@ def write_ready_file(path: Optional[str], data: Dict[str, Any]) -> None:
 def kmsg_mark(path: str = "/dev/kmsg") -> Tuple[Optional[int], Optional[str]]:
     """(sequence number of the newest kernel log record, None) — or (None, reason) when the log
     cannot be read. Records after the mark are the ones this run's kernel activity wrote."""
-    from ..kernel.log import read_kmsg
     try:
         lines = read_kmsg(path)
     except OSError as err:
@@ -308,7 +308,6 @@ def kmsg_mark(path: str = "/dev/kmsg") -> Tuple[Optional[int], Optional[str]]:
 
 def kmsg_since(mark: int, path: str = "/dev/kmsg") -> List[str]:
     """The /dev/kmsg records (with their continuation lines) newer than MARK."""
-    from ..kernel.log import read_kmsg
     out = []
     keep = False
     for line in read_kmsg(path):

@@ -10,7 +10,9 @@ from typing import Any, Callable, Dict, Optional
 import click
 
 from ..options import CONTEXT
-from . import ReproError, parse_size
+from . import ReproError, kmem_io, netns_churn, parse_size
+from .kmem_io import KmemIoConfig, failed_writers, run_kmem_io
+from .netns_churn import NetnsChurnConfig, run_netns_churn
 
 
 
@@ -82,7 +84,6 @@ def kmem_io(writers: int, chunk: str, size: str, memory_limit: str, duration: fl
             slow_ms: float, directory: Optional[str], kmem: bool, start_delay: float, as_json: bool,
             ready_file: Optional[str]) -> None:
     """Run fsync writers inside a memory cgroup with kmem accounting switched on the way runc does it."""
-    from .kmem_io import KmemIoConfig, failed_writers, render_text, run_kmem_io
     cfg = KmemIoConfig(writers=writers, chunk=parse_size(chunk), size=parse_size(size),
                        memory_limit=parse_size(memory_limit), duration=duration, iterations=iterations,
                        slow_ms=slow_ms, directory=directory, kmem=kmem, start_delay=start_delay,
@@ -91,7 +92,7 @@ def kmem_io(writers: int, chunk: str, size: str, memory_limit: str, duration: fl
     if as_json:
         _print_json(summary)
     else:
-        for line in render_text(summary):
+        for line in kmem_io.render_text(summary):
             click.echo(line)
     failed = failed_writers(summary)
     if failed:
@@ -127,12 +128,11 @@ worker's pid is printed first. Needs root, veth and network namespaces, and ip (
 def netns_churn(count: int, duration: float, pmtu: int, payload: int, teardown: str, hold_route: bool,
                 settle: float, start_delay: float, as_json: bool, ready_file: Optional[str]) -> None:
     """Create and delete network namespaces with veths and PMTU route exceptions (fnhe), in rounds."""
-    from .netns_churn import NetnsChurnConfig, render_text, run_netns_churn
     cfg = NetnsChurnConfig(count=count, duration=duration, pmtu=pmtu, payload=payload, teardown=teardown,
                            hold_route=hold_route, settle=settle, start_delay=start_delay, ready_file=ready_file)
     summary = run_netns_churn(cfg, _say(as_json))
     if as_json:
         _print_json(summary)
     else:
-        for line in render_text(summary):
+        for line in netns_churn.render_text(summary):
             click.echo(line)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from dataclasses import dataclass
 
 from ..kernel.cgroups import mountinfo, memory_cgroup_mount, memory_cgroup_of_pid
+from ..analyses.kernel_log import find_incidents
 from ..errors import BadInput, MissingKernelFeature
 from ..kmem_audit import UNLIMITED_FLOOR, read_slabinfo
 from . import (ReproError, Signalled, Signals, check, command, describe_status,
@@ -603,7 +604,6 @@ def _kernel_log(mark: Optional[int], error: Optional[str]) -> Dict[str, Any]:
     """What the kernel logged during the run: findings of the incident detectors."""
     if mark is None:
         return {"available": False, "error": error, "findings": []}
-    from bpftools.analyses.kernel_log import find_incidents
     lines = kmsg_since(mark)
     return {"available": True, "error": None, "records": len(lines),
             "findings": [{"kind": f.kind, "count": f.count} for f in find_incidents(lines)]}

@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from dataclasses import dataclass
 
+from ..analyses.kernel_log import find_incidents
 from ..errors import BadInput, MissingKernelFeature
 from ..kernel.netns import InNetns
 from . import (ReproError, Signalled, Signals, command, describe_status, errno_name,
@@ -531,7 +532,6 @@ def _unregister_waits(mark: Optional[int], error: Optional[str], ours: List[str]
            "first_warning_source": source, "waits": []}  # type: Dict[str, Any]
     if mark is None:
         return out
-    from bpftools.analyses.kernel_log import find_incidents
     for finding in find_incidents(kmsg_since(mark)):
         if finding.kind != "netdev_unregister_wait":
             continue

@@ -15,41 +15,29 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
 import click
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..analyses import folded as folded_stacks
 from ..analyses.iojitter import Episode, Result, correlate
+from ..analyses.verdicts import KMEM
+from ..html_report import FlameGraph, IncidentReport
+from ..html_report import Table as ReportTable
+from ..iostall import face as io
+from ..iostall.program import Decoder
+from ..iostall.sections import decode, plan
+from ..live import then
 from ..options import CONTEXT, positive
-from . import _iocommon as io
-from . import mempoolwait, slabfail, writeslow
 
 TOOL = "iojitter"
-DECODERS = {io.EV_SLAB_FAIL: slabfail.decode, io.EV_SLUB_OOM: slabfail.decode, io.EV_SLEEP: mempoolwait.decode,
-            io.EV_MEMPOOL_ALLOC: mempoolwait.decode, io.EV_WRITEBACK: writeslow.decode}
+
 CONFIDENCE_STYLE = {"high": "green", "medium": "yellow", "low": "red"}
 MAX_EPISODES = 20
 
 
 def _secs(ns: int) -> str:
     return folded_stacks.fixed(ns / 1e9, 2)
-
-
-def plan(mode: str, pid: Optional[int], min_ns: int, wait_min_ns: int, functions: Tuple[str, ...] = ()) -> io.Plan:
-    """writeslow's plan (the slow-write threshold) + mempoolwait's + slabfail's, the sleeps followed only
-    in threads inside a traced writeback call (ONLY_IN_WB): the rest of the node costs one map lookup.
-    No allocator is kprobed (a probe on every allocation of the node): a failure's cache is named by the
-    tracepoint where it has ``name``, and the cache behind a mempool by the pool itself."""
-    wb = writeslow.plan(mode, pid, min_ns, functions)
-    sleeps = mempoolwait.plan(mode, pid, wait_min_ns, only_in_writeback=True)
-    slabs = slabfail.plan(mode, pid, follow_allocators=False)
-    return sleeps.merge(wb).merge(slabs)
-
-
-def decode(raw: Any, capture: io.Capture) -> Optional[Any]:
-    """A raw record of any of the three sections as its tool's event."""
-    decoder = DECODERS.get(int(raw.type))
-    return decoder(raw, capture) if decoder else None
 
 
 def render(result: Result, console: Any, max_episodes: int = MAX_EPISODES) -> None:
@@ -124,8 +112,6 @@ def _episode_line(e: Episode) -> str:
 def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], generated: str) -> Any:
     """The HTML/flame-graph report of an iojitter recording: the verdict, episodes, containers, the
     timeline and the time blocked per kernel stack (the same folded stacks as ``--folded``)."""
-    from ..analyses.verdicts import KMEM
-    from ..html_report import FlameGraph, IncidentReport, Table
     result = correlate(events)
     threshold = _threshold_ns(events)
     at_least = " (>= %s s)" % _secs(threshold) if threshold is not None else ""
@@ -167,10 +153,10 @@ def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], genera
     return IncidentReport(
         title="iojitter: slow writebacks and mempool waits", command=list(header.get("argv", [])),
         generated=generated, kernel_release=str(header.get("kernel_release", "")), verdicts=[verdict],
-        tables=[Table("Slow writebacks", ["start (s)", "tid", "comm", "group", "function", "stall (s)", "explained",
+        tables=[ReportTable("Slow writebacks", ["start (s)", "tid", "comm", "group", "function", "stall (s)", "explained",
                                           "mempool waits", "timeouts", "in mempool (s)", "pool cache",
                                           "mempool_alloc caller", "first frames", "causal record"], episodes),
-                Table("By container / pod / cgroup", ["group", "slow writebacks", "explained by mempool",
+                ReportTable("By container / pod / cgroup", ["group", "slow writebacks", "explained by mempool",
                                                       "explained (%)", "stalled (s)", "in mempool (s)",
                                                       "slab failures"], groups)],
         timeline=timeline,
@@ -182,7 +168,6 @@ def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], genera
 
 
 def _console() -> Any:
-    from rich.console import Console
     return Console(file=sys.stdout, highlight=False)
 
 
@@ -218,8 +203,8 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
         return
     stream = [the_plan.to_json()]  # type: List[Dict[str, Any]]
 
-    def keep(raw: Any, capture: io.Capture) -> Optional[Any]:
-        event = decode(raw, capture)
+    def keep(raw: Any, decoder: Decoder) -> Optional[Any]:
+        event = decode(raw, decoder)
         if event is None or not io.cgroup_matches(getattr(event, "wb_cgroup", None) or event.cgroup, cgroup):
             return None
         return event
@@ -248,7 +233,7 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
     run_duration = duration
     if interval and count:
         run_duration = min(duration or interval * count, interval * count)
-    with io.then(finish), io.Ticker(None if folded else interval, count, report) as ticker:
+    with then(finish), io.Ticker(None if folded else interval, count, report) as ticker:
         io.live(TOOL, the_plan, record, ready_file, run_duration, keep,
                 lambda event: stream.append(event.to_json()), on_gap=lambda lost: stream.append(lost.to_json()),
                 ticker=ticker)

@@ -16,14 +16,18 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import click
 from dataclasses import dataclass, field
 
+from ..analyses.folded import annotation, fold
 from ..event import JsonEvent
+from ..html_report import FlameGraph, IncidentReport, Table
+from ..live import LiveRun
 from ..kernel.cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
-from ..capture import Probe, poll_events
-from ..errors import MissingKernelFeature, ProbeLoadError
+from ..capture import Attach, Probe, c_text, poll_events
+from ..errors import MissingKernelFeature
 from ..options import CONTEXT, positive
 from ..kernel.symbols import SymbolTable
 from ..kernel.tracefs import find_tracefs, tracepoint_exists
-from ..kernel import btf as _btf
+from ..kernel import btf, structs
+from ..kernel.capabilities import check_kprobes
 
 OPS = {1: "open", 2: "write", 3: "kernel"}
 TOOL = "kmemsnoop"
@@ -34,7 +38,7 @@ KERNEL_HOOKS = (("memcg_update_kmem_limit", 1),   # 3.10: (struct cgroup *, u64 
                 ("memcg_update_kmem_max", 2),     # 4.x-5.15: (struct mem_cgroup *, unsigned long pages)
                 ("mem_cgroup_write", 3))          # any memory.* file; filtered by its kernfs name
 HOOK_NAMES = dict((kind, name) for name, kind in KERNEL_HOOKS)
-CGROUP_WRITE_OFFSETS = {"OFF_OF_KN": [("kernfs_open_file", "kn")], "OFF_KN_NAME": [("kernfs_node", "name")]}
+CGROUP_WRITE_MEMBERS = ("OFF_OF_KN", "OFF_KN_NAME")    # the file mem_cgroup_write writes (kernel.structs)
 
 
 @dataclass
@@ -67,9 +71,6 @@ class KmemFileEvent(JsonEvent):
         return out
 
 
-def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-
 
 class CgroupCache:
     """The writer's cgroups, looked up once per pid and per id.
@@ -97,7 +98,7 @@ class CgroupCache:
 
 def decode(raw: Any, cgroups: CgroupCache) -> KmemFileEvent:
     """The one place a raw kmem_event becomes a KmemFileEvent."""
-    path = _text(bytes(raw.path))
+    path = c_text(bytes(raw.path))
     if raw.op != 3 and not path.startswith("/"):   # a syscall's path; a kernel event's is a kernfs name
         try:
             path = os.path.join(os.readlink("/proc/%d/cwd" % raw.tgid), path)
@@ -115,10 +116,10 @@ def decode(raw: Any, cgroups: CgroupCache) -> KmemFileEvent:
         kernel = {"function": HOOK_NAMES.get(kind, str(kind)), "ret": int(raw.kernel_ret), "limit_bytes": limit}
         if op == "kernel" and not path:
             path = LIMIT_FILE
-    value = _text(bytes(raw.value)) if op == "write" or (op == "kernel" and raw.value[0]) else None
+    value = c_text(bytes(raw.value)) if op == "write" or (op == "kernel" and raw.value[0]) else None
     return KmemFileEvent(
         ts_ns=int(raw.ts_ns), tgid=int(raw.tgid), tid=int(raw.tid),
-        comm=_text(bytes(raw.comm)), op=op, path=path, value=value, ret=int(raw.ret),
+        comm=c_text(bytes(raw.comm)), op=op, path=path, value=value, ret=int(raw.ret),
         writer_cgroup=cgroup, writer_cgroup_v2=cgroup_v2, container=ref.to_json() if ref else None,
         kernel=kernel)
 
@@ -142,7 +143,7 @@ class KernelHook:
     params: Dict[str, int] = field(default_factory=dict)
 
 
-def kernel_hook(table: SymbolTable, btf_path: str = _btf.VMLINUX) -> Tuple[Optional[KernelHook], str]:
+def kernel_hook(table: SymbolTable, btf_path: str = btf.VMLINUX) -> Tuple[Optional[KernelHook], str]:
     """(hook, why): the first handler of KERNEL_HOOKS this kernel lets us kprobe, or None and the reason."""
     for function, kind in KERNEL_HOOKS:
         resolution = table.resolve(function)
@@ -150,8 +151,8 @@ def kernel_hook(table: SymbolTable, btf_path: str = _btf.VMLINUX) -> Tuple[Optio
             continue
         if kind != 3:
             return KernelHook(function, kind), "kernel hook: kprobe on %s" % function
-        offsets = _btf.offsets(CGROUP_WRITE_OFFSETS, btf_path)
-        if len(offsets) == len(CGROUP_WRITE_OFFSETS):
+        offsets = structs.offsets(CGROUP_WRITE_MEMBERS, btf_path)
+        if len(offsets) == len(CGROUP_WRITE_MEMBERS):
             return (KernelHook(function, kind, offsets),
                     "kernel hook: kprobe on %s, memory.kmem.* files only (names read with BTF offsets)" % function)
         return None, "no kernel hook: %s needs BTF (kernfs_open_file, kernfs_node) to tell kmem files" % function
@@ -181,7 +182,6 @@ def plan(pid: Optional[int], mode: str = "auto", table: Optional[SymbolTable] = 
         flags.append("HAVE_CGROUP_ID")
     hook, note = None, "tracepoints only (--mode tracepoint)"
     if mode != "tracepoint":
-        from ..kernel.capabilities import check_kprobes
         kprobes = check_kprobes(find_tracefs())
         if kprobes.ok:
             hook, note = kernel_hook(table)
@@ -196,24 +196,15 @@ def plan(pid: Optional[int], mode: str = "auto", table: Optional[SymbolTable] = 
     return Plan(Probe("kmemsnoop", params, flags), hook, note)
 
 
-def _attach(bpf: Any, hook: KernelHook) -> None:
-    """The kretprobe first: kprobes sharing an address run newest first, so entry runs before return."""
-    try:
-        bpf.attach_kretprobe(event=hook.function.encode(), fn_name=b"kernel_write_return")
-        bpf.attach_kprobe(event=hook.function.encode(), fn_name=b"kernel_write_entry")
-    except Exception as err:  # bcc raises plain Exception
-        bpf.cleanup()
-        raise ProbeLoadError("cannot attach to %s: %s" % (hook.function, str(err).splitlines()[0] if str(err) else "error"),
-                             log=str(err))
 
-
-def capture(the_plan: Plan, cgroup: Optional[str], duration: Optional[float],
+def trace(the_plan: Plan, cgroup: Optional[str], duration: Optional[float],
             on_event: Callable[[KmemFileEvent], None], ready: Optional[Callable[[], None]] = None,
             on_lost: Optional[Callable[[int], None]] = None) -> None:
     """Trace until DURATION/Ctrl-C, calling ON_EVENT for each matching event."""
-    bpf = the_plan.probe.load()
-    if the_plan.hook is not None:
-        _attach(bpf, the_plan.hook)
+    hook = the_plan.hook
+    # the kretprobe first: kprobes sharing an address run newest first, so entry runs before return
+    bpf = the_plan.probe.load([Attach(hook.function, "kernel_write_return", ret=True),
+                               Attach(hook.function, "kernel_write_entry")] if hook is not None else [])
     sys.stderr.write("bpftools: %s\n" % the_plan.note)
     cgroups = CgroupCache()
 
@@ -227,8 +218,6 @@ def capture(the_plan: Plan, cgroup: Optional[str], duration: Optional[float],
 
 def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], generated: str) -> Any:
     """The HTML/flame-graph report of a kmemsnoop recording: who wrote which kmem file, with what."""
-    from ..analyses.folded import annotation, fold
-    from ..html_report import FlameGraph, IncidentReport, Table
     records = [KmemFileEvent.from_json(e) for e in events]
     enabling = [r for r in records if r.op == "write" and r.ret >= 0
                 and os.path.basename(r.path) == "memory.kmem.limit_in_bytes"]
@@ -309,12 +298,11 @@ Examples:
 def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float], mode: str, as_json: bool,
             record: Optional[str], report_dir: Optional[str], ready_file: Optional[str], ebpf: bool) -> None:
     """Trace opens and writes of memory.kmem.* files: who turns on kmem accounting, with what value."""
-    from ..live import LiveRun
     the_plan = plan(pid, mode)
     if ebpf:
         click.echo(the_plan.describe())
         return
-    with LiveRun(TOOL, record, report_dir) as run:
+    with LiveRun(TOOL, record, report_dir, incident_report=incident_report) as run:
         if not as_json:
             click.echo(HEADER)
 
@@ -322,4 +310,4 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
             run.record(event.to_json())
             click.echo(json.dumps(event.to_json(), sort_keys=True) if as_json else line(event))
 
-        capture(the_plan, cgroup, duration, on_event, ready=run.ready_callback(ready_file), on_lost=run.add_lost)
+        trace(the_plan, cgroup, duration, on_event, ready=run.ready_callback(ready_file), on_lost=run.add_lost)

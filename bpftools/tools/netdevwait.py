@@ -38,11 +38,18 @@ from dataclasses import dataclass, field
 
 from ..analyses.netdev_wait import (FREED, ROUND, EpisodeTracker, Observation, Update, count_meaning,
                                     episodes_from_log, message_observation)
-from ..kernel.cgroups import container_of, memory_cgroup_of_pid
+from ..capture import Attach, Probe, StopSignals, c_text, poll_events
 from ..errors import BadInput, MissingKernelFeature, PrivilegeError
-from ..kernel.log import available
+from ..kernel import structs
+from ..kernel.capabilities import kprobes_available
+from ..kernel.cgroups import container_of, memory_cgroup_of_pid
+from ..kernel.cpus import possible_slots
+from ..kernel.log import available, read_log_file
+from ..kernel.structs import MEMBERS
+from ..kernel.symbols import SymbolTable, read_kallsyms, symbol_address
+from ..kernel.tracefs import tracing_ready
+from ..live import LiveRun, then, warn
 from ..options import CONTEXT as CLI_CONTEXT, positive
-from . import _iocommon as io
 
 TOOL = "netdevwait"
 AUTO, KPROBE, LOG = "auto", "kprobe", "log"
@@ -51,21 +58,10 @@ OBS, CONTEXT, UPDATE, SUMMARY = "netdev_obs", "netns_context", "netdev_wait", "n
 MODE_LABELS = {KPROBE: "kprobe mode", LOG: "kernel log mode", "log file": "log file"}
 REFRESH_EVERY = 2.0          # seconds between snapshots of who uses which network namespace
 MAX_USERS = 8                # processes remembered per namespace
-# Struct members read from the device (-D offsets from BTF), all needed.
-FIELDS = OrderedDict([
-    ("OFF_DEV_NAME", [("net_device", "name")]),
-    ("OFF_DEV_IFINDEX", [("net_device", "ifindex")]),
-    ("OFF_DEV_NET", [("net_device", "nd_net")]),
-    ("OFF_DEV_REG_STATE", [("net_device", "reg_state")]),   # an 8-bit, byte-aligned field (5.10-6.18)
-    ("OFF_NET_NS", [("net", "ns")]),
-    ("OFF_NS_INUM", [("ns_common", "inum")]),
-])
-# The reference count, one of: per-cpu counters (before v5.13 always; CONFIG_PCPU_DEV_REFCNT after)
-# or a refcount_t (v5.13+ without it; 919067cc845f).
-REFCOUNT_FIELDS = OrderedDict([
-    ("OFF_DEV_PCPU_REFCNT", [("net_device", "pcpu_refcnt")]),
-    ("OFF_DEV_REFCNT", [("net_device", "dev_refcnt")]),
-])
+# Struct members read from the device (-D offsets from BTF, kernel.structs), all needed.
+FIELDS = ("OFF_DEV_NAME", "OFF_DEV_IFINDEX", "OFF_DEV_NET", "OFF_DEV_REG_STATE", "OFF_NET_NS", "OFF_NS_INUM")
+# The reference count, one of: per-cpu counters or a refcount_t (see kernel.structs).
+REFCOUNT_FIELDS = ("OFF_DEV_PCPU_REFCNT", "OFF_DEV_REFCNT")
 LOG_NOTE = ("devices are seen only when the kernel prints 'waiting for DEV to become free' (every "
             "net.core.netdev_unregister_timeout_secs, 10 s by default, fixed 10 s before 5.12), by name only, "
             "and the end of a wait is not visible")
@@ -83,12 +79,11 @@ class Plan:
 
     mode: str                                   # KPROBE | LOG
     params: Dict[str, int] = field(default_factory=dict)
-    kprobes: List[io.Attach] = field(default_factory=list)
+    kprobes: List[Attach] = field(default_factory=list)
     hooks: Dict[str, str] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
 
     def probe(self) -> Any:
-        from ..capture import Probe
         return Probe(TOOL, self.params)
 
     def to_json(self, meaning: Dict[str, Any]) -> Dict[str, Any]:
@@ -99,27 +94,10 @@ class Plan:
     def describe(self) -> str:
         """What --ebpf prints: the plan, then (kprobe mode) the program with its cflags."""
         lines = ["// mode: %s" % self.mode] + ["// %s" % n for n in self.notes]
-        lines += ["// attach kprobe %s -> %s" % (a.event, a.fn_name) for a in self.kprobes]
+        lines += ["// attach " + a.describe() for a in self.kprobes]
         text = "\n".join(lines) + "\n"
         return text + self.probe().describe() if self.mode == KPROBE else text
 
-
-def symbol_address(kallsyms: Iterable[str], name: str) -> Optional[int]:
-    """Address of the vmlinux symbol NAME (text or data) in /proc/kallsyms lines; None when absent,
-    hidden (kptr_restrict shows zeros) or only in a module."""
-    for line in kallsyms:
-        parts = line.split()
-        if len(parts) == 3 and parts[2] == name:
-            try:
-                return int(parts[0], 16) or None
-            except ValueError:
-                return None
-    return None
-
-
-def possible_cpus(text: str) -> int:
-    """How many per-cpu slots to sum: the highest CPU of /sys/devices/system/cpu/possible ("0-3,8") + 1."""
-    return max(int(part.split("-")[-1]) for part in text.strip().split(",")) + 1
 
 
 def make_plan(requested: str, table: Any, kallsyms: List[str], offsets: Dict[str, int], kprobes_ok: bool,
@@ -136,7 +114,7 @@ def make_plan(requested: str, table: Any, kallsyms: List[str], offsets: Dict[str
         why = "no kprobes"
     elif len(plan.params) < len(FIELDS):
         why = "no BTF for struct net_device (%s)" % ", ".join(
-            "%s.%s" % FIELDS[k][0] for k in FIELDS if k not in offsets)
+            "%s.%s" % MEMBERS[k][0] for k in FIELDS if k not in offsets)
     elif "OFF_DEV_PCPU_REFCNT" in offsets:
         per_cpu = symbol_address(kallsyms, "__per_cpu_offset")
         if per_cpu is None:
@@ -155,7 +133,7 @@ def make_plan(requested: str, table: Any, kallsyms: List[str], offsets: Dict[str
         if resolution.attach is None:
             why = "%s cannot be probed: %s" % (wanted, resolution.note)
         else:
-            plan.kprobes.append(io.Attach(resolution.attach, handler))
+            plan.kprobes.append(Attach(resolution.attach, handler))
             plan.hooks[role] = resolution.attach
     if why:
         if requested == KPROBE:
@@ -175,18 +153,11 @@ def system_plan(requested: str) -> Plan:
     """make_plan for the running kernel (reads kallsyms, BTF and tracefs as root)."""
     if requested == LOG:
         return make_plan(LOG, None, [], {}, False, 1)
-    io.tracing_ready()
-    if not io.kprobes_available():
+    tracing_ready()
+    if not kprobes_available():
         return make_plan(requested, None, [], {}, False, 1)
-    from ..kernel.symbols import SymbolTable
-    from ..kernel import btf as _btf
-    with open("/proc/kallsyms") as f:
-        kallsyms = f.read().splitlines()
-    with open("/sys/devices/system/cpu/possible") as f:
-        ncpus = possible_cpus(f.read())
-    wanted = OrderedDict(FIELDS)
-    wanted.update(REFCOUNT_FIELDS)
-    return make_plan(requested, SymbolTable.from_system(), kallsyms, _btf.offsets(dict(wanted)), True, ncpus)
+    return make_plan(requested, SymbolTable.from_system(), read_kallsyms(), structs.offsets(FIELDS + REFCOUNT_FIELDS),
+                     True, possible_slots())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,26 +167,9 @@ def system_plan(requested: str) -> Plan:
 def decode(raw: Any) -> Observation:
     """The one place a raw netdevwait_event becomes an Observation."""
     return Observation(ROUND if raw.type == NDW_ROUND else FREED, "%#x" % raw.dev, ts_ns=int(raw.ts_ns),
-                       count=int(raw.count), name=io.text(bytes(raw.name)), ifindex=int(raw.ifindex),
-                       netns=int(raw.netns) or None, pid=int(raw.tid), comm=io.text(bytes(raw.comm)))
+                       count=int(raw.count), name=c_text(bytes(raw.name)), ifindex=int(raw.ifindex),
+                       netns=int(raw.netns) or None, pid=int(raw.tid), comm=c_text(bytes(raw.comm)))
 
-
-class _StopOnTerm(object):
-    """SIGTERM ends the log follower like the duration does (SIGINT stays KeyboardInterrupt)."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-        self._old = None  # type: Any
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.stopped = True
-
-    def __enter__(self) -> "_StopOnTerm":
-        self._old = signal.signal(signal.SIGTERM, self._handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        signal.signal(signal.SIGTERM, self._old)
 
 
 def follow_log(path: str, on_line: Callable[[str], None], duration: Optional[float],
@@ -239,12 +193,12 @@ def follow_log(path: str, on_line: Callable[[str], None], duration: Optional[flo
                 on_line(line)
 
     try:
-        with _StopOnTerm() as term:
+        with StopSignals((signal.SIGTERM,)) as term:   # SIGTERM ends it like the duration (SIGINT raises)
             drain()
             if ready is not None:
                 ready()
             deadline = None if duration is None else time.monotonic() + duration
-            while not term.stopped:
+            while term.received is None:
                 wait = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
                 if wait <= 0:
                     break
@@ -479,7 +433,6 @@ def summary_lines(summary: Dict[str, Any]) -> List[str]:
 # ---------------------------------------------------------------------------------------------
 
 def _summarize_log_file(path: str, release: Optional[str], dev_pattern: Optional[str]) -> Dict[str, Any]:
-    from ..kernel.log import read_log_file
     episodes, meaning = episodes_from_log(read_log_file(path), release)
     data = [dict(e.to_json(), context=None) for e in episodes
             if not dev_pattern or fnmatch.fnmatchcase(e.name or "", dev_pattern)]
@@ -510,8 +463,6 @@ def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, lo
             release: Optional[str], as_json: bool, record: Optional[str], ready_file: Optional[str], ebpf: bool,
             kmsg_path: str) -> None:
     """Devices stuck in unregister: who held them, the count and leaked references, rounds, wait time."""
-    from ..live import LiveRun
-
     def emit(obj: Dict[str, Any], lines: List[str]) -> None:
         click.echo(json.dumps(obj, sort_keys=True) if as_json else "\n".join(lines))
 
@@ -531,7 +482,7 @@ def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, lo
         click.echo(plan.describe(), nl=False)
         return
     for note in plan.notes:
-        io.warn(note)
+        warn(note)
     meaning = count_meaning(os.uname().release)
     session = Session(plan.mode, meaning, dev_pattern)
     users = NetnsUsers() if plan.mode == KPROBE else None
@@ -558,11 +509,10 @@ def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, lo
             summary = session.summary_json()
             emit(summary, summary_lines(summary))
 
-        with io.then(finish):
+        with then(finish):
             if plan.mode == KPROBE:
-                from ..capture import poll_events
                 users.refresh()
-                bpf = io.load(plan)
+                bpf = plan.probe().load(plan.kprobes)
                 poll_events(bpf, "events", lambda raw: observe(decode(raw)), duration=duration,
                             ready=run.ready_callback(ready_file), on_lost=run.add_lost,
                             tick_every=REFRESH_EVERY, on_tick=users.refresh)

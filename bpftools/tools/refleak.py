@@ -12,15 +12,29 @@ the kernel offers (``--strategy``, default all that work here), combined:
 - ref_tracker: ref_tracker_alloc/free on CONFIG_NET_DEV_REFCNT_TRACKER kernels (exact pairs).
 - inline: kprobes on the inlined dev_hold/dev_put sites that debug info lists (``--debuginfo``).
 
-The analysis is analyses/refbalance.py; the capture bpftools/refleak_capture.py.
+The analysis is analyses/refbalance.py; the plan and the capture session are in bpftools/refleak/.
 """
 import json
+import os
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
 import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table as RichTable
 
+from ..analyses.folded import fold, folded_lines
+from ..analyses.refbalance import analyze, folded_samples
 from ..errors import BadInput, MissingKernelFeature
+from ..flamegraph import render_svg
+from ..html_report import FlameGraph, IncidentReport, Table
+from ..kernel.tracefs import tracing_ready
+from ..live import LiveRun
+from ..refleak import inline_sites as sites_mod
+from ..refleak.devices import make_selector
+from ..refleak.plan import MissingHook, MissingOffsets, system_plan
+from ..refleak.session import Session, run
 
 TOOL = "refleak"
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -44,8 +58,6 @@ def inline_sites(debuginfo: List[str], wanted: bool, say: Any) -> List[Any]:
     kernel), via bpftools.inline_sites; [] when the strategy is not wanted or there is no debug info."""
     if not wanted:
         return []
-    import os
-    from ..refleak import inline_sites as sites_mod
     paths = list(debuginfo)
     if not paths:
         found = sites_mod.find_debug_vmlinux(os.uname().release)
@@ -62,7 +74,6 @@ def inline_sites(debuginfo: List[str], wanted: bool, say: Any) -> List[Any]:
 
 def plan_for(strategies: List[str], watch_new: bool, sites: List[Any]) -> Any:
     """The refleak plan of this kernel (MissingKernelFeature when a required hook is missing)."""
-    from ..refleak.plan import MissingHook, MissingOffsets, system_plan
     try:
         return system_plan(strategies, watch_new, inline_sites=len(sites),
                            inline_vmlinux=any(s.module is None for s in sites))
@@ -100,8 +111,6 @@ def frames_text(stack: Optional[List[str]], limit: int = 8) -> str:
 
 def render_result(result: Any, console: Any, top: int = TOP_STACKS) -> None:
     """The end-of-run report: per device a balance table, the unbalanced stacks and the holders."""
-    from rich.markup import escape
-    from rich.table import Table
     leaking = [d.name for d in result.devices if d.verdict == "leak"]
     console.print("[bold]refleak[/bold]: %d device(s) seen, strategies %s%s" % (
         len(result.devices), ", ".join(result.strategies) or "none",
@@ -114,7 +123,7 @@ def render_result(result: Any, console: Any, top: int = TOP_STACKS) -> None:
         console.print(escape(device_line(d)), highlight=False)
         if d.watch is not None and not d.watch.get("armed"):
             console.print("  watchpoints: not armed (%s)" % escape(str(d.watch.get("reason", "?"))))
-        table = Table(show_edge=False, pad_edge=False)
+        table = RichTable(show_edge=False, pad_edge=False)
         for col in ("strategy", "holds", "puts", "net", "level", "older", "held", "matched by", "status"):
             table.add_column(col)
         for s in d.strategies:
@@ -154,7 +163,6 @@ def _holder_text(h: Any) -> str:
 
 
 def _holders(d: Any, console: Any) -> None:
-    from rich.markup import escape
     if not d.holders_seen:
         return
     if d.unregistered_ns is not None:
@@ -172,23 +180,17 @@ def _holders(d: Any, console: Any) -> None:
 
 def folded_text(result: Any) -> str:
     """The unbalanced stacks as folded lines (flamegraph.pl / inferno input)."""
-    from ..analyses.folded import fold, folded_lines
-    from ..analyses.refbalance import folded_samples
     lines = folded_lines(fold(folded_samples(result)))
     return "\n".join(lines) + ("\n" if lines else "")
 
 
 def render_recording(rec: Any, console: Any) -> None:
     """``bpftools report`` of a refleak recording: the end-of-run report, recomputed."""
-    from ..analyses.refbalance import analyze
     render_result(analyze(rec.events), console)
 
 
 def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], generated: str) -> Any:
     """The HTML/flame-graph report of a refleak recording."""
-    from ..analyses.folded import fold
-    from ..analyses.refbalance import analyze, folded_samples
-    from ..html_report import FlameGraph, IncidentReport, Table
     result = analyze(events)
     leaking = [d for d in result.devices if d.verdict == "leak"]
     rows = []
@@ -271,8 +273,6 @@ def command(patterns: List[str], netns: List[str], strategy: str, debuginfo: Lis
             duration: Optional[float], as_json: bool, record: Optional[str], report_dir: Optional[str],
             folded: Optional[str], svg: Optional[str], ready_file: Optional[str], ebpf: bool) -> None:
     """Attribute device references (holds and puts) to stacks and show the ones never dropped."""
-    from ..refleak.devices import make_selector
-    from ..tools._iocommon import tracing_ready
     strategies = parse_strategies(strategy)
     selector = make_selector(list(patterns), list(netns))
     tracing_ready()
@@ -299,12 +299,9 @@ def _say(line: str) -> None:
 def _run(plan: Any, selector: Any, sites: List[Any], duration: Optional[float], as_json: bool,
          record: Optional[str], report_dir: Optional[str], folded: Optional[str], svg: Optional[str],
          ready_file: Optional[str]) -> None:
-    from ..analyses.refbalance import analyze
-    from ..live import LiveRun
-    from ..refleak.session import Session, run
     events = []  # type: List[Dict[str, Any]]
     progress = _progress()
-    with LiveRun(TOOL, record, report_dir) as liverun:
+    with LiveRun(TOOL, record, report_dir, incident_report=incident_report) as liverun:
         def emit(event: Dict[str, Any]) -> None:
             events.append(event)
             liverun.record(event)
@@ -339,7 +336,6 @@ def _finish(result: Any, as_json: bool, folded: Optional[str], svg: Optional[str
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
     else:
-        from rich.console import Console
         render_result(result, Console(file=sys.stdout, highlight=False))
     if folded:
         text = folded_text(result)
@@ -348,9 +344,6 @@ def _finish(result: Any, as_json: bool, folded: Optional[str], svg: Optional[str
         else:
             _write(folded, text)
     if svg:
-        from ..analyses.folded import fold
-        from ..analyses.refbalance import folded_samples
-        from ..flamegraph import render_svg
         _write(svg, render_svg(fold(folded_samples(result)), "References not dropped, by stack", unit="references"))
 
 

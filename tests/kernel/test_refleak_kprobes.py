@@ -269,7 +269,7 @@ def test_plan_on_this_kernel_and_its_inputs_for_the_host_tests():
     """The plan here (watch and holders on, ref_tracker off: no Debian kernel has the tracker), and
     its inputs -- the relevant kallsyms lines and the BTF offsets -- kept for tests/test_refleak.py."""
     from bpftools.refleak.plan import STRUCT_MEMBERS, relevant_symbol, system_plan
-    from bpftools.kernel import btf as _btf
+    from bpftools.kernel import structs
     plan = system_plan(["watch", "holders", "ref_tracker", "inline"], watch_new=True)
     assert plan.strategies == ["watch", "holders"], plan.to_json()
     assert plan.off["ref_tracker"].startswith("not a CONFIG_NET_DEV_REFCNT_TRACKER kernel"), plan.off
@@ -282,7 +282,7 @@ def test_plan_on_this_kernel_and_its_inputs_for_the_host_tests():
             dst.writelines(line for line in src if relevant_symbol(line))
         offsets = os.path.join(workdir, "offsets.json")
         with open(offsets, "w") as f:
-            json.dump(_btf.offsets(STRUCT_MEMBERS), f, indent=1, sort_keys=True)
+            json.dump(structs.offsets(STRUCT_MEMBERS), f, indent=1, sort_keys=True)
         planned = os.path.join(workdir, "plan.json")
         with open(planned, "w") as f:
             json.dump(plan.to_json(), f, indent=1, sort_keys=True)

@@ -7,8 +7,8 @@
  * bcc can decode only flat structs of plain types (no unions, no nested structs). Each kind uses the
  * fields its comment names; the others stay 0.
  */
-#ifndef BPFTOOLS_IOSTALL_COMMON_H
-#define BPFTOOLS_IOSTALL_COMMON_H
+#ifndef BPFTOOLS_IOSTALL_H
+#define BPFTOOLS_IOSTALL_H
 
 #define EV_SLAB_FAIL 1       /* a slab allocation returned NULL (slabfail) */
 #define EV_SLUB_OOM 2        /* slab_out_of_memory() ran: the SLUB warning (slabfail, kprobe mode) */
