@@ -17,6 +17,7 @@ from . import probes as _probes_package
 from .errors import MissingDependency, PrivilegeError, ProbeLoadError
 from .kernel.headers import require_headers
 from .kernel.tracefs import ensure_tracefs, kprobe_misses
+from .signals import StopSignals
 
 PROBES_DIR = os.path.dirname(os.path.abspath(_probes_package.__file__))
 _PARAM_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789")
@@ -144,32 +145,6 @@ def attach(bpf: Any, probes: Iterable[Attach], maxactive: int = 0) -> None:
 def c_text(raw: bytes) -> str:
     """A C string from a fixed-size char array of a raw record."""
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
-class StopSignals(object):
-    """SIGNALS (SIGINT and SIGTERM by default) set a flag instead of raising.
-
-    An exception raised by a signal handler while a perf-buffer callback runs is printed and swallowed by
-    ctypes; a flag is seen by the poll loop whenever the signal lands. Previous handlers come back on exit.
-    """
-
-    def __init__(self, signals: Tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
-        self.signals = signals
-        self.received = None  # type: Optional[int]
-        self._old = {}  # type: Dict[int, Any]
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.received is None:
-            self.received = signum
-
-    def __enter__(self) -> "StopSignals":
-        for signum in self.signals:
-            self._old[signum] = signal.signal(signum, self._handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, old in self._old.items():
-            signal.signal(signum, old)
 
 
 def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],

@@ -1,4 +1,4 @@
-"""Tests for bpftools.cgroups: container/pod naming and cgroup layout discovery."""
+"""Tests for bpftools.kernel.cgroups: container/pod naming and cgroup layout discovery."""
 import os
 
 import pytest

@@ -1,4 +1,4 @@
-"""bpftools.inline_sites on ELF files built here with gcc -O2 -g from tests/fixtures/inline_sites/fake_netdev.c.
+"""bpftools.refleak.inline_sites on ELF files built here with gcc -O2 -g from tests/fixtures/inline_sites/fake_netdev.c.
 
 The fixture nests hold/put helpers like Linux (dev_hold -> netdev_hold -> __dev_hold) around a
 %gs-relative incl/decl like this_cpu_inc/dec, and inlines them into known callers: the device

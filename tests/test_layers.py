@@ -19,7 +19,7 @@ LAYERS = [
     ("tools", {"tools"}),
     ("wings", {"iostall", "refleak", "repro", "doctor", "kmem_audit", "runtimes"}),
     ("shared", {"live", "capture", "kstacks", "exports", "render", "html_report", "flamegraph", "recording",
-                "event", "options"}),
+                "event", "options", "signals"}),
     ("kernel", {"kernel"}),
     ("analyses", {"analyses"}),
     ("base", {"", "errors", "probes"}),

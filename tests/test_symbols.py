@@ -1,4 +1,4 @@
-"""Tests for bpftools.symbols: table-driven resolutions per kernel fixture, the rules on synthetic
+"""Tests for bpftools.kernel.symbols: table-driven resolutions per kernel fixture, the rules on synthetic
 inputs, from_system on a fake root, and from_system on this machine's live kernel."""
 import errno
 import io

@@ -1,4 +1,4 @@
-"""bpftools.tracefs: reading tracefs files (fixtures stand in for kernels without kprobes)."""
+"""bpftools.kernel.tracefs: reading tracefs files (fixtures stand in for kernels without kprobes)."""
 
 from bpftools.kernel.tracefs import kprobe_misses
 

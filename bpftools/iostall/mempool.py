@@ -15,10 +15,9 @@ from ..analyses.iojitter import timed_out
 from ..capture import Attach, c_text
 from ..errors import MissingKernelFeature
 from ..event import JsonEvent
-from ..kernel.capabilities import kprobes_available
 from ..kernel.symbols import SymbolTable
-from ..kernel.tracefs import tracepoint_format, tracing_ready
-from .program import EV_MEMPOOL_ALLOC, EV_SLEEP, Decoder, Plan, choose_mode, unwinder_sees_through_kretprobes
+from ..kernel.tracefs import tracepoint_format
+from .program import EV_MEMPOOL_ALLOC, EV_SLEEP, Decoder, Plan, new_plan, unwinder_sees_through_kretprobes
 
 
 SLEEP_F_MEMPOOL, SLEEP_F_SCHED, SLEEP_F_JIFFIES = 1, 2, 64          # probes/mempoolwait.h
@@ -133,14 +132,8 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
     writeback call are followed, and no per-call records are made (no kretprobe on mempool_alloc)."""
     if all_dstate and mode == "kprobe":
         raise click.BadParameter("--all-dstate is the sched_switch view: use it without --mode kprobe")
-    tracing_ready()
-    kprobe_ok = kprobes_available() and not all_dstate
-    chosen = choose_mode(mode, kprobe_ok, "mempoolwait")
-    params = {"SLEEP_MIN_NS": min_ns}
-    if pid:
-        params["FILTER_TGID"] = pid
-    out = Plan(mode=chosen, params=params)
-    if chosen == "kprobe":
+    out = new_plan(mode, "mempoolwait", pid, {"SLEEP_MIN_NS": min_ns}, kprobes_wanted=not all_dstate)
+    if out.mode == "kprobe":
         table = SymbolTable.from_system()
         found = table.resolve_all(KPROBE_FUNCTIONS)
         missing = [r for r in found if r.attach is None or r.how == "clone"]

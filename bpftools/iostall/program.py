@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass, field
 from ..capture import Attach, Probe, poll_events
 from ..errors import MissingKernelFeature
 from ..kernel import structs
+from ..kernel.capabilities import kprobes_available
 from ..kernel.cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
 from ..kernel.headers import headers_match_running_kernel, slub_def_usable
+from ..kernel.tracefs import tracing_ready
 from ..kstacks import KernelStacks
 
 PROGRAM = "iojitter"
@@ -88,6 +90,16 @@ class Plan:
         lines = ["// mode: %s" % self.mode] + ["// %s" % n for n in self.notes]
         lines += ["// attach " + a.describe() for a in self.kprobes]
         return "\n".join(lines) + "\n" + self.probe().describe()
+
+
+def new_plan(requested: str, what: str, pid: Optional[int], params: Dict[str, int], kprobes_wanted: bool = True) -> Plan:
+    """A plan for WHAT in the mode REQUESTED gets on this kernel (see :func:`choose_mode`), with PARAMS
+    and the pid filter; tracefs is made ready first."""
+    tracing_ready()
+    chosen = choose_mode(requested, kprobes_wanted and kprobes_available(), what)
+    if pid:
+        params = dict(params, FILTER_TGID=pid)
+    return Plan(mode=chosen, params=params)
 
 
 def choose_mode(requested: str, kprobe_ok: bool, what: str) -> str:
@@ -174,8 +186,9 @@ class Decoder(object):
 
 def run(plan: Plan, on_raw: Callable[[Any, Decoder], None], duration: Optional[float],
         ready: Optional[Callable[[], None]], on_lost: Callable[[Lost], None],
-        ticker: Optional["Ticker"] = None) -> None:
-    """Load PLAN and poll until DURATION/Ctrl-C/SIGTERM, handing each raw record to ON_RAW."""
+        ticker: Optional[Any] = None) -> None:
+    """Load PLAN and poll until DURATION/Ctrl-C/SIGTERM, handing each raw record to ON_RAW; TICKER (a
+    face.Ticker) is driven by the poll loop."""
     bpf = load(plan)
     decoder = Decoder(bpf, plan)
 

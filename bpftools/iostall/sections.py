@@ -21,5 +21,5 @@ def plan(mode: str, pid: Optional[int], min_ns: int, wait_min_ns: int, functions
 
 def decode(raw: Any, decoder: Decoder) -> Optional[Any]:
     """A raw record of any of the three sections as its tool's event."""
-    decoder = DECODERS.get(int(raw.type))
-    return decoder(raw, decoder) if decoder else None
+    section = DECODERS.get(int(raw.type))
+    return section(raw, decoder) if section else None

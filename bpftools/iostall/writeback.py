@@ -13,11 +13,10 @@ from ..analyses import stacks
 from ..capture import Attach, c_text
 from ..errors import BadInput, MissingKernelFeature
 from ..event import JsonEvent
-from ..kernel.capabilities import kprobes_available
 from ..kernel.cgroups import container_of
 from ..kernel.symbols import SymbolTable
-from ..kernel.tracefs import tracepoint_fields, tracing_ready
-from .program import EV_WRITEBACK, Decoder, Plan, choose_mode, unwinder_sees_through_kretprobes
+from ..kernel.tracefs import tracepoint_fields
+from .program import EV_WRITEBACK, Decoder, Plan, new_plan, unwinder_sees_through_kretprobes
 
 
 WB_SRC = {100: "writeback_single_inode", 101: "ext4_writepages"}   # probes/writeslow.h WB_SRC_*
@@ -125,14 +124,8 @@ def plan(mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] 
     """kprobes on this kernel's writeback functions (or FUNCTIONS), or the tracepoint pairs."""
     if functions and mode == "tracepoint":
         raise click.BadParameter("-F/--function needs kprobes: use it without --mode tracepoint")
-    tracing_ready()
-    kprobe_ok = kprobes_available()
-    chosen = choose_mode("kprobe" if functions else mode, kprobe_ok, "writeslow")
-    params = {"WB_MIN_NS": min_ns}
-    if pid:
-        params["FILTER_TGID"] = pid
-    out = Plan(mode=chosen, params=params)
-    if chosen == "kprobe":
+    out = new_plan("kprobe" if functions else mode, "writeslow", pid, {"WB_MIN_NS": min_ns})
+    if out.mode == "kprobe":
         table = SymbolTable.from_system()
         kinds = dict(WRITEBACK_FUNCTIONS)
         wanted = list(functions) if functions else [name for name, _ in WRITEBACK_FUNCTIONS]

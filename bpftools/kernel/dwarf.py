@@ -1,4 +1,4 @@
-"""The ELF and DWARF decoding under ``bpftools.inline_sites``: only what finding inlined helpers needs.
+"""The ELF and DWARF decoding under ``bpftools.refleak.inline_sites``: only what finding inlined helpers needs.
 
 x86-64 ELF only: vmlinux, or a module (an ``ET_REL`` file whose DWARF is relocated here, each
 code section at its own address so that ``.text`` and ``.text.unlikely`` never overlap).
@@ -6,7 +6,7 @@ code section at its own address so that ``.text`` and ``.text.unlikely`` never o
 GNU build id and the (relocated) DWARF sections that pyelftools parses into DIEs; the rest reads
 bytes directly: LEB128 numbers, unit headers of .debug_info, attribute form classes, the CFA rule
 of .debug_frame (``FrameTable``) and pointer location expressions (``evaluate``). Which DIEs are
-helper calls and which addresses become kprobe sites is decided in ``bpftools.inline_sites``.
+helper calls and which addresses become kprobe sites is decided in ``bpftools.refleak.inline_sites``.
 
 Location expressions understood (``evaluate``, giving a ``DevLocation``): ``DW_OP_reg*``/``regx``
 (value in a register), ``DW_OP_breg* N`` (value in memory at register + N), ``DW_OP_breg* N;

@@ -42,7 +42,7 @@ that each reference taken or dropped fires exactly once):
 The ``dev`` location is that of the helper's ``dev`` parameter at the site address (an
 expression, or the location-list entry covering the address), taken from the innermost instance
 or, when DWARF gives none there, from an enclosing helper instance valid at the same address.
-``bpftools.dwarf`` lists the location expressions understood; any other, or no entry covering
+``bpftools.kernel.dwarf`` lists the location expressions understood; any other, or no entry covering
 the address, gives ``dev=None``, counted by reason in ``Discovery.no_location``.
 
 Speed: parsing all of vmlinux's DWARF (170 MB of .debug_info on 6.1) with pyelftools takes hours.
@@ -53,7 +53,7 @@ units (about 3% of the bytes); only they are parsed. References between units
 (``DW_FORM_ref_addr``: dwz, LTO) are followed by searching for the DIE offsets they would carry.
 Results are cached per ELF build id (``cached_sites``).
 
-x86-64 ELF only (vmlinux, or a module); the ELF and DWARF decoding is in ``bpftools.dwarf``.
+x86-64 ELF only (vmlinux, or a module); the ELF and DWARF decoding is in ``bpftools.kernel.dwarf``.
 """
 import bisect
 import json

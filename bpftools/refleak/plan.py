@@ -1,7 +1,7 @@
 """What ``bpftools refleak`` can do on this kernel: strategies, attach points and struct offsets, as one plan.
 
 Feature detection only: a hook is used when its function is a kallsyms text symbol the kprobes
-blacklist allows (bpftools.symbols), a struct offset when the running kernel's BTF (or, without BTF,
+blacklist allows (bpftools.kernel.symbols), a struct offset when the running kernel's BTF (or, without BTF,
 this kernel's own headers) has it, the watchpoints when ``__per_cpu_offset`` is visible in
 /proc/kallsyms (data symbols: CONFIG_KALLSYMS_ALL, root). What is off says why, in ``notes``.
 

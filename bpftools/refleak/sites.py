@@ -1,6 +1,6 @@
 """Kprobes on the inlined ``dev_hold``/``dev_put`` sites that debug info lists (refleak's inline strategy).
 
-bpftools.inline_sites turns DWARF into sites (``caller+offset``, the delta, where the device pointer
+bpftools.refleak.inline_sites turns DWARF into sites (``caller+offset``, the delta, where the device pointer
 is). Here each site becomes one entry of the program's ``sites`` map, keyed by the probed address
 (the caller's kallsyms address + offset: on x86 a kprobe's handler sees ``ip`` one byte past it, the
 int3), and one kprobe running the single BPF function ``site_entry``: no per-site C text.

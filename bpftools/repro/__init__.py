@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import (EXIT_FAILURE, BadInput, BpftoolsError, MissingDependency, PrivilegeError)
 from ..kernel.log import read_kmsg
+from ..signals import SignalGuard
 
 # Where root's tools live when PATH lacks the sbin directories (sudo without secure_path, cron).
 _SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin")
@@ -80,30 +81,19 @@ def signal_name(signum: int) -> str:
         return "signal %d" % signum
 
 
-class Signals(object):
+class Signals(SignalGuard):
     """Context manager: SIGINT/SIGTERM raise :class:`Signalled`, except inside :meth:`deferred`,
     where they are only recorded (cleanup must not be cut short). Old handlers come back on exit."""
 
-    HANDLED = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self) -> None:
+        super().__init__()
         self.defer = False
         self.received = []  # type: List[int]
-        self._old = {}  # type: Dict[int, Any]
 
-    def _handler(self, signum: int, frame: Any) -> None:
+    def handle(self, signum: int) -> None:
         self.received.append(signum)
         if not self.defer:
             raise Signalled(signum)
-
-    def __enter__(self) -> "Signals":
-        for signum in self.HANDLED:
-            self._old[signum] = signal.signal(signum, self._handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, old in self._old.items():
-            signal.signal(signum, old)
 
     def deferred(self) -> "_Deferred":
         """``with signals.deferred(): cleanup()`` — signals during cleanup are recorded only."""

@@ -10,9 +10,11 @@ from typing import Any, Callable, Dict, Optional
 import click
 
 from ..options import CONTEXT
-from . import ReproError, kmem_io, netns_churn, parse_size
+from . import ReproError, parse_size
 from .kmem_io import KmemIoConfig, failed_writers, run_kmem_io
+from .kmem_io import render_text as kmem_io_text
 from .netns_churn import NetnsChurnConfig, run_netns_churn
+from .netns_churn import render_text as netns_churn_text
 
 
 
@@ -92,7 +94,7 @@ def kmem_io(writers: int, chunk: str, size: str, memory_limit: str, duration: fl
     if as_json:
         _print_json(summary)
     else:
-        for line in kmem_io.render_text(summary):
+        for line in kmem_io_text(summary):
             click.echo(line)
     failed = failed_writers(summary)
     if failed:
@@ -134,5 +136,5 @@ def netns_churn(count: int, duration: float, pmtu: int, payload: int, teardown: 
     if as_json:
         _print_json(summary)
     else:
-        for line in netns_churn.render_text(summary):
+        for line in netns_churn_text(summary):
             click.echo(line)

@@ -31,14 +31,14 @@ import signal
 import stat
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import click
 from dataclasses import dataclass, field
 
 from ..analyses.netdev_wait import (FREED, ROUND, EpisodeTracker, Observation, Update, count_meaning,
                                     episodes_from_log, message_observation)
-from ..capture import Attach, Probe, StopSignals, c_text, poll_events
+from ..capture import Attach, Probe, c_text, poll_events
 from ..errors import BadInput, MissingKernelFeature, PrivilegeError
 from ..kernel import structs
 from ..kernel.capabilities import kprobes_available
@@ -50,6 +50,7 @@ from ..kernel.symbols import SymbolTable, read_kallsyms, symbol_address
 from ..kernel.tracefs import tracing_ready
 from ..live import LiveRun, then, warn
 from ..options import CONTEXT as CLI_CONTEXT, positive
+from ..signals import StopSignals
 
 TOOL = "netdevwait"
 AUTO, KPROBE, LOG = "auto", "kprobe", "log"

@@ -55,7 +55,7 @@ def parse_strategies(value: str) -> List[str]:
 
 def inline_sites(debuginfo: List[str], wanted: bool, say: Any) -> List[Any]:
     """The inlined hold/put sites of the DEBUGINFO files (or of a debug vmlinux found for this
-    kernel), via bpftools.inline_sites; [] when the strategy is not wanted or there is no debug info."""
+    kernel), via bpftools.refleak.inline_sites; [] when the strategy is not wanted or there is no debug info."""
     if not wanted:
         return []
     paths = list(debuginfo)

@@ -1,5 +1,5 @@
 """Kprobes at the inlined dev_hold/dev_put sites found in DWARF fire once per reference, and read the
-device where DWARF says it is (``bpftools.inline_sites``, strategy 4 of ``bpftools refleak``).
+device where DWARF says it is (``bpftools.refleak.inline_sites``, strategy 4 of ``bpftools refleak``).
 
 The lab's ``bpftools_devref`` injector is built here against the running kernel; Debian's kernels
 have ``CONFIG_DEBUG_INFO=y``, which gives external modules ``-g`` too, so the .ko carries DWARF.

@@ -1,4 +1,4 @@
-"""bpftools.symbols resolves the functions the tools probe to real, kprobe-able symbols of this kernel."""
+"""bpftools.kernel.symbols resolves the functions the tools probe to real, kprobe-able symbols of this kernel."""
 import platform
 
 import pytest
