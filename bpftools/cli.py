@@ -1,5 +1,8 @@
 """The `bpftools` command line: one click group, and ``main()`` mapping every error to an exit code."""
+import codecs
+import io
 import json
+import locale
 import sys
 import traceback
 from typing import Any, List, Optional, Tuple
@@ -149,8 +152,28 @@ def one_line(message: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
 
 
+def utf8_in_ascii_locale() -> bool:
+    """In an ASCII locale (LC_ALL=C: containers, kubectl debug pods, cron), do what Python 3.7+ does on
+    its own (PEP 538/540) and Python 3.6, CentOS 7's, does not: stdout and stderr speak UTF-8
+    (backslash escapes for what cannot be encoded), and click < 8.1 is kept from aborting every command
+    ("Python 3 was configured to use ASCII as encoding for the environment"). True when it applied."""
+    if codecs.lookup(locale.getpreferredencoding(False) or "ascii").name != "ascii":
+        return False
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if hasattr(stream, "buffer") and codecs.lookup(stream.encoding or "ascii").name == "ascii":
+            stream.flush()
+            setattr(sys, name, io.TextIOWrapper(stream.buffer, encoding="utf-8", errors="backslashreplace",
+                                                line_buffering=stream.line_buffering))
+    for check in ("_verify_python3_env", "_verify_python_env"):    # click 7.x, click 8.0.x
+        if hasattr(click.core, check):
+            setattr(click.core, check, lambda: None)
+    return True
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point: run the CLI, map errors to exit codes with a one-line message."""
+    utf8_in_ascii_locale()
     args = list(sys.argv[1:] if argv is None else argv)
     opts = Options(show_traceback="--traceback" in args)
     try:
