@@ -22,7 +22,7 @@ Pure: no I/O, deterministic; imports nothing from the capture layer.
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 # A runtime found on the node: bpftools.runtimes.RuntimeVersion, which this layer does not import
 # (analyses never look up); only its name, runtime, version and kmem_flags are read.
@@ -131,7 +131,8 @@ def parse_release(release: str) -> Optional[KernelRelease]:
 
 @dataclass
 class BugStatus:
-    """One row of the matrix for one kernel release."""
+    """One row of the matrix for one kernel release (and, after :func:`apply_live_patches`, for the
+    live patches the node runs)."""
 
     id: str
     title: str
@@ -139,6 +140,8 @@ class BugStatus:
     status: str
     reason: str
     remediation: str
+    fix_functions: List[str] = field(default_factory=list)   # what the fix changes (FIX_FUNCTIONS)
+    live_patch: Optional[str] = None     # the live patch whose replaced functions give the status
 
     def to_json(self) -> Dict[str, Any]:
         """Plain dict for --json output."""
@@ -341,6 +344,67 @@ _BUGS = (
 )
 
 
+# The functions each fix changes, from its commit, for matching live patches (a kpatch or livepatch
+# module names every function it replaces). Empty: the fix is not something a live patch carries
+# (a boot option, which caches are accounted, new struct fields) or its functions were not read.
+FIX_FUNCTIONS = {
+    # ee60ad219f5c's diff touches ip_del_fnhe only (it clears fnhe_daddr there, so that
+    # rt_bind_exception, unchanged, no longer binds to the deleted entry). Where the compiler inlined
+    # the static ip_del_fnhe, a live patch replaces its callers instead and is not matched here.
+    FNHE_DEL_RACE: ("ip_del_fnhe",),
+    # d6e0b7fa1186 (v4.0): __kmem_cache_shrink(s, deactivate) empties a dead cache's per-cpu partial
+    # lists and put_cpu_partial() flushes at once when cpu_partial is 0 [S: as c9fc586403e7 and the
+    # 2021 "remove redundant unfreeze_partials() from put_cpu_partial()" describe it].
+    SLUB_DEAD_CACHES: ("__kmem_cache_shrink", "put_cpu_partial"),
+    KMEM_ALL_SLABS: (),          # cache flags set at creation (SLAB_ACCOUNT): not a function swap
+    MEMCG_ID_SPACE: (),          # adds a reference count to the memcg id (struct change)
+    NOKMEM_BOOT_OPTION: (),      # a boot option
+    FNHE_REMOVE_OLDEST: (),      # ac1499fcd40f's diff not read
+}
+
+
+def apply_live_patches(statuses: Sequence[BugStatus], patches: Sequence[Dict[str, Any]]) -> List[BugStatus]:
+    """STATUSES with the node's live patches taken into account (PATCHES: LivePatch.to_json() dicts).
+
+    A bug that is affected or unknown becomes ``fixed`` when one enabled patch that is not in
+    transition replaces every function its fix changes; ``unknown`` when a patch replaces only some of
+    them, or all of them but is disabled or still in transition. A replaced function is evidence that
+    the fix is applied, not proof: the patch may carry another change to the same function.
+    """
+    out = []
+    for s in statuses:
+        wanted = list(FIX_FUNCTIONS.get(s.id, ()))
+        row = BugStatus(s.id, s.title, s.commit, s.status, s.reason, s.remediation, wanted, s.live_patch)
+        out.append(row)
+        if not wanted or s.status not in (AFFECTED, UNKNOWN):
+            continue
+        matches = []
+        for p in patches:
+            replaced = [f for f in wanted if any(pf.get("name") == f for pf in p.get("functions", ()))]
+            if replaced:
+                matches.append((p, replaced))
+        full = [p for p, replaced in matches if len(replaced) == len(wanted)]
+        done = [p for p in full if p.get("enabled") and not p.get("transition")]
+        what = "%s (the function%s %s changes)" % (", ".join(wanted), "s" if len(wanted) > 1 else "", s.commit)
+        if done:
+            row.status, row.live_patch, row.remediation = FIXED, str(done[0].get("name")), ""
+            row.reason = ("live patch %s (%s, enabled) replaces %s: evidence that the fix is applied, not "
+                          "proof (a replaced function may carry another change); without it: %s"
+                          % (row.live_patch, done[0].get("source"), what, s.reason))
+        elif full:
+            p = full[0]
+            state = "in transition" if p.get("enabled") and p.get("transition") else "disabled"
+            row.status, row.live_patch = UNKNOWN, str(p.get("name"))
+            row.reason = "live patch %s replaces %s but is %s; %s" % (row.live_patch, what, state, s.reason)
+        elif matches:
+            p, replaced = matches[0]
+            missing = [f for f in wanted if f not in replaced]
+            row.status, row.live_patch = UNKNOWN, str(p.get("name"))
+            row.reason = ("live patch %s replaces %s but not %s, which %s also changes; %s"
+                          % (row.live_patch, ", ".join(replaced), ", ".join(missing), s.commit, s.reason))
+    return out
+
+
 def _distro_note(r: KernelRelease) -> str:
     if r.vendor in ("debian", "ubuntu", "distro"):
         return ("; %s ABI %d does not show the upstream stable sublevel (`uname -v` does)"
@@ -366,7 +430,8 @@ def check_release(release: str) -> List[BugStatus]:
                     status, reason = rule_status, rule_reason
                     break
         remediation = {AFFECTED: bug.if_affected, UNKNOWN: bug.if_unknown}.get(status, "")
-        out.append(BugStatus(bug.id, bug.title, bug.commit, status, reason, remediation))
+        out.append(BugStatus(bug.id, bug.title, bug.commit, status, reason, remediation,
+                             list(FIX_FUNCTIONS.get(bug.id, ()))))
     return out
 
 

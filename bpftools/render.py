@@ -75,6 +75,7 @@ def triage(report: Any, console: Console) -> None:
     _findings_table(report.findings, console)
     _audit(report.audit, console)
     _bugs(report.bugs, console)
+    _live_patches(report.live_patches, console)
     if report.runtimes:
         console.print("runtimes: %s" % escape(", ".join(
             "%s %s" % (r.to_json().get("name"), r.to_json().get("version")) for r in report.runtimes)))
@@ -127,7 +128,34 @@ def _bugs(bugs: List[Any], console: Console) -> None:
     for b in bugs:
         data = b.to_json()
         style = {"affected": "red", "fixed": "green"}.get(data.get("status"), "dim")
-        table.add_row(escape(str(data.get("title"))), "[%s]%s[/%s]" % (style, data.get("status"), style),
+        status = str(data.get("status"))
+        if data.get("live_patch"):
+            status += " (live patch %s)" % data["live_patch"]
+        table.add_row(escape(str(data.get("title"))), "[%s]%s[/%s]" % (style, escape(status), style),
                       escape(str(data.get("reason"))))
+    console.print(table)
+
+
+def _live_patches(found: Any, console: Console) -> None:
+    """The live patches this node runs, each with the functions it replaces."""
+    if found is None:
+        return
+    data = found.to_json()
+    taint = {True: "kernel tainted by a live patch (K)", False: "no live-patch taint", None: "taint unknown"}
+    if not data["patches"] and not data["modules"]:
+        console.print("live patches: none (%s)" % taint[data["tainted"]])
+        return
+    table = Table(title="Live patches (%s)" % taint[data["tainted"]])
+    for col in ("patch", "source", "state", "replaces"):
+        table.add_column(col)
+    for p in data["patches"]:
+        state = "enabled" if p["enabled"] else "disabled" if p["enabled"] is False else "?"
+        if p["transition"]:
+            state += ", in transition"
+        table.add_row(escape(p["name"]), p["source"], state, escape(", ".join(
+            "%s:%s,%d" % (f["object"], f["name"], f["sympos"]) for f in p["functions"]) or "-"))
+    for name in data["modules"]:
+        if all(p["name"] != name for p in data["patches"]):
+            table.add_row(escape(name), "module (K)", "loaded", "? (no sysfs entry)")
     console.print(table)
 
