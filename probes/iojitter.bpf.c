@@ -236,7 +236,7 @@ static __always_inline struct iostall_event *wb_pop(void *ctx, u32 func, u64 *wb
 #endif
             ev->func = func;
             ev->depth = d;
-            __builtin_memcpy(ev->name, f->name, NAME_LEN);
+            __builtin_memcpy(ev->name, f->name, sizeof(f->name));
             *wbc = f->wbc;
         }
     }

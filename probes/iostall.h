@@ -17,7 +17,8 @@
 #define EV_WRITEBACK 5       /* one writeback call over the threshold (writeslow) */
 #define EV_DROPPED 6         /* the kernel side dropped records (a full map): 1st, 2nd, 4th, 8th... drop */
 
-#define NAME_LEN 32
+#define NAME_LEN 128         /* slab cache names: 3.10's per-memcg ones are ~85 bytes, e.g.
+                                 kmalloc-1024(1793:<64 hex digits of the container id>) */
 #define COMM_LEN 16
 
 struct iostall_event {

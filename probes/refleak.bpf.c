@@ -444,7 +444,7 @@ static __always_inline void holder_new(void *ctx, u32 kind, u64 obj, u64 dev, s3
 {
     struct holder h = {.dev = dev, .kind = kind};
     if (holders.lookup(&obj))
-        return;       /* already known (___neigh_create may return an existing entry) */
+        return;       /* already known (the neigh constructor may return an existing entry) */
     if (holders.update(&obj, &h) != 0) {
         count_drop(ctx);
         return;
@@ -605,7 +605,7 @@ int dst_destroy_entry(struct pt_regs *ctx)
 #endif
 
 #ifdef HOLD_NEIGH
-/* kprobe ___neigh_create(tbl, pkey, dev, ...) */
+/* kprobe ___neigh_create(tbl, pkey, dev, ...) (4.19+) or __neigh_create(tbl, pkey, dev, want_ref) (3.10) */
 int neigh_create_entry(struct pt_regs *ctx)
 {
     creating_entry(ctx, RL_HOLDER_NEIGH, PT_REGS_PARM3(ctx), 0);

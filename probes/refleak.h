@@ -24,7 +24,7 @@
 
 /* refleak_event.kind of holder records */
 #define RL_HOLDER_DST 1     /* struct dst_entry: dst_init .. dst_dev_put / dst_destroy */
-#define RL_HOLDER_NEIGH 2   /* struct neighbour: ___neigh_create .. neigh_destroy */
+#define RL_HOLDER_NEIGH 2   /* struct neighbour: ___neigh_create (__neigh_create on 3.10) .. neigh_destroy */
 #define RL_HOLDER_IN_DEV 3  /* struct in_device: inetdev_init .. in_dev_finish_destroy */
 #define RL_HOLDER_INET6_DEV 4 /* struct inet6_dev: ipv6_add_dev .. in6_dev_finish_destroy */
 #define RL_HOLDER_FIB_NH 5  /* struct fib_nh: fib_check_nh .. fib_nh_common_release */

@@ -19,6 +19,7 @@
 #define WB_ARG_PAGE 2         /* (struct page *page, struct writeback_control *wbc, ...) */
 
 #define WB_MAX_DEPTH 8        /* a power of two: the index is masked with WB_MAX_DEPTH - 1 */
+#define BDI_NAME_LEN 32       /* a writeback frame's bdi name (the writeback tracepoints' name[32]) */
 
 struct wb_frame {
     u64 start_ns;
@@ -31,7 +32,7 @@ struct wb_frame {
     u32 dev;
     s32 kstack;
     u32 flags;
-    char name[NAME_LEN];
+    char name[BDI_NAME_LEN];
 };
 
 /* the writeback calls a thread is inside, outermost first */

@@ -516,3 +516,24 @@ def test_the_report_while_the_device_waits_names_the_leak(path):
     assert folded_text(result).splitlines() == [
         "[rln ifindex %d];[%s];entry_SYSCALL_64_after_hwframe;do_syscall_64;ksys_write;vfs_write;proc_reg_write;"
         "devref_write;bpftools_devref_take 1" % (device.ifindex, s) for s in ("inline", "watch")]
+
+
+def test_on_rhel76_the_neigh_holder_follows_the_310_constructor():
+    """3.10 has __neigh_create(tbl, pkey, dev, want_ref), no ___neigh_create (kernel-facts.md; the
+    3.10.0-957 kallsyms fixture); newer kernels have both, and the inner ___neigh_create is taken."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "kallsyms",
+                        "3.10.0-957.el7.x86_64.kallsyms")
+    with open(path) as f:
+        lines = f.read().splitlines()
+    # the lifecycle hooks every plan needs (3.10 net/core/dev.c has them; the fixture lists the probed
+    # functions of the incidents only)
+    lines += ["ffffffff81005400 T dev_get_flags", "ffffffff81005500 T free_netdev"]
+    table = SymbolTable.from_kallsyms(lines)
+    assert table.has("__neigh_create") and not table.has("___neigh_create")
+    plan = make_plan(table, {}, None, 4, 0, ["holders"], False, 7, cgroup_id=False, headers=True)
+    assert "neigh" in plan.holders
+    assert [(a.event, a.fn_name, a.ret) for a in plan.kprobes if "neigh_create" in a.fn_name] == [
+        ("__neigh_create", "neigh_create_return", True), ("__neigh_create", "neigh_create_entry", False)]
+    both = SymbolTable.from_kallsyms(lines + ["ffffffff8100dd00 T ___neigh_create"])
+    plan = make_plan(both, {}, None, 4, 0, ["holders"], False, 7, cgroup_id=False, headers=True)
+    assert set(a.event for a in plan.kprobes if "neigh_create" in a.fn_name) == {"___neigh_create"}

@@ -145,3 +145,26 @@ def test_rhel7_memcg_cache_names_are_parsed(name, expected):
     else:
         container = got["container"]["container_id"] if got["container"] else None
         assert (got["base"], got["memcg_id"], got["cgroup"], container) == expected
+
+
+A01_CACHE = "kmalloc-1024(1793:c8edefa90517e21bc691deef20c17220af0f0ac69962cc51007d372e7dd40256)"   # moby#35545
+
+
+def test_the_a01_cache_name_fits_the_record_and_names_the_container():
+    """The real 3.10.0-957 per-memcg cache name of ../shared/corpus/dmesg/A01 (85 bytes) fits the
+    record's name field whole, and gives the memcg id and the container id."""
+    from test_probe_constants import H
+    assert len(A01_CACHE) < H["NAME_LEN"]
+    got = parse_memcg_cache(A01_CACHE)
+    assert (got["base"], got["memcg_id"], got["truncated"]) == ("kmalloc-1024", 1793, False)
+    assert got["container"]["container_id"] == "c8edefa90517e21bc691deef20c17220af0f0ac69962cc51007d372e7dd40256"
+
+
+@pytest.mark.parametrize("cut, prefix", [(A01_CACHE[:31], "c8edefa90517e"), (A01_CACHE[:60], A01_CACHE[18:60]),
+                                         ("kmalloc-64(12:docker-0123456789abcdef", "0123456789abcdef"),
+                                         ("kmalloc-64(12:c8ed", None)])
+def test_a_cut_cache_name_still_gives_the_memcg_id_and_the_container_id_prefix(cut, prefix):
+    got = parse_memcg_cache(cut)
+    assert (got["base"], got["truncated"], got["container"], got["container_id_prefix"]) == (
+        cut.split("(")[0], True, None, prefix)
+    assert got["memcg_id"] == int(cut.split("(")[1].split(":")[0])

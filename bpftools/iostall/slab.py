@@ -18,7 +18,7 @@ from ..capture import Attach, c_text
 from ..errors import MissingKernelFeature
 from ..event import JsonEvent
 from ..kernel.capabilities import kprobes_available
-from ..kernel.cgroups import container_of
+from ..kernel.cgroups import container_id_prefix, container_of
 from ..kernel.symbols import SymbolTable
 from ..kernel.tracefs import tracepoint_fields, tracing_ready
 from .program import EV_SLAB_FAIL, EV_SLUB_OOM, Decoder, Plan, choose_mode
@@ -37,8 +37,9 @@ SLAB_F_ACCOUNTED, SLAB_F_ACCOUNTED_KNOWN, SLAB_F_NAME_FROM_TP, SLAB_F_NAME_FROM_
 CACHE_ALLOCATORS = ("kmem_cache_alloc", "kmem_cache_alloc_trace")
 
 
-# A 3.10 per-memcg cache: "<base cache>(<memcg cache id>:<cgroup directory name>)" (kernel-facts.md).
-_MEMCG_CACHE = re.compile(r"^(?P<base>.+)\((?P<id>\d+):(?P<cgroup>[^()]*)\)$")
+# A 3.10 per-memcg cache: "<base cache>(<memcg cache id>:<cgroup directory name>)" (kernel-facts.md),
+# about 85 bytes with a container id: the closing ")" is missing when a buffer cut the name short.
+_MEMCG_CACHE = re.compile(r"^(?P<base>[^()]+)\((?P<id>\d+):(?P<cgroup>[^()]*?)(?P<end>\))?$")
 
 
 @dataclass
@@ -75,9 +76,14 @@ def parse_memcg_cache(name: Optional[str]) -> Optional[Dict[str, Any]]:
     m = _MEMCG_CACHE.match(name or "")
     if not m:
         return None
-    ref = container_of(m.group("cgroup")) if m.group("cgroup") else None
-    return {"base": m.group("base"), "memcg_id": int(m.group("id")), "cgroup": m.group("cgroup"),
-            "container": ref.to_json() if ref else None}
+    cgroup, truncated = m.group("cgroup"), not m.group("end")
+    ref = container_of(cgroup) if cgroup and not truncated else None
+    out = {"base": m.group("base"), "memcg_id": int(m.group("id")), "cgroup": cgroup,
+           "container": ref.to_json() if ref else None, "truncated": truncated}
+    if truncated:       # the name was cut short: the container id's first digits still name it
+        prefix = container_id_prefix(cgroup)
+        out["container_id_prefix"] = prefix[1] if prefix else None
+    return out
 
 
 def _gfp_names(value: int) -> List[str]:

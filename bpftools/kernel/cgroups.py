@@ -31,6 +31,20 @@ _CONTAINER_COMPONENTS = (
     (re.compile(r"^libpod-(%s)\.scope$" % _HEX64), "podman"),
     (re.compile(r"^(%s)$" % _HEX64), None),
 )
+# The same components cut short (a cache name truncated by a fixed-size buffer): 12+ hex digits of the id.
+_CONTAINER_PREFIX = re.compile(r"^(docker-|cri-containerd-|crio-|libpod-)?([0-9a-f]{12,64})")
+_PREFIX_RUNTIMES = {"docker-": "docker", "cri-containerd-": "containerd", "crio-": "cri-o", "libpod-": "podman"}
+
+
+def container_id_prefix(component: str) -> Optional[Tuple[Optional[str], str]]:
+    """(runtime or None, the id's first hex digits) of a cgroup directory name that may be cut short
+    (``docker-c8edefa90517e2`` from a truncated 3.10 cache name); None without 12 hex digits."""
+    m = _CONTAINER_PREFIX.match(component)
+    if not m:
+        return None
+    return _PREFIX_RUNTIMES.get(m.group(1) or ""), m.group(2)
+
+
 # cgroupfs "pod<uid>", systemd "kubepods-pod<uid>.slice" / "kubepods-burstable-pod<uid>.slice".
 _POD_COMPONENT = re.compile(
     r"^(?:kubepods-(?:(burstable|besteffort)-)?)?pod([0-9a-f][0-9a-f_-]*)(\.slice)?$")

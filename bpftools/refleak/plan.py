@@ -42,7 +42,7 @@ class HolderHooks:
 
     kind: str
     flag: str
-    create: str                      # wanted kernel function
+    create: Tuple[str, ...]          # wanted kernel function, alternatives in order (the first found)
     create_fn: str                   # BPF function at its entry
     create_ret_fn: Optional[str]     # BPF function at its return (None: the entry says it all)
     releases: Tuple[Tuple[str, str], ...]   # (wanted kernel function, BPF function)
@@ -53,16 +53,18 @@ class HolderHooks:
 HOLDERS = (
     # dst_alloc(ops, dev, ..) inlines dst_init on 5.10-6.12 (seen in 6.1's DWARF); dst_init(dst, ops,
     # dev, ..) is still called on its own by other users (xfrm): both, an object is reported once.
-    HolderHooks("dst", "HOLD_DST", "dst_alloc", "dst_alloc_entry", "dst_alloc_return",
+    HolderHooks("dst", "HOLD_DST", ("dst_alloc",), "dst_alloc_entry", "dst_alloc_return",
                 (("dst_dev_put", "dst_dev_put_entry"), ("dst_destroy", "dst_destroy_entry")), ("OFF_DST_DEV",),
                 also=(("dst_init", "dst_init_entry"),)),
-    HolderHooks("neigh", "HOLD_NEIGH", "___neigh_create", "neigh_create_entry", "neigh_create_return",
+    # ___neigh_create(tbl, pkey, dev, ...) since 4.19's neigh flags (__neigh_create wraps it); before,
+    # __neigh_create(tbl, pkey, dev, want_ref) is the constructor (3.10). The device is argument 3 in both.
+    HolderHooks("neigh", "HOLD_NEIGH", ("___neigh_create", "__neigh_create"), "neigh_create_entry", "neigh_create_return",
                 (("neigh_destroy", "neigh_destroy_entry"),), ("OFF_NEIGH_DEV",)),
-    HolderHooks("in_dev", "HOLD_IN_DEV", "inetdev_init", "in_dev_init_entry", "in_dev_init_return",
+    HolderHooks("in_dev", "HOLD_IN_DEV", ("inetdev_init",), "in_dev_init_entry", "in_dev_init_return",
                 (("in_dev_finish_destroy", "in_dev_destroy_entry"),), ("OFF_IN_DEV_DEV",)),
-    HolderHooks("inet6_dev", "HOLD_INET6_DEV", "ipv6_add_dev", "inet6_dev_add_entry", "inet6_dev_add_return",
+    HolderHooks("inet6_dev", "HOLD_INET6_DEV", ("ipv6_add_dev",), "inet6_dev_add_entry", "inet6_dev_add_return",
                 (("in6_dev_finish_destroy", "inet6_dev_destroy_entry"),), ("OFF_INET6_DEV_DEV",)),
-    HolderHooks("fib_nh", "HOLD_FIB_NH", "fib_check_nh", "fib_nh_check_entry", "fib_nh_check_return",
+    HolderHooks("fib_nh", "HOLD_FIB_NH", ("fib_check_nh",), "fib_nh_check_entry", "fib_nh_check_return",
                 (("fib_nh_common_release", "fib_nh_release_entry"),), ("OFF_FIB_NH_COMMON", "OFF_NHC_DEV")),
 )
 # Exact attach kinds: the program reads these functions' arguments by position.
@@ -242,9 +244,10 @@ def _strategy_holders(plan: RefleakPlan, table: SymbolTable, offsets: Dict[str, 
         if not _located(hooks.members, offsets, headers):
             plan.notes.append("holders: %s not followed (no offset of %s)" % (hooks.kind, ", ".join(hooks.members)))
             continue
-        create, why = _hook(table, hooks.create, exact=True)
+        found = [_hook(table, wanted, exact=True) for wanted in hooks.create]
+        create = next((symbol for symbol, _ in found if symbol is not None), None)
         if create is None:
-            plan.notes.append("holders: %s not followed: %s" % (hooks.kind, why))
+            plan.notes.append("holders: %s not followed: %s" % (hooks.kind, "; ".join(why for _, why in found)))
             continue
         releases = []
         for wanted, fn in hooks.releases:
@@ -348,7 +351,7 @@ def wanted_functions() -> List[str]:
                                                            "rt_set_nexthop", "ref_tracker_alloc",
                                                            "ref_tracker_free", "bpf_get_current_cgroup_id"]
     for hooks in HOLDERS:
-        names += [hooks.create] + [w for w, _ in hooks.releases] + [w for w, _ in hooks.also]
+        names += list(hooks.create) + [w for w, _ in hooks.releases] + [w for w, _ in hooks.also]
     return names
 
 
