@@ -246,7 +246,10 @@ def table_sum(bpf: Any, name: str) -> int:
 def try_fentry_attach(function: str) -> Tuple[bool, str]:
     """Load and attach an empty fentry program on FUNCTION: the honest fentry test."""
     bcc = _bcc()
-    if not bcc.BPF.support_kfunc():
+    supported = getattr(bcc.BPF, "support_kfunc", None)      # bcc 0.14.0+
+    if supported is None:
+        return False, "this bcc predates fentry (KFUNC_PROBE, bcc 0.14.0)"
+    if not supported():
         return False, "bcc or kernel lacks fentry support (needs BTF and 5.5+)"
     name = function.replace(".", "_")
     text = "KFUNC_PROBE(%s) { return 0; }" % name  # a kallsyms name, not user input

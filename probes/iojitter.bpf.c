@@ -73,6 +73,7 @@
 #if defined(ONLY_IN_WB) && !(defined(WANT_WB_TP) || defined(WANT_WB_KPROBE))
 #error "ONLY_IN_WB needs a writeback section"
 #endif
+#include "helpers_by_number.h"
 #include "iostall.h"
 #include "slabfail.h"
 #include "mempoolwait.h"
@@ -516,7 +517,7 @@ int mp_sleep_entry(struct pt_regs *ctx)
         return 0;
     c->sleep_ns = bpf_ktime_get_ns();
 #ifdef HAVE_JIFFIES64
-    c->sleep_jiffies = bpf_jiffies64();
+    c->sleep_jiffies = bpftools_jiffies64();
 #endif
     c->timeout = PT_REGS_PARM1(ctx);
     c->kstack = stacks.get_stackid(ctx, 0);
@@ -557,7 +558,7 @@ int mp_finish_wait_entry(struct pt_regs *ctx)
 #ifdef HAVE_JIFFIES64
             /* timed out <=> it lasted its timeout in jiffies (a timer never fires early); ns under
              * emulation or a skewed clock can say 4.9 s for a 5 s timeout */
-            ev->jiffies = bpf_jiffies64() - c->sleep_jiffies;
+            ev->jiffies = bpftools_jiffies64() - c->sleep_jiffies;
             ev->flags |= SLEEP_F_JIFFIES;
 #endif
             ev->call_site = c->pool_alloc;      /* Python names it; the cache name counts only for */

@@ -9,6 +9,7 @@
  * OFF_OF_KN (kernfs_open_file.kn) and OFF_KN_NAME (kernfs_node.name).
  */
 #include <uapi/linux/ptrace.h>
+#include "helpers_by_number.h"
 #include "kmemsnoop.h"
 
 struct pending {
@@ -105,7 +106,7 @@ static __always_inline void stamp(struct kmem_event *ev)
 {
     ev->ts_ns = bpf_ktime_get_ns();
 #ifdef HAVE_CGROUP_ID
-    ev->cgroup_id = bpf_get_current_cgroup_id();
+    ev->cgroup_id = bpftools_get_current_cgroup_id();
 #else
     ev->cgroup_id = 0;
 #endif

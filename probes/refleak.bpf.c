@@ -80,6 +80,7 @@
 #define OFF_DEV_REFCNT_TRACKER offsetof(struct net_device, refcnt_tracker)
 #endif
 #endif /* HAVE_MATCHING_HEADERS */
+#include "helpers_by_number.h"
 #include "refleak.h"
 
 #ifndef NCPUS
@@ -156,7 +157,7 @@ static __always_inline struct refleak_event *new_event(int slot, u32 type)
     ev->cpu = bpf_get_smp_processor_id();
     ev->kstack = -1;
 #ifdef HAVE_CGROUP_ID
-    ev->cgroup_id = bpf_get_current_cgroup_id();
+    ev->cgroup_id = bpftools_get_current_cgroup_id();
 #endif
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
     return ev;
