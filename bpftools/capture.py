@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from . import probes as _probes_package
 from .errors import MissingDependency, PrivilegeError, ProbeLoadError
+from .kernel.distro import BCC_FLOOR, bcc_hint
 from .kernel.headers import require_headers
 from .kernel.tracefs import ensure_tracefs, kprobe_misses
 from .signals import StopSignals
@@ -24,13 +25,17 @@ _PARAM_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789")
 
 
 def _bcc() -> Any:
+    """The bcc module, BCC_FLOOR or newer (the first that decodes perf records by the program's own
+    struct: PerfEventArray.event); MissingDependency with this distribution's install command otherwise."""
     try:
         # lazy: bcc is a system package (python3-bpfcc / python3-bcc) that only live runs need
         import bcc  # noqa: F401
     except ImportError:
-        raise MissingDependency(
-            "the bcc Python module", "apt-get install python3-bpfcc (Debian/Ubuntu) or "
-            "yum install bcc python-bcc (RHEL 7); a venv needs --system-site-packages")
+        raise MissingDependency("the bcc Python module", bcc_hint())
+    perf_array = getattr(getattr(bcc, "table", None), "PerfEventArray", None)
+    if perf_array is None or not hasattr(perf_array, "event"):
+        raise MissingDependency("bcc %s or newer (this bcc cannot decode perf records: no PerfEventArray.event)"
+                                % BCC_FLOOR, bcc_hint())
     return bcc
 
 

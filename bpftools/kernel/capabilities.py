@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .breakpoints import open_breakpoint
 from .cgroups import cgroup_layout
+from .distro import distro_name
 from .symbols import SymbolTable
 from .tracefs import find_tracefs, tracepoint_exists
 
@@ -78,22 +79,6 @@ class Capabilities:
             "cgroup_layout": self.cgroup_layout,
         }
 
-
-def distro_name(root: str = "/") -> str:
-    """PRETTY_NAME from os-release, else redhat-release, else 'unknown'."""
-    for name in ("etc/os-release", "usr/lib/os-release"):
-        try:
-            with open(os.path.join(root, name)) as f:
-                for line in f:
-                    if line.startswith("PRETTY_NAME="):
-                        return line.split("=", 1)[1].strip().strip('"')
-        except OSError:
-            continue
-    try:
-        with open(os.path.join(root, "etc/redhat-release")) as f:
-            return f.read().strip()
-    except OSError:
-        return "unknown"
 
 
 def check_kprobes(tracefs: Optional[str]) -> Check:

@@ -3,6 +3,7 @@ import os
 import re
 
 from ..errors import MissingKernelFeature
+from .distro import headers_hint
 
 
 def headers_match_running_kernel() -> bool:
@@ -39,7 +40,4 @@ def require_headers() -> None:
     release = os.uname().release
     if os.path.isdir("/lib/modules/%s/build/include" % release) or os.path.exists("/sys/kernel/kheaders.tar.xz"):
         return
-    raise MissingKernelFeature(
-        "kernel headers for %s" % release,
-        fallback="apt-get install linux-headers-%s (Debian/Ubuntu), yum install kernel-devel-%s (RHEL), "
-                 "or modprobe kheaders" % (release, release))
+    raise MissingKernelFeature("kernel headers for %s" % release, fallback=headers_hint(release))
