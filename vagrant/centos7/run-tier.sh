@@ -3,4 +3,4 @@
 set -uo pipefail
 cd /vagrant-src
 export BPFTOOLS_REQUIRE_KERNEL=1 BPFTOOLS_REQUIRE_ROOT=1
-/opt/bpftools-venv/bin/python -m pytest -m "kernel or root" -ra tests "$@"
+/vagrant-src/.venv/bin/python -m pytest -m "kernel or root" -ra tests "$@"
