@@ -36,6 +36,7 @@ static __always_inline s32 refcount_of(u64 dev)
     u64 pcpu = 0;
     s32 sum = 0;
     bpf_probe_read(&pcpu, sizeof(pcpu), (void *)(dev + OFF_DEV_PCPU_REFCNT));
+#pragma unroll   /* no back-edge for verifiers before 5.3 (bounded loops); ~10 instructions per CPU */
     for (u32 cpu = 0; cpu < NCPUS && cpu < NDW_MAX_CPUS; cpu++) {
         u64 offset = 0;
         s32 part = 0;

@@ -180,3 +180,43 @@ def test_recording_exports_html_svg_folded(tmp_path, cgroup_dir):
     folded_stdout = subprocess.run([sys.executable, "-m", "bpftools.cli", "report", rec, "--folded", "-"],
                                    stdout=subprocess.PIPE, universal_newlines=True).stdout.splitlines()
     assert folded_stdout == folded
+
+
+OPENER = r"""
+import os, sys
+os.chdir(sys.argv[1])
+print(os.getpid(), flush=True)
+for name in sys.argv[2:]:
+    try:
+        os.close(os.open(name, os.O_RDONLY))
+    except OSError:
+        pass
+"""
+KMEM_NAMES = ["memory.kmem.failcnt", "memory.kmem.slabinfo", "memory.kmem.tcp.failcnt",
+              "memory.kmem.limit_in_bytes", "memory.kmem.usage_in_bytes", "memory.kmem.max_usage_in_bytes",
+              "memory.kmem.tcp.limit_in_bytes", "memory.kmem.tcp.usage_in_bytes",
+              "memory.kmem.tcp.max_usage_in_bytes"]
+
+
+def test_the_path_matcher_sees_every_kmem_file_name_and_nothing_else(tmp_path):
+    """The in-kernel matcher checks the path's end at the kmem file names' lengths: each of the nine
+    cgroup v1 kmem files is seen, by absolute and by relative path; other names are not."""
+    work = tmp_path / "dir" / "memory.kmem.notafile.d"
+    work.mkdir(parents=True)
+    others = ["memory.limit_in_bytes", "memory.kmem.limit_in_bytez/x", "xmemory.kmem.failcnt", "kmem.failcnt"]
+    for name in KMEM_NAMES + others[:1] + others[2:]:
+        (work / name).write_text("0\n")
+    (work / "memory.kmem.limit_in_bytez").mkdir()
+    (work / "memory.kmem.limit_in_bytez" / "x").write_text("0\n")
+    tool = _start(tmp_path, "--json", "-d", "30")
+    names = KMEM_NAMES + [str(work / n) for n in KMEM_NAMES] + others + [str(work / n) for n in others]
+    child = subprocess.run([sys.executable, "-c", OPENER, str(work)] + names, stdout=subprocess.PIPE,
+                           universal_newlines=True, check=True)
+    pid = int(child.stdout.strip())
+    time.sleep(1)
+    tool.send_signal(signal.SIGINT)
+    out, err = tool.communicate(timeout=60)
+    seen = [json.loads(line)["path"] for line in out.splitlines() if line.startswith("{")
+            and json.loads(line).get("tgid") == pid]
+    # relative names are reported resolved against the opener's working directory
+    assert sorted(seen) == sorted([str(work / n) for n in KMEM_NAMES] * 2), err
