@@ -17,7 +17,7 @@ from . import probes as _probes_package
 from .errors import MissingDependency, PrivilegeError, ProbeLoadError
 from .kernel.distro import BCC_FLOOR, bcc_hint
 from .kernel.headers import require_headers
-from .kernel.tracefs import ensure_tracefs, kprobe_misses
+from .kernel.tracefs import ensure_tracefs, kprobe_misses, kretprobe_maxactive
 from .signals import StopSignals
 
 PROBES_DIR = os.path.dirname(os.path.abspath(_probes_package.__file__))
@@ -116,10 +116,11 @@ class Attach:
 def try_attach(bpf: Any, probe: Attach, maxactive: int = 0) -> Optional[str]:
     """Attach one kprobe or kretprobe; None when attached, else the first line of bcc's error.
 
-    MAXACTIVE (kretprobe instances in flight) is passed only where this bcc takes it."""
+    MAXACTIVE (kretprobe instances in flight) is passed only where this bcc takes it (0.9.0+) and the
+    kernel does (4.12+); elsewhere returns may be missed, and kprobe_misses() counts them as lost."""
     try:
         if probe.ret:
-            extra = {"maxactive": maxactive} if maxactive and _takes_maxactive(bpf) else {}
+            extra = {"maxactive": maxactive} if maxactive and _takes_maxactive(bpf) and kretprobe_maxactive() else {}
             bpf.attach_kretprobe(event=probe.event.encode(), fn_name=probe.fn_name.encode(), **extra)
         else:
             extra = {"event_off": probe.offset} if probe.offset else {}

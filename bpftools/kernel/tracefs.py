@@ -84,6 +84,20 @@ def tracepoint_format(category: str, name: str, tracefs: Optional[str] = None) -
         return None
 
 
+def kretprobe_maxactive(tracefs: Optional[str] = None) -> bool:
+    """True when kprobe_events takes ``r[MAXACTIVE]`` (how many calls a kretprobe follows at once).
+
+    Since Linux commit 696ced4fb1d7 (v4.12) tracefs' README documents it as ``r[maxactive]``; before,
+    a kretprobe follows about one call per possible CPU, and the returns of more calls in flight (a
+    writer asleep 5 s inside a writeback) are missed, counted only in kprobe_profile's misses."""
+    base = tracefs or find_tracefs()
+    try:
+        with open(os.path.join(base or "", "README")) as f:
+            return "r[maxactive]" in f.read()
+    except OSError:
+        return False
+
+
 def tracing_ready() -> None:
     """Planning reads tracefs and kallsyms as they are for root: require root, mount tracefs if needed."""
     if os.geteuid() != 0:
