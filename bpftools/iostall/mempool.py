@@ -140,6 +140,7 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
         if not missing:
             mp, sleep, finish = (r.attach for r in found)
             out.flags.append("WANT_SLEEP_KPROBE")
+            # (kernels without kretprobe maxactive, before 4.12, are all before 5.15: no return probe)
             returns = unwinder_sees_through_kretprobes(table) and not only_in_writeback
             if only_in_writeback:
                 out.flags.append("ONLY_IN_WB")

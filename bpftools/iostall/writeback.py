@@ -15,7 +15,7 @@ from ..errors import BadInput, MissingKernelFeature
 from ..event import JsonEvent
 from ..kernel.cgroups import container_of
 from ..kernel.symbols import SymbolTable
-from ..kernel.tracefs import tracepoint_fields
+from ..kernel.tracefs import kretprobe_maxactive, tracepoint_fields
 from .program import EV_WRITEBACK, Decoder, Plan, new_plan, unwinder_sees_through_kretprobes
 
 
@@ -124,7 +124,15 @@ def plan(mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] 
     """kprobes on this kernel's writeback functions (or FUNCTIONS), or the tracepoint pairs."""
     if functions and mode == "tracepoint":
         raise click.BadParameter("-F/--function needs kprobes: use it without --mode tracepoint")
-    out = new_plan("kprobe" if functions else mode, "writeslow", pid, {"WB_MIN_NS": min_ns})
+    # Without kretprobe maxactive (before 4.12) a kretprobe follows about one call per CPU: the returns
+    # of calls that sleep, the slow ones, are missed. auto then takes the tracepoint pairs.
+    maxactive = kretprobe_maxactive()
+    out = new_plan("kprobe" if functions else mode, "writeslow", pid, {"WB_MIN_NS": min_ns},
+                   kprobes_wanted=maxactive or mode == "kprobe" or bool(functions))
+    if not maxactive:
+        out.notes.append("writeslow: this kernel's kretprobes have no maxactive (before 4.12): %s" % (
+            "slow calls' returns may be missed (counted as lost records)" if out.mode == "kprobe" else
+            "writebacks timed by the tracepoint pairs"))
     if out.mode == "kprobe":
         table = SymbolTable.from_system()
         kinds = dict(WRITEBACK_FUNCTIONS)
