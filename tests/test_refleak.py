@@ -537,3 +537,16 @@ def test_on_rhel76_the_neigh_holder_follows_the_310_constructor():
     both = SymbolTable.from_kallsyms(lines + ["ffffffff8100dd00 T ___neigh_create"])
     plan = make_plan(both, {}, None, 4, 0, ["holders"], False, 7, cgroup_id=False, headers=True)
     assert set(a.event for a in plan.kprobes if "neigh_create" in a.fn_name) == {"___neigh_create"}
+
+
+def test_without_the_breakpoint_address_the_watch_is_off_and_says_why():
+    """A perf_event program reads the trapped address from ctx->addr (bpf_perf_event_data.addr, about
+    4.17): where the kernel lacks it (3.10), the watch strategy is off with that reason."""
+    lines = _synthetic_kallsyms()
+    table = SymbolTable.from_kallsyms(lines)
+    per_cpu = symbol_address(lines, "__per_cpu_offset", DATA_TYPES)
+    assert "watch" in make_plan(table, OFFSETS, per_cpu, 2, 1, ALL, True, 7).strategies
+    plan = make_plan(table, OFFSETS, per_cpu, 2, 1, ALL, True, 7, perf_addr=False)
+    assert "watch" not in plan.strategies and "WATCH" not in plan.flags
+    assert plan.off["watch"] == ("this kernel's perf_event programs cannot read the breakpoint address "
+                                 "(bpf_perf_event_data.addr, Linux 4.17)")

@@ -11,7 +11,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from dataclasses import dataclass, field
 
+from . import btf
 from .breakpoints import open_breakpoint
+from .headers import uapi_header_text
 from .cgroups import cgroup_layout
 from .distro import distro_name
 from .symbols import SymbolTable
@@ -163,6 +165,16 @@ def detect(try_fentry: Optional[FentryTest] = None) -> Capabilities:
                             for tp in WANTED_TRACEPOINTS)
     caps.cgroup_layout = cgroup_layout()
     return caps
+
+
+def perf_event_addr(btf_path: str = btf.VMLINUX) -> bool:
+    """True when a perf_event BPF program can read the breakpoint's address (``ctx->addr``: struct
+    bpf_perf_event_data's ``addr``, added about Linux 4.17): from BTF, else this kernel's uapi
+    header."""
+    if btf.offsets({"addr": [("bpf_perf_event_data", "addr")]}, btf_path):
+        return True
+    text = uapi_header_text("linux/bpf_perf_event.h") or ""
+    return bool(re.search(r"struct bpf_perf_event_data\s*\{[^}]*\baddr;", text))
 
 
 def kprobes_available() -> bool:

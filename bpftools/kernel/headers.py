@@ -1,6 +1,7 @@
 """This kernel's own headers: whether bcc can compile against them, and whether struct reads are safe."""
 import os
 import re
+from typing import Optional
 
 from ..errors import MissingKernelFeature
 from .distro import headers_hint
@@ -33,6 +34,17 @@ def slub_def_usable() -> bool:
         except OSError:
             continue
     return False
+
+
+def uapi_header_text(name: str) -> Optional[str]:
+    """The text of include/uapi/NAME in this kernel's headers (build, else Debian's -common source)."""
+    for tree in ("build", "source"):
+        try:
+            with open("/lib/modules/%s/%s/include/uapi/%s" % (os.uname().release, tree, name)) as f:
+                return f.read()
+        except OSError:
+            continue
+    return None
 
 
 def require_headers() -> None:

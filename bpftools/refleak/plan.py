@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..capture import Attach, Probe
 from ..kernel import structs
+from ..kernel.capabilities import perf_event_addr
 from ..kernel.cpus import possible_slots
 from ..kernel.headers import headers_match_running_kernel
 from ..kernel.kconfig import kernel_config
@@ -127,7 +128,7 @@ def _hook(table: SymbolTable, wanted: str, exact: bool) -> Tuple[Optional[str], 
 def make_plan(table: SymbolTable, offsets: Dict[str, int], per_cpu_offset: Optional[int], ncpus: int,
               base_refs: Optional[int], requested: Iterable[str], watch_new: bool, self_tgid: int,
               cgroup_id: bool = True, headers: bool = False, inline_sites: int = 0,
-              inline_vmlinux: bool = False) -> RefleakPlan:
+              inline_vmlinux: bool = False, perf_addr: bool = True) -> RefleakPlan:
     """The plan for a kernel described by its symbol TABLE, struct OFFSETS (from BTF; HEADERS: the
     kernel's own headers give the rest), the address of ``__per_cpu_offset`` (None when kallsyms does
     not show data symbols), the count of possible CPUs, its base reference count (1 since v5.13),
@@ -175,7 +176,7 @@ def make_plan(table: SymbolTable, offsets: Dict[str, int], per_cpu_offset: Optio
         plan.flags.append("LEVEL_UNKNOWN")
 
     _lifecycle(plan, table, watch_new)
-    _strategy_watch(plan, want, level_known)
+    _strategy_watch(plan, want, level_known, perf_addr)
     _strategy_holders(plan, table, offsets, want, headers)
     _strategy_tracker(plan, table, offsets, want, headers)
     _strategy_inline(plan, want, inline_sites)
@@ -220,9 +221,12 @@ class MissingHook(Exception):
         self.wanted = wanted
 
 
-def _strategy_watch(plan: RefleakPlan, want: Set[str], level_known: bool) -> None:
+def _strategy_watch(plan: RefleakPlan, want: Set[str], level_known: bool, perf_addr: bool) -> None:
     if "watch" not in want:
         plan.off["watch"] = "not requested"
+    elif not perf_addr:
+        plan.off["watch"] = ("this kernel's perf_event programs cannot read the breakpoint address "
+                             "(bpf_perf_event_data.addr, Linux 4.17)")
     elif not level_known:
         plan.off["watch"] = "the counter's per-cpu slots cannot be located (see notes)"
     else:
@@ -398,4 +402,4 @@ def system_plan(requested: Iterable[str], watch_new: bool, inline_sites: int = 0
     return make_plan(table, offsets, per_cpu, possible_slots(), base, requested, watch_new, os.getpid(),
                      cgroup_id=table.has("bpf_get_current_cgroup_id"),
                      headers=not offsets and headers_match_running_kernel(), inline_sites=inline_sites,
-                     inline_vmlinux=inline_vmlinux)
+                     inline_vmlinux=inline_vmlinux, perf_addr=perf_event_addr())
