@@ -3,6 +3,7 @@ import platform
 
 import pytest
 
+from bpftools.kernel.tracefs import kretprobe_maxactive
 from kerneltier import kernel_config, kprobes_listed, skip_or_fail
 
 pytestmark = [pytest.mark.kernel, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -72,3 +73,9 @@ def test_resolution_matches_what_this_kernel_has(wanted, symbol_table):
         skip_or_fail("no expectations recorded for Linux %s" % series())
     res = symbol_table.resolve(wanted)
     assert (res.attach, res.how, res.fallback) == expected[wanted]
+
+
+def test_kretprobes_take_maxactive_on_the_lab_kernels():
+    """tracefs' README documents r[maxactive] from 4.12: every lab kernel (5.10+) has it, so refleak's
+    kretprobes get maxactive there and writeslow keeps its kprobes in auto mode."""
+    assert kretprobe_maxactive()

@@ -28,7 +28,7 @@ def plans():
         ("mempoolwait kprobe", mempool.plan("kprobe", None, 1000000).probe()),
         ("mempoolwait all-dstate", mempool.plan("tracepoint", None, 1000000, all_dstate=True).probe()),
         ("writeslow kprobe", writeback.plan("kprobe", None, 10000000).probe()),
-        ("kmemsnoop kprobe", kmemsnoop.plan(None, "kprobe").probe),
+        ("kmemsnoop", kmemsnoop.plan(None, "auto").probe),        # 6.12 without cgroup v1: no kernel hook
         ("netdevwait kprobe", netdevwait.system_plan("kprobe").probe()),
         ("refleak all strategies", refleak_plan(STRATEGIES, True).probe()),
     ]
