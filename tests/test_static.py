@@ -50,3 +50,11 @@ def test_python_36_floor():
                            "--backport", "dataclasses", "--eval-annotations"] + targets,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_test_module_basenames_are_unique():
+    """pytest imports test modules by basename (rootdir mode, no packages): two test_x.py in tests/ and
+    tests/kernel/ stop the collection of the whole suite."""
+    names = [name for base, _, files in os.walk(os.path.join(ROOT, "tests")) for name in files
+             if name.startswith("test_") and name.endswith(".py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
