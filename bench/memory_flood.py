@@ -2,7 +2,7 @@
 """Memory under an event flood: the tool's peak RSS, its kernel maps' bounds, and every loss counted.
 
 ``bpftools kmemsnoop --mode tracepoint -p FLOOD --record FILE`` watches one flood process that
-(1) holds HOLD open fds of a file named ``memory.kmem.flood`` (each open is an event and an entry in
+(1) holds HOLD open fds of a file named ``memory.kmem.failcnt`` (each open is an event and an entry in
 the ``kmem_fds`` map, whose bound is 4096), then (2) opens and closes it as fast as it can for SECONDS:
 far more events than the Python consumer can take, so the perf buffer overflows. Reported: the RSS
 when attached, the peak RSS sampled during the flood, VmHWM of the whole run (bcc's in-process
@@ -53,7 +53,7 @@ def _lines(path: str) -> int:
 
 def run(seconds: float, hold: int, workdir: str) -> Dict[str, Any]:
     """One flood against one kmemsnoop; the figures of the module doc."""
-    target = os.path.join(workdir, "memory.kmem.flood")
+    target = os.path.join(workdir, "memory.kmem.failcnt")
     open(target, "w").close()
     record = os.path.join(workdir, "flood.jsonl")
     flood = subprocess.Popen([sys.executable, "-c", FLOOD, target, str(hold), str(seconds)], stdin=subprocess.PIPE,

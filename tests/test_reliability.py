@@ -2,7 +2,7 @@
 counted and shown, and a clean next run.
 
 Every run is ``bpftools kmemsnoop --mode tracepoint -p FLOOD --record FILE`` against its own flood
-process, which opens a path named ``memory.kmem.flood`` (an event per open, even a failed one) faster
+process, which opens a path named ``memory.kmem.failcnt`` (an event per open, even a failed one) faster
 than the consumer can take: the perf buffer overflows and the consumer is inside a perf-buffer
 callback nearly all the time, where a signal used to be swallowed. "Ours" is exact: the BPF programs
 and maps whose fds the tool's pid holds (its fdinfo) and its perf events (``bpftool perf show``);
@@ -71,7 +71,7 @@ class Flooded(object):
     def __init__(self, tmp_path, name):
         self.dir = tmp_path / name
         self.dir.mkdir()
-        self.path = str(self.dir / "memory.kmem.flood")   # never created: every open fails, each is an event
+        self.path = str(self.dir / "memory.kmem.failcnt")   # never created: every open fails, each is an event
         self.record = str(self.dir / "rec.jsonl")
         self.ready = str(self.dir / "ready")
         self.flood = subprocess.Popen([sys.executable, "-c", FLOOD, self.path], stdin=subprocess.PIPE,
