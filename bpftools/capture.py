@@ -115,12 +115,10 @@ class Attach:
 
 def try_attach(bpf: Any, probe: Attach, maxactive: int = 0) -> Optional[str]:
     """Attach one kprobe or kretprobe; None when attached, else the first line of bcc's error.
-
-    MAXACTIVE (kretprobe instances in flight) is passed only where this bcc takes it (0.9.0+) and the
-    kernel does (4.12+); elsewhere returns may be missed, and kprobe_misses() counts them as lost."""
+    MAXACTIVE (kretprobe instances in flight, 0: the kernel's default) as :func:`supported_maxactive` gives it."""
     try:
         if probe.ret:
-            extra = {"maxactive": maxactive} if maxactive and _takes_maxactive(bpf) and kretprobe_maxactive() else {}
+            extra = {"maxactive": maxactive} if maxactive else {}
             bpf.attach_kretprobe(event=probe.event.encode(), fn_name=probe.fn_name.encode(), **extra)
         else:
             extra = {"event_off": probe.offset} if probe.offset else {}
@@ -130,8 +128,12 @@ def try_attach(bpf: Any, probe: Attach, maxactive: int = 0) -> Optional[str]:
     return None
 
 
-def _takes_maxactive(bpf: Any) -> bool:
-    return "maxactive" in inspect.signature(bpf.attach_kretprobe).parameters
+def supported_maxactive(bpf: Any, maxactive: int) -> int:
+    """MAXACTIVE where this bcc takes it (0.9.0+) and the kernel does (4.12+), else 0: there returns may
+    be missed, and kprobe_misses() counts them as lost."""
+    if maxactive and "maxactive" in inspect.signature(bpf.attach_kretprobe).parameters and kretprobe_maxactive():
+        return maxactive
+    return 0
 
 
 def attach(bpf: Any, probes: Iterable[Attach], maxactive: int = 0) -> None:
@@ -141,6 +143,7 @@ def attach(bpf: Any, probes: Iterable[Attach], maxactive: int = 0) -> None:
     before its entry kprobe: the entry handler then sees the stack before the kretprobe rewrites the
     return address (what an unwinder without kretprobe support would stop at).
     """
+    maxactive = supported_maxactive(bpf, maxactive)     # once: a file read and a signature per run
     for probe in probes:
         why = try_attach(bpf, probe, maxactive)
         if why is not None:
@@ -283,4 +286,3 @@ def _quiet_stderr() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-

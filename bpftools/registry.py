@@ -1,8 +1,8 @@
 """The one table of tools: each tool's command, its recording renderer and its incident report.
 
-The CLI adds the commands from it; ``bpftools report`` finds a recording's renderer and report here;
-a live run is handed its tool's report function from here. Adding a tool is its module under
-``bpftools/tools/`` plus one entry in :data:`TOOLS`.
+The CLI adds the commands from it; ``bpftools report`` finds a recording's renderer and report here
+(a live run with ``--report`` is handed the same function by its tool). Adding a tool is its module
+under ``bpftools/tools/`` plus one entry in :data:`TOOLS`.
 """
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional

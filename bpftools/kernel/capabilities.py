@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from . import btf
 from .breakpoints import open_breakpoint
-from .headers import uapi_header_text
+from .headers import header_text, headers_release
 from .cgroups import cgroup_layout
 from .distro import distro_name
 from .symbols import SymbolTable
@@ -82,7 +82,6 @@ class Capabilities:
         }
 
 
-
 def check_kprobes(tracefs: Optional[str]) -> Check:
     if tracefs is None:
         return Check("kprobes", None, "tracefs not mounted: cannot tell")
@@ -96,15 +95,7 @@ def _check_headers(release: str) -> Check:
     if not os.path.isdir(os.path.join(build, "include")):
         return Check("kernel_headers", False,
                      "no headers at %s: bcc cannot compile (install kernel-devel / linux-headers)" % build)
-    version = None
-    for rel in ("include/generated/utsrelease.h", "include/config/kernel.release"):
-        try:
-            with open(os.path.join(build, rel)) as f:
-                m = re.search(r'"?([^"\s]+)"?\s*$', f.read().strip())
-                version = m.group(1) if m else None
-                break
-        except OSError:
-            continue
+    version = headers_release(release)
     if version and version != release:
         return Check("kernel_headers", True,
                      "headers of %s, not %s: usable for tracepoints only; never read structs" % (version, release))
@@ -173,7 +164,7 @@ def perf_event_addr(btf_path: str = btf.VMLINUX) -> bool:
     header."""
     if btf.offsets({"addr": [("bpf_perf_event_data", "addr")]}, btf_path):
         return True
-    text = uapi_header_text("linux/bpf_perf_event.h") or ""
+    text = header_text("uapi/linux/bpf_perf_event.h") or ""
     return bool(re.search(r"struct bpf_perf_event_data\s*\{[^}]*\baddr;", text))
 
 

@@ -7,9 +7,9 @@ from ..errors import MissingKernelFeature
 from .distro import headers_hint
 
 
-def headers_match_running_kernel() -> bool:
-    """True when /lib/modules/$(uname -r)/build holds this kernel's own headers (struct reads are safe)."""
-    release = os.uname().release
+def headers_release(release: str) -> Optional[str]:
+    """The kernel release the headers at /lib/modules/RELEASE/build were made for (None: unknown);
+    Debian links another kernel's headers there where a kernel has none of its own (scripts/setup)."""
     build = "/lib/modules/%s/build" % release
     for rel in ("include/generated/utsrelease.h", "include/config/kernel.release"):
         try:
@@ -17,8 +17,26 @@ def headers_match_running_kernel() -> bool:
                 found = re.search(r'"?([^"\s]+)"?\s*$', f.read().strip())
         except OSError:
             continue
-        return bool(found) and found.group(1) == release
-    return False
+        return found.group(1) if found else None
+    return None
+
+
+def headers_match_running_kernel() -> bool:
+    """True when /lib/modules/$(uname -r)/build holds this kernel's own headers (struct reads are safe)."""
+    release = os.uname().release
+    return headers_release(release) == release
+
+
+def header_text(name: str) -> Optional[str]:
+    """The text of include/NAME in this kernel's headers: build, else source (Debian splits the
+    headers: include/linux and include/uapi are in the -common "source" tree)."""
+    for tree in ("build", "source"):
+        try:
+            with open("/lib/modules/%s/%s/include/%s" % (os.uname().release, tree, name)) as f:
+                return f.read()
+        except OSError:
+            continue
+    return None
 
 
 def slub_def_usable() -> bool:
@@ -27,24 +45,8 @@ def slub_def_usable() -> bool:
     Since 5.17 (struct slab, commit d122019bf061) its inline helpers use ``struct slab``, defined only
     in mm/slab.h, so including it fails; older headers (3.10, 5.10) are self-contained.
     """
-    for tree in ("build", "source"):   # Debian splits the headers: include/linux is in the -common "source"
-        try:
-            with open("/lib/modules/%s/%s/include/linux/slub_def.h" % (os.uname().release, tree)) as f:
-                return "struct slab *" not in f.read()
-        except OSError:
-            continue
-    return False
-
-
-def uapi_header_text(name: str) -> Optional[str]:
-    """The text of include/uapi/NAME in this kernel's headers (build, else Debian's -common source)."""
-    for tree in ("build", "source"):
-        try:
-            with open("/lib/modules/%s/%s/include/uapi/%s" % (os.uname().release, tree, name)) as f:
-                return f.read()
-        except OSError:
-            continue
-    return None
+    text = header_text("linux/slub_def.h")
+    return text is not None and "struct slab *" not in text
 
 
 def require_headers() -> None:

@@ -213,8 +213,10 @@ def kallsyms_entries(lines: Iterable[str]) -> Iterator[Entry]:
 
 def read_kallsyms(path: str = KALLSYMS) -> List[str]:
     """The lines of /proc/kallsyms (root sees addresses and, with CONFIG_KALLSYMS_ALL, data symbols)."""
-    with open(path) as f:
-        return f.read().splitlines()
+    lines = _read_lines(path)
+    if lines is None:
+        raise MissingKernelFeature("/proc/kallsyms (CONFIG_KALLSYMS)")
+    return lines
 
 
 def symbol_address(lines: Iterable[str], name: str, types: Optional[FrozenSet[str]] = None) -> Optional[int]:
@@ -278,16 +280,15 @@ class SymbolTable:
         return cls(symbols, clones, _names(blacklist), _names(filter_functions), visible)
 
     @classmethod
-    def from_system(cls, root: str = "/") -> "SymbolTable":
+    def from_system(cls, root: str = "/", kallsyms: Optional[List[str]] = None) -> "SymbolTable":
         """Read /proc/kallsyms, the kprobes blacklist and tracefs' available_filter_functions.
 
         An unreadable available_filter_functions (absent, or EPERM) leaves it unknown; a missing
         blacklist gives an empty one with ``blacklist_known`` False. Raises MissingKernelFeature when
-        /proc/kallsyms cannot be read.
+        /proc/kallsyms cannot be read. KALLSYMS: its lines, where the caller has read them already.
         """
-        kallsyms = _read_lines(_under(root, "/proc/kallsyms"))
         if kallsyms is None:
-            raise MissingKernelFeature("/proc/kallsyms (CONFIG_KALLSYMS)")
+            kallsyms = read_kallsyms(_under(root, KALLSYMS))
         tracefs = find_tracefs(root)
         filter_functions = None
         blacklist_paths = [_under(root, KPROBES_BLACKLIST)]

@@ -394,9 +394,10 @@ def base_references(release: str, config: Optional[Dict[str, str]], has_refcount
 def system_plan(requested: Iterable[str], watch_new: bool, inline_sites: int = 0,
                 inline_vmlinux: bool = False) -> RefleakPlan:
     """The plan for the running kernel (reads kallsyms, BTF, /boot/config; root sees data symbols)."""
-    table = SymbolTable.from_system()
+    kallsyms = read_kallsyms()         # read once: the symbol table and __per_cpu_offset both come from it
+    table = SymbolTable.from_system(kallsyms=kallsyms)
     offsets = structs.offsets(STRUCT_MEMBERS)
-    per_cpu = symbol_address(read_kallsyms(), "__per_cpu_offset", DATA_TYPES)
+    per_cpu = symbol_address(kallsyms, "__per_cpu_offset", DATA_TYPES)
     release = os.uname().release
     base = base_references(release, kernel_config(release), "OFF_DEV_REFCOUNT_T" in offsets)
     return make_plan(table, offsets, per_cpu, possible_slots(), base, requested, watch_new, os.getpid(),

@@ -157,8 +157,9 @@ def system_plan(requested: str) -> Plan:
     tracing_ready()
     if not kprobes_available():
         return make_plan(requested, None, [], {}, False, 1)
-    return make_plan(requested, SymbolTable.from_system(), read_kallsyms(), structs.offsets(FIELDS + REFCOUNT_FIELDS),
-                     True, possible_slots())
+    kallsyms = read_kallsyms()         # read once: the symbol table and the data symbols both come from it
+    return make_plan(requested, SymbolTable.from_system(kallsyms=kallsyms), kallsyms,
+                     structs.offsets(FIELDS + REFCOUNT_FIELDS), True, possible_slots())
 
 
 # ---------------------------------------------------------------------------------------------

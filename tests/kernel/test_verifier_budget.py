@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-from bpftools.capture import Probe
 from bpftools.iostall import mempool, sections, slab, writeback
 from bpftools.refleak.plan import STRATEGIES
 from bpftools.refleak.plan import system_plan as refleak_plan
