@@ -11,7 +11,7 @@ import signal
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import probes as _probes_package
 from .errors import MissingDependency, PrivilegeError, ProbeLoadError
@@ -111,6 +111,20 @@ class Attach:
     def describe(self) -> str:
         return "%s %s%s -> %s" % ("kretprobe" if self.ret else "kprobe", self.event,
                                   "+%#x" % self.offset if self.offset else "", self.fn_name)
+
+
+@dataclass
+class Outline:
+    """What a plan does, in words: its mode, what it attaches, why, and what it cannot do there
+    (``bpftools plan``)."""
+
+    mode: str
+    attaches: List[str]
+    notes: List[str]
+    off: List[str] = field(default_factory=list)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"mode": self.mode, "attaches": list(self.attaches), "notes": list(self.notes), "off": list(self.off)}
 
 
 def try_attach(bpf: Any, probe: Attach, maxactive: int = 0) -> Optional[str]:

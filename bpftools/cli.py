@@ -17,6 +17,7 @@ from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInpu
 from .exports import combine, export, now_iso
 from .kernel.capabilities import detect
 from .options import CONTEXT
+from .planner import command as plan_command
 from .recording import read_recording
 from .registry import TOOLS, build_report, tool_named
 from .repro.cli import repro
@@ -143,6 +144,7 @@ def _typed(what: str, func: Any, *args: Any) -> Any:
 
 
 cli.add_command(repro)
+cli.add_command(plan_command)
 for _tool in TOOLS.values():
     cli.add_command(_tool.command)
 

@@ -1,4 +1,4 @@
-"""The one table of tools: each tool's command, its recording renderer and its incident report.
+"""The one table of tools: each tool's command, its recording renderer, its plan in words and its incident report.
 
 The CLI adds the commands from it; ``bpftools report`` finds a recording's renderer and report here
 (a live run with ``--report`` is handed the same function by its tool). Adding a tool is its module
@@ -24,6 +24,7 @@ class Tool:
 
     command: Any
     render_recording: Renderer
+    outline: Callable[[Any], Any]       # (kernel.target.Target) -> capture.Outline: the default plan there
     incident_report: Optional[ReportBuilder] = None
 
     @property
@@ -32,13 +33,13 @@ class Tool:
 
 
 TOOLS = OrderedDict((t.name, t) for t in (
-    Tool(kmemsnoop.command, kmemsnoop.render_recording, kmemsnoop.incident_report),
-    Tool(slabfail.command, slabfail.render_recording),
-    Tool(mempoolwait.command, mempoolwait.render_recording),
-    Tool(writeslow.command, writeslow.render_recording),
-    Tool(iojitter.command, iojitter.render_recording, iojitter.incident_report),
-    Tool(netdevwait.command, netdevwait.render_recording),
-    Tool(refleak.command, refleak.render_recording, refleak.incident_report),
+    Tool(kmemsnoop.command, kmemsnoop.render_recording, kmemsnoop.outline, kmemsnoop.incident_report),
+    Tool(slabfail.command, slabfail.render_recording, slabfail.outline),
+    Tool(mempoolwait.command, mempoolwait.render_recording, mempoolwait.outline),
+    Tool(writeslow.command, writeslow.render_recording, writeslow.outline),
+    Tool(iojitter.command, iojitter.render_recording, iojitter.outline, iojitter.incident_report),
+    Tool(netdevwait.command, netdevwait.render_recording, netdevwait.outline),
+    Tool(refleak.command, refleak.render_recording, refleak.outline, refleak.incident_report),
 ))
 
 

@@ -1,14 +1,22 @@
 /*
  * kmemsnoop: opens and writes of cgroup v1 memory.kmem.* files, with the value written and the result.
- * Tracepoints only (syscalls:*), so it runs where kprobes do not.
  * Parameters (-D, validated as integers in Python): FILTER_TGID.
+ * Syscall entry points: the syscalls:* tracepoints (BPF on them: 4.14+), or with SYSCALL_KPROBES the
+ * functions Python attaches as kprobes and kretprobes on the kernel's syscall functions (syscall_*);
+ * SYSCALL_WRAPPER when those are 4.17+'s __x64_sys_NAME(const struct pt_regs *).
  * Flags for tracepoints that not every architecture has: HAVE_SYS_OPEN, HAVE_SYS_DUP2;
- * HAVE_CGROUP_ID when the kernel has bpf_get_current_cgroup_id (4.18+).
+ * HAVE_CGROUP_ID when the kernel has bpf_get_current_cgroup_id (4.18+); MEMCG_FROM_CSS also reads the
+ * writer's memory cgroup from its css_set (compiled against this kernel's own headers).
  * KERNEL_HOOK=HOOK_* (kmemsnoop.h) adds kernel_write_entry/kernel_write_return, which Python attaches as a
  * kprobe/kretprobe on the kernel's kmem limit handler; HOOK_CGROUP_WRITE also needs the struct offsets
  * OFF_OF_KN (kernfs_open_file.kn) and OFF_KN_NAME (kernfs_node.name).
  */
 #include <uapi/linux/ptrace.h>
+#ifdef MEMCG_FROM_CSS
+#include <linux/version.h>
+#include <linux/sched.h>
+#include <linux/cgroup.h>
+#endif
 #include "helpers_by_number.h"
 #include "kmemsnoop.h"
 
@@ -112,6 +120,47 @@ static __always_inline int on_open_enter(const char *upath, u32 flags)
     return 0;
 }
 
+#ifdef MEMCG_FROM_CSS
+/* DST = PTR->MEMBER of a kernel struct TYPE, read with bpf_probe_read (no implicit dereference). */
+#define READ_MEMBER(dst, ptr, type, member) \
+    bpf_probe_read(&(dst), sizeof(dst), (const char *)(ptr) + offsetof(type, member))
+#if LINUX_VERSION_CODE < KERNEL_VERSION(3, 15, 0)
+#define MEMCG_SUBSYS_ID mem_cgroup_subsys_id   /* memory_cgrp_id since 073219e995b4 (v3.15) */
+#else
+#define MEMCG_SUBSYS_ID memory_cgrp_id
+#endif
+
+/* The writer's memory cgroup without bpf_get_current_cgroup_id: current->cgroups (css_set)
+ * ->subsys[memory] ->cgroup, recorded as its kernfs id (the directory's inode number; a 4.12-5.4
+ * union kernfs_node_id holds the generation in its high half) or, before cgroups moved to kernfs
+ * (2bd59d48ebfb, v3.15), the directory name of its struct cgroup_name. */
+static __always_inline void read_memcg(struct kmem_event *ev)
+{
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct css_set *cset = NULL;
+    struct cgroup_subsys_state *css = NULL;
+    struct cgroup *cgrp = NULL;
+    READ_MEMBER(cset, task, struct task_struct, cgroups);
+    READ_MEMBER(css, cset, struct css_set, subsys[MEMCG_SUBSYS_ID]);
+    READ_MEMBER(cgrp, css, struct cgroup_subsys_state, cgroup);
+#if LINUX_VERSION_CODE < KERNEL_VERSION(3, 15, 0)
+    struct cgroup_name *name = NULL;
+    READ_MEMBER(name, cgrp, struct cgroup, name);
+    bpf_probe_read_str(ev->memcg_name, sizeof(ev->memcg_name), (const char *)name + offsetof(struct cgroup_name, name));
+#else
+    struct kernfs_node *kn = NULL;
+    READ_MEMBER(kn, cgrp, struct cgroup, kn);
+#if LINUX_VERSION_CODE < KERNEL_VERSION(4, 12, 0)
+    u32 ino = 0;                     /* unsigned int ino until c53cd490b1a4 (v4.12) */
+    READ_MEMBER(ino, kn, struct kernfs_node, ino);
+    ev->memcg_id = ino;
+#else
+    READ_MEMBER(ev->memcg_id, kn, struct kernfs_node, id);
+#endif
+#endif
+}
+#endif
+
 static __always_inline void stamp(struct kmem_event *ev)
 {
     ev->ts_ns = bpf_ktime_get_ns();
@@ -119,6 +168,11 @@ static __always_inline void stamp(struct kmem_event *ev)
     ev->cgroup_id = bpftools_get_current_cgroup_id();
 #else
     ev->cgroup_id = 0;
+#endif
+    ev->memcg_id = 0;
+    ev->memcg_name[0] = 0;
+#ifdef MEMCG_FROM_CSS
+    read_memcg(ev);
 #endif
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
 }
@@ -172,6 +226,83 @@ static __always_inline int on_write_enter(u32 fd, const char *ubuf, u64 count)
     return 0;
 }
 
+static __always_inline int on_close(u32 fd)
+{
+    u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | fd;
+    kmem_fds.delete(&key);
+    return 0;
+}
+
+/* Shells redirect with dup2(): `echo 1 > memory.kmem.limit_in_bytes` writes through fd 1. */
+static __always_inline int on_dup(u32 oldfd, u32 newfd)
+{
+    u64 tg = bpf_get_current_pid_tgid() & 0xffffffff00000000ULL;
+    u64 oldkey = tg | oldfd, newkey = tg | newfd;
+    struct pending *open = kmem_fds.lookup(&oldkey);
+    if (!open) {
+        kmem_fds.delete(&newkey);   /* newfd now refers to something else */
+        return 0;
+    }
+    if (kmem_fds.update(&newkey, open))
+        count_lost();
+    return 0;
+}
+
+#ifdef SYSCALL_KPROBES
+/* The registers holding the syscall's arguments: the probed function's own, or (SYSCALL_WRAPPER,
+ * 4.17+ x86-64, fa697140f9a2) the user registers its only argument points to, copied into USER. */
+static __always_inline struct pt_regs *syscall_args(struct pt_regs *ctx, struct pt_regs *user)
+{
+#ifdef SYSCALL_WRAPPER
+    bpf_probe_read(user, sizeof(*user), (void *)PT_REGS_PARM1(ctx));
+    return user;
+#else
+    return ctx;
+#endif
+}
+
+int syscall_openat_entry(struct pt_regs *ctx)
+{
+    struct pt_regs user = {};
+    struct pt_regs *args = syscall_args(ctx, &user);
+    return on_open_enter((const char *)PT_REGS_PARM2(args), PT_REGS_PARM3(args));
+}
+
+int syscall_open_entry(struct pt_regs *ctx)
+{
+    struct pt_regs user = {};
+    struct pt_regs *args = syscall_args(ctx, &user);
+    return on_open_enter((const char *)PT_REGS_PARM1(args), PT_REGS_PARM2(args));
+}
+
+int syscall_write_entry(struct pt_regs *ctx)
+{
+    struct pt_regs user = {};
+    struct pt_regs *args = syscall_args(ctx, &user);
+    return on_write_enter(PT_REGS_PARM1(args), (const char *)PT_REGS_PARM2(args), PT_REGS_PARM3(args));
+}
+
+int syscall_close_entry(struct pt_regs *ctx)
+{
+    struct pt_regs user = {};
+    struct pt_regs *args = syscall_args(ctx, &user);
+    return on_close(PT_REGS_PARM1(args));
+}
+
+/* dup2 and dup3 (their first two arguments) */
+int syscall_dup_entry(struct pt_regs *ctx)
+{
+    struct pt_regs user = {};
+    struct pt_regs *args = syscall_args(ctx, &user);
+    return on_dup(PT_REGS_PARM1(args), PT_REGS_PARM2(args));
+}
+
+/* kretprobe of openat, open and write */
+int syscall_return(struct pt_regs *ctx)
+{
+    return on_exit(ctx, PT_REGS_RC(ctx));
+}
+#else
 TRACEPOINT_PROBE(syscalls, sys_enter_openat)
 {
     return on_open_enter(args->filename, args->flags);
@@ -206,24 +337,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_write)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
-    u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)args->fd;
-    kmem_fds.delete(&key);
-    return 0;
-}
-
-/* Shells redirect with dup2(): `echo 1 > memory.kmem.limit_in_bytes` writes through fd 1. */
-static __always_inline int on_dup(u32 oldfd, u32 newfd)
-{
-    u64 tg = bpf_get_current_pid_tgid() & 0xffffffff00000000ULL;
-    u64 oldkey = tg | oldfd, newkey = tg | newfd;
-    struct pending *open = kmem_fds.lookup(&oldkey);
-    if (!open) {
-        kmem_fds.delete(&newkey);   /* newfd now refers to something else */
-        return 0;
-    }
-    if (kmem_fds.update(&newkey, open))
-        count_lost();
-    return 0;
+    return on_close(args->fd);
 }
 
 #ifdef HAVE_SYS_DUP2
@@ -237,6 +351,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_dup3)
 {
     return on_dup(args->oldfd, args->newfd);
 }
+#endif
 
 #ifdef KERNEL_HOOK
 struct kernel_call {

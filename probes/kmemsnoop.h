@@ -4,6 +4,7 @@
 
 #define KMEM_PATH_MAX 256
 #define KMEM_VALUE_MAX 32
+#define KMEM_CGROUP_NAME_MAX 64
 #define KMEM_OP_OPEN 1
 #define KMEM_OP_WRITE 2
 #define KMEM_OP_KERNEL 3   /* the kernel's kmem limit handler ran with no write(2) in flight (pwrite, writev...) */
@@ -23,6 +24,7 @@ struct kmem_event {
     s32 fd;
     u32 count;        /* bytes the writer asked to write */
     u64 cgroup_id;    /* cgroup2 id of the writer (0 without HAVE_CGROUP_ID) */
+    u64 memcg_id;     /* MEMCG_FROM_CSS, 3.15+: kernfs id of the writer's memory cgroup, from its css_set */
     u64 kernel_arg;   /* the limit the kernel handler got: bytes (HOOK_KMEM_LIMIT) or pages (HOOK_KMEM_MAX) */
     s64 kernel_ret;   /* what the kernel handler returned */
     u32 kernel_hook;  /* HOOK_* that saw this write, 0 when none ran (or none is attached) */
@@ -30,6 +32,7 @@ struct kmem_event {
     char comm[16];
     char path[KMEM_PATH_MAX];
     char value[KMEM_VALUE_MAX];
+    char memcg_name[KMEM_CGROUP_NAME_MAX];   /* MEMCG_FROM_CSS before 3.15 (no kernfs): its directory name */
 };
 
 #endif

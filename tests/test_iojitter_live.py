@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 import incident1_workloads as wl
+from bpftools.kernel.target import Running
 from bpftools.recording import read_recording
 from bpftools.tools.iojitter import render_recording
 
@@ -101,7 +102,7 @@ def test_the_kprobe_programs_pass_this_kernels_verifier(stack_at_exit):
     flags = ["WANT_SLAB", "WANT_SLAB_KPROBE", "WANT_SLUB_OOM", "SLUB_OOM_ARGS", "WANT_SLEEP_KPROBE", "ONLY_IN_WB",
              "WANT_WB_KPROBE", "HAVE_JIFFIES64"] + (["WB_STACK_AT_EXIT"] if stack_at_exit else [])
     plan = iocommon.Plan(mode="kprobe", flags=flags, params=dict(("WB_ARG%d" % i, i % 3) for i in range(8)))
-    assert plan.read_structs(STRUCT_READS + ["OFF_MEMPOOL_WAIT", "OFF_MEMPOOL_POOL_DATA", "OFF_MEMPOOL_ALLOC",
+    assert plan.read_structs(Running(), STRUCT_READS + ["OFF_MEMPOOL_WAIT", "OFF_MEMPOOL_POOL_DATA", "OFF_MEMPOOL_ALLOC",
                                              "OFF_CACHE_NAME"]) == "btf"
     bpf = plan.probe().load()
     try:

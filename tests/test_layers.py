@@ -14,7 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = [
-    ("cli", {"cli"}),
+    ("cli", {"cli", "planner"}),
     ("registry", {"registry"}),
     ("tools", {"tools"}),
     ("wings", {"iostall", "refleak", "repro", "doctor", "kmem_audit", "runtimes"}),

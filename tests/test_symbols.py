@@ -235,6 +235,51 @@ def test_has_is_exact_and_text_only():
     assert not t612.has("mempool_alloc")
 
 
+def _fixture_types(name):
+    """name -> sorted list of the type letters the fixture gives that name (read here, independently)."""
+    out = {}
+    with io.open(os.path.join(FIXTURES, name), encoding="utf-8") as f:
+        for line in f:
+            addr, typ, rest = line.rstrip("\n").split(" ", 2)
+            out.setdefault(rest.split("\t")[0], []).append(typ)
+    return dict((n, sorted(types)) for n, types in out.items())
+
+
+def test_rhel76_syscall_bpf_and_tracepoint_symbols():
+    """RHEL 7.6 facts the offline planner reads (fixtures/kallsyms/README.md, 3.10.0-957 section)."""
+    name = "3.10.0-957.el7.x86_64.kallsyms"
+    t = _table(name)
+    # SYSCALL_DEFINEn: SyS_NAME is the function, sys_NAME a global alias at the same address; no __x64_
+    addresses = dict((line.split()[2], line.split()[0]) for line in _fixture_text(name).splitlines())
+    for call in ("open", "openat", "write", "dup2"):
+        for prefix in ("SyS_", "sys_"):
+            r = t.resolve(prefix + call)
+            assert (r.attach, r.how) == (prefix + call, "exact")
+        assert addresses["sys_" + call] == addresses["SyS_" + call]
+        assert not t.has("__x64_sys_" + call)
+    # the RHEL 7.6 tracing-only BPF backport: perf output and stack maps, no 4.18/5.8 helpers; BPF on
+    # syscalls:* tracepoints (perf_call_bpf_enter) is not established for 957, so it is left out
+    assert t.resolve("bpf_perf_event_output").how == "exact"
+    assert t.resolve("bpf_get_stackid").how == "exact"
+    for absent in ("bpf_get_current_cgroup_id", "bpf_ringbuf_output", "perf_call_bpf_enter", "call_rcu"):
+        assert (t.resolve(absent).attach, t.resolve(absent).how) == (None, "absent"), absent
+    # tracepoint and syscall-metadata objects: data symbols, never text
+    types = _fixture_types(name)
+    data = {"__tracepoint_sched_switch": ["D"], "__tracepoint_sched_process_hang": ["D"],
+            "__tracepoint_kmem_cache_alloc": ["D"], "__tracepoint_wbc_writepage": ["D"],
+            "__tracepoint_writeback_single_inode_start": ["D"], "__tracepoint_block_bio_queue": ["D"],
+            "__tracepoint_net_dev_xmit": ["D"], "event_enter__openat": ["d"],
+            "__syscall_meta__openat": ["d"], "__syscall_meta__open": ["d"], "__syscall_meta__write": ["d"],
+            "__syscall_meta__dup2": ["d"]}
+    assert dict((n, types.get(n)) for n in data) == data
+    assert not any(t.has(n) for n in data)
+    assert "__tracepoint_fib_table_lookup" not in types          # no fib tracepoints in RHEL 7
+    # static functions are local `t`; call_rcu is call_rcu_sched on this non-preempt kernel
+    assert [types[n] for n in ("__netif_receive_skb", "__mutex_lock_slowpath", "cgroup_mkdir",
+                               "slab_out_of_memory", "__writepage", "call_rcu_sched", "dev_get_flags",
+                               "free_netdev")] == [["t"], ["t"], ["t"], ["t"], ["t"], ["T"], ["T"], ["T"]]
+
+
 def test_notes_name_the_reason_and_the_fallback():
     assert _table("6.12.0-amd64.kallsyms").resolve("mempool_alloc").note == \
         "since 6.10 mempool_alloc is a macro around mempool_alloc_noprof."

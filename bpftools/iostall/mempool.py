@@ -15,8 +15,7 @@ from ..analyses.iojitter import timed_out
 from ..capture import Attach, c_text
 from ..errors import MissingKernelFeature
 from ..event import JsonEvent
-from ..kernel.symbols import SymbolTable
-from ..kernel.tracefs import tracepoint_format
+from ..kernel.target import Target
 from .program import EV_MEMPOOL_ALLOC, EV_SLEEP, Decoder, Plan, new_plan, unwinder_sees_through_kretprobes
 
 
@@ -124,7 +123,7 @@ def _pool_cache(raw: Any, decoder: Decoder) -> Optional[str]:
     return c_text(bytes(raw.name)) or None
 
 
-def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
+def plan(target: Target, mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
          only_in_writeback: bool = False) -> Plan:
     """kprobes on mempool_alloc/io_schedule_timeout/finish_wait, or the sched_switch fallback.
 
@@ -132,9 +131,9 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
     writeback call are followed, and no per-call records are made (no kretprobe on mempool_alloc)."""
     if all_dstate and mode == "kprobe":
         raise click.BadParameter("--all-dstate is the sched_switch view: use it without --mode kprobe")
-    out = new_plan(mode, "mempoolwait", pid, {"SLEEP_MIN_NS": min_ns}, kprobes_wanted=not all_dstate)
+    out = new_plan(target, mode, "mempoolwait", pid, {"SLEEP_MIN_NS": min_ns}, kprobes_wanted=not all_dstate)
     if out.mode == "kprobe":
-        table = SymbolTable.from_system()
+        table = target.symbols()
         found = table.resolve_all(KPROBE_FUNCTIONS)
         missing = [r for r in found if r.attach is None or r.how == "clone"]
         if not missing:
@@ -148,8 +147,8 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
                 out.kprobes.append(Attach(mp, "mp_alloc_return", ret=True))
             out.kprobes += [Attach(mp, "mp_alloc_entry"), Attach(sleep, "mp_sleep_entry"),
                             Attach(finish, "mp_finish_wait_entry")]
-            source = out.read_structs(["OFF_MEMPOOL_WAIT"])
-            out.read_structs(["OFF_MEMPOOL_POOL_DATA", "OFF_MEMPOOL_ALLOC", "OFF_CACHE_NAME"], slub_def=True)
+            source = out.read_structs(target, ["OFF_MEMPOOL_WAIT"])
+            out.read_structs(target, ["OFF_MEMPOOL_POOL_DATA", "OFF_MEMPOOL_ALLOC", "OFF_CACHE_NAME"], slub_def=True)
             if table.has("bpf_jiffies64"):       # the helper (5.5+): timeouts told in jiffies
                 out.flags.append("HAVE_JIFFIES64")
             out.notes.append("mempoolwait: kprobe mode on %s, %s, %s; %s%s" % (
@@ -164,7 +163,7 @@ def plan(mode: str, pid: Optional[int], min_ns: int, all_dstate: bool = False,
                                        fallback="--mode tracepoint")
         out.mode = "tracepoint"
         out.notes.append("mempoolwait: cannot probe %s" % "; ".join(r.note for r in missing))
-    fmt = tracepoint_format("sched", "sched_switch")
+    fmt = target.tracepoint_format("sched", "sched_switch")
     if fmt is None:
         raise MissingKernelFeature("tracepoint sched:sched_switch")
     out.flags.append("WANT_SLEEP_SCHED")

@@ -11,13 +11,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 from dataclasses import asdict, dataclass, field
 
-from ..capture import Attach, Probe, poll_events
+from ..capture import Attach, Outline, Probe, poll_events
 from ..errors import MissingKernelFeature
-from ..kernel import structs
-from ..kernel.capabilities import kprobes_available
 from ..kernel.cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
-from ..kernel.headers import headers_match_running_kernel, slub_def_usable
-from ..kernel.tracefs import tracing_ready
+from ..kernel.target import Target
 from ..kstacks import KernelStacks
 
 PROGRAM = "iojitter"
@@ -58,18 +55,18 @@ class Plan:
         return Plan(mode=self.mode, flags=sorted(set(self.flags) | set(other.flags)), params=params,
                     kprobes=self.kprobes + other.kprobes, notes=self.notes + other.notes, slots=slots)
 
-    def read_structs(self, names: List[str], slub_def: bool = False) -> Optional[str]:
-        """Make the kernel struct offsets NAMES (OFF_*) available to the program; returns where from.
+    def read_structs(self, target: Target, names: List[str], slub_def: bool = False) -> Optional[str]:
+        """Make TARGET's struct offsets NAMES (OFF_*) available to the program; returns where from.
 
-        "btf" (all found in /sys/kernel/btf/vmlinux: exact for the running kernel), else "headers" (this
-        kernel's own headers are installed; SLUB_DEF also needs linux/slub_def.h to compile alone), else
-        None: the program reads nothing from those structs.
+        "btf" (all found in the kernel's BTF: exact for it), else "headers" (the kernel's own headers are
+        installed; SLUB_DEF also needs linux/slub_def.h to compile alone), else None: the program reads
+        nothing from those structs.
         """
-        found = structs.offsets(names)
+        found = target.offsets(names)
         if len(found) == len(names):
             self.params.update(found)
             return "btf"
-        if headers_match_running_kernel() and (not slub_def or slub_def_usable()):
+        if target.headers_match() and (not slub_def or target.slub_def_usable()):
             self.flags.append("HAVE_MATCHING_HEADERS")
             if slub_def:
                 self.flags.append("HAVE_SLUB_DEF")
@@ -85,6 +82,9 @@ class Plan:
                 "params": dict(self.params), "kprobes": [a.to_json() for a in self.kprobes],
                 "notes": list(self.notes), "slots": dict((str(k), v) for k, v in self.slots.items())}
 
+    def outline(self) -> Outline:
+        return Outline(self.mode, [a.describe() for a in self.kprobes], list(self.notes))
+
     def describe(self) -> str:
         """What --ebpf prints: the plan, then the program with its cflags."""
         lines = ["// mode: %s" % self.mode] + ["// %s" % n for n in self.notes]
@@ -92,11 +92,12 @@ class Plan:
         return "\n".join(lines) + "\n" + self.probe().describe()
 
 
-def new_plan(requested: str, what: str, pid: Optional[int], params: Dict[str, int], kprobes_wanted: bool = True) -> Plan:
-    """A plan for WHAT in the mode REQUESTED gets on this kernel (see :func:`choose_mode`), with PARAMS
-    and the pid filter; tracefs is made ready first."""
-    tracing_ready()
-    chosen = choose_mode(requested, kprobes_wanted and kprobes_available(), what)
+def new_plan(target: Target, requested: str, what: str, pid: Optional[int], params: Dict[str, int],
+             kprobes_wanted: bool = True) -> Plan:
+    """A plan for WHAT in the mode REQUESTED gets on TARGET (see :func:`choose_mode`), with PARAMS
+    and the pid filter; the kernel is made readable first."""
+    target.prepare()
+    chosen = choose_mode(requested, kprobes_wanted and bool(target.kprobes().ok), what)
     if pid:
         params = dict(params, FILTER_TGID=pid)
     return Plan(mode=chosen, params=params)

@@ -1,6 +1,7 @@
 """All sections of the I/O-stall program at once (iojitter): one plan, one decoder for every record."""
 from typing import Any, Optional, Tuple
 
+from ..kernel.target import Target
 from . import mempool, slab, writeback
 from .program import EV_MEMPOOL_ALLOC, EV_SLAB_FAIL, EV_SLEEP, EV_SLUB_OOM, EV_WRITEBACK, Decoder, Plan
 
@@ -8,14 +9,15 @@ DECODERS = {EV_SLAB_FAIL: slab.decode, EV_SLUB_OOM: slab.decode, EV_SLEEP: mempo
             EV_MEMPOOL_ALLOC: mempool.decode, EV_WRITEBACK: writeback.decode}
 
 
-def plan(mode: str, pid: Optional[int], min_ns: int, wait_min_ns: int, functions: Tuple[str, ...] = ()) -> Plan:
+def plan(target: Target, mode: str, pid: Optional[int], min_ns: int, wait_min_ns: int,
+         functions: Tuple[str, ...] = ()) -> Plan:
     """writeslow's plan (the slow-write threshold) + mempoolwait's + slabfail's, the sleeps followed only
     in threads inside a traced writeback call (ONLY_IN_WB): the rest of the node costs one map lookup.
     No allocator is kprobed (a probe on every allocation of the node): a failure's cache is named by the
     tracepoint where it has ``name``, and the cache behind a mempool by the pool itself."""
-    wb = writeback.plan(mode, pid, min_ns, functions)
-    sleeps = mempool.plan(mode, pid, wait_min_ns, only_in_writeback=True)
-    slabs = slab.plan(mode, pid, follow_allocators=False)
+    wb = writeback.plan(target, mode, pid, min_ns, functions)
+    sleeps = mempool.plan(target, mode, pid, wait_min_ns, only_in_writeback=True)
+    slabs = slab.plan(target, mode, pid, follow_allocators=False)
     return sleeps.merge(wb).merge(slabs)
 
 

@@ -17,10 +17,8 @@ from ..analyses.gfp import UNKNOWN, decode_gfp, generation_for_release
 from ..capture import Attach, c_text
 from ..errors import MissingKernelFeature
 from ..event import JsonEvent
-from ..kernel.capabilities import kprobes_available
 from ..kernel.cgroups import container_id_prefix, container_of
-from ..kernel.symbols import SymbolTable
-from ..kernel.tracefs import tracepoint_fields, tracing_ready
+from ..kernel.target import Target
 from .program import EV_SLAB_FAIL, EV_SLUB_OOM, Decoder, Plan, choose_mode
 
 
@@ -118,14 +116,14 @@ def decode(raw: Any, decoder: Decoder) -> Optional[SlabFailure]:
         memcg_cache=parse_memcg_cache(name), kstack=frames, cgroup=proc["cgroup"], container=proc["container"])
 
 
-def plan(mode: str, pid: Optional[int], follow_allocators: bool = True) -> Plan:
+def plan(target: Target, mode: str, pid: Optional[int], follow_allocators: bool = True) -> Plan:
     """Which tracepoints and kprobes this kernel allows for slab failures, and what they can tell.
     Without FOLLOW_ALLOCATORS no allocator is kprobed (a kprobe per allocation): names as in tracepoint mode."""
-    tracing_ready()
-    fields = tracepoint_fields("kmem", "kmem_cache_alloc")
+    target.prepare()
+    fields = target.tracepoint_fields("kmem", "kmem_cache_alloc")
     if fields is None:
         raise MissingKernelFeature("tracepoint kmem:kmem_cache_alloc")
-    kprobe_ok = kprobes_available()
+    kprobe_ok = bool(target.kprobes().ok)
     has_name = "name" in fields
     if mode == "auto":
         chosen = "kprobe" if kprobe_ok and not has_name else "tracepoint"
@@ -135,21 +133,21 @@ def plan(mode: str, pid: Optional[int], follow_allocators: bool = True) -> Plan:
     for fld, flag in (("name", "HAVE_TP_NAME"), ("node", "HAVE_TP_NODE"), ("accounted", "HAVE_TP_ACCOUNTED")):
         if fld in fields:
             out.flags.append(flag)
-    kmalloc = tracepoint_fields("kmem", "kmalloc")
+    kmalloc = target.tracepoint_fields("kmem", "kmalloc")
     if kmalloc is not None:
         out.flags.append("HAVE_TP_KMALLOC")
         out.flags += [flag for fld, flag in (("node", "HAVE_TP_KMALLOC_NODE"), ("accounted", "HAVE_TP_KMALLOC_ACCOUNTED"))
                       if fld in kmalloc]
-    table = SymbolTable.from_system() if kprobe_ok and mode != "tracepoint" else None
+    table = target.symbols() if kprobe_ok and mode != "tracepoint" else None
     if chosen == "kprobe" and table is not None and follow_allocators:
         out.flags.append("WANT_SLAB_KPROBE")
         for resolution in table.resolve_all(CACHE_ALLOCATORS):
-            target = resolution.attach or resolution.fallback
-            if target is None or resolution.how == "clone":
+            symbol = resolution.attach or resolution.fallback
+            if symbol is None or resolution.how == "clone":
                 out.notes.append("slabfail: not probing %s (%s)" % (resolution.wanted, resolution.note))
-            elif all(a.event != target for a in out.kprobes):
-                out.kprobes.append(Attach(target, "slab_alloc_entry"))
-        source = out.read_structs(["OFF_CACHE_NAME"], slub_def=True)
+            elif all(a.event != symbol for a in out.kprobes):
+                out.kprobes.append(Attach(symbol, "slab_alloc_entry"))
+        source = out.read_structs(target, ["OFF_CACHE_NAME"], slub_def=True)
         if source:
             out.notes.append("slabfail: kprobe mode; cache names read from struct kmem_cache (offset from %s)"
                              % ("BTF" if source == "btf" else "this kernel's headers"))

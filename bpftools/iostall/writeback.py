@@ -14,8 +14,7 @@ from ..capture import Attach, c_text
 from ..errors import BadInput, MissingKernelFeature
 from ..event import JsonEvent
 from ..kernel.cgroups import container_of
-from ..kernel.symbols import SymbolTable
-from ..kernel.tracefs import kretprobe_maxactive, tracepoint_fields
+from ..kernel.target import Target
 from .program import EV_WRITEBACK, Decoder, Plan, new_plan, unwinder_sees_through_kretprobes
 
 
@@ -120,21 +119,21 @@ def _entry_stack(frames: Optional[List[str]], func: str, at_kretprobe: bool) -> 
     return frames
 
 
-def plan(mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] = ()) -> Plan:
+def plan(target: Target, mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] = ()) -> Plan:
     """kprobes on this kernel's writeback functions (or FUNCTIONS), or the tracepoint pairs."""
     if functions and mode == "tracepoint":
         raise click.BadParameter("-F/--function needs kprobes: use it without --mode tracepoint")
     # Without kretprobe maxactive (before 4.12) a kretprobe follows about one call per CPU: the returns
     # of calls that sleep, the slow ones, are missed. auto then takes the tracepoint pairs.
-    maxactive = kretprobe_maxactive()
-    out = new_plan("kprobe" if functions else mode, "writeslow", pid, {"WB_MIN_NS": min_ns},
+    maxactive = target.kretprobe_maxactive()
+    out = new_plan(target, "kprobe" if functions else mode, "writeslow", pid, {"WB_MIN_NS": min_ns},
                    kprobes_wanted=maxactive or mode == "kprobe" or bool(functions))
     if not maxactive:
         out.notes.append("writeslow: this kernel's kretprobes have no maxactive (before 4.12): %s" % (
             "slow calls' returns may be missed (counted as lost records)" if out.mode == "kprobe" else
             "writebacks timed by the tracepoint pairs"))
     if out.mode == "kprobe":
-        table = SymbolTable.from_system()
+        table = target.symbols()
         kinds = dict(WRITEBACK_FUNCTIONS)
         wanted = list(functions) if functions else [name for name, _ in WRITEBACK_FUNCTIONS]
         for name in wanted:
@@ -153,7 +152,7 @@ def plan(mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] 
             out.kprobes += [Attach(r.attach, "wb_return_%d" % slot, ret=True), Attach(r.attach, "wb_entry_%d" % slot)]
         if out.slots:
             out.flags.append("WANT_WB_KPROBE")
-            source = out.read_structs(STRUCT_READS)
+            source = out.read_structs(target, STRUCT_READS)
             extra = ("device, inode and pages read from the arguments" if source else
                      "no device/inode/pages (needs BTF or this kernel's own headers)")
             if unwinder_sees_through_kretprobes(table):
@@ -167,20 +166,23 @@ def plan(mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] 
                                        fallback="--mode tracepoint")
         out.mode = "tracepoint"
         out.notes.append("writeslow: none of %s can be probed" % ", ".join(wanted))
-    single = tracepoint_fields("writeback", "writeback_single_inode_start")
-    ext4 = tracepoint_fields("ext4", "ext4_writepages")
+    single = target.tracepoint_fields("writeback", "writeback_single_inode_start")
+    ext4 = target.tracepoint_fields("ext4", "ext4_writepages")
     if single is None and ext4 is None:
         raise MissingKernelFeature("writeback tracepoints (writeback:writeback_single_inode_start, "
                                    "ext4:ext4_writepages)")
     out.flags += ["WANT_WB_TP", "WB_STACK_AT_EXIT"]
     pairs = []
-    if single is not None and tracepoint_fields("writeback", "writeback_single_inode") is not None:
+    if single is not None and target.tracepoint_exists("writeback", "writeback_single_inode"):
         out.flags.append("HAVE_TP_WBSI")
         pairs.append("writeback_single_inode")
         if "cgroup_ino" in single:
             out.flags.append("HAVE_WB_CGROUP_INO")
-    if ext4 is not None and tracepoint_fields("ext4", "ext4_writepages_result") is not None:
+    if ext4 is not None and target.tracepoint_exists("ext4", "ext4_writepages_result"):
         out.flags.append("HAVE_TP_EXT4")
         pairs.append("ext4_writepages")
+    if not pairs:
+        raise MissingKernelFeature("a writeback tracepoint pair (writeback:writeback_single_inode_start with "
+                                   "writeback_single_inode, or ext4:ext4_writepages with ext4_writepages_result)")
     out.notes.append("writeslow: tracepoint mode: %s start/end pairs" % " and ".join(pairs))
     return out

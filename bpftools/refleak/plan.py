@@ -6,7 +6,7 @@ this kernel's own headers) has it, the watchpoints when ``__per_cpu_offset`` is 
 /proc/kallsyms (data symbols: CONFIG_KALLSYMS_ALL, root). What is off says why, in ``notes``.
 
 ``make_plan`` is pure (symbol table, offsets and facts in), so host tests plan for kernels they
-do not run; ``system_plan`` reads this machine.
+do not run; ``target_plan`` asks a kernel (bpftools.kernel.target: this node or a described one).
 """
 import os
 import re
@@ -14,13 +14,10 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from dataclasses import dataclass, field
 
-from ..capture import Attach, Probe
-from ..kernel import structs
-from ..kernel.capabilities import perf_event_addr
-from ..kernel.cpus import possible_slots
-from ..kernel.headers import headers_match_running_kernel
-from ..kernel.kconfig import kernel_config
-from ..kernel.symbols import DATA_TYPES, SymbolTable, read_kallsyms, symbol_address
+from ..capture import Attach, Outline, Probe
+from ..errors import MissingKernelFeature
+from ..kernel.symbols import DATA_TYPES, SymbolTable, symbol_address
+from ..kernel.target import Target
 
 PROGRAM = "refleak"
 STRATEGIES = ("watch", "holders", "ref_tracker", "inline")
@@ -99,6 +96,11 @@ class RefleakPlan:
                 "off": dict(self.off), "holders": list(self.holders), "notes": list(self.notes),
                 "pcpu": self.pcpu, "base_refs": self.base_refs, "ncpus": self.ncpus, "watch_new": self.watch_new,
                 "inline_vmlinux": self.inline_vmlinux}
+
+    def outline(self) -> Outline:
+        return Outline("strategies: %s" % (", ".join(self.strategies) or "none"),
+                       [a.describe() for a in self.kprobes], self.notes + ["holders: %s" % ", ".join(self.holders)],
+                       ["%s: %s" % (s, why) for s, why in sorted(self.off.items())])
 
     def describe(self) -> str:
         """What --ebpf prints: the plan, then the program with its cflags."""
@@ -391,16 +393,18 @@ def base_references(release: str, config: Optional[Dict[str, str]], has_refcount
 
 
 
-def system_plan(requested: Iterable[str], watch_new: bool, inline_sites: int = 0,
+def target_plan(target: Target, requested: Iterable[str], watch_new: bool, inline_sites: int = 0,
                 inline_vmlinux: bool = False) -> RefleakPlan:
-    """The plan for the running kernel (reads kallsyms, BTF, /boot/config; root sees data symbols)."""
-    kallsyms = read_kallsyms()         # read once: the symbol table and __per_cpu_offset both come from it
-    table = SymbolTable.from_system(kallsyms=kallsyms)
-    offsets = structs.offsets(STRUCT_MEMBERS)
+    """The plan for TARGET (the running kernel: kallsyms, BTF, /boot/config; root sees data symbols)."""
+    kprobes = target.kprobes()
+    if not kprobes.ok:
+        raise MissingKernelFeature("kprobes for refleak's holds and puts (%s)" % kprobes.detail)
+    kallsyms = target.kallsyms()
+    table = target.symbols()
+    offsets = target.offsets(STRUCT_MEMBERS)
     per_cpu = symbol_address(kallsyms, "__per_cpu_offset", DATA_TYPES)
-    release = os.uname().release
-    base = base_references(release, kernel_config(release), "OFF_DEV_REFCOUNT_T" in offsets)
-    return make_plan(table, offsets, per_cpu, possible_slots(), base, requested, watch_new, os.getpid(),
+    base = base_references(target.release, target.config(), "OFF_DEV_REFCOUNT_T" in offsets)
+    return make_plan(table, offsets, per_cpu, target.possible_slots(), base, requested, watch_new, os.getpid(),
                      cgroup_id=table.has("bpf_get_current_cgroup_id"),
-                     headers=not offsets and headers_match_running_kernel(), inline_sites=inline_sites,
-                     inline_vmlinux=inline_vmlinux, perf_addr=perf_event_addr())
+                     headers=not offsets and target.headers_match(), inline_sites=inline_sites,
+                     inline_vmlinux=inline_vmlinux, perf_addr=target.perf_event_addr())

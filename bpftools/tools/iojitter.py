@@ -28,9 +28,13 @@ from ..iostall import face as io
 from ..iostall.program import Decoder
 from ..iostall.sections import decode, plan
 from ..live import then
+from ..capture import Outline
+from ..kernel.target import Running, Target
 from ..options import CONTEXT, positive
 
 TOOL = "iojitter"
+MIN_MS = 100.0        # a slow writeback (--min-ms)
+WAIT_MIN_MS = 1.0     # the shortest mempool sleep followed (--wait-min-ms)
 
 CONFIDENCE_STYLE = {"high": "green", "medium": "yellow", "low": "red"}
 MAX_EPISODES = 20
@@ -171,6 +175,12 @@ def _console() -> Any:
     return Console(file=sys.stdout, highlight=False)
 
 
+
+def outline(target: Target) -> Outline:
+    """The plan of ``bpftools iojitter`` on TARGET, in words."""
+    return plan(target, "auto", None, int(MIN_MS * 1e6), int(WAIT_MIN_MS * 1e6)).outline()
+
+
 @click.command(TOOL, context_settings=CONTEXT, epilog="""\b
 Examples:
   bpftools iojitter -d 60              # one minute, then the verdict and the tables
@@ -179,9 +189,9 @@ Examples:
   bpftools iojitter -f -d 60 > io.folded   # time blocked per stack, for flame graphs
 """)
 @io.common_options
-@click.option("-m", "--min-ms", type=float, default=100.0, show_default=True,
+@click.option("-m", "--min-ms", type=float, default=MIN_MS, show_default=True,
               help="A writeback call this slow is a stall.")
-@click.option("--wait-min-ms", type=float, default=1.0, show_default=True,
+@click.option("--wait-min-ms", type=float, default=WAIT_MIN_MS, show_default=True,
               help="Ignore sleeps shorter than this.")
 @click.option("-F", "--function", "functions", multiple=True, metavar="NAME",
               help="Writeback function to time instead of the default set (repeatable; needs kprobes).")
@@ -197,7 +207,7 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
     for name, value in (("--min-ms", min_ms), ("--wait-min-ms", wait_min_ms)):
         if value < 0:
             raise click.BadParameter("must be >= 0", param_hint=name)
-    the_plan = plan(mode, pid, int(min_ms * 1e6), int(wait_min_ms * 1e6), tuple(functions))
+    the_plan = plan(Running(), mode, pid, int(min_ms * 1e6), int(wait_min_ms * 1e6), tuple(functions))
     if ebpf:
         click.echo(the_plan.describe())
         return

@@ -3,9 +3,11 @@
 On 3.10 the first write to ``memory.kmem.limit_in_bytes`` turns kmem accounting on for that cgroup
 (runc writes ``1`` then ``-1``); this shows the writer, its cgroup (container/pod), the target path,
 the value written and the result (EBUSY when the cgroup already has tasks). The syscalls come from
-tracepoints, so it runs everywhere; where kprobes exist it also hooks the kernel's kmem limit handler,
-which confirms what the kernel did with the write and sees writes made by other syscalls (pwrite,
-writev, io_uring).
+their tracepoints where BPF can attach to them (4.14+), so it runs without kprobes there; before (RHEL 7's
+3.10) from kprobes on the syscall functions. Where kprobes exist it also hooks the kernel's kmem limit
+handler, which confirms what the kernel did with the write and sees writes made by other syscalls (pwrite,
+writev, io_uring). Without bpf_get_current_cgroup_id (4.18) the program reads the writer's memory cgroup
+from its css_set.
 """
 import errno
 import json
@@ -20,14 +22,13 @@ from ..analyses.folded import annotation, fold
 from ..event import JsonEvent
 from ..html_report import FlameGraph, IncidentReport, Table
 from ..live import LiveRun
-from ..kernel.cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
-from ..capture import Attach, Probe, c_text, poll_events
+from ..kernel.cgroups import cgroup2_mount, cgroup2_path_of_id, container_of, memory_cgroup_mount, memory_cgroup_of_pid
+from ..capture import Attach, Outline, Probe, c_text, poll_events
 from ..errors import MissingKernelFeature
 from ..options import CONTEXT, positive
+from ..kernel.capabilities import Check
 from ..kernel.symbols import SymbolTable
-from ..kernel.tracefs import find_tracefs, tracepoint_exists
-from ..kernel import btf, structs
-from ..kernel.capabilities import check_kprobes
+from ..kernel.target import SYSCALL_BPF_SYMBOL, Running, Target
 
 OPS = {1: "open", 2: "write", 3: "kernel"}
 TOOL = "kmemsnoop"
@@ -39,6 +40,25 @@ KERNEL_HOOKS = (("memcg_update_kmem_limit", 1),   # 3.10: (struct cgroup *, u64 
                 ("mem_cgroup_write", 3))          # any memory.* file; filtered by its kernfs name
 HOOK_NAMES = dict((kind, name) for name, kind in KERNEL_HOOKS)
 CGROUP_WRITE_MEMBERS = ("OFF_OF_KN", "OFF_KN_NAME")    # the file mem_cgroup_write writes (kernel.structs)
+# The syscalls kmemsnoop follows: (name, the BPF function its kprobe runs, whether its result is needed,
+# whether every kernel has it: arm64 has no open nor dup2).
+SYSCALLS = (("openat", "syscall_openat_entry", True, True),
+            ("open", "syscall_open_entry", True, False),
+            ("write", "syscall_write_entry", True, True),
+            ("close", "syscall_close_entry", False, True),
+            ("dup2", "syscall_dup_entry", False, False),
+            ("dup3", "syscall_dup_entry", False, True))
+# The syscall tracepoints not every architecture has, with the flag that compiles their programs.
+OPTIONAL_TRACEPOINTS = (("sys_enter_open", "HAVE_SYS_OPEN"), ("sys_enter_dup2", "HAVE_SYS_DUP2"))
+# The kernel's names of its syscall functions by calling convention, with the flag for it (prefixes as
+# bcc's get_syscall_prefix knows them, x86-64): since fa697140f9a2 (4.17) __x64_sys_NAME(const struct
+# pt_regs *) with the arguments in the user registers it points to; before, sys_NAME with the arguments
+# its own, also named SyS_NAME from 3.10 to 4.16 (the same function, with long arguments).
+SYSCALL_PREFIXES = ((("__x64_sys_",), "SYSCALL_WRAPPER"), (("sys_", "SyS_"), None))
+# kretprobe instances on the syscall functions: each task inside write(2) or open(2) holds one until it
+# returns, however long it blocks (the kernel's default: a few per CPU). Kernels before 4.12 take no
+# maxactive: returns they miss are counted as lost (kprobe_profile).
+SYSCALL_MAXACTIVE = 256
 
 
 @dataclass
@@ -59,6 +79,12 @@ class KmemFileEvent(JsonEvent):
     writer_cgroup_v2: Optional[str]   # cgroup2 path of the writer's cgroup id (survives the writer)
     container: Optional[Dict[str, Any]]
     kernel: Optional[Dict[str, Any]] = None   # the kernel handler's view: function, ret, limit_bytes
+    writer_memcg: Optional[str] = None        # memory cgroup read from the writer's css_set (survives it)
+
+    @property
+    def cgroup(self) -> Optional[str]:
+        """The writer's cgroup as best known: /proc's, its css_set's, else its cgroup2 path."""
+        return self.writer_cgroup or self.writer_memcg or self.writer_cgroup_v2
 
     @property
     def error(self) -> Optional[str]:
@@ -72,16 +98,44 @@ class KmemFileEvent(JsonEvent):
 
 
 
+def cgroup_dir_under(mount: str, wanted: Callable[[str], bool], limit: int = 100000) -> Optional[str]:
+    """The first cgroup directory below MOUNT (a bounded walk) that WANTED accepts, as a cgroup path
+    ("/" for MOUNT itself); as cgroups.cgroup2_path_of_id walks the cgroup2 mount for an id."""
+    for seen, (base, _, _) in enumerate(os.walk(mount)):
+        if seen >= limit:
+            return None
+        try:
+            if wanted(base):
+                rel = os.path.relpath(base, mount)
+                return "/" if rel == "." else "/" + rel
+        except OSError:
+            continue
+    return None
+
+
+def kernfs_id_is(memcg_id: int) -> Callable[[str], bool]:
+    """Whether a directory is the cgroup of kernfs id MEMCG_ID: its inode number is the id (5.5+) or
+    the id's low half (4.12-5.4, a generation in the high half)."""
+    return lambda path: os.stat(path).st_ino in (memcg_id, memcg_id & 0xffffffff)
+
+
+def named(name: str) -> Callable[[str], bool]:
+    """Whether a directory is called NAME (a 3.10 cgroup's name)."""
+    return lambda path: os.path.basename(path) == name
+
+
 class CgroupCache:
-    """The writer's cgroups, looked up once per pid and per id.
+    """The writer's cgroups, looked up once per pid, per id and per name.
 
     ``memory`` comes from /proc/PID/cgroup while the task lives; ``v2`` is the cgroup2 path of the id
-    the BPF program recorded, which survives the writer (runc's writer exits right after writing).
+    the BPF program recorded, which survives the writer (runc's writer exits right after writing);
+    ``css`` the path of the memory cgroup the program read from the writer's css_set (where it did).
     """
 
     def __init__(self) -> None:
         self._memory = {}  # type: Dict[int, Optional[str]]
         self._v2 = {}  # type: Dict[int, Optional[str]]
+        self._css = {}  # type: Dict[Tuple[int, str], Optional[str]]
 
     def memory(self, pid: int) -> Optional[str]:
         if self._memory.get(pid) is None:
@@ -95,6 +149,18 @@ class CgroupCache:
             self._v2[cgroup_id] = cgroup2_path_of_id(cgroup_id)
         return self._v2[cgroup_id]
 
+    def css(self, memcg_id: int, name: str) -> Optional[str]:
+        """The memory cgroup by its kernfs id (3.15+) or its directory name (3.10: the name itself
+        when no directory has it), under the memory controller's mount (v1, else cgroup2)."""
+        if not memcg_id and name in ("", "/"):     # nothing read, or 3.10's root cgroup (named "/")
+            return name or None
+        key = (memcg_id, name)
+        if self._css.get(key) is None:
+            mount = memory_cgroup_mount() or cgroup2_mount()
+            found = cgroup_dir_under(mount, kernfs_id_is(memcg_id) if memcg_id else named(name)) if mount else None
+            self._css[key] = found or (name or None)
+        return self._css[key]
+
 
 def decode(raw: Any, cgroups: CgroupCache) -> KmemFileEvent:
     """The one place a raw kmem_event becomes a KmemFileEvent."""
@@ -106,7 +172,8 @@ def decode(raw: Any, cgroups: CgroupCache) -> KmemFileEvent:
             pass
     cgroup = cgroups.memory(raw.tgid)
     cgroup_v2 = cgroups.v2(int(raw.cgroup_id))
-    ref = container_of(cgroup or "") or container_of(cgroup_v2 or "")
+    memcg = cgroups.css(int(raw.memcg_id), c_text(bytes(raw.memcg_name)))
+    ref = container_of(cgroup or "") or container_of(memcg or "") or container_of(cgroup_v2 or "")
     op = OPS.get(raw.op, str(raw.op))
     kernel = None
     if raw.kernel_hook:
@@ -121,7 +188,7 @@ def decode(raw: Any, cgroups: CgroupCache) -> KmemFileEvent:
         ts_ns=int(raw.ts_ns), tgid=int(raw.tgid), tid=int(raw.tid),
         comm=c_text(bytes(raw.comm)), op=op, path=path, value=value, ret=int(raw.ret),
         writer_cgroup=cgroup, writer_cgroup_v2=cgroup_v2, container=ref.to_json() if ref else None,
-        kernel=kernel)
+        kernel=kernel, writer_memcg=memcg)
 
 
 def matches_cgroup(event: KmemFileEvent, cgroup: Optional[str]) -> bool:
@@ -130,7 +197,7 @@ def matches_cgroup(event: KmemFileEvent, cgroup: Optional[str]) -> bool:
         return True
     want = "/" + cgroup.strip("/")
     target = os.path.dirname(event.path)
-    writers = (event.writer_cgroup or "", event.writer_cgroup_v2 or "")
+    writers = (event.writer_cgroup or "", event.writer_memcg or "", event.writer_cgroup_v2 or "")
     return any(w.startswith(want) for w in writers) or ("/" + target.strip("/")).find(want) >= 0
 
 
@@ -143,15 +210,16 @@ class KernelHook:
     params: Dict[str, int] = field(default_factory=dict)
 
 
-def kernel_hook(table: SymbolTable, btf_path: str = btf.VMLINUX) -> Tuple[Optional[KernelHook], str]:
-    """(hook, why): the first handler of KERNEL_HOOKS this kernel lets us kprobe, or None and the reason."""
+def kernel_hook(target: Target) -> Tuple[Optional[KernelHook], str]:
+    """(hook, why): the first handler of KERNEL_HOOKS TARGET lets us kprobe, or None and the reason."""
+    table = target.symbols()
     for function, kind in KERNEL_HOOKS:
         resolution = table.resolve(function)
         if resolution.how != "exact":
             continue
         if kind != 3:
             return KernelHook(function, kind), "kernel hook: kprobe on %s" % function
-        offsets = structs.offsets(CGROUP_WRITE_MEMBERS, btf_path)
+        offsets = target.offsets(CGROUP_WRITE_MEMBERS)
         if len(offsets) == len(CGROUP_WRITE_MEMBERS):
             return (KernelHook(function, kind, offsets),
                     "kernel hook: kprobe on %s, memory.kmem.* files only (names read with BTF offsets)" % function)
@@ -160,51 +228,151 @@ def kernel_hook(table: SymbolTable, btf_path: str = btf.VMLINUX) -> Tuple[Option
 
 
 @dataclass
+class SyscallSource:
+    """Where the syscall events come from: the syscalls:* tracepoints, or kprobes on the syscall functions."""
+
+    mode: str                 # "tracepoint" | "kprobe-syscalls"
+    flags: List[str]
+    attaches: List[Attach]
+    note: str
+
+
+def syscall_functions(table: SymbolTable) -> Tuple[Dict[str, str], Optional[str]]:
+    """({syscall: kernel function}, its ABI flag) for the first calling convention of SYSCALL_PREFIXES
+    whose functions TABLE lets us kprobe for every syscall SYSCALLS needs."""
+    for prefixes, flag in SYSCALL_PREFIXES:
+        found = {}  # type: Dict[str, str]
+        for name, _, _, _ in SYSCALLS:
+            function = next((p + name for p in prefixes if table.resolve(p + name).how == "exact"), None)
+            if function is not None:
+                found[name] = function
+        if all(name in found for name, _, _, needed in SYSCALLS if needed):
+            return found, flag
+    raise MissingKernelFeature("kprobes on the syscall functions: none of %s can be probed"
+                               % ", ".join(p + "openat" for prefixes, _ in SYSCALL_PREFIXES for p in prefixes))
+
+
+def syscall_kprobes(table: SymbolTable, why: str) -> SyscallSource:
+    """Kprobes (and, where the result is needed, kretprobes) on TABLE's syscall functions."""
+    functions, abi = syscall_functions(table)
+    attaches = []  # type: List[Attach]
+    for name, fn_name, returns, _ in SYSCALLS:
+        if name not in functions:
+            continue
+        if returns:   # the kretprobe first: see trace()
+            attaches.append(Attach(functions[name], "syscall_return", ret=True))
+        attaches.append(Attach(functions[name], fn_name))
+    flags = ["SYSCALL_KPROBES"] + ([abi] if abi else [])
+    return SyscallSource("kprobe-syscalls", flags, attaches,
+                         "syscalls: kprobes on %s (%s)" % (", ".join(functions.values()), why))
+
+
+def syscall_tracepoints(target: Target) -> SyscallSource:
+    """The syscalls:* tracepoints, with the flags of those not every architecture has."""
+    flags = [flag for name, flag in OPTIONAL_TRACEPOINTS if target.tracepoint_exists("syscalls", name)]
+    return SyscallSource("tracepoint", flags, [], "syscalls: syscalls:* tracepoints")
+
+
+def syscall_source(target: Target, mode: str, kprobes: Check) -> SyscallSource:
+    """The syscall events for MODE: tracepoints where BPF can attach to them (4.14+), else kprobes."""
+    if mode == "kprobe-syscalls" or (mode != "tracepoint" and not target.syscall_tracepoints()):
+        why = ("--mode kprobe-syscalls" if mode == "kprobe-syscalls"
+               else "BPF cannot attach to syscalls:* tracepoints on this kernel: no %s" % SYSCALL_BPF_SYMBOL)
+        if not kprobes.ok:
+            raise MissingKernelFeature("kprobes on the syscall functions (%s): %s" % (why, kprobes.detail),
+                                       min_kernel="4.14" if mode != "kprobe-syscalls" else None)
+        return syscall_kprobes(target.symbols(), why)
+    if not target.syscall_tracepoints():
+        raise MissingKernelFeature("BPF programs on syscalls:* tracepoints (no %s)" % SYSCALL_BPF_SYMBOL,
+                                   min_kernel="4.14", fallback="--mode kprobe-syscalls")
+    return syscall_tracepoints(target)
+
+
+def hook_for(target: Target, mode: str, kprobes: Check) -> Tuple[Optional[KernelHook], str]:
+    """(hook, why) for MODE: none with --mode tracepoint, required with --mode kprobe."""
+    if mode == "tracepoint":
+        return None, "no kernel hook (--mode tracepoint)"
+    hook, note = kernel_hook(target) if kprobes.ok else (None, "no kernel hook: %s" % kprobes.detail)
+    if mode == "kprobe" and hook is None:
+        raise MissingKernelFeature("a kprobe on the kernel's kmem limit handler (%s)" % note,
+                                   fallback="--mode tracepoint")
+    return hook, note
+
+
+def writer_cgroup(target: Target, from_css: bool) -> Tuple[List[str], str]:
+    """(flags, why): how the program records the writer's cgroup. The cgroup2 id where the kernel has
+    bpf_get_current_cgroup_id (4.18+); else (or FROM_CSS, a test switch) its memory cgroup read from its
+    css_set, which needs this kernel's own headers; else none: /proc tells it while the writer lives."""
+    table = target.symbols()
+    helper = table.has("bpf_get_current_cgroup_id")    # the helpers' own symbols
+    flags = ["HAVE_CGROUP_ID"] if helper else []
+    if helper and not from_css:
+        return flags, "writer's cgroup: bpf_get_current_cgroup_id (its cgroup2 id)"
+    missing = ("no bpf_get_current_task" if not table.has("bpf_get_current_task")
+               else "this kernel's own headers are not installed" if not target.headers_match() else None)
+    if missing is None:
+        return flags + ["MEMCG_FROM_CSS"], "writer's memory cgroup: read from its css_set (this kernel's headers)"
+    if from_css:
+        raise MissingKernelFeature("the writer's memory cgroup from its css_set (%s)" % missing)
+    return flags, ("writer's memory cgroup: from /proc while the writer lives (no bpf_get_current_cgroup_id, "
+                   "and its css_set cannot be read: %s)" % missing)
+
+
+@dataclass
 class Plan:
-    """One run: the program, the kernel hook (None: syscalls only) and what was decided why."""
+    """One run: the program, what it attaches (kprobes; tracepoints attach themselves), the kernel hook
+    (None: syscalls only) and what was decided why."""
 
     probe: Probe
+    syscalls: SyscallSource
     hook: Optional[KernelHook]
-    note: str
+    notes: List[str]
+
+    @property
+    def note(self) -> str:
+        return "; ".join(self.notes)
+
+    @property
+    def attaches(self) -> List[Attach]:
+        """The syscall kprobes, then the hook's (its kretprobe first: see trace())."""
+        hook = self.hook
+        return self.syscalls.attaches + ([Attach(hook.function, "kernel_write_return", ret=True),
+                                          Attach(hook.function, "kernel_write_entry")] if hook else [])
+
+    def outline(self) -> Outline:
+        attaches = [a.describe() for a in self.attaches]
+        if self.syscalls.mode == "tracepoint":
+            attaches.insert(0, "tracepoints syscalls:sys_{enter,exit}_{openat,write}, sys_enter_{close,dup3}")
+        return Outline(self.syscalls.mode + (" + kernel hook" if self.hook else ""), attaches, list(self.notes))
 
     def describe(self) -> str:
         """What --ebpf prints."""
         return "// %s\n%s" % (self.note, self.probe.describe())
 
 
-def plan(pid: Optional[int], mode: str = "auto", table: Optional[SymbolTable] = None) -> Plan:
-    """The program for this run. MODE: tracepoint (syscalls only), kprobe (kernel hook required), auto."""
-    table = table if table is not None else SymbolTable.from_system()
+def plan(pid: Optional[int], mode: str = "auto", target: Optional[Target] = None, memcg_from_css: bool = False) -> Plan:
+    """The program for this run on TARGET (default: this node). MODE: auto, tracepoint (syscall
+    tracepoints, no kernel hook), kprobe (kernel hook required), kprobe-syscalls (syscall kprobes).
+    MEMCG_FROM_CSS reads the writer's memory cgroup from its css_set even where the cgroup id helper exists."""
+    target = target if target is not None else Running()
+    kprobes = target.kprobes()
+    syscalls = syscall_source(target, mode, kprobes)
+    hook, hook_note = hook_for(target, mode, kprobes)
+    cgroup_flags, cgroup_note = writer_cgroup(target, memcg_from_css)
     params = {"FILTER_TGID": pid} if pid is not None else {}
-    flags = [flag for name, flag in (("sys_enter_open", "HAVE_SYS_OPEN"), ("sys_enter_dup2", "HAVE_SYS_DUP2"))
-             if tracepoint_exists("syscalls", name)]
-    if table.has("bpf_get_current_cgroup_id"):   # the helper's own symbol
-        flags.append("HAVE_CGROUP_ID")
-    hook, note = None, "tracepoints only (--mode tracepoint)"
-    if mode != "tracepoint":
-        kprobes = check_kprobes(find_tracefs())
-        if kprobes.ok:
-            hook, note = kernel_hook(table)
-        else:
-            note = "no kernel hook: %s" % kprobes.detail
-        if mode == "kprobe" and hook is None:
-            raise MissingKernelFeature("a kprobe on the kernel's kmem limit handler (%s)" % note,
-                                       fallback="--mode tracepoint")
     if hook is not None:
         params["KERNEL_HOOK"] = hook.kind
         params.update(hook.params)
-    return Plan(Probe("kmemsnoop", params, flags), hook, note)
-
+    probe = Probe("kmemsnoop", params, syscalls.flags + cgroup_flags)
+    return Plan(probe, syscalls, hook, [syscalls.note, hook_note, cgroup_note])
 
 
 def trace(the_plan: Plan, cgroup: Optional[str], duration: Optional[float],
             on_event: Callable[[KmemFileEvent], None], ready: Optional[Callable[[], None]] = None,
             on_lost: Optional[Callable[[int], None]] = None) -> None:
     """Trace until DURATION/Ctrl-C, calling ON_EVENT for each matching event."""
-    hook = the_plan.hook
-    # the kretprobe first: kprobes sharing an address run newest first, so entry runs before return
-    bpf = the_plan.probe.load([Attach(hook.function, "kernel_write_return", ret=True),
-                               Attach(hook.function, "kernel_write_entry")] if hook is not None else [])
+    # kretprobes before their kprobes: kprobes sharing an address run newest first, so entry runs before return
+    bpf = the_plan.probe.load(the_plan.attaches, maxactive=SYSCALL_MAXACTIVE if the_plan.syscalls.attaches else 0)
     sys.stderr.write("bpftools: %s\n" % the_plan.note)
     cgroups = CgroupCache()
 
@@ -222,8 +390,8 @@ def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], genera
     enabling = [r for r in records if r.op == "write" and r.ret >= 0
                 and os.path.basename(r.path) == "memory.kmem.limit_in_bytes"]
     rows = [[r.ts_ns / 1e9, r.tgid, r.comm, r.op, r.error or r.ret, r.value if r.value is not None else "",
-             r.path, r.writer_cgroup or r.writer_cgroup_v2 or ""] for r in records]
-    stacks = [([annotation("pid %d %s" % (r.tgid, r.comm)), r.writer_cgroup or r.writer_cgroup_v2 or "?",
+             r.path, r.cgroup or ""] for r in records]
+    stacks = [([annotation("pid %d %s" % (r.tgid, r.comm)), r.cgroup or "?",
                 r.op, os.path.dirname(r.path), os.path.basename(r.path),
                 annotation("%s -> %s" % (r.value.strip() if r.value else "open", r.error or r.ret))], 1)
               for r in records]
@@ -256,7 +424,8 @@ def line(event: KmemFileEvent) -> str:
     """One kmemsnoop line (plain text, like opensnoop); the kernel handler's view in braces."""
     result = event.error or str(event.ret)
     value = repr(event.value) if event.value is not None else "-"
-    where = event.writer_cgroup or (event.writer_cgroup_v2 and "v2:" + event.writer_cgroup_v2) or "?"
+    where = (event.writer_cgroup or event.writer_memcg or (event.writer_cgroup_v2 and "v2:" + event.writer_cgroup_v2)
+             or "?")
     if event.container:
         where = "%s pod=%s" % ((event.container.get("container_id") or "")[:12], event.container.get("pod_uid") or "-")
     out = "%-14.6f %-7d %-16s %-6s %-8s %-6s %s  [%s]" % (
@@ -276,6 +445,12 @@ def render_recording(rec: Any, console: Any) -> None:
             console.print(line(KmemFileEvent.from_json(obj)), markup=False, soft_wrap=True, highlight=False)
 
 
+
+def outline(target: Target) -> Outline:
+    """The plan of ``bpftools kmemsnoop`` on TARGET, in words."""
+    return plan(None, "auto", target).outline()
+
+
 @click.command(TOOL, epilog="""\b
 Examples:
   bpftools kmemsnoop                   # trace until Ctrl-C
@@ -283,22 +458,29 @@ Examples:
   bpftools kmemsnoop -p 1234           # only process 1234
   bpftools kmemsnoop --cgroup kubepods --record kmem.jsonl
   bpftools kmemsnoop -d 600 --report /tmp/kmem-report   # HTML report + flame graph at the end
-  bpftools kmemsnoop --mode tracepoint # syscalls only, no kprobe on the kernel's handler
+  bpftools kmemsnoop --mode tracepoint # syscall tracepoints only, no kprobe on the kernel's handler
+  bpftools kmemsnoop --mode kprobe-syscalls   # kprobes on sys_openat, sys_write... (RHEL 7's default)
 """, context_settings=CONTEXT)
 @click.option("-p", "--pid", type=click.IntRange(1, 2 ** 31 - 1), help="Trace this process (tgid) only.")
 @click.option("--cgroup", metavar="PATH", help="Only writers in, or files under, this memory cgroup path.")
 @click.option("-d", "--duration", type=float, callback=positive, metavar="SECONDS", help="Stop after SECONDS.")
-@click.option("--mode", type=click.Choice(("auto", "kprobe", "tracepoint")), default="auto", show_default=True,
-              help="kprobe: also hook the kernel's kmem limit handler (needs kprobes); tracepoint: syscalls only.")
+@click.option("--mode", type=click.Choice(("auto", "kprobe", "tracepoint", "kprobe-syscalls")), default="auto",
+              show_default=True,
+              help="kprobe: also hook the kernel's kmem limit handler (needs kprobes); tracepoint: syscall "
+                   "tracepoints only (4.14+); kprobe-syscalls: kprobes on the syscall functions instead of "
+                   "their tracepoints (auto's choice before 4.14, e.g. RHEL 7).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
 @click.option("--record", metavar="FILE", help="Also write a recording (JSON lines) to FILE.")
 @click.option("--report", "report_dir", metavar="DIR", help="At the end, write report.html and flame graphs to DIR.")
 @click.option("--ready-file", metavar="FILE", hidden=True, help="Touch FILE once attached (for tests).")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and cflags, then exit.")
+@click.option("--memcg-from-css", is_flag=True, hidden=True,
+              help="Read the writer's memory cgroup from its css_set even where the cgroup id helper exists (tests).")
 def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float], mode: str, as_json: bool,
-            record: Optional[str], report_dir: Optional[str], ready_file: Optional[str], ebpf: bool) -> None:
+            record: Optional[str], report_dir: Optional[str], ready_file: Optional[str], ebpf: bool,
+            memcg_from_css: bool) -> None:
     """Trace opens and writes of memory.kmem.* files: who turns on kmem accounting, with what value."""
-    the_plan = plan(pid, mode)
+    the_plan = plan(pid, mode, memcg_from_css=memcg_from_css)
     if ebpf:
         click.echo(the_plan.describe())
         return

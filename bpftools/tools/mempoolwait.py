@@ -22,9 +22,12 @@ from ..iostall import face as io
 from ..iostall.mempool import MempoolAlloc, Sleep, decode, plan
 from ..iostall.program import Decoder
 from ..live import then, warn
+from ..capture import Outline
+from ..kernel.target import Running, Target
 from ..options import CONTEXT
 
 TOOL = "mempoolwait"
+MIN_MS = 1.0          # the shortest sleep shown (--min-ms)
 HEADER = "%-14s %-7s %-7s %-16s %10s %-10s %s" % ("TIME(s)", "PID", "TID", "COMM", "SLEEP(ms)", "RESULT",
                                                  "CALLER / BLOCKED IN")
 
@@ -57,6 +60,12 @@ def folded_sample(event: Sleep) -> Tuple[List[str], int]:
     return [event.comm] + stacks.root_first(event.kstack) + [folded_stacks.annotation(label)], event.duration_ns
 
 
+
+def outline(target: Target) -> Outline:
+    """The plan of ``bpftools mempoolwait`` on TARGET, in words."""
+    return plan(target, "auto", None, int(MIN_MS * 1e6)).outline()
+
+
 @click.command(TOOL, context_settings=CONTEXT, epilog="""\b
 Examples:
   bpftools mempoolwait                 # sleeps in mempool_alloc, until Ctrl-C
@@ -65,7 +74,7 @@ Examples:
   bpftools mempoolwait -f -d 60 > mempool.folded   # time asleep per stack, for flame graphs
 """)
 @io.common_options
-@click.option("-m", "--min-ms", type=float, default=1.0, show_default=True,
+@click.option("-m", "--min-ms", type=float, default=MIN_MS, show_default=True,
               help="Ignore sleeps shorter than this (filtered in the kernel).")
 @click.option("--all-dstate", is_flag=True, help="Show every D-state sleep (sched_switch), not only mempool waits.")
 @click.option("-K", "kernel_stacks", is_flag=True, help="Print the kernel stack of each sleep.")
@@ -76,7 +85,7 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
     """Trace sleeps inside mempool_alloc (or every D-state sleep): duration, timed out or woken, caller, stack."""
     if min_ms < 0:
         raise click.BadParameter("must be >= 0", param_hint="--min-ms")
-    the_plan = plan(mode, pid, int(min_ms * 1e6), all_dstate=all_dstate)
+    the_plan = plan(Running(), mode, pid, int(min_ms * 1e6), all_dstate=all_dstate)
     if ebpf:
         click.echo(the_plan.describe())
         return

@@ -38,16 +38,13 @@ from dataclasses import dataclass, field
 
 from ..analyses.netdev_wait import (FREED, ROUND, EpisodeTracker, Observation, Update, count_meaning,
                                     episodes_from_log, message_observation)
-from ..capture import Attach, Probe, c_text, poll_events
+from ..capture import Attach, Outline, Probe, c_text, poll_events
 from ..errors import BadInput, MissingKernelFeature, PrivilegeError
-from ..kernel import structs
-from ..kernel.capabilities import kprobes_available
 from ..kernel.cgroups import container_of, memory_cgroup_of_pid
-from ..kernel.cpus import possible_slots
 from ..kernel.log import available, read_log_file
 from ..kernel.structs import MEMBERS
-from ..kernel.symbols import SymbolTable, read_kallsyms, symbol_address
-from ..kernel.tracefs import tracing_ready
+from ..kernel.symbols import symbol_address
+from ..kernel.target import Running, Target
 from ..live import LiveRun, then, warn
 from ..options import CONTEXT as CLI_CONTEXT, positive
 from ..signals import StopSignals
@@ -91,6 +88,9 @@ class Plan:
         """The ``mode`` record written first in a recording."""
         return {"type": "mode", "mode": self.mode, "hooks": dict(self.hooks), "params": dict(self.params),
                 "notes": list(self.notes), "meaning": dict(meaning)}
+
+    def outline(self) -> Outline:
+        return Outline(self.mode, [a.describe() for a in self.kprobes], list(self.notes))
 
     def describe(self) -> str:
         """What --ebpf prints: the plan, then (kprobe mode) the program with its cflags."""
@@ -150,16 +150,15 @@ def make_plan(requested: str, table: Any, kallsyms: List[str], offsets: Dict[str
     return plan
 
 
-def system_plan(requested: str) -> Plan:
-    """make_plan for the running kernel (reads kallsyms, BTF and tracefs as root)."""
+def target_plan(requested: str, target: Target) -> Plan:
+    """make_plan for TARGET (the running kernel reads kallsyms, BTF and tracefs as root)."""
     if requested == LOG:
         return make_plan(LOG, None, [], {}, False, 1)
-    tracing_ready()
-    if not kprobes_available():
+    target.prepare()
+    if not target.kprobes().ok:
         return make_plan(requested, None, [], {}, False, 1)
-    kallsyms = read_kallsyms()         # read once: the symbol table and the data symbols both come from it
-    return make_plan(requested, SymbolTable.from_system(kallsyms=kallsyms), kallsyms,
-                     structs.offsets(FIELDS + REFCOUNT_FIELDS), True, possible_slots())
+    return make_plan(requested, target.symbols(), target.kallsyms(), target.offsets(FIELDS + REFCOUNT_FIELDS),
+                     True, target.possible_slots())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,6 +441,12 @@ def _summarize_log_file(path: str, release: Optional[str], dev_pattern: Optional
             "meaning": meaning or count_meaning(release, "given")}
 
 
+
+def outline(target: Target) -> Outline:
+    """The plan of ``bpftools netdevwait`` on TARGET, in words."""
+    return target_plan(AUTO, target).outline()
+
+
 @click.command(TOOL, context_settings=CLI_CONTEXT, epilog="""\b
 Examples:
   bpftools netdevwait                  # devices stuck in unregister, live, until Ctrl-C
@@ -479,7 +484,7 @@ def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, lo
         return
     if release:
         raise click.UsageError("--release goes with --log (live modes use the running kernel's release)")
-    plan = system_plan(mode)
+    plan = target_plan(mode, Running())
     if ebpf:
         click.echo(plan.describe(), nl=False)
         return

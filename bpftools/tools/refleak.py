@@ -29,11 +29,13 @@ from ..analyses.refbalance import analyze, folded_samples
 from ..errors import BadInput, MissingKernelFeature
 from ..flamegraph import render_svg
 from ..html_report import FlameGraph, IncidentReport, Table
+from ..capture import Outline
+from ..kernel.target import Running, Target
 from ..kernel.tracefs import tracing_ready
 from ..live import LiveRun
 from ..refleak import inline_sites as sites_mod
 from ..refleak.devices import make_selector
-from ..refleak.plan import MissingHook, MissingOffsets, system_plan
+from ..refleak.plan import MissingHook, MissingOffsets, target_plan
 from ..refleak.session import Session, run
 
 TOOL = "refleak"
@@ -72,10 +74,15 @@ def inline_sites(debuginfo: List[str], wanted: bool, say: Any) -> List[Any]:
     return out
 
 
-def plan_for(strategies: List[str], watch_new: bool, sites: List[Any]) -> Any:
-    """The refleak plan of this kernel (MissingKernelFeature when a required hook is missing)."""
+def outline(target: Target) -> Outline:
+    """The plan of ``bpftools refleak`` on TARGET, in words (every strategy asked for, no debug info)."""
+    return plan_for(target, list(ALL_STRATEGIES), True, []).outline()
+
+
+def plan_for(target: Target, strategies: List[str], watch_new: bool, sites: List[Any]) -> Any:
+    """The refleak plan of TARGET (MissingKernelFeature when a required hook is missing)."""
     try:
-        return system_plan(strategies, watch_new, inline_sites=len(sites),
+        return target_plan(target, strategies, watch_new, inline_sites=len(sites),
                            inline_vmlinux=any(s.module is None for s in sites))
     except MissingHook as err:
         raise MissingKernelFeature("a kprobe on %s (%s)" % (err.wanted, err), fallback="a kernel with kprobes")
@@ -278,7 +285,7 @@ def command(patterns: List[str], netns: List[str], strategy: str, debuginfo: Lis
     tracing_ready()
     say = _say
     sites = inline_sites(list(debuginfo), "inline" in strategies, say)
-    plan = plan_for(strategies, watch_new=True, sites=sites)
+    plan = plan_for(Running(), strategies, watch_new=True, sites=sites)
     if ebpf:
         click.echo(plan.describe())
         return

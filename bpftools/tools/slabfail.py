@@ -25,6 +25,8 @@ from ..analyses import stacks
 from ..iostall import face as io
 from ..iostall.slab import SlabFailure, decode, plan
 from ..live import then
+from ..capture import Outline
+from ..kernel.target import Running, Target
 from ..options import CONTEXT, positive
 
 TOOL = "slabfail"
@@ -59,6 +61,12 @@ def summary_lines(counts: "Counter[Tuple[str, str, str]]") -> List[str]:
     return out
 
 
+
+def outline(target: Target) -> Outline:
+    """The plan of ``bpftools slabfail`` on TARGET, in words."""
+    return plan(target, "auto", None).outline()
+
+
 @click.command(TOOL, context_settings=CONTEXT, epilog="""\b
 Examples:
   bpftools slabfail                    # each failed slab allocation, until Ctrl-C
@@ -76,7 +84,7 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
             record: Optional[str], ready_file: Optional[str], ebpf: bool, kernel_stacks: bool, folded: bool,
             interval: Optional[float], count: Optional[int]) -> None:
     """Trace slab allocations that fail (return NULL): cache, caller, stack and container."""
-    the_plan = plan(mode, pid)
+    the_plan = plan(Running(), mode, pid)
     if ebpf:
         click.echo(the_plan.describe())
         return

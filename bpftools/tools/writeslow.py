@@ -22,9 +22,12 @@ from ..iostall import face as io
 from ..iostall.program import Decoder
 from ..iostall.writeback import WritebackCall, decode, plan
 from ..live import then
+from ..capture import Outline
+from ..kernel.target import Running, Target
 from ..options import CONTEXT
 
 TOOL = "writeslow"
+MIN_MS = 10.0         # the shortest call shown (--min-ms)
 HEADER = "%-14s %-7s %-16s %10s %-7s %-9s %6s  %s" % ("TIME(s)", "PID", "COMM", "LAT(ms)", "DEV", "INO", "PAGES",
                                                      "FUNC (nested calls indented)")
 
@@ -44,6 +47,12 @@ def folded_sample(event: WritebackCall) -> Tuple[List[str], int]:
     return [event.comm] + stacks.root_first(event.kstack) + [label], event.duration_ns
 
 
+
+def outline(target: Target) -> Outline:
+    """The plan of ``bpftools writeslow`` on TARGET, in words."""
+    return plan(target, "auto", None, int(MIN_MS * 1e6)).outline()
+
+
 @click.command(TOOL, context_settings=CONTEXT, epilog="""\b
 Examples:
   bpftools writeslow                   # writeback calls of 10 ms or more, until Ctrl-C
@@ -52,7 +61,7 @@ Examples:
   bpftools writeslow -f -d 60 > wb.folded                   # time per stack, outermost calls
 """)
 @io.common_options
-@click.option("-m", "--min-ms", type=float, default=10.0, show_default=True,
+@click.option("-m", "--min-ms", type=float, default=MIN_MS, show_default=True,
               help="Report calls that took at least this long.")
 @click.option("-F", "--function", "functions", multiple=True, metavar="NAME",
               help="Probe this writeback function (repeatable; needs kprobes).")
@@ -64,7 +73,7 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
     """Trace writeback calls slower than a threshold, outer and inner ones, with device, inode and stack."""
     if min_ms < 0:
         raise click.BadParameter("must be >= 0", param_hint="--min-ms")
-    the_plan = plan(mode, pid, int(min_ms * 1e6), tuple(functions))
+    the_plan = plan(Running(), mode, pid, int(min_ms * 1e6), tuple(functions))
     if ebpf:
         click.echo(the_plan.describe())
         return

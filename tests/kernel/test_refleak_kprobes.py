@@ -274,9 +274,10 @@ def test_netns_churn_balances_every_watched_device_and_shows_the_fnhe_dst(workdi
 def test_plan_on_this_kernel_and_its_inputs_for_the_host_tests():
     """The plan here (watch and holders on, ref_tracker off: no Debian kernel has the tracker), and
     its inputs -- the relevant kallsyms lines and the BTF offsets -- kept for tests/test_refleak.py."""
-    from bpftools.refleak.plan import STRUCT_MEMBERS, relevant_symbol, system_plan
+    from bpftools.refleak.plan import STRUCT_MEMBERS, relevant_symbol, target_plan
     from bpftools.kernel import structs
-    plan = system_plan(["watch", "holders", "ref_tracker", "inline"], watch_new=True)
+    from bpftools.kernel.target import Running
+    plan = target_plan(Running(), ["watch", "holders", "ref_tracker", "inline"], watch_new=True)
     assert plan.strategies == ["watch", "holders"], plan.to_json()
     assert plan.off["ref_tracker"].startswith("not a CONFIG_NET_DEV_REFCNT_TRACKER kernel"), plan.off
     assert plan.holders == ["dst", "neigh", "in_dev", "inet6_dev", "fib_nh", "fnhe"], plan.notes

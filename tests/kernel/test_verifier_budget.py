@@ -9,7 +9,8 @@ import pytest
 
 from bpftools.iostall import mempool, sections, slab, writeback
 from bpftools.refleak.plan import STRATEGIES
-from bpftools.refleak.plan import system_plan as refleak_plan
+from bpftools.kernel.target import Running
+from bpftools.refleak.plan import target_plan as refleak_plan
 from bpftools.tools import kmemsnoop, netdevwait
 from kerneltier import keep_for_host
 from verifier import MAX_INSNS_PRE_5_2, MAX_PROCESSED_PRE_5_2, measure
@@ -20,16 +21,18 @@ MARGIN = 0.75
 
 def plans():
     """(label, Probe) of every program variant this kernel's plans produce."""
+    node = Running()
     out = [
-        ("iojitter kprobe", sections.plan("kprobe", None, 100000000, 1000000).probe()),
-        ("iojitter tracepoint", sections.plan("tracepoint", None, 100000000, 1000000).probe()),
-        ("slabfail kprobe", slab.plan("kprobe", None).probe()),
-        ("mempoolwait kprobe", mempool.plan("kprobe", None, 1000000).probe()),
-        ("mempoolwait all-dstate", mempool.plan("tracepoint", None, 1000000, all_dstate=True).probe()),
-        ("writeslow kprobe", writeback.plan("kprobe", None, 10000000).probe()),
-        ("kmemsnoop", kmemsnoop.plan(None, "auto").probe),        # 6.12 without cgroup v1: no kernel hook
-        ("netdevwait kprobe", netdevwait.system_plan("kprobe").probe()),
-        ("refleak all strategies", refleak_plan(STRATEGIES, True).probe()),
+        ("iojitter kprobe", sections.plan(node, "kprobe", None, 100000000, 1000000).probe()),
+        ("iojitter tracepoint", sections.plan(node, "tracepoint", None, 100000000, 1000000).probe()),
+        ("slabfail kprobe", slab.plan(node, "kprobe", None).probe()),
+        ("mempoolwait kprobe", mempool.plan(node, "kprobe", None, 1000000).probe()),
+        ("mempoolwait all-dstate", mempool.plan(node, "tracepoint", None, 1000000, all_dstate=True).probe()),
+        ("writeslow kprobe", writeback.plan(node, "kprobe", None, 10000000).probe()),
+        ("kmemsnoop", kmemsnoop.plan(None, "auto", node).probe),        # 6.12 without cgroup v1: no kernel hook
+        ("kmemsnoop kprobe-syscalls css_set", kmemsnoop.plan(None, "kprobe-syscalls", node, memcg_from_css=True).probe),
+        ("netdevwait kprobe", netdevwait.target_plan("kprobe", node).probe()),
+        ("refleak all strategies", refleak_plan(node, STRATEGIES, True).probe()),
     ]
     return out
 
