@@ -47,9 +47,10 @@ def _kmem_evidence(findings: List[Dict[str, Any]]) -> List[str]:
     if slub:
         memcg = [c for c in slub.get("caches", []) if c.get("memcg_id") is not None or c.get("cgroup")]
         caches = ", ".join("%s x%s" % (c["cache"], c.get("count", "?")) for c in slub.get("caches", []))
-        out.append("%d SLUB allocation failure(s) (%s)%s, %s .. %s" % (
-            slub["count"], caches, "; %d per-container cache(s)" % len(memcg) if memcg else "",
-            slub.get("first_seen"), slub.get("last_seen")))
+        seen = [str(slub[k]) for k in ("first_seen", "last_seen") if slub.get(k) is not None]
+        out.append("%d SLUB allocation failure(s)%s%s%s" % (
+            slub["count"], " (%s)" % caches if caches else "",
+            "; %d per-container cache(s)" % len(memcg) if memcg else "", ", " + " .. ".join(seen) if seen else ""))
         for c in memcg:
             out.append("cache %s charged to memcg %s, cgroup %s" % (c["cache"], c.get("memcg_id"), c.get("cgroup")))
     out.extend(_task_lines(_by_kind(findings, "hung_task_mempool")))

@@ -1,25 +1,27 @@
 """The `bpftools` command line: one click group, and ``main()`` mapping every error to an exit code."""
 import codecs
+import errno
 import io
 import json
 import locale
+import os
 import sys
 import traceback
 from typing import Any, List, Optional, Tuple
 
 import click
-from rich.console import Console
 
-from . import __version__, render
+from . import __version__, outfiles, render
 from .capture import try_fentry_attach
 from .doctor import run_doctor
-from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInput, BpftoolsError
+from .errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInput, BpftoolsError
 from .exports import combine, export, now_iso
 from .kernel.capabilities import detect
-from .options import CONTEXT
+from .options import CONTEXT, PATH
 from .planner import command as plan_command
 from .recording import read_recording
 from .registry import TOOLS, build_report, tool_named
+from .render import one_line
 from .repro.cli import repro
 
 
@@ -29,10 +31,6 @@ class Options(object):
     def __init__(self, verbose: int = 0, show_traceback: bool = False) -> None:
         self.verbose = verbose
         self.show_traceback = show_traceback
-
-
-def _console(json_mode: bool = False) -> Any:
-    return Console(file=sys.stdout, highlight=False, soft_wrap=json_mode)
 
 
 @click.group(context_settings=CONTEXT, epilog="""\b
@@ -46,12 +44,16 @@ Examples:
 @click.version_option(__version__, prog_name="bpftools")
 @click.option("-v", "--verbose", count=True, help="More detail (probe load logs, feature detection).")
 @click.option("--traceback", "show_traceback", is_flag=True, help="Show the Python traceback of unexpected errors.")
+@click.option("--force", is_flag=True,
+              help="Write into a directory, or replace a file, owned by another user (neither root nor you). "
+                   "Symbolic links, FIFOs and devices are refused even so.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, show_traceback: bool) -> None:
+def cli(ctx: click.Context, verbose: int, show_traceback: bool, force: bool) -> None:
     """Diagnose kmem-accounting I/O jitter and netdev refcount leaks on Kubernetes nodes."""
     opts = ctx.ensure_object(Options)
     opts.verbose = verbose
     opts.show_traceback = show_traceback
+    outfiles.set_force(force)
 
 
 @cli.command(epilog="""\b
@@ -69,18 +71,20 @@ Examples:
 @click.pass_obj
 def doctor(opts: Options, log_path: Optional[str], release: Optional[str], only_caps: bool, as_json: bool) -> None:
     """Triage this node: a verdict for each incident, with evidence and remediation."""
+    if only_caps and (log_path is not None or release is not None):
+        raise click.UsageError("--capabilities describes this kernel: it takes no --log or --release")
     if only_caps:
         caps = detect(try_fentry=try_fentry_attach)
         if as_json:
             _print_json(caps.to_json())
         else:
-            render.capabilities(caps, _console())
+            render.capabilities(caps, render.terminal())
         return
     triage = run_doctor(log_path=log_path, release=release)
     if as_json:
         _print_json(triage.to_json())
     else:
-        render.triage(triage, _console())
+        render.triage(triage, render.terminal())
 
 
 def _print_json(obj: Any) -> None:
@@ -102,14 +106,18 @@ graph, so they take one recording: use --report DIR for several).
 """, context_settings=CONTEXT)
 @click.argument("recordings", metavar="RECORDING...", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the events as JSON (a list of recordings for several).")
-@click.option("--folded", metavar="FILE", help="Write folded stacks (flamegraph.pl/inferno); '-' for stdout.")
-@click.option("--speedscope", metavar="FILE", help="Write a speedscope JSON profile.")
-@click.option("--svg", metavar="FILE", help="Write an interactive SVG flame graph.")
-@click.option("--html", metavar="FILE", help="Write the self-contained HTML incident report.")
-@click.option("--report", "out_dir", metavar="DIR", help="Write all of the above into DIR.")
+@click.option("--folded", type=PATH, metavar="FILE",
+              help="Write folded stacks (flamegraph.pl/inferno); '-' for stdout.")
+@click.option("--speedscope", type=PATH, metavar="FILE", help="Write a speedscope JSON profile.")
+@click.option("--svg", type=PATH, metavar="FILE", help="Write an interactive SVG flame graph.")
+@click.option("--html", type=PATH, metavar="FILE", help="Write the self-contained HTML incident report.")
+@click.option("--report", "out_dir", type=PATH, metavar="DIR", help="Write all of the above into DIR.")
 def report(recordings: Tuple[str, ...], as_json: bool, folded: Optional[str], speedscope: Optional[str],
            svg: Optional[str], html: Optional[str], out_dir: Optional[str]) -> None:
     """Re-render recordings made with --record, or export them (several: one report)."""
+    if as_json and any((folded, speedscope, svg, html, out_dir)):
+        raise click.UsageError("--json prints the recordings: it cannot be combined with --folded, --speedscope, "
+                               "--svg, --html or --report")
     recs = [(path, read_recording(path)) for path in recordings]
     if as_json:
         docs = [{"header": rec.header, "events": rec.events, "trailer": rec.trailer,
@@ -125,7 +133,7 @@ def report(recordings: Tuple[str, ...], as_json: bool, folded: Optional[str], sp
         for path in _typed(", ".join(recordings), export, combine(parts), folded, speedscope, svg, html, out_dir):
             click.echo("wrote %s" % path, err=True)
         return
-    console = _console()
+    console = render.terminal()
     for i, (path, rec) in enumerate(recs):
         if i:
             console.print()
@@ -149,11 +157,6 @@ for _tool in TOOLS.values():
     cli.add_command(_tool.command)
 
 
-def one_line(message: object) -> str:
-    """MESSAGE with control characters (a newline in a file name...) escaped: an error stays one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
-
-
 def utf8_in_ascii_locale() -> bool:
     """In an ASCII locale (LC_ALL=C: containers, kubectl debug pods, cron), do what Python 3.7+ does on
     its own (PEP 538/540) and Python 3.6, CentOS 7's, does not: stdout and stderr speak UTF-8
@@ -173,13 +176,64 @@ def utf8_in_ascii_locale() -> bool:
     return True
 
 
+# click >= 8.2: ``bpftools`` alone prints the help on stderr (exit 2), as click always did.
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+_REPLACED = []  # type: List[Any]      # stdout streams replaced by guard_stdout (their finaliser would close fd 1)
+
+
+class StdoutError(OSError):
+    """A write to stdout failed: the reader of the pipe went away, or the disk is full."""
+
+
+class _StdoutFd(io.RawIOBase):
+    """The file descriptor of stdout as a raw stream whose write errors are StdoutError."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def write(self, data: Any) -> int:
+        try:
+            return os.write(self.fd, data)
+        except OSError as err:
+            raise StdoutError(err.errno, err.strerror, "<stdout>")
+
+
+def guard_stdout() -> None:
+    """Make sys.stdout raise StdoutError when it cannot be written (same encoding and buffering), so
+    main() tells that failure from all others. A stream that is not a file (a test's capture) stays."""
+    stream = sys.stdout
+    binary = getattr(stream, "buffer", None)
+    if not isinstance(getattr(binary, "raw", binary), io.FileIO):
+        return
+    stream.flush()
+    _REPLACED.append(stream)
+    raw = _StdoutFd(stream.fileno())
+    sys.stdout = io.TextIOWrapper(raw if isinstance(binary, io.FileIO) else io.BufferedWriter(raw),   # -u or not
+                                  encoding=stream.encoding, errors=stream.errors, line_buffering=stream.line_buffering,
+                                  write_through=getattr(stream, "write_through", False))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point: run the CLI, map errors to exit codes with a one-line message."""
     utf8_in_ascii_locale()
+    guard_stdout()
     args = list(sys.argv[1:] if argv is None else argv)
     opts = Options(show_traceback="--traceback" in args)
     try:
-        cli.main(args=args, prog_name="bpftools", standalone_mode=False, obj=opts)
+        # not cli.main(): it turns a closed stdout (EPIPE) into exit 1, as the run's own error
+        with cli.make_context("bpftools", args, obj=opts) as ctx:
+            cli.invoke(ctx)
+        sys.stdout.flush()
         return EXIT_OK
     except click.exceptions.Abort:
         click.echo("bpftools: interrupted", err=True)
@@ -189,23 +243,48 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_INTERRUPTED
     except click.exceptions.Exit as err:
         return err.exit_code
-    except click.ClickException as err:
+    except NO_ARGS_IS_HELP as err:
         err.show()
         return EXIT_USAGE
+    except click.ClickException as err:
+        ctx = getattr(err, "ctx", None)
+        click.echo("bpftools: error: %s%s" % (one_line(err.format_message()).rstrip("."),
+                                             "; try '%s --help'" % ctx.command_path if ctx else ""), err=True)
+        return EXIT_USAGE
+    except StdoutError as err:
+        return _stdout_failed(err)
     except BpftoolsError as err:
+        if isinstance(err.__context__, StdoutError):      # a layer that wrapped stdout's failure
+            return _stdout_failed(err.__context__)
         click.echo("bpftools: error: %s" % one_line(err), err=True)
         if opts.verbose and err.detail():
             click.echo(err.detail(), err=True)
         if opts.show_traceback:
             traceback.print_exc()
         return err.exit_code
-    except BrokenPipeError:
-        return EXIT_OK
     except Exception as err:  # a bug: one line unless --traceback
-        click.echo("bpftools: internal error: %s: %s (rerun with --traceback)" % (type(err).__name__, one_line(err)), err=True)
-        if opts.show_traceback:
-            traceback.print_exc()
-        return EXIT_FAILURE
+        return _internal_error(err, opts)
+
+
+def _stdout_failed(err: StdoutError) -> int:
+    """A closed pipe (``| head``) ends the run quietly, exit 0, as Unix tools do; any other failure is one
+    line, exit 3. Then stdout points at /dev/null, so that the flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    if err.errno == errno.EPIPE:
+        return EXIT_OK
+    click.echo("bpftools: error: cannot write to stdout: %s" % one_line(err.strerror), err=True)
+    return EXIT_BAD_INPUT
+
+
+def _internal_error(err: Exception, opts: Options) -> int:
+    """A bug: one line on stderr (the traceback with --traceback), exit 1."""
+    click.echo("bpftools: internal error: %s: %s (rerun with --traceback)" % (type(err).__name__, one_line(err)),
+               err=True)
+    if opts.show_traceback:
+        traceback.print_exc()
+    return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -3,29 +3,21 @@
 One report (HTML + per flame graph .folded, .speedscope.json, .svg), or several combined into one
 (:func:`combine`). :func:`export` serves the CLI's options: ``--folded`` -> :func:`write_folded`,
 ``--speedscope FILE`` -> :func:`write_speedscope`, ``--svg FILE`` -> :func:`write_svg`, ``--html FILE``
--> :func:`write_html`, ``--report DIR`` -> :func:`write_exports`. Text is written as UTF-8; anything
-that still cannot be encoded is written backslash-escaped rather than failing the export.
+-> :func:`write_html`, ``--report DIR`` -> :func:`write_exports`. Every file is written through
+:mod:`bpftools.outfiles` (no link followed, 0600 files, 0700 directories, an atomic rename).
 """
 import datetime
 import json
-import os
 import sys
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .analyses.folded import folded_lines, to_speedscope
-from .errors import BadInput
 from .flamegraph import render_svg
 from .html_report import FlameGraph, IncidentReport, Table, render_html, slug
+from .outfiles import Directory, write_text
 
 REPORT_FILE = "report.html"
-
-
-def write_text(path: str, content: str) -> str:
-    """Write ``content`` to ``path`` as UTF-8; returns the path."""
-    with open(path, "w", encoding="utf-8", errors="backslashreplace", newline="\n") as f:
-        f.write(content)
-    return path
 
 
 def folded_text(folded: Dict[str, int]) -> str:
@@ -39,10 +31,14 @@ def write_folded(path: str, folded: Dict[str, int]) -> str:
     return write_text(path, folded_text(folded))
 
 
+def speedscope_text(folded: Dict[str, int], name: str, unit: str) -> str:
+    """A speedscope.app file's text (open it at speedscope.app or with the speedscope CLI)."""
+    return json.dumps(to_speedscope(folded, name, unit), ensure_ascii=True, separators=(",", ":")) + "\n"
+
+
 def write_speedscope(path: str, folded: Dict[str, int], name: str, unit: str) -> str:
-    """A speedscope.app file (open it at speedscope.app or with the speedscope CLI)."""
-    return write_text(path, json.dumps(to_speedscope(folded, name, unit), ensure_ascii=True, separators=(",", ":"))
-                      + "\n")
+    """A speedscope.app file."""
+    return write_text(path, speedscope_text(folded, name, unit))
 
 
 def write_svg(path: str, folded: Dict[str, int], title: str, unit: str = "samples",
@@ -69,17 +65,20 @@ def export_names(report: IncidentReport) -> List[str]:
     return names
 
 
-def write_exports(out_dir: str, report: IncidentReport) -> List[str]:
-    """Write report.html and, per flame graph, NAME.folded, NAME.speedscope.json and NAME.svg into
-    ``out_dir`` (created if missing); returns the paths written, in that order."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = [write_html(os.path.join(out_dir, REPORT_FILE), report)]
+def export_files(report: IncidentReport) -> Iterator[Tuple[str, str]]:
+    """``(file name, text)`` of report.html and, per flame graph, NAME.folded, NAME.speedscope.json and
+    NAME.svg; each text is made when it is asked for."""
+    yield REPORT_FILE, render_html(report)
     for name, graph in zip(export_names(report), report.flame_graphs):
-        base = os.path.join(out_dir, name)
-        paths.append(write_folded(base + ".folded", graph.folded))
-        paths.append(write_speedscope(base + ".speedscope.json", graph.folded, graph.title, graph.unit))
-        paths.append(write_svg(base + ".svg", graph.folded, graph.title, graph.unit, graph.count_name))
-    return paths
+        yield name + ".folded", folded_text(graph.folded)
+        yield name + ".speedscope.json", speedscope_text(graph.folded, graph.title, graph.unit)
+        yield name + ".svg", render_svg(graph.folded, graph.title, unit=graph.unit, count_name=graph.count_name)
+
+
+def write_exports(out_dir: str, report: IncidentReport) -> List[str]:
+    """Write the :func:`export_files` into ``out_dir`` (created 0700 if missing); returns their paths, in order."""
+    with Directory(out_dir, create=True) as out:
+        return [out.write_text(name, text) for name, text in export_files(report)]
 
 
 def now_iso() -> str:
@@ -125,21 +124,17 @@ def export(report: Any, folded: Optional[str] = None, speedscope: Optional[str] 
     """Write the requested files ('-' for --folded means stdout); returns what was written."""
     written = []
     graph = report.flame_graphs[0] if report.flame_graphs else None
-    try:
-        if folded and graph is not None:
-            if folded == "-":
-                sys.stdout.write(folded_text(graph.folded))
-            else:
-                written.append(write_folded(folded, graph.folded))
-        if speedscope and graph is not None:
-            written.append(write_speedscope(speedscope, graph.folded, graph.title, graph.unit))
-        if svg and graph is not None:
-            written.append(write_svg(svg, graph.folded, graph.title, graph.unit, graph.count_name))
-        if html:
-            written.append(write_html(html, report))
-        if out_dir:
-            os.makedirs(out_dir, exist_ok=True)
-            written.extend(write_exports(out_dir, report))
-    except OSError as err:
-        raise BadInput("cannot write %s: %s" % (err.filename or "export", err.strerror))
+    if folded and graph is not None:
+        if folded == "-":
+            sys.stdout.write(folded_text(graph.folded))
+        else:
+            written.append(write_folded(folded, graph.folded))
+    if speedscope and graph is not None:
+        written.append(write_speedscope(speedscope, graph.folded, graph.title, graph.unit))
+    if svg and graph is not None:
+        written.append(write_svg(svg, graph.folded, graph.title, graph.unit, graph.count_name))
+    if html:
+        written.append(write_html(html, report))
+    if out_dir:
+        written.extend(write_exports(out_dir, report))
     return written

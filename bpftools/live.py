@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .exports import export, now_iso
 from .kernel.capabilities import detect
+from .outfiles import write_text
 from .recording import Recorder, make_header
 
 MAX_REPORT_EVENTS = 1000000
@@ -55,8 +56,7 @@ class LiveRun(object):
             return None
 
         def _ready() -> None:
-            with open(path, "w") as f:
-                f.write("ready\n")
+            write_text(path, "ready\n")
         return _ready
 
     def __enter__(self) -> "LiveRun":

@@ -1,7 +1,6 @@
 """``bpftools plan``: what each tool would attach on a kernel, which fallbacks it takes and why, without
 loading anything; for this node, or for another kernel described by files (a CentOS 7 node's kallsyms
 read from a laptop). The plans come from the tools' own planners through bpftools.kernel.target."""
-import errno
 import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -10,8 +9,9 @@ import click
 
 from .errors import BadInput, MissingKernelFeature
 from .kernel.kconfig import parse_config
-from .kernel.target import CONFIG, FACTS, KALLSYMS, Described, Running, Target, describe
+from .kernel.target import CONFIG, FACTS, KALLSYMS, Described, Running, Target, describe, read_text
 from .options import CONTEXT
+from .outfiles import Directory
 from .registry import TOOLS
 
 
@@ -38,7 +38,8 @@ def load_target(kernel_dir: Optional[str], kallsyms: Optional[str], release: Opt
     if kallsyms or release or config:
         if not (kallsyms and release):
             raise BadInput("a kernel described by files needs both --kallsyms FILE and --release RELEASE")
-        return Described.from_files(release, _lines(kallsyms), parse_config(_text(config)) if config else None)
+        config_values = parse_config(read_text(config)) if config else None
+        return Described.from_files(release, read_text(kallsyms).splitlines(), config_values)
     return Running()
 
 
@@ -47,43 +48,12 @@ def save_kernel(path: str) -> List[str]:
     target = Running()
     plan_all(target, list(TOOLS))
     lines, facts = describe(target)
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise BadInput("--save-kernel %s: exists and is not a directory" % path)
-    os.makedirs(path, exist_ok=True)
-    written = []
-    for name, text in ((KALLSYMS, "\n".join(lines) + "\n"), (FACTS, json.dumps(facts, indent=1, sort_keys=True) + "\n")):
-        written.append(_write_new(os.path.join(path, name), text))
+    files = [(KALLSYMS, "\n".join(lines) + "\n"), (FACTS, json.dumps(facts, indent=1, sort_keys=True) + "\n")]
     config = "/boot/config-%s" % target.release
     if os.path.exists(config):
-        written.append(_write_new(os.path.join(path, CONFIG), _text(config)))
-    return written
-
-
-def _write_new(path: str, text: str) -> str:
-    """Write TEXT to PATH, replacing a regular file but never following a planted link."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise BadInput("%s is a symbolic link: not writing through it" % path)
-        raise BadInput("cannot write %s: %s" % (path, err.strerror))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    return path
-
-
-def _text(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError as err:
-        raise BadInput("cannot read %s: %s" % (path, err.strerror))
-    except UnicodeDecodeError:
-        raise BadInput("%s is not text" % path)
-
-
-def _lines(path: str) -> List[str]:
-    return _text(path).splitlines()
+        files.append((CONFIG, read_text(config)))
+    with Directory(path, create=True) as out:
+        return [out.write_text(name, text) for name, text in files]
 
 
 def render(target: Target, plans: List[Dict[str, Any]]) -> str:

@@ -1,4 +1,10 @@
-"""Terminal rendering with rich: results in, text out. Tests pass Console(file=StringIO())."""
+"""Terminal rendering with rich: results in, text out. Tests pass Console(file=StringIO()).
+
+Names, comms, stack frames and argv come from kernel logs and recordings that anyone may have written:
+:func:`visible` escapes their control characters before they reach a terminal. The console of
+:func:`terminal` applies it to everything printed through it; plain lines (``click.echo``) call it.
+"""
+import re
 from typing import Any, Callable, List, Optional
 
 from rich.console import Console
@@ -6,6 +12,44 @@ from rich.markup import escape
 from rich.table import Table
 
 STATUS_STYLE = {"detected": "bold red", "at-risk": "yellow", "clear": "green", "unknown": "dim"}
+# What a terminal acts on or what reorders text: C0 (tab included) but newline, DEL, C1 (0x9b is CSI),
+# the Unicode line and paragraph separators, the bidirectional marks, embeddings, overrides and isolates.
+CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+CONTROL_OR_NEWLINE = re.compile("\n|" + CONTROL.pattern)
+
+
+def _escaped(match: Any) -> str:
+    code = ord(match.group())
+    return "\\x%02x" % code if code < 0x100 else "\\u%04x" % code
+
+
+def visible(text: object) -> str:
+    r"""TEXT with its control characters escaped visibly, newlines kept: ESC shows as ``\x1b``,
+    U+202E as ``\u202e`` (a backslash in TEXT is left as it is)."""
+    return CONTROL.sub(_escaped, str(text))
+
+
+def one_line(text: object) -> str:
+    """TEXT as :func:`visible` shows it, newlines escaped too: an error message stays one line."""
+    return CONTROL_OR_NEWLINE.sub(_escaped, str(text))
+
+
+class Terminal(Console):
+    """A rich console that shows control characters escaped: :func:`visible` on every string it renders
+    (markup, table cells, titles)."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Any:
+        return super().render_str(visible(text), **kwargs)
+
+
+def terminal() -> Console:
+    """The console every command prints its verdicts and tables with (stdout, no highlighting)."""
+    return Terminal(highlight=False)
+
+
+def command_line(argv: Any) -> str:
+    """A recording's argv as one command line (a list of words; a string as it is)."""
+    return " ".join(str(a) for a in argv) if isinstance(argv, list) else str(argv or "")
 
 
 def capabilities(caps: Any, console: Console) -> None:
@@ -42,7 +86,7 @@ def recording(rec: Any, console: Console, renderer: Optional[Callable[[Any, Cons
     console.print("[bold]%s[/bold] recording: bpftools %s on %s, %d events%s" % (
         escape(rec.tool), escape(str(header.get("version"))), escape(str(header.get("kernel_release"))),
         len(rec.events), ", %d damaged line(s) skipped" % rec.damaged_lines if rec.damaged_lines else ""))
-    console.print("command: %s" % escape(" ".join(str(a) for a in header.get("argv", []))))
+    console.print("command: %s" % escape(command_line(header.get("argv"))))
     if renderer is not None:
         renderer(rec, console)
     else:
@@ -93,8 +137,13 @@ def _findings_table(findings: List[Any], console: Console) -> None:
         what = ", ".join(c["cache"] for c in data.get("caches", [])) or \
             ", ".join("%s (max count %s)" % (d["name"], d.get("max_usage_count")) for d in data.get("devices", [])) or \
             ", ".join("%s/%s" % (t.get("task"), t.get("pid")) for t in data.get("tasks", []))
-        table.add_row(f.kind, str(f.count), escape(str(f.first_seen)), escape(str(f.last_seen)), escape(what))
+        table.add_row(f.kind, str(f.count), escape(_seen(f.first_seen)), escape(_seen(f.last_seen)), escape(what))
     console.print(table)
+
+
+def _seen(stamp: Optional[object]) -> str:
+    """A log line's time stamp, or ``-`` for a line without one."""
+    return "-" if stamp is None else str(stamp)
 
 
 def _audit(audit: Any, console: Console) -> None:

@@ -3,6 +3,7 @@
 
     python3 lab/build.py bookworm            # prints the image directory
     python3 lab/build.py trixie --force      # rebuild even when cached
+    python3 lab/build.py bullseye --bcc v0.10.0   # bcc built from that tag instead of python3-bpfcc
 
 An image is ``/var/cache/bpftools-lab/<suite>-<key>/`` (``BPFTOOLS_LAB_CACHE`` moves the root) with
 ``vmlinuz``, ``base.cpio`` (an uncompressed initramfs: debootstrap minbase + bcc + pytest + the
@@ -11,9 +12,17 @@ the inputs: the suite, the package versions the archive serves today (kernel, he
 pytest, ...) and this file's own text, so a kernel security update or an edit here rebuilds, and
 anything else is a cache hit (about 2 s: one ``apt-get update`` against private lists).
 
-Only Debian's archive is contacted: apt runs with its own sources list and state directories under
-the cache root (never the host's), and the root filesystem gets its packages from the suite, its
--updates and its -security (where the newest kernel and its headers live). Needs root and the host
+With ``--bcc TAG`` (bullseye only: its LLVM 9 is the one old bcc tags build with) the image is
+``<suite>-bcc-<tag>-<key>/``: bcc's source at TAG (and its libbpf submodule) comes from git
+clones under ``<cache>/src/`` (``BPFTOOLS_LAB_BCC_GIT`` / ``BPFTOOLS_LAB_LIBBPF_GIT`` name other
+ones), is built in the chroot against the suite's llvm-9/libclang-9 within BCC_BUILD_TIMEOUT_S,
+installed, and the compilers and LLVM are purged again; the key adds the tag's and libbpf's
+commits and the LLVM version.
+
+Only Debian's archive is contacted (and, for ``--bcc``, GitHub when the clones are missing): apt
+runs with its own sources list and state directories under the cache root (never the host's), and
+the root filesystem gets its packages from the suite, its -updates and its -security (where the
+newest kernel and its headers live). Needs root and the host
 packages listed in lab/README.md. Works with the Python 3.6+ standard library only.
 """
 import argparse
@@ -60,8 +69,26 @@ TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", 
 REQUIRED_TOOLS = {"debootstrap": "debootstrap", "cpio": "cpio", "apt-get": "apt",
                   "chroot": "coreutils"}
 
-Resolved = namedtuple("Resolved", "kernel_release kernel_version versions")
+Resolved = namedtuple("Resolved", "kernel_release kernel_version versions bcc")
+Resolved.__new__.__defaults__ = (None,)  # bcc: None, or a BccSource for a --bcc image
 Image = namedtuple("Image", "suite path vmlinuz base_cpio kernel_release manifest")
+
+
+# --bcc TAG: bcc built from its git tag in the chroot, replacing python3-bpfcc. Only bullseye: its
+# llvm-9 is older than the LLVM 10 API changes that bcc before 0.13 does not know (iovisor/bcc #2782).
+BCC_SUITES = {"bullseye": "9"}  # suite -> LLVM major version to build with
+BCC_GIT_URL = "https://github.com/iovisor/bcc.git"
+LIBBPF_GIT_URL = "https://github.com/libbpf/libbpf.git"
+# g++ and libfl-dev (FlexLexer.h) are not pulled in by the others without recommends.
+BCC_BUILD_PACKAGES = ("g++", "cmake", "bison", "flex", "libfl-dev", "libedit-dev", "libelf-dev",
+                      "zlib1g-dev", "python3-distutils", "llvm-{llvm}-dev", "libclang-{llvm}-dev",
+                      "clang-{llvm}")
+# Runtime libraries of libbcc.so (LLVM and clang are linked in statically): kept when the build
+# packages are purged.
+BCC_RUNTIME_PACKAGES = ("libelf1", "zlib1g", "libtinfo6", "libz3-4")
+# configure + make + install of bcc in the chroot: measured 2-3 minutes on 2 cores (lab/README.md).
+BCC_BUILD_TIMEOUT_S = 1800
+BccSource = namedtuple("BccSource", "tag commit libbpf_commit llvm")
 
 
 class BuildError(Exception):
@@ -167,11 +194,21 @@ class HostApt(object):
         raise BuildError("%s %s has no Depends" % (package, version))
 
 
-def resolve(suite: str, root: str) -> Resolved:
-    """Ask the archive which kernel (and which keyed packages) an image built today gets."""
+def keyed_packages(suite: str, bcc_tag: Optional[str]) -> List[str]:
+    """Packages whose versions go into the key: for a --bcc image LLVM and clang replace python3-bpfcc."""
+    if bcc_tag is None:
+        return list(KEYED_PACKAGES)
+    llvm = BCC_SUITES[suite]
+    return [p for p in KEYED_PACKAGES if p != "python3-bpfcc"] + [
+        "llvm-%s-dev" % llvm, "libclang-%s-dev" % llvm, "clang-%s" % llvm]
+
+
+def resolve(suite: str, root: str, bcc_tag: Optional[str] = None) -> Resolved:
+    """Ask the archive which kernel (and which keyed packages) an image built today gets; with
+    BCC_TAG, also which commits of bcc and libbpf that tag means."""
     apt = HostApt(suite, root)
     apt.update()
-    wanted = ["linux-image-amd64", "linux-headers-amd64"] + list(KEYED_PACKAGES)
+    wanted = ["linux-image-amd64", "linux-headers-amd64"] + keyed_packages(suite, bcc_tag)
     versions = apt.candidates(wanted)
     meta_version = versions["linux-image-amd64"]
     m = re.search(r"\blinux-image-(\S+)-amd64 \(= ([^)]+)\)", apt.depends("linux-image-amd64", meta_version))
@@ -181,15 +218,88 @@ def resolve(suite: str, root: str) -> Resolved:
     headers_dep = apt.depends("linux-headers-amd64", versions["linux-headers-amd64"])
     if "linux-headers-%s " % release not in headers_dep + " ":
         raise BuildError("linux-headers-amd64 does not match kernel %s: %s" % (release, headers_dep))
-    keyed = dict((p, versions[p]) for p in KEYED_PACKAGES)
-    return Resolved(kernel_release=release, kernel_version=m.group(2), versions=keyed)
+    keyed = dict((p, versions[p]) for p in keyed_packages(suite, bcc_tag))
+    bcc = resolve_bcc(suite, bcc_tag, root) if bcc_tag is not None else None
+    return Resolved(kernel_release=release, kernel_version=m.group(2), versions=keyed, bcc=bcc)
+
+
+def git(repo: str, *args: str) -> str:
+    return run(["git", "-c", "safe.directory=*", "-C", repo] + list(args)).strip()
+
+
+def git_repo(env: str, name: str, url: str, root: str) -> str:
+    """The git repository named by $ENV, else <cache>/src/NAME (cloned bare from URL when missing)."""
+    given = os.environ.get(env)
+    if given:
+        if not os.path.isdir(given):
+            raise BuildError("%s=%s is not a directory" % (env, given))
+        return given
+    path = os.path.join(root, "src", name)
+    if not os.path.isdir(path):
+        if shutil.which("git") is None:
+            raise BuildError("--bcc needs git on the host (apt-get install git)")
+        log("cloning %s into %s" % (url, path))
+        remove_tree(path + ".tmp")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        run(["git", "clone", "--bare", "--quiet", url, path + ".tmp"])
+        os.rename(path + ".tmp", path)
+    return path
+
+
+def git_commit(repo: str, rev: str, fetch_from_origin: bool) -> str:
+    """The commit REV names in REPO; fetches tags (or everything) from origin once when it is missing
+    and REPO is one of ours."""
+    for attempt in (0, 1):
+        try:
+            return git(repo, "rev-parse", "--verify", "--quiet", rev + "^{commit}")
+        except BuildError:
+            if attempt or not fetch_from_origin:
+                raise BuildError("%s has no commit %s" % (repo, rev))
+            run(["git", "-c", "safe.directory=*", "-C", repo, "fetch", "--quiet", "origin",
+                 "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
+    raise AssertionError("unreachable")
+
+
+def resolve_bcc(suite: str, tag: str, root: str) -> BccSource:
+    """bcc's commit at TAG and the libbpf commit its src/cc/libbpf submodule pins (None if it has none)."""
+    if suite not in BCC_SUITES:
+        raise BuildError("--bcc is supported on %s only (LLVM %s)" % (
+            ", ".join(sorted(BCC_SUITES)), ", ".join(sorted(set(BCC_SUITES.values())))))
+    if not re.match(r"^v\d+\.\d+\.\d+$", tag):
+        raise BuildError("--bcc takes a release tag such as v0.10.0, not %r" % tag)
+    ours = not os.environ.get("BPFTOOLS_LAB_BCC_GIT")
+    bcc_repo = git_repo("BPFTOOLS_LAB_BCC_GIT", "bcc.git", BCC_GIT_URL, root)
+    commit = git_commit(bcc_repo, "refs/tags/" + tag, ours)
+    entry = git(bcc_repo, "ls-tree", commit, "src/cc/libbpf")  # "160000 commit SHA\tsrc/cc/libbpf"
+    libbpf = None
+    if entry:
+        libbpf = entry.split()[2]
+        ours = not os.environ.get("BPFTOOLS_LAB_LIBBPF_GIT")
+        libbpf_repo = git_repo("BPFTOOLS_LAB_LIBBPF_GIT", "libbpf.git", LIBBPF_GIT_URL, root)
+        git_commit(libbpf_repo, libbpf, ours)
+    return BccSource(tag=tag, commit=commit, libbpf_commit=libbpf, llvm=BCC_SUITES[suite])
 
 
 def cache_key(suite: str, resolved: Resolved) -> str:
     """Short hash of everything that decides the image's content."""
     doc = {"suite": suite, "kernel": [resolved.kernel_release, resolved.kernel_version],
            "versions": resolved.versions, "script": script_digest()}
+    if resolved.bcc is not None:
+        doc["bcc"] = list(resolved.bcc)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def image_name(suite: str, bcc_tag: Optional[str] = None) -> str:
+    """The name an image's directory, lock and logs go by: the suite, or e.g. bullseye-bcc-v0.10.0."""
+    return suite if bcc_tag is None else "%s-bcc-%s" % (suite, bcc_tag)
+
+
+def image_dirs(name: str, root: str) -> List[str]:
+    """The directories of the images named NAME (NAME-KEY and leftover NAME-KEY.tmp), not those of
+    another name that starts alike (bullseye-KEY vs bullseye-bcc-v0.10.0-KEY)."""
+    pattern = re.compile(r"^%s-[0-9a-f]{16}(\.tmp)?$" % re.escape(name))
+    return sorted(os.path.join(root, n) for n in os.listdir(root) if pattern.match(n)) \
+        if os.path.isdir(root) else []
 
 
 def load_image(suite: str, path: str) -> Optional[Image]:
@@ -208,7 +318,7 @@ def load_image(suite: str, path: str) -> Optional[Image]:
 def newest_cached(suite: str, root: str) -> Optional[Image]:
     """The newest finished image of SUITE built by this very script (for offline use)."""
     digest = script_digest()
-    images = [load_image(suite, p) for p in glob.glob(os.path.join(root, suite + "-*"))]
+    images = [load_image(suite, p) for p in image_dirs(suite, root)]
     images = [i for i in images if i is not None and i.manifest.get("script_sha256") == digest]
     images.sort(key=lambda i: i.manifest.get("built_at", 0))
     return images[-1] if images else None
@@ -307,8 +417,10 @@ def module_closure(modules_dep: str, wanted: List[str], builtin: List[str]) -> L
     return sorted(out)
 
 
-def _build_rootfs(suite: str, resolved: Resolved, work: str, rootfs: str, logf, step) -> Dict[str, str]:
-    """debootstrap, packages, kernel files and base.cpio in WORK; returns the installed versions."""
+def _build_rootfs(suite: str, resolved: Resolved, work: str, rootfs: str, logf, step,
+                  build_only: Dict[str, str]) -> Dict[str, str]:
+    """debootstrap, packages, kernel files and base.cpio in WORK; returns the installed versions (and
+    puts those of packages that were installed only to build bcc, and purged again, in BUILD_ONLY)."""
     release = resolved.kernel_release
     step("debootstrap --variant=minbase %s (log: %s)" % (suite, logf.name))
     run(["debootstrap", "--variant=minbase", "--keyring=%s" % HOST_KEYRING, suite, rootfs, MIRROR],
@@ -321,14 +433,26 @@ def _build_rootfs(suite: str, resolved: Resolved, work: str, rootfs: str, logf, 
         f.write("#!/bin/sh\nexit 101\n")
     os.chmod(os.path.join(rootfs, "usr/sbin/policy-rc.d"), 0o755)
     shutil.copy("/etc/resolv.conf", os.path.join(rootfs, "etc/resolv.conf"))
+    bcc = resolved.bcc
+    packages = list(ROOTFS_PACKAGES)
+    if bcc is not None:
+        packages = [p for p in packages if p != "python3-bpfcc"] + list(BCC_RUNTIME_PACKAGES)
+        packages += [p.format(llvm=bcc.llvm) for p in BCC_BUILD_PACKAGES]
     with Chroot(rootfs, logf) as ch:
-        step("apt-get install in the chroot: kernel %s headers, bcc, pytest, ..." % release)
+        step("apt-get install in the chroot: kernel %s headers, %s, pytest, ..."
+             % (release, "bcc's build dependencies" if bcc else "bcc"))
         ch.run("apt-get", "-q", "update")
         ch.run("apt-get", "-q", "-y", "dist-upgrade")
         ch.run("apt-get", "-q", "-y", "install", "linux-headers-%s=%s" % (release, resolved.kernel_version),
-               *ROOTFS_PACKAGES)
+               *packages)
         installed = dict(line.split("\t", 1) for line in ch.output(
             "dpkg-query", "-W", "-f", "${Package}\t${Version}\n").splitlines())
+        if bcc is not None:
+            build_bcc(ch, rootfs, bcc, step)
+            before = installed
+            installed = dict(line.split("\t", 1) for line in ch.output(
+                "dpkg-query", "-W", "-f", "${Package}\t${Version}\n").splitlines())
+            build_only.update((p, v) for p, v in before.items() if p not in installed)
         step("apt-get download linux-image-%s" % release)
         ch.run("sh", "-c", "cd /var/tmp && apt-get -q download linux-image-%s=%s"
                % (release, resolved.kernel_version))
@@ -360,6 +484,58 @@ def _build_rootfs(suite: str, resolved: Resolved, work: str, rootfs: str, logf, 
     return installed
 
 
+def bcc_source_into(rootfs: str, bcc: BccSource, root: str) -> str:
+    """git archive of bcc at its commit (and libbpf at the submodule's) into ROOTFS/opt/src/bcc."""
+    src = os.path.join(rootfs, "opt/src/bcc")
+    os.makedirs(src)
+    trees = [(git_repo("BPFTOOLS_LAB_BCC_GIT", "bcc.git", BCC_GIT_URL, root), bcc.commit, src)]
+    if bcc.libbpf_commit:
+        trees.append((git_repo("BPFTOOLS_LAB_LIBBPF_GIT", "libbpf.git", LIBBPF_GIT_URL, root),
+                      bcc.libbpf_commit, os.path.join(src, "src/cc/libbpf")))
+    for repo, commit, dest in trees:
+        os.makedirs(dest, exist_ok=True)
+        archive = subprocess.Popen(["git", "-c", "safe.directory=*", "-C", repo, "archive", commit],
+                                   stdout=subprocess.PIPE)
+        tar = subprocess.call(["tar", "-x", "-C", dest], stdin=archive.stdout)
+        archive.stdout.close()
+        if archive.wait() != 0 or tar != 0:
+            raise BuildError("cannot unpack %s of %s into %s" % (commit, repo, dest))
+    return "/opt/src/bcc"
+
+
+def build_bcc(ch: "Chroot", rootfs: str, bcc: BccSource, step) -> None:
+    """Configure, build and install bcc (libbcc.so, libbcc_bpf.so, the python3 module) in the chroot
+    within BCC_BUILD_TIMEOUT_S, then purge the build packages and the source."""
+    src = bcc_source_into(rootfs, bcc, cache_root())
+    step("building bcc %s (%s, libbpf %s) with LLVM %s, at most %d s"
+         % (bcc.tag, bcc.commit[:12], (bcc.libbpf_commit or "-")[:12], bcc.llvm, BCC_BUILD_TIMEOUT_S))
+    # Only what the python3 module loads (libbcc.so.0) and libbcc_bpf.so: `make` of everything also
+    # links the static libraries, the C++ tests and the examples against all of clang.
+    script = " && ".join([
+        "set -e", "mkdir -p %s/build" % src, "cd %s/build" % src,
+        "cmake .. -DCMAKE_INSTALL_PREFIX=/usr -DCMAKE_BUILD_TYPE=Release -DREVISION=%s -DPYTHON_CMD=python3"
+        " -DLLVM_DIR=/usr/lib/llvm-%s/lib/cmake/llvm" % (bcc.tag.lstrip("v"), bcc.llvm),
+        "make -j$(nproc) bcc-shared bpf-shared bcc_py_python3",
+        "cmake -DCOMPONENT=python -P src/python/cmake_install.cmake",
+        "cp -a src/cc/libbcc.so* src/cc/libbcc_bpf.so* /usr/lib/x86_64-linux-gnu/",
+        "ldconfig",
+        "python3 -c 'import bcc, bcc.version; print(\"bcc\", bcc.version.__version__, bcc.__file__)'",
+    ])
+    try:
+        ch.run("timeout", "-k", "30", str(BCC_BUILD_TIMEOUT_S), "nice", "-n", "19", "sh", "-c", script)
+    except BuildError as e:
+        if " exited 124" in str(e) or " exited 137" in str(e):
+            raise BuildError("bcc %s: build timed out after %d s" % (bcc.tag, BCC_BUILD_TIMEOUT_S))
+        raise BuildError("bcc %s: build failed: %s" % (bcc.tag, e))
+    # What the in-VM check (lab/bcc_version_check.py) compares the importable bcc with.
+    with open(os.path.join(rootfs, "etc/bpftools-lab-bcc.json"), "w") as f:
+        json.dump(bcc._asdict(), f, sort_keys=True)
+    step("purging bcc's build packages and source")
+    build_only = [p.format(llvm=bcc.llvm) for p in BCC_BUILD_PACKAGES]
+    ch.run("apt-get", "-q", "-y", "purge", "--auto-remove", *build_only)
+    remove_tree(os.path.join(rootfs, "opt/src"))
+
+
 def build_image(suite: str, resolved: Resolved, final: str) -> Image:
     """Build the image of SUITE into FINAL (via FINAL.tmp, renamed at the end)."""
     started = time.time()
@@ -376,13 +552,15 @@ def build_image(suite: str, resolved: Resolved, final: str) -> Image:
             logf.write("### %s\n" % line)
             logf.flush()
 
+        build_only = {}  # type: Dict[str, str]
         try:
-            installed = _build_rootfs(suite, resolved, work, rootfs, logf, step)
+            installed = _build_rootfs(suite, resolved, work, rootfs, logf, step, build_only)
         except BuildError as e:
             raise BuildError("%s (log: %s)" % (e, log_path))
         for pkg, want in resolved.versions.items():
-            if installed.get(pkg) != want:
-                step("note: %s installed %s, resolved %s" % (pkg, installed.get(pkg), want))
+            got = installed.get(pkg, build_only.get(pkg))
+            if got != want:
+                step("note: %s installed %s, resolved %s" % (pkg, got, want))
         manifest = {
             "suite": suite, "kernel_release": release, "kernel_version": resolved.kernel_version,
             "resolved": resolved.versions, "installed": installed, "modules": list(MODULES),
@@ -390,6 +568,8 @@ def build_image(suite: str, resolved: Resolved, final: str) -> Image:
             "build_seconds": round(time.time() - started, 1),
             "base_cpio_bytes": os.path.getsize(os.path.join(work, "base.cpio")),
         }
+        if resolved.bcc is not None:
+            manifest["bcc"] = dict(resolved.bcc._asdict(), build_packages=build_only)
         with open(os.path.join(work, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
         step("done")
@@ -455,43 +635,48 @@ def pack_cpio(rootfs: str, out: str, logf) -> None:
 
 def prune(suite: str, root: str, keep: str) -> None:
     """Remove older images of SUITE and leftovers of killed builds (call it holding the suite lock)."""
-    for path in glob.glob(os.path.join(root, suite + "-*")):
+    for path in image_dirs(suite, root):
         if os.path.realpath(path) != os.path.realpath(keep):
             log("removing old image %s" % path)
             remove_tree(path)
 
 
-def ensure(suite: str, force: bool = False, offline: bool = False) -> Image:
-    """The image of SUITE: from the cache when its inputs are unchanged, else built now."""
+def ensure(suite: str, force: bool = False, offline: bool = False, bcc: Optional[str] = None) -> Image:
+    """The image of SUITE (with bcc built from tag BCC instead of the suite's python3-bpfcc): from the
+    cache when its inputs are unchanged, else built now."""
     if suite not in SUITES:
         raise BuildError("unknown suite %r (one of: %s)" % (suite, ", ".join(sorted(SUITES))))
+    if bcc is not None and suite not in BCC_SUITES:
+        raise BuildError("--bcc is supported on %s only" % ", ".join(sorted(BCC_SUITES)))
+    name = image_name(suite, bcc)
     root = cache_root()
     os.makedirs(root, exist_ok=True)
     offline = offline or os.environ.get("BPFTOOLS_LAB_OFFLINE") == "1"
     resolved = None
     if not offline:
         try:
-            resolved = resolve(suite, root)
+            resolved = resolve(suite, root, bcc)
         except BuildError as e:
-            log("cannot ask the archive (%s); looking for a cached image" % e)
+            log("cannot ask the archive%s (%s); looking for a cached image"
+                % (" or bcc's git" if bcc else "", e))
     if resolved is None:
-        image = newest_cached(suite, root)
+        image = newest_cached(name, root)
         if image is None:
-            raise BuildError("no cached %s image and the archive cannot be reached" % suite)
+            raise BuildError("no cached %s image and the archive cannot be reached" % name)
         log("offline: using %s" % image.path)
         return image
-    final = os.path.join(root, "%s-%s" % (suite, cache_key(suite, resolved)))
-    image = None if force else load_image(suite, final)
+    final = os.path.join(root, "%s-%s" % (name, cache_key(suite, resolved)))
+    image = None if force else load_image(name, final)
     if image is not None:
         return image
     check_host()
-    with suite_lock(root, suite):
-        image = None if force else load_image(suite, final)  # built meanwhile by another process
+    with suite_lock(root, name):
+        image = None if force else load_image(name, final)  # built meanwhile by another process
         if image is None:
-            log("building %s image: kernel %s (%s) -> %s" % (suite, resolved.kernel_release,
+            log("building %s image: kernel %s (%s) -> %s" % (name, resolved.kernel_release,
                                                              resolved.kernel_version, final))
             image = build_image(suite, resolved, final)
-            prune(suite, root, final)
+            prune(name, root, final)
     return image
 
 
@@ -500,10 +685,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("suite", choices=sorted(SUITES))
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache has the image")
     parser.add_argument("--offline", action="store_true", help="do not ask the archive; use the newest cached image")
+    parser.add_argument("--bcc", metavar="TAG", help="build bcc from this release tag (e.g. v0.10.0) instead of "
+                                                   "installing the suite's python3-bpfcc (bullseye only)")
     args = parser.parse_args(argv)
     started = time.time()
     try:
-        image = ensure(args.suite, force=args.force, offline=args.offline)
+        image = ensure(args.suite, force=args.force, offline=args.offline, bcc=args.bcc)
     except (BuildError, OSError) as e:
         log("error: %s" % e)
         return 1

@@ -4,6 +4,8 @@
     python3 lab/run.py bookworm                       # tests/kernel on Linux 6.1
     python3 lab/run.py trixie -- -k mempool -x        # extra pytest arguments after --
     python3 lab/run.py bookworm --exec 'python3 bench/iojitter_overhead.py --mode kprobe'
+    python3 lab/run.py bullseye --bcc v0.10.0 -- tests/kernel/test_mempool_probes.py
+                                                      # bcc built from that tag (lab/build.py --bcc)
 
 Builds the suite's image if needed (lab/build.py), packs the current project tree (git-tracked and
 untracked files of the clone this script is in, without .git/.venv) into a small second cpio at
@@ -182,7 +184,8 @@ def concatenate(parts: Iterable[str], out: str) -> None:
 
 def prune_logs(log_dir: str, suite: str, keep: int = 30) -> None:
     """Keep the newest KEEP console logs of SUITE."""
-    logs = sorted(n for n in os.listdir(log_dir) if n.startswith(suite + "-") and n.endswith(".log"))
+    own = re.compile(r"^%s-\d{8}-\d{6}\.log$" % re.escape(suite))  # not bullseye-bcc-v0.10.0-... for bullseye
+    logs = sorted(n for n in os.listdir(log_dir) if own.match(n))
     for name in logs[:-keep]:
         os.remove(os.path.join(log_dir, name))
 
@@ -320,13 +323,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--exec", dest="command", metavar="CMD",
                         help="run the shell command CMD in /opt/bpftools instead of pytest (its exit status is the "
                              "result); e.g. a benchmark or the demo")
+    parser.add_argument("--bcc", metavar="TAG", help="the image with bcc built from this release tag (e.g. v0.10.0) "
+                                                   "instead of the suite's python3-bpfcc (bullseye only)")
     parser.add_argument("--out", metavar="DIR", help="where the files the tests left in $BPFTOOLS_LAB_OUT go "
                                                      "(default <cache>/out/<suite>-<time>)")
     args = parser.parse_args(argv)
 
     started = time.time()
     try:
-        image = build.ensure(args.suite, offline=args.offline)
+        image = build.ensure(args.suite, offline=args.offline, bcc=args.bcc)
     except (build.BuildError, OSError) as e:
         sys.stderr.write("lab-run: build failed: %s\n" % e)
         return EXIT_BUILD_FAILED
@@ -336,15 +341,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.makedirs(os.path.join(root, "logs"), exist_ok=True)
     os.makedirs(os.path.join(root, "runs"), exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_path = os.path.join(root, "logs", "%s-%s.log" % (args.suite, stamp))
-    run_base = os.path.join(root, "runs", "%s-%s-%d" % (args.suite, stamp, os.getpid()))
+    name = build.image_name(args.suite, args.bcc)
+    log_path = os.path.join(root, "logs", "%s-%s.log" % (name, stamp))
+    run_base = os.path.join(root, "runs", "%s-%s-%d" % (name, stamp, os.getpid()))
     project = run_base + ".project.cpio"
     initrd = run_base + ".initrd"
     try:
         count = write_project_cpio(project, REPO, args.suite, pytest_arguments(pytest_args, REPO), args.command)
         concatenate([image.base_cpio, project], initrd)
         sys.stderr.write("lab-run: %s kernel %s, %d project files, console log %s\n"
-                         % (args.suite, image.kernel_release, count, log_path))
+                         % (name, image.kernel_release, count, log_path))
         code, console = boot(image, initrd, log_path, args.timeout, args.memory, args.cpus,
                              None if args.quiet else sys.stdout)
     finally:
@@ -352,15 +358,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             if os.path.exists(path):
                 os.remove(path)
     finished = time.time()
-    prune_logs(os.path.join(root, "logs"), args.suite)
+    prune_logs(os.path.join(root, "logs"), name)
     if console.files:
-        out_dir = args.out or os.path.join(root, "out", "%s-%s" % (args.suite, stamp))
+        out_dir = args.out or os.path.join(root, "out", "%s-%s" % (name, stamp))
         for path in save_files(console.files, out_dir):
             sys.stdout.write("lab-run: file from the VM: %s\n" % path)
     what = {EXIT_TIMEOUT: "VM timed out", EXIT_NO_RESULT: "VM stopped without a result"}.get(
         code, "%s exit %d" % ("command" if args.command else "pytest", code))
     sys.stdout.write("lab-run: %s kernel %s: %s; %s; build/cache %.1f s, boot+tier %.1f s; log %s\n" % (
-        args.suite, console.kernel or image.kernel_release, console.summary or "no pytest summary", what,
+        name, console.kernel or image.kernel_release, console.summary or "no pytest summary", what,
         built - started, finished - built, log_path))
     sys.stdout.flush()
     return code

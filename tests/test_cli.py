@@ -44,12 +44,134 @@ def test_doctor_log_missing(bpftools_cli, tmp_path):
     assert "nope.log" in line
 
 
-@pytest.mark.parametrize("args", [["kmemsnoop", "-p", "abc"], ["kmemsnoop", "-p", "0"],
-                                  ["kmemsnoop", "-d", "-3"], ["nosuchcommand"], ["report"]])
-def test_usage_errors(bpftools_cli, args):
-    r = bpftools_cli(*args)
-    assert r.code == EXIT_USAGE and "Traceback" not in r.err
-    assert "Error" in r.err
+@pytest.mark.parametrize("args, line", [
+    (["kmemsnoop", "-p", "abc"], "Invalid value for '-p' / '--pid': 'abc' is not a valid integer range; "
+                                 "try 'bpftools kmemsnoop --help'"),
+    (["kmemsnoop", "-d", "-3"], "Invalid value for '-d' / '--duration': must be > 0; try 'bpftools kmemsnoop --help'"),
+    (["nosuchcommand"], "No such command 'nosuchcommand'; try 'bpftools --help'"),
+    (["report"], "Missing argument 'RECORDING...'; try 'bpftools report --help'"),
+])
+def test_a_usage_error_is_one_line_exit_2(bpftools_cli, args, line):
+    """click's own four lines (usage, try, blank, error) become one."""
+    assert _one_line_error(bpftools_cli(*args), EXIT_USAGE) == "bpftools: error: " + line
+
+
+# Every float option and argument, fed NaN or infinity (they passed the "> 0" checks: four tools attached
+# and exited 0 at once, netdevwait -d nan never stopped).
+@pytest.mark.parametrize("args, option", [
+    (["kmemsnoop", "-d", "nan"], "'-d' / '--duration'"),
+    (["netdevwait", "-d", "nan"], "'-d' / '--duration'"),
+    (["refleak", "-d", "inf"], "'-d' / '--duration'"),
+    (["slabfail", "-d", "-inf"], "'-d' / '--duration'"),
+    (["slabfail", "nan"], "'[INTERVAL]'"),
+    (["iojitter", "5", "inf"], "'[COUNT]'"),
+    (["iojitter", "inf"], "'[INTERVAL]'"),
+    (["iojitter", "-m", "nan"], "'-m' / '--min-ms'"),
+    (["iojitter", "--wait-min-ms", "NaN"], "'--wait-min-ms'"),
+    (["mempoolwait", "-m", "nan"], "'-m' / '--min-ms'"),
+    (["writeslow", "-m", "1e999"], "'-m' / '--min-ms'"),
+    (["repro", "kmem-io", "--slow-ms", "nan"], "'--slow-ms'"),
+    (["repro", "kmem-io", "-d", "inf"], "'-d' / '--duration'"),
+    (["repro", "netns-churn", "--settle", "nan"], "'--settle'"),
+    (["repro", "netns-churn", "--start-delay", "inf"], "'--start-delay'"),
+])
+def test_nan_and_infinity_are_usage_errors(bpftools_cli, args, option):
+    value = args[-1]
+    r = bpftools_cli(*args, timeout=30)
+    line = _one_line_error(r, EXIT_USAGE)
+    if option == "'[COUNT]'":       # an integer argument: click's own message
+        assert line.startswith("bpftools: error: Invalid value for '[COUNT]': 'inf' is not a valid integer")
+        return
+    assert line == "bpftools: error: Invalid value for %s: %r is not a finite number; try 'bpftools %s --help'" % (
+        option, value, " ".join(args[:2] if args[0] == "repro" else args[:1]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["writeslow", "-m", "-0.5"], "Invalid value for '-m' / '--min-ms': must be >= 0"),
+    (["slabfail", "0"], "Invalid value for '[INTERVAL]': must be > 0"),
+    (["netdevwait", "-d", "x"], "Invalid value for '-d' / '--duration': 'x' is not a number"),
+])
+def test_float_bounds_are_usage_errors(bpftools_cli, args, message):
+    assert _one_line_error(bpftools_cli(*args), EXIT_USAGE).startswith("bpftools: error: " + message + ";")
+
+
+def test_refleak_unknown_strategy_is_a_usage_error(bpftools_cli):
+    assert _one_line_error(bpftools_cli("refleak", "--strategy", "bogus"), EXIT_USAGE) == (
+        "bpftools: error: Invalid value for '--strategy': 'bogus': choose from auto, watch, holders, ref_tracker, "
+        "inline (comma-separated); try 'bpftools refleak --help'")
+
+
+# Conflicting or empty options were ignored without a word.
+@pytest.mark.parametrize("args, message", [
+    (["report", "R", "--report", ""], "Invalid value for '--report': an empty name: give a file or directory; "
+                                      "try 'bpftools report --help'"),
+    (["report", "R", "--html", ""], "Invalid value for '--html': an empty name: give a file or directory; "
+                                    "try 'bpftools report --help'"),
+    (["report", "R", "--json", "--report", "D"], "--json prints the recordings: it cannot be combined with --folded, "
+                                                 "--speedscope, --svg, --html or --report; try 'bpftools report --help'"),
+    (["report", "R", "--json", "--folded", "-"], "--json prints the recordings: it cannot be combined with --folded, "
+                                                 "--speedscope, --svg, --html or --report; try 'bpftools report --help'"),
+    (["doctor", "--capabilities", "--log", "X"], "--capabilities describes this kernel: it takes no --log or "
+                                                 "--release; try 'bpftools doctor --help'"),
+    (["kmemsnoop", "--record", ""], "Invalid value for '--record': an empty name: give a file or directory; "
+                                    "try 'bpftools kmemsnoop --help'"),
+    (["refleak", "--json", "--folded", "-"], "--json and --folded - both print on stdout: write the folded stacks "
+                                             "to a file; try 'bpftools refleak --help'"),
+])
+def test_conflicting_or_empty_options_are_usage_errors(bpftools_cli, tmp_path, args, message):
+    kmem_recording = tmp_path / "r.jsonl"
+    kmem_recording.write_text('{"format": "bpftools-recording/1", "tool": "kmemsnoop", "argv": []}\n')
+    args = [str(kmem_recording) if a == "R" else str(tmp_path / "d") if a == "D" else a for a in args]
+    assert _one_line_error(bpftools_cli(*args), EXIT_USAGE) == "bpftools: error: " + message
+    assert not (tmp_path / "d").exists()
+
+
+def _doctor_log(tmp_path):
+    log = tmp_path / "k.log"
+    log.write_text("[  10.000000] unregister_netdevice: waiting for eth0 to become free. Usage count = 1\n")
+    return ["doctor", "--log", str(log), "--release", "5.4.0-29-generic"]
+
+
+@pytest.mark.parametrize("as_json", [[], ["--json"]])
+def test_a_closed_pipe_ends_quietly_with_exit_0(tmp_path, as_json):
+    """`bpftools doctor | head -1`: the reader is gone before the first write (EPIPE, SIGPIPE ignored)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bpftools.cli"] + _doctor_log(tmp_path) + as_json,
+                              stdout=write_end, stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_full_stdout_is_one_line_exit_3(tmp_path, unbuffered):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    env = dict(os.environ, PYTHONUNBUFFERED=unbuffered)
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "bpftools.cli"] + _doctor_log(tmp_path), stdout=full,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=120, env=env)
+    assert (proc.returncode, proc.stderr) == (EXIT_BAD_INPUT, "bpftools: error: cannot write to stdout: "
+                                                              "No space left on device\n")
+
+
+def test_a_slub_line_without_timestamp_prints_no_none(bpftools_cli, tmp_path):
+    log = tmp_path / "k.log"
+    log.write_text("SLUB: Unable to allocate memory on node -1 (gfp=0x8020)\n")
+    r = bpftools_cli("doctor", "--log", str(log), "--release", "3.10.0-957.el7.x86_64")
+    assert r.code == 0, r.err
+    assert "  - 1 SLUB allocation failure(s)\n" in r.out                  # not "(), None .. None"
+    assert "│ slub_alloc_failure │ 1     │ -          │ -         │" in r.out  # not None, None
+
+
+def test_argv_stored_as_a_string_prints_as_one_command(bpftools_cli, tmp_path):
+    rec = tmp_path / "r.jsonl"
+    rec.write_text('{"format": "bpftools-recording/1", "tool": "kmemsnoop", "argv": "bpftools kmemsnoop -d 5"}\n')
+    r = bpftools_cli("report", str(rec))
+    assert r.code == 0, r.err
+    assert "command: bpftools kmemsnoop -d 5\n" in r.out
 
 
 def test_ebpf_passes_values_as_cflags_not_source(bpftools_cli):

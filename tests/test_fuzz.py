@@ -10,6 +10,7 @@ still in development are fuzzed in a subprocess as user nobody instead.
 import contextlib
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bpftools.cli import cli, main
+from bpftools.options import FiniteFloat
 from bpftools.recording import Recorder, make_header
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -285,3 +287,21 @@ def test_random_arguments_as_nobody_never_fail(command, tokens):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, cwd="/tmp",
                           timeout=60)
     assert_clean(proc.returncode, proc.stderr)
+
+
+@FUZZ
+@given(text=st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.floats().map(str),
+                      st.sampled_from(["nan", "NaN", "-nan", "inf", "-Infinity", "1e999", "-1e999", "0", "-0.0",
+                                       "1_0", " 5 ", "0x10", ""]),
+                      st.text(max_size=8)),
+       minimum=st.sampled_from([None, 0.0, 1.0]), exclusive=st.booleans())
+def test_the_float_option_type_gives_a_finite_bounded_number_or_a_usage_error(text, minimum, exclusive):
+    kind = FiniteFloat(minimum, exclusive)
+    try:
+        number = kind.convert(text, None, None)
+    except click.BadParameter as err:
+        event("refused")
+        assert "\n" not in err.format_message()
+        return
+    assert math.isfinite(number)
+    assert minimum is None or number > minimum or (not exclusive and number == minimum)

@@ -2,7 +2,9 @@
 
 The VM tests (marker ``lab``) are slow (a cold image build is 2-3 minutes a suite, a boot and the
 tier 1-5 minutes), so they run only with ``BPFTOOLS_LAB=1`` (CI sets it); they need root and the
-host packages listed in lab/README.md. The other tests here check the lab scripts' own logic
+host packages listed in lab/README.md. The bcc-floor run (bullseye with bcc built from v0.10.0, the
+last EL7 bcc) is opt-in on top: ``BPFTOOLS_LAB_BCC_FLOOR=1`` (its source comes from GitHub, which
+CI's Debian-only lab does not otherwise need; see lab/README.md). The other tests here check the lab scripts' own logic
 (cpio writer, module closure, file selection, console parsing) in milliseconds.
 """
 import os
@@ -107,6 +109,112 @@ def test_kernel_tier_passes_in_the_vm(suite, lab_runs, capsys):
     assert run.proc.returncode == console.exit_code == 0, tail
     assert counts["failed"] == 0 and counts["errors"] == 0, tail
     assert counts["passed"] >= MIN_PASSED, tail
+
+
+# The bcc floor in the lab: bullseye (5.10, LLVM 9) with bcc built from this tag, and the kernel-tier
+# files with the kprobe tests of kmemsnoop, slabfail and mempoolwait (incident 1), refleak and the
+# mempool probes, plus the check that the VM's bcc is the one built from the tag.
+BCC_FLOOR_TAG = "v0.10.0"
+BCC_FLOOR_FILES = ["lab/bcc_version_check.py", "tests/kernel/test_kmemsnoop_kprobe.py",
+                   "tests/kernel/test_incident1_kprobes.py", "tests/kernel/test_mempool_probes.py",
+                   "tests/kernel/test_refleak_kprobes.py"]
+
+
+@pytest.mark.lab
+def test_kernel_tier_passes_with_bcc_built_from_the_floor_tag(tmp_path, capsys):
+    if os.environ.get("BPFTOOLS_LAB_BCC_FLOOR") != "1":
+        pytest.skip("builds bcc %s in a bullseye image: set BPFTOOLS_LAB_BCC_FLOOR=1 "
+                    "(python3 lab/run.py bullseye --bcc %s runs it by hand)" % (BCC_FLOOR_TAG, BCC_FLOOR_TAG))
+    log = str(tmp_path / "lab-bcc-floor.out")
+    started = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, RUN, "bullseye", "--bcc", BCC_FLOOR_TAG, "--timeout", str(VM_TIMEOUT_S),
+                               "--"] + BCC_FLOOR_FILES, stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT_S)
+    with open(log) as f:
+        out = f.read()
+    console = lab_run.ConsoleState()
+    for line in out.splitlines():
+        console.parse(line)
+    counts = pytest_counts(console.summary or "")
+    with capsys.disabled():
+        sys.stdout.write("\nlab bullseye+bcc %s kernel %s %s exit %s, wall %.0f s\n" % (
+            BCC_FLOOR_TAG, console.kernel, console.summary, proc.returncode, time.time() - started))
+    tail = "\n".join(out.splitlines()[-120:])
+    assert console.kernel is not None and console.kernel.startswith(SUITES["bullseye"]), tail
+    assert proc.returncode == console.exit_code == 0, tail
+    assert counts["failed"] == 0 and counts["errors"] == 0, tail
+    assert counts["passed"] >= 1, tail
+
+
+def test_image_names_keep_bcc_images_apart_from_the_suites(tmp_path):
+    assert lab_build.image_name("bullseye") == "bullseye"
+    assert lab_build.image_name("bullseye", "v0.10.0") == "bullseye-bcc-v0.10.0"
+    for name in ("bullseye-0123456789abcdef", "bullseye-0123456789abcdef.tmp",
+                 "bullseye-bcc-v0.10.0-fedcba9876543210", "bookworm-0123456789abcdef", "bullseye-notakey"):
+        (tmp_path / name).mkdir()
+    root = str(tmp_path)
+    assert [os.path.basename(p) for p in lab_build.image_dirs("bullseye", root)] == [
+        "bullseye-0123456789abcdef", "bullseye-0123456789abcdef.tmp"]
+    assert [os.path.basename(p) for p in lab_build.image_dirs("bullseye-bcc-v0.10.0", root)] == [
+        "bullseye-bcc-v0.10.0-fedcba9876543210"]
+
+
+def test_bcc_image_key_covers_the_commits_and_llvm_and_drops_python3_bpfcc():
+    base = lab_build.Resolved("5.10.0-46-amd64", "5.10.262-1", {"python3": "3.9.2-3"})
+    assert base.bcc is None
+    source = lab_build.BccSource("v0.10.0", "a" * 40, "b" * 40, "9")
+    key = lab_build.cache_key("bullseye", base._replace(bcc=source))
+    assert key != lab_build.cache_key("bullseye", base)
+    assert key != lab_build.cache_key("bullseye", base._replace(bcc=source._replace(libbpf_commit="c" * 40)))
+    keyed = lab_build.keyed_packages("bullseye", "v0.10.0")
+    assert "python3-bpfcc" not in keyed and {"llvm-9-dev", "libclang-9-dev", "clang-9"} <= set(keyed)
+    assert lab_build.keyed_packages("bullseye", None) == list(lab_build.KEYED_PACKAGES)
+
+
+def test_bcc_builds_only_on_bullseye_and_only_from_release_tags(tmp_path):
+    with pytest.raises(lab_build.BuildError, match="bullseye only"):
+        lab_build.resolve_bcc("bookworm", "v0.10.0", str(tmp_path))
+    with pytest.raises(lab_build.BuildError, match="release tag"):
+        lab_build.resolve_bcc("bullseye", "master", str(tmp_path))
+
+
+def test_bcc_source_comes_from_the_tag_and_its_libbpf_submodule(tmp_path, monkeypatch):
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "protocol.file.allow=always"]
+    libbpf, bcc = str(tmp_path / "libbpf"), str(tmp_path / "bcc")
+    subprocess.check_call(git + ["init", "-q", libbpf])
+    (tmp_path / "libbpf" / "bpf.c").write_text("int x;\n")
+    subprocess.check_call(git + ["-C", libbpf, "add", "bpf.c"])
+    subprocess.check_call(git + ["-C", libbpf, "commit", "-q", "-m", "l"])
+    libbpf_commit = subprocess.check_output(git + ["-C", libbpf, "rev-parse", "HEAD"], universal_newlines=True).strip()
+    subprocess.check_call(git + ["init", "-q", bcc])
+    (tmp_path / "bcc" / "CMakeLists.txt").write_text("project(bcc)\n")
+    subprocess.check_call(git + ["-C", bcc, "add", "CMakeLists.txt"])
+    subprocess.check_call(git + ["-C", bcc, "update-index", "--add", "--cacheinfo",
+                                 "160000,%s,src/cc/libbpf" % libbpf_commit])
+    subprocess.check_call(git + ["-C", bcc, "commit", "-q", "-m", "b"])
+    subprocess.check_call(git + ["-C", bcc, "tag", "v0.10.0"])
+    monkeypatch.setenv("BPFTOOLS_LAB_BCC_GIT", bcc)
+    monkeypatch.setenv("BPFTOOLS_LAB_LIBBPF_GIT", libbpf)
+    source = lab_build.resolve_bcc("bullseye", "v0.10.0", str(tmp_path / "cache"))
+    assert (source.tag, source.libbpf_commit, source.llvm) == ("v0.10.0", libbpf_commit, "9")
+    with pytest.raises(lab_build.BuildError, match="has no commit"):
+        lab_build.resolve_bcc("bullseye", "v0.9.0", str(tmp_path / "cache"))
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    assert lab_build.bcc_source_into(str(rootfs), source, str(tmp_path / "cache")) == "/opt/src/bcc"
+    assert (rootfs / "opt/src/bcc/CMakeLists.txt").read_text() == "project(bcc)\n"
+    assert (rootfs / "opt/src/bcc/src/cc/libbpf/bpf.c").read_text() == "int x;\n"
+
+
+def test_console_logs_of_a_suite_are_pruned_apart_from_its_bcc_images(tmp_path):
+    for name in ["bullseye-2026120%d-000000.log" % i for i in range(1, 5)] + [
+            "bullseye-bcc-v0.10.0-20261201-000000.log"]:
+        (tmp_path / name).write_text("")
+    lab_run.prune_logs(str(tmp_path), "bullseye", keep=2)
+    assert sorted(os.listdir(str(tmp_path))) == [
+        "bullseye-20261203-000000.log", "bullseye-20261204-000000.log", "bullseye-bcc-v0.10.0-20261201-000000.log"]
 
 
 MODULES_DEP = """kernel/drivers/block/loop.ko:

@@ -18,7 +18,7 @@ LAYERS = [
     ("registry", {"registry"}),
     ("tools", {"tools"}),
     ("wings", {"iostall", "refleak", "repro", "doctor", "kmem_audit", "runtimes"}),
-    ("shared", {"live", "capture", "kstacks", "exports", "render", "html_report", "flamegraph", "recording",
+    ("shared", {"live", "capture", "kstacks", "exports", "outfiles", "render", "html_report", "flamegraph", "recording",
                 "event", "options", "signals"}),
     ("kernel", {"kernel"}),
     ("analyses", {"analyses"}),

@@ -59,3 +59,49 @@ def test_missing_file_is_bad_input(tmp_path):
         read_recording(str(tmp_path / "nope.jsonl"))
     assert "nope.jsonl" in str(err.value)
 
+
+
+HEADER = '{"format": "bpftools-recording/1", "tool": "kmemsnoop", "argv": ["bpftools", "kmemsnoop"]}\n'
+
+
+def _report(bpftools_cli, tmp_path, data):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(data)
+    return str(path), bpftools_cli("report", str(path))
+
+
+# Numbers and nesting no recording holds: they ended in "internal error: OverflowError / RecursionError".
+@pytest.mark.parametrize("line, message", [
+    ('{"ts_ns": Infinity, "tgid": 1, "comm": "sh"}', "Infinity is not a number a recording holds"),
+    ('{"ts_ns": -Infinity}', "-Infinity is not a number a recording holds"),
+    ('{"ts_ns": NaN}', "NaN is not a number a recording holds"),
+    ('{"ts_ns": 1e400, "tgid": 1}', "number out of range: 1e400"),
+    ('{"ts_ns": 1%s}' % ("0" * 400), "integer out of range (64 bits): 10000000000000000000..."),
+    ('{"ts_ns": 18446744073709551616}', "integer out of range (64 bits): 18446744073709551616"),
+    ('{"x": %s1%s}' % ("[" * 100000, "]" * 100000), "nested deeper than 32 levels"),
+    ('{"x": %s1%s}' % ("[" * 40, "]" * 40), "nested deeper than 32 levels"),
+])
+def test_nonsense_numbers_and_nesting_are_bad_input(bpftools_cli, tmp_path, line, message):
+    path, r = _report(bpftools_cli, tmp_path, (HEADER + line + "\n").encode())
+    assert (r.code, r.err) == (3, "bpftools: error: %s line 2: %s\n" % (path, message))
+
+
+def test_the_widest_numbers_a_recording_holds_still_read(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(HEADER + '{"a": 18446744073709551615, "b": -9223372036854775808, "c": 1.5e308, "d": %s1%s}\n'
+                    % ("[" * 30, "]" * 30))
+    (event,) = read_recording(str(path)).events
+    assert (event["a"], event["b"], event["c"]) == (2 ** 64 - 1, -2 ** 63, 1.5e308)
+
+
+def test_a_utf8_bom_is_skipped(bpftools_cli, tmp_path):
+    _, r = _report(bpftools_cli, tmp_path, b"\xef\xbb\xbf" + HEADER.encode())
+    assert r.code == 0, r.err
+    assert r.out.startswith("kmemsnoop recording")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_says_so(bpftools_cli, tmp_path, encoding):
+    path, r = _report(bpftools_cli, tmp_path, HEADER.encode(encoding))
+    assert (r.code, r.err) == (3, "bpftools: error: %s is not a bpftools recording: it is UTF-16 text, and a "
+                                  "recording is UTF-8 (iconv -f UTF-16 -t UTF-8 converts it)\n" % path)

@@ -6,7 +6,8 @@ import click
 
 from ..analyses import folded
 from ..live import LiveRun, warn
-from ..options import positive
+from ..options import PATH, POSITIVE
+from ..render import one_line
 from .program import EV_DROPPED, MODES, Decoder, Lost, Plan, run
 
 
@@ -15,12 +16,13 @@ def common_options(fn: Callable) -> Callable:
     decorators = [
         click.option("-p", "--pid", type=click.IntRange(1, 2 ** 31 - 1), help="Trace this process (tgid) only."),
         click.option("--cgroup", metavar="PATH", help="Only tasks whose memory cgroup path starts with PATH."),
-        click.option("-d", "--duration", type=float, callback=positive, metavar="SECONDS", help="Stop after SECONDS."),
+        click.option("-d", "--duration", type=POSITIVE, metavar="SECONDS", help="Stop after SECONDS."),
         click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
                      help="kprobe: exact (needs kprobes); tracepoint: works everywhere, less detail."),
         click.option("--json", "as_json", is_flag=True, help="JSON output (one object per line)."),
-        click.option("--record", metavar="FILE", help="Also write a recording (JSON lines) to FILE."),
-        click.option("--ready-file", metavar="FILE", hidden=True, help="Touch FILE once attached (for tests)."),
+        click.option("--record", type=PATH, metavar="FILE", help="Also write a recording (JSON lines) to FILE."),
+        click.option("--ready-file", type=PATH, metavar="FILE", hidden=True,
+                     help="Touch FILE once attached (for tests)."),
         click.option("--ebpf", is_flag=True, hidden=True, help="Print the plan, BPF program and cflags, then exit."),
     ]
     for deco in reversed(decorators):
@@ -41,9 +43,9 @@ def print_event(event: Any, as_json: bool, kernel_stacks: bool, line: Callable[[
     if as_json:
         click.echo(json.dumps(event.to_json(), sort_keys=True))
         return
-    click.echo(line(event))
+    click.echo(one_line(line(event)))
     if kernel_stacks:
-        click.echo("\n".join("        %s" % f for f in (event.kstack or ["[no stack]"])))
+        click.echo("\n".join("        %s" % one_line(f) for f in (event.kstack or ["[no stack]"])))
 
 
 def print_folded(samples: List[Any]) -> None:
@@ -60,7 +62,7 @@ def render_events(rec: Any, console: Any, header: str, kinds: Dict[str, Callable
     for obj in rec.events:
         kind = obj.get("type")
         if kind in kinds:
-            plain(line(kinds[kind](obj)))
+            plain(one_line(line(kinds[kind](obj))))
         elif kind == "lost":
             plain("[%d records lost: %s]" % (obj.get("count", 0), obj.get("source")))
 

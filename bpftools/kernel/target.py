@@ -30,10 +30,12 @@ from ..errors import BadInput
 FACTS = "facts.json"
 KALLSYMS = "kallsyms"
 CONFIG = "config"
-# Where BPF programs may attach to syscalls:* tracepoints: perf_call_bpf_enter, kernel/trace/
-# trace_syscalls.c, from Linux 4.14 (commit cf5f5cea270655dd). Before, the tracepoints exist but a BPF
-# program cannot be attached to them.
-SYSCALL_BPF_SYMBOL = "perf_call_bpf_enter"
+# Where BPF programs may attach to syscalls:* tracepoints (Linux 4.14, commit cf5f5cea270655dd; before,
+# the tracepoints exist but a BPF program cannot be attached to them): its function perf_call_bpf_enter
+# (kernel/trace/trace_syscalls.c; static, so gcc may inline or clone it: Debian's 5.10 has
+# perf_call_bpf_enter.isra.0, 6.1 none, 6.12 the plain name), or bpf_get_current_cgroup_id (4.18),
+# which only kernels past 4.14 have.
+SYSCALL_BPF_SYMBOLS = ("perf_call_bpf_enter", "bpf_get_current_cgroup_id")
 # Data symbols plans read from kallsyms (netdevwait: netdev_chain; refleak: __per_cpu_offset).
 DATA_SYMBOLS = ("netdev_chain", "__per_cpu_offset")
 # Release-number facts, used only for a kernel described without facts.json (each plan says so).
@@ -128,7 +130,7 @@ class Target(object):
 
     def syscall_tracepoints(self) -> bool:
         """True when BPF programs can attach to syscalls:* tracepoints (4.14+)."""
-        return self.symbols().has(SYSCALL_BPF_SYMBOL)
+        return any(self.symbols().resolve(name).attach for name in SYSCALL_BPF_SYMBOLS)
 
     def offsets(self, names: Iterable[str]) -> Dict[str, int]:
         raise NotImplementedError
@@ -221,7 +223,7 @@ class Described(Target):
         facts = _read_json(os.path.join(path, FACTS))
         kallsyms = _read_lines(os.path.join(path, KALLSYMS))
         config_path = os.path.join(path, CONFIG)
-        config = parse_config(_read_text(config_path)) if os.path.exists(config_path) else None
+        config = parse_config(read_text(config_path)) if os.path.exists(config_path) else None
         if not isinstance(facts, dict) or not isinstance(facts.get("release"), str):
             raise BadInput("%s: no \"release\" in it" % os.path.join(path, FACTS))
         return cls(facts["release"], kallsyms, config, facts)
@@ -334,7 +336,8 @@ def _keep_line(line: str, wanted: List[str]) -> bool:
     return any(w in parts[2] for w in wanted)
 
 
-def _read_text(path: str) -> str:
+def read_text(path: str) -> str:
+    """The text of a file the user named; BadInput (one line) when it cannot be read as text."""
     try:
         with open(path) as f:
             return f.read()
@@ -345,11 +348,11 @@ def _read_text(path: str) -> str:
 
 
 def _read_lines(path: str) -> List[str]:
-    return _read_text(path).splitlines()
+    return read_text(path).splitlines()
 
 
 def _read_json(path: str) -> Any:
     try:
-        return json.loads(_read_text(path))
+        return json.loads(read_text(path))
     except ValueError as err:
         raise BadInput("%s: not JSON (%s)" % (path, err))

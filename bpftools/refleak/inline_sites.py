@@ -60,7 +60,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from dataclasses import asdict, dataclass, field
@@ -69,6 +68,7 @@ from ..kernel.dwarf import (ADDRX_FORMS, BLOCK_FORMS, CONST_FORMS, CROSS_UNIT_AB
                             SUBPROGRAM, DevLocation, FrameTable, Functions, Image, Instance, Unit, check_version,
                             evaluate, gnu_build_id, sleb, uleb, unit_offsets, units_holding)
 from ..errors import BadInput
+from ..outfiles import write_text
 
 # Helper name -> counter delta. 3.10-5.16: dev_hold/dev_put are the counter; 5.17-5.19: the
 # tracked variants dev_hold_track/dev_put_track wrap them; 6.0+: dev_hold -> netdev_hold ->
@@ -208,13 +208,9 @@ def _store_cache(path: str, bid: str, found: Discovery) -> None:
            "helpers": sorted([k, v] for k, v in DEFAULT_HELPERS.items()),
            "discovery": info, "sites": sites}
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass            # an unwritable cache only costs the next run its time
+        write_text(path, json.dumps(doc), create_dirs=True)
+    except BadInput:
+        pass            # an unwritable (or planted) cache only costs the next run its time
 
 
 def _running_build_id() -> Optional[str]:

@@ -9,7 +9,8 @@ from typing import Any, Callable, Dict, Optional
 
 import click
 
-from ..options import CONTEXT
+from ..options import CONTEXT, FINITE, PATH
+from ..render import one_line
 from . import ReproError, parse_size
 from .kmem_io import KmemIoConfig, failed_writers, run_kmem_io
 from .kmem_io import render_text as kmem_io_text
@@ -21,7 +22,7 @@ from .netns_churn import render_text as netns_churn_text
 def _say(as_json: bool) -> Callable[[str], None]:
     """Progress lines: stdout normally; stderr with --json, so stdout is one JSON document."""
     def say(line: str) -> None:
-        click.echo(line, err=as_json)
+        click.echo(one_line(line), err=as_json)
     return say
 
 
@@ -33,11 +34,11 @@ def _workload_options(start_delay_after: str, ready_when: str) -> Callable[[Call
     """--start-delay, --json and --ready-file, which every workload has."""
     def decorate(fn: Callable) -> Callable:
         for deco in reversed([
-                click.option("--start-delay", type=float, default=0.0, metavar="SECONDS",
+                click.option("--start-delay", type=FINITE, default=0.0, metavar="SECONDS",
                              help="Wait SECONDS after %s (to attach a tracer)." % start_delay_after),
                 click.option("--json", "as_json", is_flag=True,
                              help="Print the summary as JSON (progress goes to stderr)."),
-                click.option("--ready-file", metavar="FILE", hidden=True,
+                click.option("--ready-file", type=PATH, metavar="FILE", hidden=True,
                              help="Write FILE (JSON) once %s (for tests)." % ready_when)]):
             fn = deco(fn)
         return fn
@@ -72,10 +73,10 @@ memory controller, and mkfs.ext4 (e2fsprogs), losetup/mount/umount (mount, or ut
               help="Size of the ext4 image; with --dir, the space the writers' files may use.")
 @click.option("--memory-limit", default="256M", show_default=True, metavar="SIZE",
               help="memory.limit_in_bytes of the cgroup.")
-@click.option("-d", "--duration", type=float, default=10.0, show_default=True, metavar="SECONDS",
+@click.option("-d", "--duration", type=FINITE, default=10.0, show_default=True, metavar="SECONDS",
               help="Stop after SECONDS (or --iterations, whichever comes first).")
 @click.option("--iterations", type=int, metavar="N", help="Stop each writer after N fsyncs.")
-@click.option("--slow-ms", type=float, default=1000.0, show_default=True, metavar="MS",
+@click.option("--slow-ms", type=FINITE, default=1000.0, show_default=True, metavar="MS",
               help="Count fsyncs slower than MS.")
 @click.option("--dir", "directory", metavar="DIR", help="Write in DIR instead of a loop-mounted ext4 image.")
 @click.option("--kmem/--no-kmem", default=True, show_default=True,
@@ -95,7 +96,7 @@ def kmem_io(writers: int, chunk: str, size: str, memory_limit: str, duration: fl
         _print_json(summary)
     else:
         for line in kmem_io_text(summary):
-            click.echo(line)
+            click.echo(one_line(line))
     failed = failed_writers(summary)
     if failed:
         raise ReproError("writers failed: %s" % "; ".join(failed))
@@ -114,7 +115,7 @@ addresses from 198.18.0.0/15 that exist only inside them; no traffic leaves them
 worker's pid is printed first. Needs root, veth and network namespaces, and ip (iproute2).
 """)
 @click.option("-c", "--count", type=int, default=10, show_default=True, metavar="N", help="Rounds.")
-@click.option("-d", "--duration", type=float, default=25.0, show_default=True, metavar="SECONDS",
+@click.option("-d", "--duration", type=FINITE, default=25.0, show_default=True, metavar="SECONDS",
               help="Start no new round after SECONDS.")
 @click.option("--pmtu", type=int, default=1280, show_default=True,
               help="MTU of the router-server link: the PMTU the exception must show.")
@@ -124,7 +125,7 @@ worker's pid is printed first. Needs root, veth and network namespaces, and ip (
               show_default=True, help="Which namespace is deleted first.")
 @click.option("--hold-route", is_flag=True,
               help="Keep a connected UDP socket (cached route) in the client while the router's veth is deleted.")
-@click.option("--settle", type=float, default=0.0, metavar="SECONDS",
+@click.option("--settle", type=FINITE, default=0.0, metavar="SECONDS",
               help="Wait SECONDS after the last round before reading the kernel log.")
 @_workload_options("the worker started, before round 1", "round 1's namespaces exist (pids, namespaces)")
 def netns_churn(count: int, duration: float, pmtu: int, payload: int, teardown: str, hold_route: bool,
@@ -137,4 +138,4 @@ def netns_churn(count: int, duration: float, pmtu: int, payload: int, teardown: 
         _print_json(summary)
     else:
         for line in netns_churn_text(summary):
-            click.echo(line)
+            click.echo(one_line(line))

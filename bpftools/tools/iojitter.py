@@ -10,12 +10,10 @@ recognised as mempool waits by their stack; other sleeps in a stall are shown as
 (e.g. ``blk_mq_get_tag``: the device queue was full).
 """
 import json
-import sys
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -30,7 +28,8 @@ from ..iostall.sections import decode, plan
 from ..live import then
 from ..capture import Outline
 from ..kernel.target import Running, Target
-from ..options import CONTEXT, positive
+from ..options import CONTEXT, NON_NEGATIVE, POSITIVE
+from ..render import terminal
 
 TOOL = "iojitter"
 MIN_MS = 100.0        # a slow writeback (--min-ms)
@@ -171,11 +170,6 @@ def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], genera
         if result.mempool_waits_elsewhere else [])
 
 
-def _console() -> Any:
-    return Console(file=sys.stdout, highlight=False)
-
-
-
 def outline(target: Target) -> Outline:
     """The plan of ``bpftools iojitter`` on TARGET, in words."""
     return plan(target, "auto", None, int(MIN_MS * 1e6), int(WAIT_MIN_MS * 1e6)).outline()
@@ -189,24 +183,21 @@ Examples:
   bpftools iojitter -f -d 60 > io.folded   # time blocked per stack, for flame graphs
 """)
 @io.common_options
-@click.option("-m", "--min-ms", type=float, default=MIN_MS, show_default=True,
+@click.option("-m", "--min-ms", type=NON_NEGATIVE, default=MIN_MS, show_default=True,
               help="A writeback call this slow is a stall.")
-@click.option("--wait-min-ms", type=float, default=WAIT_MIN_MS, show_default=True,
+@click.option("--wait-min-ms", type=NON_NEGATIVE, default=WAIT_MIN_MS, show_default=True,
               help="Ignore sleeps shorter than this.")
 @click.option("-F", "--function", "functions", multiple=True, metavar="NAME",
               help="Writeback function to time instead of the default set (repeatable; needs kprobes).")
 @click.option("-K", "kernel_stacks", is_flag=True, help="With --json: keep the kernel stacks in the episodes.")
 @click.option("-f", "--folded", is_flag=True, help="Print folded stacks weighted by time blocked at the end.")
-@click.argument("interval", required=False, type=float, callback=positive)
+@click.argument("interval", required=False, type=POSITIVE)
 @click.argument("count", required=False, type=click.IntRange(1, None))
 def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float], mode: str, as_json: bool,
             record: Optional[str], ready_file: Optional[str], ebpf: bool, min_ms: float, wait_min_ms: float,
             functions: Tuple[str, ...], kernel_stacks: bool, folded: bool, interval: Optional[float],
             count: Optional[int]) -> None:
     """Explain slow writebacks: slab failure -> mempool sleep -> writeback end, per thread and container."""
-    for name, value in (("--min-ms", min_ms), ("--wait-min-ms", wait_min_ms)):
-        if value < 0:
-            raise click.BadParameter("must be >= 0", param_hint=name)
     the_plan = plan(Running(), mode, pid, int(min_ms * 1e6), int(wait_min_ms * 1e6), tuple(functions))
     if ebpf:
         click.echo(the_plan.describe())
@@ -232,7 +223,7 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
                         w.pop("kstack", None)
             click.echo(json.dumps(out, sort_keys=True))
         else:
-            render(result, _console())
+            render(result, terminal())
 
     def finish() -> None:
         if folded:

@@ -25,10 +25,11 @@ from ..live import LiveRun
 from ..kernel.cgroups import cgroup2_mount, cgroup2_path_of_id, container_of, memory_cgroup_mount, memory_cgroup_of_pid
 from ..capture import Attach, Outline, Probe, c_text, poll_events
 from ..errors import MissingKernelFeature
-from ..options import CONTEXT, positive
+from ..options import CONTEXT, PATH, POSITIVE
+from ..render import one_line
 from ..kernel.capabilities import Check
 from ..kernel.symbols import SymbolTable
-from ..kernel.target import SYSCALL_BPF_SYMBOL, Running, Target
+from ..kernel.target import SYSCALL_BPF_SYMBOLS, Running, Target
 
 OPS = {1: "open", 2: "write", 3: "kernel"}
 TOOL = "kmemsnoop"
@@ -240,16 +241,21 @@ class SyscallSource:
 def syscall_functions(table: SymbolTable) -> Tuple[Dict[str, str], Optional[str]]:
     """({syscall: kernel function}, its ABI flag) for the first calling convention of SYSCALL_PREFIXES
     whose functions TABLE lets us kprobe for every syscall SYSCALLS needs."""
+    missing = []  # type: List[str]
     for prefixes, flag in SYSCALL_PREFIXES:
         found = {}  # type: Dict[str, str]
         for name, _, _, _ in SYSCALLS:
             function = next((p + name for p in prefixes if table.resolve(p + name).how == "exact"), None)
             if function is not None:
                 found[name] = function
-        if all(name in found for name, _, _, needed in SYSCALLS if needed):
+        lacking = [name for name, _, _, needed in SYSCALLS if needed and name not in found]
+        if not lacking:
             return found, flag
-    raise MissingKernelFeature("kprobes on the syscall functions: none of %s can be probed"
-                               % ", ".join(p + "openat" for prefixes, _ in SYSCALL_PREFIXES for p in prefixes))
+        if found:
+            missing.append("%s*: no %s" % ("*/".join(prefixes), ", ".join(lacking)))
+    raise MissingKernelFeature("kprobes on the syscall functions: none can be probed as %s (%s)"
+                               % (" or ".join("*/".join(p) + "*" for p, _ in SYSCALL_PREFIXES),
+                                  "; ".join(missing) or "none found"))
 
 
 def syscall_kprobes(table: SymbolTable, why: str) -> SyscallSource:
@@ -267,25 +273,26 @@ def syscall_kprobes(table: SymbolTable, why: str) -> SyscallSource:
                          "syscalls: kprobes on %s (%s)" % (", ".join(functions.values()), why))
 
 
-def syscall_tracepoints(target: Target) -> SyscallSource:
+def syscall_tracepoints(target: Target, why: str) -> SyscallSource:
     """The syscalls:* tracepoints, with the flags of those not every architecture has."""
     flags = [flag for name, flag in OPTIONAL_TRACEPOINTS if target.tracepoint_exists("syscalls", name)]
-    return SyscallSource("tracepoint", flags, [], "syscalls: syscalls:* tracepoints")
+    return SyscallSource("tracepoint", flags, [], "syscalls: syscalls:* tracepoints" + why)
 
 
 def syscall_source(target: Target, mode: str, kprobes: Check) -> SyscallSource:
-    """The syscall events for MODE: tracepoints where BPF can attach to them (4.14+), else kprobes."""
-    if mode == "kprobe-syscalls" or (mode != "tracepoint" and not target.syscall_tracepoints()):
+    """The syscall events for MODE: tracepoints where BPF can attach to them (4.14+), else kprobes;
+    --mode tracepoint takes them whatever kallsyms says (the sign can be inlined away)."""
+    tracepoints = target.syscall_tracepoints()
+    if mode == "kprobe-syscalls" or (mode != "tracepoint" and not tracepoints):
         why = ("--mode kprobe-syscalls" if mode == "kprobe-syscalls"
-               else "BPF cannot attach to syscalls:* tracepoints on this kernel: no %s" % SYSCALL_BPF_SYMBOL)
+               else "no %s in kallsyms: BPF on syscalls:* tracepoints needs 4.14+" % " nor ".join(SYSCALL_BPF_SYMBOLS))
         if not kprobes.ok:
             raise MissingKernelFeature("kprobes on the syscall functions (%s): %s" % (why, kprobes.detail),
                                        min_kernel="4.14" if mode != "kprobe-syscalls" else None)
         return syscall_kprobes(target.symbols(), why)
-    if not target.syscall_tracepoints():
-        raise MissingKernelFeature("BPF programs on syscalls:* tracepoints (no %s)" % SYSCALL_BPF_SYMBOL,
-                                   min_kernel="4.14", fallback="--mode kprobe-syscalls")
-    return syscall_tracepoints(target)
+    return syscall_tracepoints(target, "" if tracepoints else (
+        " (--mode tracepoint; BPF on them needs 4.14+: no %s in kallsyms, unless inlined)"
+        % " nor ".join(SYSCALL_BPF_SYMBOLS)))
 
 
 def hook_for(target: Target, mode: str, kprobes: Check) -> Tuple[Optional[KernelHook], str]:
@@ -442,7 +449,7 @@ def render_recording(rec: Any, console: Any) -> None:
     console.print(HEADER, markup=False, soft_wrap=True, highlight=False)
     for obj in rec.events:
         if obj.get("type", "kmem_file") == "kmem_file":
-            console.print(line(KmemFileEvent.from_json(obj)), markup=False, soft_wrap=True, highlight=False)
+            console.print(one_line(line(KmemFileEvent.from_json(obj))), markup=False, soft_wrap=True, highlight=False)
 
 
 
@@ -463,16 +470,17 @@ Examples:
 """, context_settings=CONTEXT)
 @click.option("-p", "--pid", type=click.IntRange(1, 2 ** 31 - 1), help="Trace this process (tgid) only.")
 @click.option("--cgroup", metavar="PATH", help="Only writers in, or files under, this memory cgroup path.")
-@click.option("-d", "--duration", type=float, callback=positive, metavar="SECONDS", help="Stop after SECONDS.")
+@click.option("-d", "--duration", type=POSITIVE, metavar="SECONDS", help="Stop after SECONDS.")
 @click.option("--mode", type=click.Choice(("auto", "kprobe", "tracepoint", "kprobe-syscalls")), default="auto",
               show_default=True,
               help="kprobe: also hook the kernel's kmem limit handler (needs kprobes); tracepoint: syscall "
                    "tracepoints only (4.14+); kprobe-syscalls: kprobes on the syscall functions instead of "
                    "their tracepoints (auto's choice before 4.14, e.g. RHEL 7).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
-@click.option("--record", metavar="FILE", help="Also write a recording (JSON lines) to FILE.")
-@click.option("--report", "report_dir", metavar="DIR", help="At the end, write report.html and flame graphs to DIR.")
-@click.option("--ready-file", metavar="FILE", hidden=True, help="Touch FILE once attached (for tests).")
+@click.option("--record", type=PATH, metavar="FILE", help="Also write a recording (JSON lines) to FILE.")
+@click.option("--report", "report_dir", type=PATH, metavar="DIR",
+              help="At the end, write report.html and flame graphs to DIR.")
+@click.option("--ready-file", type=PATH, metavar="FILE", hidden=True, help="Touch FILE once attached (for tests).")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and cflags, then exit.")
 @click.option("--memcg-from-css", is_flag=True, hidden=True,
               help="Read the writer's memory cgroup from its css_set even where the cgroup id helper exists (tests).")
@@ -490,6 +498,6 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
 
         def on_event(event: KmemFileEvent) -> None:
             run.record(event.to_json())
-            click.echo(json.dumps(event.to_json(), sort_keys=True) if as_json else line(event))
+            click.echo(json.dumps(event.to_json(), sort_keys=True) if as_json else one_line(line(event)))
 
         trace(the_plan, cgroup, duration, on_event, ready=run.ready_callback(ready_file), on_lost=run.add_lost)

@@ -24,7 +24,7 @@ from ..iostall.program import Decoder
 from ..live import then, warn
 from ..capture import Outline
 from ..kernel.target import Running, Target
-from ..options import CONTEXT
+from ..options import CONTEXT, NON_NEGATIVE
 
 TOOL = "mempoolwait"
 MIN_MS = 1.0          # the shortest sleep shown (--min-ms)
@@ -74,7 +74,7 @@ Examples:
   bpftools mempoolwait -f -d 60 > mempool.folded   # time asleep per stack, for flame graphs
 """)
 @io.common_options
-@click.option("-m", "--min-ms", type=float, default=MIN_MS, show_default=True,
+@click.option("-m", "--min-ms", type=NON_NEGATIVE, default=MIN_MS, show_default=True,
               help="Ignore sleeps shorter than this (filtered in the kernel).")
 @click.option("--all-dstate", is_flag=True, help="Show every D-state sleep (sched_switch), not only mempool waits.")
 @click.option("-K", "kernel_stacks", is_flag=True, help="Print the kernel stack of each sleep.")
@@ -83,8 +83,6 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
             record: Optional[str], ready_file: Optional[str], ebpf: bool, min_ms: float, all_dstate: bool,
             kernel_stacks: bool, folded: bool) -> None:
     """Trace sleeps inside mempool_alloc (or every D-state sleep): duration, timed out or woken, caller, stack."""
-    if min_ms < 0:
-        raise click.BadParameter("must be >= 0", param_hint="--min-ms")
     the_plan = plan(Running(), mode, pid, int(min_ms * 1e6), all_dstate=all_dstate)
     if ebpf:
         click.echo(the_plan.describe())

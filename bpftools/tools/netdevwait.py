@@ -46,7 +46,8 @@ from ..kernel.structs import MEMBERS
 from ..kernel.symbols import symbol_address
 from ..kernel.target import Running, Target
 from ..live import LiveRun, then, warn
-from ..options import CONTEXT as CLI_CONTEXT, positive
+from ..options import CONTEXT as CLI_CONTEXT, PATH, POSITIVE
+from ..render import one_line
 from ..signals import StopSignals
 
 TOOL = "netdevwait"
@@ -403,29 +404,29 @@ def _rounds(data: Dict[str, Any]) -> str:
 def update_line(update: Dict[str, Any]) -> str:
     """One live line: a device became stuck, or a round, count change, message or the end of its wait."""
     when = "%.6f" % (update["ts_ns"] / 1e9) if update.get("ts_ns") is not None else (update.get("last_stamp") or "-")
-    return "%-12s %-8s %-15s %7s %-11s %5s %6s %7s %8s  %s" % (
+    return one_line("%-12s %-8s %-15s %7s %-11s %5s %6s %7s %8s  %s" % (
         when, update["update"], update.get("name") or update.get("dev"), update.get("ifindex") or "-",
         update.get("netns") or "-", update.get("count"), "?" if update.get("leaked") is None else update["leaked"],
-        _rounds(update), _seconds(update.get("waited")), _where(update))
+        _rounds(update), _seconds(update.get("waited")), _where(update)))
 
 
 def summary_lines(summary: Dict[str, Any]) -> List[str]:
     """The final table: one line per device wait, and what the count means."""
     episodes = summary.get("episodes", [])
-    out = ["netdevwait summary (%s): %d device wait(s) in unregister" % (
-        MODE_LABELS.get(summary.get("mode"), summary.get("mode")), len(episodes))]
+    out = [one_line("netdevwait summary (%s): %d device wait(s) in unregister" % (
+        MODE_LABELS.get(summary.get("mode"), summary.get("mode")), len(episodes)))]
     if episodes:
         out.append("%-15s %7s %-11s %5s %4s %6s %7s %8s %-8s %s" % (
             "DEVICE", "IFINDEX", "NETNS", "COUNT", "BASE", "LEAKED", "ROUNDS", "WAITED", "STATE", "WHERE"))
     for e in episodes:
         state = {True: "ended", False: "waiting", None: "no-end"}[e.get("ended")]
-        out.append("%-15s %7s %-11s %5s %4s %6s %7s %8s %-8s %s" % (
+        out.append(one_line("%-15s %7s %-11s %5s %4s %6s %7s %8s %-8s %s" % (
             e.get("name") or e.get("dev"), e.get("ifindex") or "-", e.get("netns") or "-", e.get("count"),
             "?" if e.get("base") is None else e["base"], "?" if e.get("leaked") is None else e["leaked"],
-            _rounds(e), _seconds(e.get("waited")), state, _where(e)))
+            _rounds(e), _seconds(e.get("waited")), state, _where(e))))
     meaning = summary.get("meaning") or {}
     if meaning.get("explanation"):
-        out.append("count meaning: %s [%s]" % (meaning["explanation"], meaning.get("basis")))
+        out.append(one_line("count meaning: %s [%s]" % (meaning["explanation"], meaning.get("basis"))))
     return out
 
 
@@ -456,14 +457,14 @@ Examples:
   bpftools netdevwait --log /var/log/kern.log --release 3.10.0-1127.el7.x86_64
 """)
 @click.option("--dev", "dev_pattern", metavar="PATTERN", help="Only devices whose name matches PATTERN ('veth*').")
-@click.option("-d", "--duration", type=float, callback=positive, metavar="SECONDS", help="Stop after SECONDS.")
+@click.option("-d", "--duration", type=POSITIVE, metavar="SECONDS", help="Stop after SECONDS.")
 @click.option("--mode", type=click.Choice((AUTO, KPROBE, LOG)), default=AUTO, show_default=True,
               help="kprobe: the wait loop's rebroadcasts (needs kprobes, BTF); log: its 'waiting for' messages.")
 @click.option("--log", "log_path", metavar="FILE", help="Summarise a saved kernel log ('-' for stdin) instead.")
 @click.option("--release", metavar="RELEASE", help="With --log: the kernel release the log came from.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (one object per line).")
-@click.option("--record", metavar="FILE", help="Also write a recording (JSON lines) to FILE.")
-@click.option("--ready-file", metavar="FILE", hidden=True, help="Touch FILE once attached (for tests).")
+@click.option("--record", type=PATH, metavar="FILE", help="Also write a recording (JSON lines) to FILE.")
+@click.option("--ready-file", type=PATH, metavar="FILE", hidden=True, help="Touch FILE once attached (for tests).")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the plan, BPF program and cflags, then exit.")
 @click.option("--kmsg", "kmsg_path", default="/dev/kmsg", hidden=True, help="The kernel log to follow (tests).")
 def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, log_path: Optional[str],
@@ -537,7 +538,7 @@ def render_recording(rec: Any, console: Any) -> None:
 
     mode = next((e for e in rec.events if e.get("type") == "mode"), {})
     for note in mode.get("notes", []):
-        say("# %s" % note)
+        say(one_line("# %s" % note))
     summaries = [e for e in rec.events if e.get("type") == SUMMARY]
     if mode.get("mode") == "log file":
         for summary in summaries:

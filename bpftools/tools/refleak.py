@@ -20,7 +20,6 @@ import sys
 from typing import Any, Callable, Dict, List, Optional
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
@@ -33,25 +32,29 @@ from ..capture import Outline
 from ..kernel.target import Running, Target
 from ..kernel.tracefs import tracing_ready
 from ..live import LiveRun
+from ..options import CONTEXT, PATH, POSITIVE
+from ..outfiles import write_text
 from ..refleak import inline_sites as sites_mod
 from ..refleak.devices import make_selector
 from ..refleak.plan import MissingHook, MissingOffsets, target_plan
 from ..refleak.session import Session, run
+from ..render import one_line, terminal
 
 TOOL = "refleak"
-CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 ALL_STRATEGIES = ("watch", "holders", "ref_tracker", "inline")
 TOP_STACKS = 10
 
 
-def parse_strategies(value: str) -> List[str]:
-    """``auto`` or a comma list of watch, holders, ref_tracker, inline (BadInput otherwise)."""
+def parse_strategies(ctx: Optional[click.Context], param: Optional[click.Parameter], value: str) -> List[str]:
+    """click callback of --strategy: ``auto`` or a comma list of watch, holders, ref_tracker, inline
+    (a usage error otherwise)."""
     if value in ("auto", "all", ""):
         return list(ALL_STRATEGIES)
     chosen = [s.strip() for s in value.split(",") if s.strip()]
     bad = [s for s in chosen if s not in ALL_STRATEGIES]
     if bad or not chosen:
-        raise BadInput("--strategy %r: choose from auto, %s (comma-separated)" % (value, ", ".join(ALL_STRATEGIES)))
+        raise click.BadParameter("%r: choose from auto, %s (comma-separated)" % (value, ", ".join(ALL_STRATEGIES)),
+                                 ctx, param)
     return chosen
 
 
@@ -240,12 +243,6 @@ def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], genera
 # The command
 # ---------------------------------------------------------------------------------------------
 
-def _positive(ctx: click.Context, param: click.Parameter, value: Optional[float]) -> Optional[float]:
-    if value is not None and value <= 0:
-        raise click.BadParameter("must be > 0")
-    return value
-
-
 @click.command(TOOL, context_settings=CONTEXT, epilog="""\b
 Examples:
   bpftools refleak                          # every device created from now on, until Ctrl-C
@@ -264,23 +261,27 @@ devices are watched at once; the others wait until a watched device is freed.
               help="Watch devices with this name (shell pattern), existing or new; repeatable.")
 @click.option("--netns", multiple=True, metavar="NAME|PATH",
               help="Watch the devices of this network namespace (iproute2 name or a path); repeatable.")
-@click.option("--strategy", "strategy", default="auto", show_default=True, metavar="LIST",
+@click.option("--strategy", "strategies", default="auto", show_default=True, metavar="LIST", callback=parse_strategies,
               help="auto, or a comma list of watch, holders, ref_tracker, inline.")
 @click.option("--debuginfo", multiple=True, metavar="PATH",
               help="vmlinux or module ELF with DWARF: probe its inlined hold/put sites; repeatable.")
-@click.option("-d", "--duration", type=float, callback=_positive, metavar="SECONDS", help="Stop after SECONDS.")
+@click.option("-d", "--duration", type=POSITIVE, metavar="SECONDS", help="Stop after SECONDS.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
-@click.option("--record", metavar="FILE", help="Write a recording (JSON lines) to FILE.")
-@click.option("--report", "report_dir", metavar="DIR", help="At the end, write report.html and the flame graph to DIR.")
-@click.option("--folded", metavar="FILE", help="At the end, write the unbalanced stacks as folded lines ('-': stdout).")
-@click.option("--svg", metavar="FILE", help="At the end, write a flame graph of the unbalanced stacks.")
-@click.option("--ready-file", metavar="FILE", hidden=True, help="Touch FILE once the devices are watched (tests).")
+@click.option("--record", type=PATH, metavar="FILE", help="Write a recording (JSON lines) to FILE.")
+@click.option("--report", "report_dir", type=PATH, metavar="DIR",
+              help="At the end, write report.html and the flame graph to DIR.")
+@click.option("--folded", type=PATH, metavar="FILE",
+              help="At the end, write the unbalanced stacks as folded lines ('-': stdout).")
+@click.option("--svg", type=PATH, metavar="FILE", help="At the end, write a flame graph of the unbalanced stacks.")
+@click.option("--ready-file", type=PATH, metavar="FILE", hidden=True,
+              help="Touch FILE once the devices are watched (tests).")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the plan, BPF program and cflags, then exit.")
-def command(patterns: List[str], netns: List[str], strategy: str, debuginfo: List[str],
+def command(patterns: List[str], netns: List[str], strategies: List[str], debuginfo: List[str],
             duration: Optional[float], as_json: bool, record: Optional[str], report_dir: Optional[str],
             folded: Optional[str], svg: Optional[str], ready_file: Optional[str], ebpf: bool) -> None:
     """Attribute device references (holds and puts) to stacks and show the ones never dropped."""
-    strategies = parse_strategies(strategy)
+    if as_json and folded == "-":
+        raise click.UsageError("--json and --folded - both print on stdout: write the folded stacks to a file")
     selector = make_selector(list(patterns), list(netns))
     tracing_ready()
     say = _say
@@ -299,7 +300,7 @@ def command(patterns: List[str], netns: List[str], strategy: str, debuginfo: Lis
 
 
 def _say(line: str) -> None:
-    sys.stderr.write("bpftools: %s\n" % line)
+    sys.stderr.write("bpftools: %s\n" % one_line(line))
     sys.stderr.flush()
 
 
@@ -343,20 +344,12 @@ def _finish(result: Any, as_json: bool, folded: Optional[str], svg: Optional[str
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
     else:
-        render_result(result, Console(file=sys.stdout, highlight=False))
+        render_result(result, terminal())
     if folded:
         text = folded_text(result)
         if folded == "-":
             sys.stdout.write(text)
         else:
-            _write(folded, text)
+            write_text(folded, text)
     if svg:
-        _write(svg, render_svg(fold(folded_samples(result)), "References not dropped, by stack", unit="references"))
-
-
-def _write(path: str, text: str) -> None:
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as err:
-        raise BadInput("cannot write %s: %s" % (path, err.strerror))
+        write_text(svg, render_svg(fold(folded_samples(result)), "References not dropped, by stack", unit="references"))

@@ -27,7 +27,8 @@ from ..iostall.slab import SlabFailure, decode, plan
 from ..live import then
 from ..capture import Outline
 from ..kernel.target import Running, Target
-from ..options import CONTEXT, positive
+from ..options import CONTEXT, POSITIVE
+from ..render import one_line
 
 TOOL = "slabfail"
 HEADER = "%-14s %-7s %-16s %-26s %-30s %s" % ("TIME(s)", "PID", "COMM", "CACHE", "CALLER", "GFP  [CGROUP]")
@@ -57,7 +58,7 @@ def summary_lines(counts: "Counter[Tuple[str, str, str]]") -> List[str]:
     """The interval table: failures per cache, caller and cgroup, most first."""
     out = ["%-8s %-26s %-30s %s" % ("COUNT", "CACHE", "CALLER", "CGROUP")]
     for (cache, caller, cgroup), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        out.append("%-8d %-26s %-30s %s" % (n, cache, caller, cgroup))
+        out.append(one_line("%-8d %-26s %-30s %s" % (n, cache, caller, cgroup)))
     return out
 
 
@@ -78,7 +79,7 @@ Examples:
 @io.common_options
 @click.option("-K", "kernel_stacks", is_flag=True, help="Print the kernel stack of each failure.")
 @click.option("-f", "--folded", is_flag=True, help="Print folded stacks (failures per stack) at the end.")
-@click.argument("interval", required=False, type=float, callback=positive)
+@click.argument("interval", required=False, type=POSITIVE)
 @click.argument("count", required=False, type=click.IntRange(1, None))
 def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float], mode: str, as_json: bool,
             record: Optional[str], ready_file: Optional[str], ebpf: bool, kernel_stacks: bool, folded: bool,

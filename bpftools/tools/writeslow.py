@@ -24,7 +24,7 @@ from ..iostall.writeback import WritebackCall, decode, plan
 from ..live import then
 from ..capture import Outline
 from ..kernel.target import Running, Target
-from ..options import CONTEXT
+from ..options import CONTEXT, NON_NEGATIVE
 
 TOOL = "writeslow"
 MIN_MS = 10.0         # the shortest call shown (--min-ms)
@@ -61,7 +61,7 @@ Examples:
   bpftools writeslow -f -d 60 > wb.folded                   # time per stack, outermost calls
 """)
 @io.common_options
-@click.option("-m", "--min-ms", type=float, default=MIN_MS, show_default=True,
+@click.option("-m", "--min-ms", type=NON_NEGATIVE, default=MIN_MS, show_default=True,
               help="Report calls that took at least this long.")
 @click.option("-F", "--function", "functions", multiple=True, metavar="NAME",
               help="Probe this writeback function (repeatable; needs kprobes).")
@@ -71,8 +71,6 @@ def command(pid: Optional[int], cgroup: Optional[str], duration: Optional[float]
             record: Optional[str], ready_file: Optional[str], ebpf: bool, min_ms: float,
             functions: Tuple[str, ...], kernel_stacks: bool, folded: bool) -> None:
     """Trace writeback calls slower than a threshold, outer and inner ones, with device, inode and stack."""
-    if min_ms < 0:
-        raise click.BadParameter("must be >= 0", param_hint="--min-ms")
     the_plan = plan(Running(), mode, pid, int(min_ms * 1e6), tuple(functions))
     if ebpf:
         click.echo(the_plan.describe())
