@@ -233,6 +233,33 @@ def test_cache_hit_returns_the_same_sites(builds, tmp_path):
     assert cached is True and found == discover_all(builds["main"])
 
 
+@pytest.mark.parametrize("plant", ["symlink", "other_owner", "group_writable"])
+def test_a_planted_cache_is_not_read(builds, tmp_path, plant):
+    """A cache file that is a link, another user's, or writable by others is recomputed, never read
+    (under sudo the cache lives in the user's home)."""
+    cache = str(tmp_path / "cache")
+    good, _ = cached_sites(builds["main"], cache)
+    entry = os.path.join(cache, BUILD_ID + ".json")
+    with open(entry) as f:
+        forged_doc = json.load(f)
+    for site in forged_doc["sites"]:
+        site["offset"] += 4096                                          # a valid, wrong cache
+    planted = str(tmp_path / "planted.json")
+    with open(planted, "w") as f:
+        json.dump(forged_doc, f)
+    os.remove(entry)
+    if plant == "symlink":
+        os.symlink(planted, entry)
+    else:
+        os.rename(planted, entry)
+        if plant == "other_owner":
+            os.chown(entry, 65534, 65534)
+        else:
+            os.chmod(entry, 0o666)
+    sites, cached = cached_sites(builds["main"], cache)
+    assert cached is False and sites == good
+
+
 def test_cache_is_keyed_by_build_id(builds, tmp_path):
     cache = str(tmp_path / "cache")
     other = gcc(str(tmp_path / "other"), DWARF, "-Wl,--build-id=0x" + "ab" * 20)

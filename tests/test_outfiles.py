@@ -323,7 +323,8 @@ def test_the_user_who_ran_sudo_owns_their_directories_too(tmp_path):
 
 def test_force_is_documented():
     code, out, _ = cli("--help")
-    assert code == 0 and "--force Write into a directory, or replace a file, owned by another user" in " ".join(out.split())
+    help_text = " ".join(out.split())
+    assert code == 0 and "--force Write into a directory, or replace a file, owned by another user" in help_text
 
 
 def test_a_link_above_the_last_level_is_followed_only_from_a_directory_others_cannot_change(tmp_path, monkeypatch):

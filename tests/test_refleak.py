@@ -46,7 +46,6 @@ def test_help_names_the_strategies_and_has_examples(bpftools_cli):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--strategy", "magic"], "--strategy 'magic': choose from auto, watch, holders, ref_tracker, inline"),
     (["--dev", "a-name-longer-than-15"], "--dev 'a-name-longer-than-15': a device name or pattern is 1-15"),
     (["--dev", "eth 0"], "--dev 'eth 0': a device name or pattern"),
     (["--netns", "bpftools-no-such-netns"], "--netns 'bpftools-no-such-netns': no such network namespace"),
@@ -56,7 +55,7 @@ def test_bad_input_is_one_line_and_exit_3(bpftools_cli, args, message):
     assert line.startswith("bpftools: error: " + message), line
 
 
-@pytest.mark.parametrize("args", [["-d", "0"], ["-d", "x"], ["--nosuch"]])
+@pytest.mark.parametrize("args", [["-d", "0"], ["-d", "x"], ["--nosuch"], ["--strategy", "magic"]])
 def test_usage_errors_exit_2(bpftools_cli, args):
     r = bpftools_cli("refleak", *args)
     assert r.code == EXIT_USAGE and "Traceback" not in r.err

@@ -18,7 +18,7 @@ The other functions read ``/proc``; each takes ``root`` so tests can point it at
 """
 import os
 import re
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from dataclasses import asdict, dataclass
 
@@ -194,6 +194,32 @@ def cgroup2_mount(root: str = "/") -> Optional[str]:
     return None
 
 
+def cgroup_dir_under(mount: str, wanted: Callable[[str], bool], limit: int = 100000) -> Optional[str]:
+    """The first cgroup directory below MOUNT (a bounded walk) that WANTED accepts, as a cgroup path
+    ("/" for MOUNT itself)."""
+    for seen, (base, _, _) in enumerate(os.walk(mount)):
+        if seen >= limit:
+            return None
+        try:
+            if wanted(base):
+                rel = os.path.relpath(base, mount)
+                return "/" if rel == "." else "/" + rel
+        except OSError:
+            continue
+    return None
+
+
+def kernfs_id_is(cgroup_id: int) -> Callable[[str], bool]:
+    """Whether a directory is the cgroup of kernfs id CGROUP_ID: its inode number is the id (5.5+) or
+    the id's low half (4.12-5.4, a generation in the high half)."""
+    return lambda path: os.stat(path).st_ino in (cgroup_id, cgroup_id & 0xffffffff)
+
+
+def named(name: str) -> Callable[[str], bool]:
+    """Whether a directory is called NAME (a 3.10 cgroup's name)."""
+    return lambda path: os.path.basename(path) == name
+
+
 def cgroup2_path_of_id(cgroup_id: int, root: str = "/", limit: int = 100000) -> Optional[str]:
     """The cgroup2 path whose id is CGROUP_ID (what bpf_get_current_cgroup_id returns).
 
@@ -203,15 +229,4 @@ def cgroup2_path_of_id(cgroup_id: int, root: str = "/", limit: int = 100000) -> 
     mount = cgroup2_mount(root)
     if mount is None or cgroup_id <= 0:
         return None
-    seen = 0
-    for base, dirs, _ in os.walk(mount):
-        seen += 1
-        if seen > limit:
-            return None
-        try:
-            if os.stat(base).st_ino == cgroup_id:
-                rel = os.path.relpath(base, mount)
-                return "/" if rel == "." else "/" + rel
-        except OSError:
-            continue
-    return None
+    return cgroup_dir_under(mount, kernfs_id_is(cgroup_id), limit)

@@ -56,9 +56,11 @@ Results are cached per ELF build id (``cached_sites``).
 x86-64 ELF only (vmlinux, or a module); the ELF and DWARF decoding is in ``bpftools.kernel.dwarf``.
 """
 import bisect
+import errno
 import json
 import os
 import re
+import stat
 import struct
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
@@ -182,10 +184,20 @@ def find_debug_vmlinux(release: str) -> Optional[str]:
 
 # ---- cache -------------------------------------------------------------------------------------
 
+def _own_file_text(path: str) -> str:
+    """PATH's text if it is a regular file of ours that nobody else can write, never through a link
+    (a cache planted under a sudo user's home must not feed kprobe sites to root); OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise OSError(errno.EPERM, "not our own file")
+        return f.read()
+
+
 def _load_cache(path: str, bid: str) -> Optional[Discovery]:
     try:
-        with open(path) as f:
-            doc = json.load(f)
+        doc = json.loads(_own_file_text(path))
         if doc.get("format") != CACHE_FORMAT or doc.get("build_id") != bid or \
                 doc.get("helpers") != sorted([k, v] for k, v in DEFAULT_HELPERS.items()):
             return None

@@ -22,7 +22,8 @@ from ..analyses.folded import annotation, fold
 from ..event import JsonEvent
 from ..html_report import FlameGraph, IncidentReport, Table
 from ..live import LiveRun
-from ..kernel.cgroups import cgroup2_mount, cgroup2_path_of_id, container_of, memory_cgroup_mount, memory_cgroup_of_pid
+from ..kernel.cgroups import (cgroup2_mount, cgroup2_path_of_id, cgroup_dir_under, container_of, kernfs_id_is,
+                              memory_cgroup_mount, memory_cgroup_of_pid, named)
 from ..capture import Attach, Outline, Probe, c_text, poll_events
 from ..errors import MissingKernelFeature
 from ..options import CONTEXT, PATH, POSITIVE
@@ -97,32 +98,6 @@ class KmemFileEvent(JsonEvent):
         out["error"] = self.error
         return out
 
-
-
-def cgroup_dir_under(mount: str, wanted: Callable[[str], bool], limit: int = 100000) -> Optional[str]:
-    """The first cgroup directory below MOUNT (a bounded walk) that WANTED accepts, as a cgroup path
-    ("/" for MOUNT itself); as cgroups.cgroup2_path_of_id walks the cgroup2 mount for an id."""
-    for seen, (base, _, _) in enumerate(os.walk(mount)):
-        if seen >= limit:
-            return None
-        try:
-            if wanted(base):
-                rel = os.path.relpath(base, mount)
-                return "/" if rel == "." else "/" + rel
-        except OSError:
-            continue
-    return None
-
-
-def kernfs_id_is(memcg_id: int) -> Callable[[str], bool]:
-    """Whether a directory is the cgroup of kernfs id MEMCG_ID: its inode number is the id (5.5+) or
-    the id's low half (4.12-5.4, a generation in the high half)."""
-    return lambda path: os.stat(path).st_ino in (memcg_id, memcg_id & 0xffffffff)
-
-
-def named(name: str) -> Callable[[str], bool]:
-    """Whether a directory is called NAME (a 3.10 cgroup's name)."""
-    return lambda path: os.path.basename(path) == name
 
 
 class CgroupCache:
