@@ -11,7 +11,7 @@ from typing import Any, List, Optional, Tuple
 
 import click
 
-from . import __version__, outfiles, render
+from . import __version__, outfiles, pointers, render
 from .capture import try_fentry_attach
 from .doctor import run_doctor
 from .errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInput, BpftoolsError
@@ -47,13 +47,17 @@ Examples:
 @click.option("--force", is_flag=True,
               help="Write into a directory, or replace a file, owned by another user (neither root nor you). "
                    "Symbolic links, FIFOs and devices are refused even so.")
+@click.option("--show-kernel-pointers", is_flag=True,
+              help="Keep kernel addresses in recordings and reports (hidden behind per-run tokens by default, "
+                   "as the kernel's %p does: they defeat KASLR for whoever reads the file).")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, show_traceback: bool, force: bool) -> None:
+def cli(ctx: click.Context, verbose: int, show_traceback: bool, force: bool, show_kernel_pointers: bool) -> None:
     """Diagnose kmem-accounting I/O jitter and netdev refcount leaks on Kubernetes nodes."""
     opts = ctx.ensure_object(Options)
     opts.verbose = verbose
     opts.show_traceback = show_traceback
     outfiles.set_force(force)
+    pointers.Settings.show = show_kernel_pointers
 
 
 @cli.command(epilog="""\b
@@ -129,7 +133,9 @@ def report(recordings: Tuple[str, ...], as_json: bool, folded: Optional[str], sp
                        % len(recs))
     if any((folded, speedscope, svg, html, out_dir)):
         generated = now_iso()
-        parts = [(rec.tool, _typed(path, build_report, rec.header, rec.events, generated)) for path, rec in recs]
+        hider = pointers.PointerHider(pointers.Settings.show)     # one for all: a pointer keeps its token
+        parts = [(rec.tool, _typed(path, build_report, hider.hide(rec.header), hider.hide(rec.events), generated))
+                 for path, rec in recs]
         for path in _typed(", ".join(recordings), export, combine(parts), folded, speedscope, svg, html, out_dir):
             click.echo("wrote %s" % path, err=True)
         return

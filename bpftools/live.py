@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 from .exports import export, now_iso
 from .kernel.capabilities import detect
 from .outfiles import write_text
+from .pointers import PointerHider, Settings
 from .recording import Recorder, make_header
 
 MAX_REPORT_EVENTS = 1000000
@@ -32,11 +33,12 @@ class LiveRun(object):
         self.events = []  # type: List[Dict[str, Any]]
         self.recorder = None  # type: Optional[Recorder]
         self.header = {}  # type: Dict[str, Any]
+        self.pointers = PointerHider(Settings.show)
         if record_path or report_dir:
             caps = detect()
             # as typed: "bpftools TOOL ARGS", whatever the entry point (a venv script, python -m, -c)
-            self.header = make_header(tool, ["bpftools"] + sys.argv[1:] if argv is None else list(argv),
-                                      {"capabilities": caps.to_json()})
+            self.header = self.pointers.hide(make_header(
+                tool, ["bpftools"] + sys.argv[1:] if argv is None else list(argv), {"capabilities": caps.to_json()}))
         if record_path:
             self.recorder = Recorder(record_path, self.header)
 
@@ -44,6 +46,10 @@ class LiveRun(object):
         self.lost += count
 
     def record(self, event: Dict[str, Any]) -> None:
+        """Keep EVENT (kernel pointers hidden: bpftools.pointers) in the recording and for the report."""
+        if self.recorder is None and not self.report_dir:
+            return
+        event = self.pointers.hide(event)
         if self.recorder is not None:
             self.recorder.write(event)
         if self.report_dir and len(self.events) < MAX_REPORT_EVENTS:

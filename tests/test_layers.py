@@ -19,7 +19,7 @@ LAYERS = [
     ("tools", {"tools"}),
     ("wings", {"iostall", "refleak", "repro", "doctor", "kmem_audit", "runtimes"}),
     ("shared", {"live", "capture", "kstacks", "exports", "outfiles", "render", "html_report", "flamegraph", "recording",
-                "event", "options", "signals"}),
+                "event", "options", "signals", "pointers"}),
     ("kernel", {"kernel"}),
     ("analyses", {"analyses"}),
     ("base", {"", "errors", "probes"}),

@@ -245,7 +245,8 @@ def test_sigkill_leaves_nothing_attached_and_the_next_run_starts_cleanly(runs, n
     nxt.wait_drained()
     err = nxt.stop(signal.SIGTERM)
     assert nxt.tool.returncode == 0, err
-    assert err.strip() == "bpftools: tracepoints only (--mode tracepoint)"
+    assert err.strip() == ("bpftools: syscalls: syscalls:* tracepoints; no kernel hook (--mode tracepoint); "
+                           "writer's cgroup: bpf_get_current_cgroup_id (its cgroup2 id)")
     trailer, events = read_trailer(nxt.record)
     assert (trailer["events"], trailer["lost_events"], len(events)) == (25, 0, 25)
     assert_nothing_left(nxt.tool.pid, nxt.ours)

@@ -43,7 +43,7 @@ class Sleep(JsonEvent):
     source: str                    # "kprobe" | "sched_switch"
     in_mempool: bool               # kprobe: always; sched_switch: the stack holds mempool_alloc
     timed_out: Optional[bool]      # a mempool wait that lasted the whole 5 s; None for other sleeps
-    pool: Optional[int]            # the mempool_t (kprobe mode)
+    pool: Optional[Any]            # the mempool_t (kprobe mode); a kptr- token in recordings (bpftools.pointers)
     timeout_jiffies: Optional[int]
     caller: Optional[str]          # who called mempool_alloc (bvec_alloc, bio_alloc_bioset...)
     blocked_in: Optional[str]      # the innermost frame that is not the scheduler's
@@ -65,7 +65,7 @@ class MempoolAlloc(JsonEvent):
     tgid: int
     tid: int
     comm: str
-    pool: int
+    pool: Any                      # the mempool_t; a kptr- token in recordings (bpftools.pointers)
     sleeps: int
     waited_ns: int
     failed: bool                   # returned NULL (a caller that may not sleep)

@@ -24,6 +24,7 @@ from ..iostall.program import Decoder
 from ..live import then, warn
 from ..capture import Outline
 from ..kernel.target import Running, Target
+from ..pointers import pointer_text
 from ..options import CONTEXT, NON_NEGATIVE
 
 TOOL = "mempoolwait"
@@ -36,14 +37,14 @@ def line(event: Any) -> str:
     """One output line for a Sleep or a MempoolAlloc."""
     if isinstance(event, MempoolAlloc):
         result = "NULL" if event.failed else "alloc"
-        where = "%d sleeps, %.1f ms asleep, pool %#x, from %s" % (
-            event.sleeps, event.waited_ns / 1e6, event.pool, event.caller or "?")
+        where = "%d sleeps, %.1f ms asleep, pool %s, from %s" % (
+            event.sleeps, event.waited_ns / 1e6, pointer_text(event.pool), event.caller or "?")
     else:
         if event.in_mempool:
             result = "timed-out" if event.timed_out else "woken"
             where = "mempool_alloc from %s" % (event.caller or "?")
             if event.pool is not None:
-                where += " pool %#x" % event.pool
+                where += " pool %s" % pointer_text(event.pool)
             if event.pool_cache:
                 where += " (%s)" % event.pool_cache
         else:
