@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from bpftools import outfiles
 from bpftools.cli import cli, main
+from bpftools.errors import BadInput
 from bpftools.options import FiniteFloat
 from bpftools.recording import Recorder, make_header
 
@@ -306,3 +309,91 @@ def test_the_float_option_type_gives_a_finite_bounded_number_or_a_usage_error(te
         return
     assert math.isfinite(number)
     assert minimum is None or number > minimum or (not exclusive and number == minimum)
+
+
+# --- fuzz: whatever was planted, nothing is written through it and no temp file stays -------------------
+
+KINDS = ["none", "file", "others-file", "dir", "link", "dangling", "fifo"]
+NOBODY = 65534
+SECRET = "root only\n"
+FUZZ_OUT = settings(FUZZ, suppress_health_check=[HealthCheck.too_slow])
+
+
+@contextlib.contextmanager
+def scratch():
+    path = tempfile.mkdtemp(prefix="bpftools-outfiles-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def plant(kind, path, secret):
+    """Put an entry of KIND at PATH (a link points at SECRET, or beside it when dangling)."""
+    if kind == "file":
+        with open(path, "w") as f:
+            f.write("mine")
+    elif kind == "others-file":
+        with open(path, "w") as f:
+            f.write("nobody's")
+        os.chown(path, NOBODY, NOBODY)
+    elif kind == "dir":
+        os.mkdir(path)
+    elif kind in ("link", "dangling"):
+        os.symlink(secret if kind == "link" else secret + ".new", path)
+        os.lchown(path, NOBODY, NOBODY)
+    elif kind == "fifo":
+        os.mkfifo(path)
+
+
+@FUZZ_OUT
+@given(name=st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), min_size=1,
+                    max_size=40).filter(lambda n: n not in (".", "..")),
+       kind=st.sampled_from(KINDS), dir_kind=st.sampled_from(["mine", "others", "shared", "link", "dangling"]),
+       stream=st.booleans(), force=st.booleans())
+def test_fuzz_the_output_layer(name, kind, dir_kind, stream, force):
+    with scratch() as base:
+        secret = os.path.join(base, "secret")
+        with open(secret, "w") as f:
+            f.write(SECRET)
+        real = os.path.join(base, "real")
+        os.mkdir(real, 0o755)
+        out = os.path.join(base, "out")
+        if dir_kind in ("link", "dangling"):
+            os.symlink(real if dir_kind == "link" else os.path.join(base, "made"), out)
+        else:
+            os.mkdir(out)
+            os.chmod(out, 0o1777 if dir_kind == "shared" else 0o755)
+            if dir_kind == "others":
+                os.chown(out, NOBODY, NOBODY)
+        path = os.path.join(out, name)
+        if dir_kind not in ("link", "dangling"):
+            plant(kind, path, secret)
+        before = sorted(os.listdir(real))
+        outfiles.set_force(force)
+        try:
+            if stream:
+                with outfiles.open_stream(path) as f:
+                    f.write("line\n")
+            else:
+                outfiles.write_text(path, "line\n")
+            written = True
+        except BadInput as err:
+            written = False
+            assert "\n" not in str(err).replace(name, "") and str(err)
+        finally:
+            outfiles.set_force(False)
+        with open(secret) as f:
+            assert f.read() == SECRET
+        assert not os.path.lexists(secret + ".new") and not os.path.lexists(os.path.join(base, "made"))
+        assert sorted(os.listdir(real)) == before
+        allowed = dir_kind in ("mine", "shared") or (dir_kind == "others" and force)
+        replaceable = kind in ("none", "file") or (kind == "others-file" and force)
+        assert written == (allowed and replaceable)
+        if dir_kind not in ("link", "dangling"):
+            assert os.listdir(out) == ([name] if written or kind != "none" else [])
+        if written:
+            st_ = os.lstat(path)
+            assert stat.S_ISREG(st_.st_mode) and stat.S_IMODE(st_.st_mode) == 0o600 and st_.st_uid == 0
+            with open(path) as f:
+                assert f.read() == "line\n"
