@@ -17,7 +17,8 @@ With ``--bcc TAG`` (bullseye only: its LLVM 9 is the one old bcc tags build with
 clones under ``<cache>/src/`` (``BPFTOOLS_LAB_BCC_GIT`` / ``BPFTOOLS_LAB_LIBBPF_GIT`` name other
 ones), is built in the chroot against the suite's llvm-9/libclang-9 within BCC_BUILD_TIMEOUT_S,
 installed, and the compilers and LLVM are purged again; the key adds the tag's and libbpf's
-commits and the LLVM version.
+commits, the LLVM version and the backports from lab/bcc-patches/ applied to a tag that lacks them
+(v0.10.0: asm_inline, without which clang cannot read 5.4+ kernel headers).
 
 Only Debian's archive is contacted (and, for ``--bcc``, GitHub when the clones are missing): apt
 runs with its own sources list and state directories under the cache root (never the host's), and
@@ -88,7 +89,12 @@ BCC_BUILD_PACKAGES = ("g++", "cmake", "bison", "flex", "libfl-dev", "libedit-dev
 BCC_RUNTIME_PACKAGES = ("libelf1", "zlib1g", "libtinfo6", "libz3-4")
 # configure + make + install of bcc in the chroot: measured 2-3 minutes on 2 cores (lab/README.md).
 BCC_BUILD_TIMEOUT_S = 1800
-BccSource = namedtuple("BccSource", "tag commit libbpf_commit llvm")
+# Backports applied to tags that lack them: (patch file under lab/bcc-patches, the file it changes, a
+# string whose presence there means the tag has the fix already).
+BCC_PATCH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bcc-patches")
+BCC_BACKPORTS = (("asm_inline-linux-5.4.patch", "src/cc/export/helpers.h", "asm_inline"),)
+BccSource = namedtuple("BccSource", "tag commit libbpf_commit llvm patches")
+BccSource.__new__.__defaults__ = ((),)  # patches: ((file name, sha256), ...) applied in this order
 
 
 class BuildError(Exception):
@@ -277,7 +283,17 @@ def resolve_bcc(suite: str, tag: str, root: str) -> BccSource:
         ours = not os.environ.get("BPFTOOLS_LAB_LIBBPF_GIT")
         libbpf_repo = git_repo("BPFTOOLS_LAB_LIBBPF_GIT", "libbpf.git", LIBBPF_GIT_URL, root)
         git_commit(libbpf_repo, libbpf, ours)
-    return BccSource(tag=tag, commit=commit, libbpf_commit=libbpf, llvm=BCC_SUITES[suite])
+    patches = []
+    for name, path, fixed_if in BCC_BACKPORTS:
+        try:
+            fixed = fixed_if in git(bcc_repo, "show", "%s:%s" % (commit, path))
+        except BuildError:
+            fixed = True  # no such file at this tag: nothing to patch
+        if not fixed:
+            with open(os.path.join(BCC_PATCH_DIR, name), "rb") as f:
+                patches.append((name, hashlib.sha256(f.read()).hexdigest()))
+    return BccSource(tag=tag, commit=commit, libbpf_commit=libbpf, llvm=BCC_SUITES[suite],
+                     patches=tuple(patches))
 
 
 def cache_key(suite: str, resolved: Resolved) -> str:
@@ -500,6 +516,9 @@ def bcc_source_into(rootfs: str, bcc: BccSource, root: str) -> str:
         archive.stdout.close()
         if archive.wait() != 0 or tar != 0:
             raise BuildError("cannot unpack %s of %s into %s" % (commit, repo, dest))
+    for name, _ in bcc.patches:  # git apply outside a repository: a patch -p1 (minbase has no patch)
+        run(["git", "apply", "-v", os.path.join(BCC_PATCH_DIR, name)], cwd=src,
+            env=dict(os.environ, GIT_CEILING_DIRECTORIES=os.path.dirname(src)))  # no repo above src
     return "/opt/src/bcc"
 
 
@@ -507,8 +526,9 @@ def build_bcc(ch: "Chroot", rootfs: str, bcc: BccSource, step) -> None:
     """Configure, build and install bcc (libbcc.so, libbcc_bpf.so, the python3 module) in the chroot
     within BCC_BUILD_TIMEOUT_S, then purge the build packages and the source."""
     src = bcc_source_into(rootfs, bcc, cache_root())
-    step("building bcc %s (%s, libbpf %s) with LLVM %s, at most %d s"
-         % (bcc.tag, bcc.commit[:12], (bcc.libbpf_commit or "-")[:12], bcc.llvm, BCC_BUILD_TIMEOUT_S))
+    step("building bcc %s (%s, libbpf %s%s) with LLVM %s, at most %d s"
+         % (bcc.tag, bcc.commit[:12], (bcc.libbpf_commit or "-")[:12],
+            "".join(", + " + name for name, _ in bcc.patches), bcc.llvm, BCC_BUILD_TIMEOUT_S))
     # Only what the python3 module loads (libbcc.so.0) and libbcc_bpf.so: `make` of everything also
     # links the static libraries, the C++ tests and the examples against all of clang.
     script = " && ".join([

@@ -120,6 +120,18 @@ BCC_FLOOR_FILES = ["lab/bcc_version_check.py", "tests/kernel/test_kmemsnoop_kpro
                    "tests/kernel/test_refleak_kprobes.py"]
 
 
+# The part of bcc v0.10.0's src/cc/export/helpers.h that the asm_inline backport's hunk sits in.
+HELPERS_H_V0_10_0 = """R"********(
+#ifndef __BPF_HELPERS_H
+#define __BPF_HELPERS_H
+
+/* Before bpf_helpers.h is included, uapi bpf.h has been
+ * included, which references linux/types.h. This will bring
+ * in asm_volatile_goto definition if permitted based on
+ * compiler setup and kernel configs.
+"""
+
+
 @pytest.mark.lab
 def test_kernel_tier_passes_with_bcc_built_from_the_floor_tag(tmp_path, capsys):
     if os.environ.get("BPFTOOLS_LAB_BCC_FLOOR") != "1":
@@ -190,7 +202,9 @@ def test_bcc_source_comes_from_the_tag_and_its_libbpf_submodule(tmp_path, monkey
     libbpf_commit = subprocess.check_output(git + ["-C", libbpf, "rev-parse", "HEAD"], universal_newlines=True).strip()
     subprocess.check_call(git + ["init", "-q", bcc])
     (tmp_path / "bcc" / "CMakeLists.txt").write_text("project(bcc)\n")
-    subprocess.check_call(git + ["-C", bcc, "add", "CMakeLists.txt"])
+    (tmp_path / "bcc" / "src/cc/export").mkdir(parents=True)
+    (tmp_path / "bcc" / "src/cc/export/helpers.h").write_text(HELPERS_H_V0_10_0)
+    subprocess.check_call(git + ["-C", bcc, "add", "CMakeLists.txt", "src/cc/export/helpers.h"])
     subprocess.check_call(git + ["-C", bcc, "update-index", "--add", "--cacheinfo",
                                  "160000,%s,src/cc/libbpf" % libbpf_commit])
     subprocess.check_call(git + ["-C", bcc, "commit", "-q", "-m", "b"])
@@ -199,6 +213,7 @@ def test_bcc_source_comes_from_the_tag_and_its_libbpf_submodule(tmp_path, monkey
     monkeypatch.setenv("BPFTOOLS_LAB_LIBBPF_GIT", libbpf)
     source = lab_build.resolve_bcc("bullseye", "v0.10.0", str(tmp_path / "cache"))
     assert (source.tag, source.libbpf_commit, source.llvm) == ("v0.10.0", libbpf_commit, "9")
+    assert [name for name, digest in source.patches] == ["asm_inline-linux-5.4.patch"]  # helpers.h lacks it
     with pytest.raises(lab_build.BuildError, match="has no commit"):
         lab_build.resolve_bcc("bullseye", "v0.9.0", str(tmp_path / "cache"))
     rootfs = tmp_path / "rootfs"
@@ -206,6 +221,18 @@ def test_bcc_source_comes_from_the_tag_and_its_libbpf_submodule(tmp_path, monkey
     assert lab_build.bcc_source_into(str(rootfs), source, str(tmp_path / "cache")) == "/opt/src/bcc"
     assert (rootfs / "opt/src/bcc/CMakeLists.txt").read_text() == "project(bcc)\n"
     assert (rootfs / "opt/src/bcc/src/cc/libbpf/bpf.c").read_text() == "int x;\n"
+    helpers = (rootfs / "opt/src/bcc/src/cc/export/helpers.h").read_text()
+    assert "#ifdef asm_inline\n#undef asm_inline\n#define asm_inline asm\n#endif\n" in helpers
+
+
+def test_bcc_backports_are_keyed_by_their_text():
+    source = lab_build.BccSource("v0.10.0", "a" * 40, "b" * 40, "9")
+    assert source.patches == ()
+    base = lab_build.Resolved("5.10.0-46-amd64", "5.10.262-1", {}, source)
+    patched = base._replace(bcc=source._replace(patches=(("asm_inline-linux-5.4.patch", "0" * 64),)))
+    assert lab_build.cache_key("bullseye", base) != lab_build.cache_key("bullseye", patched)
+    for name, _, _ in lab_build.BCC_BACKPORTS:
+        assert os.path.isfile(os.path.join(lab_build.BCC_PATCH_DIR, name))
 
 
 def test_console_logs_of_a_suite_are_pruned_apart_from_its_bcc_images(tmp_path):

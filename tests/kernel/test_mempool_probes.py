@@ -80,7 +80,7 @@ def probes(symbol_table):
     mempool = symbol_table.resolve("mempool_alloc")
     bioset = symbol_table.resolve("bio_alloc_bioset")
     assert mempool.attach is not None and bioset.attach is not None, (mempool.note, bioset.note)
-    fentry = bool(BPF.support_kfunc())
+    fentry = bool(getattr(BPF, "support_kfunc", lambda: False)())     # bcc 0.14+; the bcc-floor image has 0.10
     cflags = ["-DFENTRY_FN=%s" % mempool.attach] if fentry else []
     bpf = BPF(text=BPF_TEXT.encode(), cflags=cflags)  # loading auto-attaches the KFUNC_PROBE program
     bpf.attach_kprobe(event=mempool.attach.encode(), fn_name=b"on_mempool_alloc")
