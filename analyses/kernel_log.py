@@ -19,13 +19,19 @@ import calendar
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .gfp import UNKNOWN, decode_gfp, generation_for_release, generation_for_unnamed_mask
 
 KINDS = ("slub_alloc_failure", "netdev_unregister_wait", "hung_task_mempool", "hung_task_netdev")
 
-MAX_EVIDENCE = 5
+MAX_EVIDENCE = 5       # raw lines of evidence per finding
+MAX_LISTED = 20        # devices, caches, tasks... listed per finding: the ones seen last
+MAX_TRACKED = 1000     # entries kept while reading; beyond, the one seen longest ago is dropped
+MAX_NAME = 128         # characters of a name shown (a device name has 15, a memcg cache ~85)
+MAX_SHOWN = 2048       # characters of an evidence line shown
+MAX_JOINED = 8192      # characters a wrapped line may grow to by joining its continuations
+MAX_FRAMES = 128       # stack frames kept per stack
 
 
 @dataclass
@@ -38,14 +44,21 @@ class Finding:
     last_seen: Optional[str]
     facts: Dict[str, Any]  # kind-specific facts, JSON-serialisable
     evidence: List[str]  # a few representative raw lines
+    left_out: Dict[str, int] = field(default_factory=dict)  # entries not listed in the facts, by kind
 
     def to_json(self) -> Dict[str, Any]:
-        """Plain data: kind, count, first/last seen, the facts, then the evidence."""
+        """Plain data: kind, count, first/last seen, the facts, what was left out, the evidence."""
         out = OrderedDict([("kind", self.kind), ("count", self.count),
                            ("first_seen", self.first_seen), ("last_seen", self.last_seen)])
         out.update(self.facts)
+        if self.left_out:
+            out["left_out"] = dict(self.left_out)
         out["evidence"] = list(self.evidence)
         return dict(out)
+
+
+def _nonzero(counts: Dict[str, int]) -> Dict[str, int]:
+    return OrderedDict((kind, n) for kind, n in counts.items() if n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +149,7 @@ def parse_line(raw: str, index: int = 0) -> LogLine:
     return LogLine(index, raw, body, timestamp, mono, wall or ctime, kernel)
 
 
-def _split(lines: Iterable[Any]) -> Iterable[str]:
+def _split(lines: Iterable[Any]) -> Iterator[str]:
     """Lines from an iterable of lines or chunks (str or bytes, with or without newlines)."""
     if isinstance(lines, (str, bytes)):
         lines = [lines]
@@ -149,19 +162,27 @@ def _split(lines: Iterable[Any]) -> Iterable[str]:
             yield piece.rstrip("\r")
 
 
-def parse_lines(lines: Iterable[str]) -> List[LogLine]:
-    """Parse every line, joining wrapped lines with their unstamped continuation."""
-    out = []  # type: List[LogLine]
+def iter_lines(lines: Iterable[Any]) -> Iterator[LogLine]:
+    """Parse every line as it comes, joining a wrapped line with its unstamped continuation (one line
+    of lookback; a joined line stops growing at MAX_JOINED characters)."""
+    prev = None  # type: Optional[LogLine]
     for index, raw in enumerate(_split(lines)):
         line = parse_line(raw, index)
-        prev = out[-1] if out else None
         if (prev is not None and prev.timestamp and line.timestamp is None and line.text
-                and _WRAPPED.search(prev.raw)):
-            out[-1] = replace(prev, raw=prev.raw.rstrip() + " " + raw.strip(),
-                              text=(prev.text + " " + line.text).strip())
+                and len(prev.raw) < MAX_JOINED and _WRAPPED.search(prev.raw[-1:])):
+            prev = replace(prev, raw=prev.raw.rstrip() + " " + raw.strip(),
+                           text=(prev.text + " " + line.text).strip())
             continue
-        out.append(line)
-    return out
+        if prev is not None:
+            yield prev
+        prev = line
+    if prev is not None:
+        yield prev
+
+
+def parse_lines(lines: Iterable[Any]) -> List[LogLine]:
+    """Every line parsed (see :func:`iter_lines`)."""
+    return list(iter_lines(lines))
 
 
 _MONTHS = {name: number for number, name in enumerate(calendar.month_abbr) if name}
@@ -201,38 +222,147 @@ def _wall_seconds(wall: Optional[str]) -> Optional[Tuple[float, bool]]:
     return None
 
 
-def _span(lines: List[LogLine]) -> Tuple[Optional[str], Optional[str]]:
-    """First and last timestamp of some lines: by monotonic stamp for plain dmesg (one boot),
-    else in file order (syslog spans reboots and is written in order)."""
-    stamped = [line for line in lines if line.timestamp]
-    if not stamped:
-        return None, None
-    if all(line.monotonic is not None and line.wall is None for line in stamped):
-        stamped = sorted(stamped, key=lambda line: (line.monotonic, line.index))
-    return stamped[0].timestamp, stamped[-1].timestamp
+def _mono_key(line: LogLine) -> Tuple[float, int]:
+    return line.monotonic, line.index
 
 
-def _duration(lines: List[LogLine]) -> Optional[float]:
-    """Seconds between the first and the last of some lines, when their stamps allow it."""
-    monos = [line.monotonic for line in lines]
-    if lines and all(mono is not None for mono in monos):
-        if all(line.wall is None for line in lines) or monos == sorted(monos):
-            return round(max(monos) - min(monos), 6)
-    walls = [_wall_seconds(line.wall) for line in lines]
-    if not lines or any(wall is None for wall in walls):
-        return None
-    delta = walls[-1][0] - walls[0][0]
-    if delta < 0 and not walls[0][1]:
-        delta += _YEAR  # yearless syslog stamps across New Year
-    return round(delta, 6)
+class _Stamps(object):
+    """First and last timestamp and duration of a stream of lines, in constant memory.
+
+    ``span()``: by monotonic stamp for plain dmesg (one boot), else in file order (syslog spans
+    reboots and is written in order). ``duration()``: seconds between the first and the last line,
+    when their stamps allow it. ``merge`` appends another stream's lines.
+    """
+
+    def __init__(self) -> None:
+        self.first = self.last = None  # type: Optional[LogLine]   # stamped lines, file order
+        self.lo = self.hi = None  # type: Optional[LogLine]        # by (monotonic, index)
+        self.mono_only = True      # every stamped line has a monotonic stamp and no wall clock
+        self.lines = 0
+        self.all_mono = True       # every line has a monotonic stamp
+        self.no_wall = True
+        self.ordered = True        # monotonic stamps never go back
+        self.mono = None  # type: Optional[Tuple[float, float, float, float]]  # first, last, min, max
+        self.walls_ok = True       # every line's wall clock parses
+        self.walls = None  # type: Optional[List[Tuple[float, bool]]]  # first and last line's
+
+    def add(self, line: LogLine) -> None:
+        one = _Stamps()
+        one.lines, mono, wall = 1, line.monotonic, line.wall
+        if line.timestamp:
+            one.first = one.last = one.lo = one.hi = line
+            one.mono_only = mono is not None and wall is None
+        one.all_mono, one.no_wall = mono is not None, wall is None
+        if mono is not None:
+            one.mono = (mono, mono, mono, mono)
+        seconds = _wall_seconds(wall)
+        one.walls_ok = seconds is not None
+        if seconds is not None:
+            one.walls = [seconds, seconds]
+        self.merge(one)
+
+    def merge(self, other: "_Stamps") -> None:
+        if not other.lines:
+            return
+        if not self.lines:
+            self.__dict__.update(other.__dict__)
+            return
+        self.first = self.first or other.first
+        self.last = other.last or self.last
+        if self.mono_only and other.mono_only and other.lo is not None:
+            lines = [line for line in (self.lo, self.hi, other.lo, other.hi) if line is not None]
+            self.lo = min(lines, key=_mono_key)
+            self.hi = max(lines, key=_mono_key)
+        self.mono_only = self.mono_only and other.mono_only
+        self.all_mono = self.all_mono and other.all_mono
+        self.no_wall = self.no_wall and other.no_wall
+        if self.all_mono and self.mono is not None and other.mono is not None:
+            self.ordered = self.ordered and other.ordered and self.mono[1] <= other.mono[0]
+            self.mono = (self.mono[0], other.mono[1], min(self.mono[2], other.mono[2]),
+                         max(self.mono[3], other.mono[3]))
+        self.walls_ok = self.walls_ok and other.walls_ok
+        if self.walls_ok:
+            self.walls = [self.walls[0], other.walls[1]]
+        self.lines += other.lines
+
+    def span(self) -> Tuple[Optional[str], Optional[str]]:
+        """First and last timestamp as printed (None, None without stamps)."""
+        if self.first is None:
+            return None, None
+        if self.mono_only:
+            return self.lo.timestamp, self.hi.timestamp
+        return self.first.timestamp, self.last.timestamp
+
+    def duration(self) -> Optional[float]:
+        """Seconds between the first and the last line, or None."""
+        if self.lines and self.all_mono and (self.no_wall or self.ordered):
+            return round(self.mono[3] - self.mono[2], 6)
+        if not self.lines or not self.walls_ok:
+            return None
+        (start, has_year), (end, _) = self.walls
+        delta = end - start
+        if delta < 0 and not has_year:
+            delta += _YEAR  # yearless syslog stamps across New Year
+        return round(delta, 6)
 
 
-def _evidence(lines: List[LogLine]) -> List[str]:
-    """Up to MAX_EVIDENCE distinct raw lines: the first ones and the last two."""
-    raws = list(OrderedDict.fromkeys(line.raw.strip() for line in lines))
-    if len(raws) <= MAX_EVIDENCE:
-        return raws
-    return raws[:MAX_EVIDENCE - 2] + raws[-2:]
+class _Evidence(object):
+    """Up to MAX_EVIDENCE distinct raw lines: the first ones and the last two (each cut at
+    MAX_SHOWN characters)."""
+
+    def __init__(self) -> None:
+        self.head = []  # type: List[str]
+        self.tail = []  # type: List[str]
+
+    def add(self, line: LogLine) -> None:
+        raw = shown(line.raw.strip(), MAX_SHOWN)
+        if raw in self.head or raw in self.tail:
+            return
+        if len(self.head) < MAX_EVIDENCE - 2:
+            self.head.append(raw)
+            return
+        self.tail = (self.tail + [raw])[-2:]
+
+    def lines(self) -> List[str]:
+        return self.head + self.tail
+
+
+def shown(name: str, limit: int = MAX_NAME) -> str:
+    """NAME cut to LIMIT characters for display, saying how long it was."""
+    if len(name) <= limit:
+        return name
+    return "%s...[%d characters]" % (name[:limit], len(name))
+
+
+class _Newest(object):
+    """Entries by key, at most MAX_TRACKED of them: one more drops the one touched longest ago
+    (counted). ``newest(n)`` gives the N touched last, in the order they were first added."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+        self.items = OrderedDict()  # type: Dict[Any, Tuple[int, Any]]
+        self.added = 0
+        self.dropped = 0
+
+    def touch(self, key: Any) -> Any:
+        item = self.items.get(key)
+        if item is None:
+            item = self.items[key] = (self.added, self.make(key))
+            self.added += 1
+            if len(self.items) > MAX_TRACKED:
+                self.items.popitem(last=False)
+                self.dropped += 1
+        else:
+            self.items.move_to_end(key)
+        return item[1]
+
+    def newest(self, count: int = MAX_LISTED) -> List[Any]:
+        kept = list(self.items.values())[-count:]
+        return [entry for _, entry in sorted(kept, key=lambda item: item[0])]
+
+    def left_out(self, count: int = MAX_LISTED) -> int:
+        """Entries not in ``newest(COUNT)`` (one dropped and seen again counts twice)."""
+        return self.dropped + max(0, len(self.items) - count)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +376,7 @@ _FRAME = re.compile(
     r"(?:\s+\[[^\]\s]+(?:\s+[0-9a-fA-F]+)?\])?"  # module, optionally with build id
     r"(?P<source>\s+[\w./+-]+:\d{1,7})?"  # file:line of symbolized traces
     r"(?:\s+\[inline\])?\s*$")
-_COMPILER_SUFFIX = re.compile(r"(?:\.(?:isra|constprop|part|cold|llvm|lto_priv)(?:\.\d+)?)+$")
+_COMPILER_SUFFIXES = frozenset(["isra", "constprop", "part", "cold", "llvm", "lto_priv"])
 
 
 def parse_frame(text: str) -> Optional[str]:
@@ -255,7 +385,22 @@ def parse_frame(text: str) -> Optional[str]:
     match = _FRAME.match(text.strip())
     if not match or not (match.group("addr") or match.group("offset") or match.group("source")):
         return None
-    return _COMPILER_SUFFIX.sub("", match.group("fn"))
+    return _without_suffixes(match.group("fn"))
+
+
+def _without_suffixes(function: str) -> str:
+    """FUNCTION without its trailing compiler suffixes (``.isra.55``, ``.constprop.0``, ``.cold``),
+    in one pass from the end (a regex anchored at the end is quadratic on crafted names)."""
+    parts = function.split(".")
+    end = len(parts)
+    while end > 1:
+        if parts[end - 1] in _COMPILER_SUFFIXES:
+            end -= 1
+        elif end > 2 and parts[end - 1].isdecimal() and parts[end - 2] in _COMPILER_SUFFIXES:
+            end -= 2
+        else:
+            break
+    return ".".join(parts[:end])
 
 
 def _base_name(function: str) -> str:
@@ -269,17 +414,24 @@ def _base_name(function: str) -> str:
 
 _RELEASE_PATTERNS = (
     re.compile(r"Linux version (?P<release>\d+\.\d+\S*)"),
-    re.compile(r"(?:Not tainted|Tainted: [A-Z ]*?)\s+(?P<release>\d+\.\d+\.\d+\S*) #"),
+    # the taint flags are a few letters and blanks (bounded: unbounded, it is quadratic on blanks)
+    re.compile(r"(?:Not tainted|Tainted: [A-Z ]{0,64}?)\s{1,64}(?P<release>\d+\.\d+\.\d+\S*) #"),
 )
 
 
 def release_from_log(lines: Iterable[LogLine]) -> Optional[str]:
     """The kernel release printed in the log (boot banner, oops or hung-task header), if any."""
-    for line in lines:
-        for pattern in _RELEASE_PATTERNS:
-            match = pattern.search(line.text)
-            if match:
-                return match.group("release")
+    return next((release for release in map(_release_in, lines) if release), None)
+
+
+def _release_in(line: LogLine) -> Optional[str]:
+    text = line.text
+    if "Linux version" not in text and "ainted" not in text:
+        return None
+    for pattern in _RELEASE_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            return match.group("release")
     return None
 
 
@@ -306,42 +458,58 @@ _SLUB_SUPPRESSED = re.compile(r"slab_out_of_memory: (?P<n>\d{1,10}) callbacks su
 @dataclass
 class _SlubReport:
     header: LogLine
-    node: int
-    cpu: Optional[int]
-    gfp: Optional[str]  # "0x20"
-    printed_flags: Optional[List[str]]  # names the kernel printed, None for the old format
-    cache: Optional[str] = None
-    memcg_id: Optional[int] = None
-    cgroup: Optional[str] = None
-    nodes: List[int] = field(default_factory=list)
-    lines: List[LogLine] = field(default_factory=list)
+    cache: Optional[Tuple[str, Optional[int], Optional[str]]] = None  # name, memcg id, cgroup
+    evidence: List[LogLine] = field(default_factory=list)  # the header and the next line
+    stamps: _Stamps = field(default_factory=_Stamps)
+
+
+def _numbers() -> "OrderedDict[int, None]":
+    return OrderedDict()
 
 
 class _SlubCollector:
-    """Groups each SLUB header with its ``cache:`` and ``node N:`` lines."""
+    """Groups each SLUB header with its ``cache:`` and ``node N:`` lines (the report stays open
+    until the next header) and counts the reports by cache and gfp mask as they close."""
 
     def __init__(self) -> None:
-        self.reports = []  # type: List[_SlubReport]
+        self.current = None  # type: Optional[_SlubReport]
+        self.reports = 0
         self.suppressed = 0
+        self.caches = _Newest(lambda key: OrderedDict([
+            ("cache", shown(key[0])), ("memcg_id", key[1]), ("cgroup", shown(key[2]) if key[2] else key[2]),
+            ("count", 0)]))
+        self.gfps = _Newest(lambda key: OrderedDict([("value", key[0]), ("printed", key[1]), ("count", 0)]))
+        self.numbers = {"nodes": _numbers(), "requested_nodes": _numbers(), "cpus": _numbers()}
+        self.stamps = _Stamps()
+        self.evidence = _Evidence()
+
+    def _number(self, kind: str, value: int) -> None:
+        numbers = self.numbers[kind]
+        if len(numbers) < MAX_TRACKED:
+            numbers[value] = None
 
     def feed(self, line: LogLine) -> None:
         text = line.text
-        header = _SLUB_HEADER.search(text)
+        header = _SLUB_HEADER.search(text) if "SLUB" in text else None
         if header:
+            self._close()
             gfp = header.group("gfp") or header.group("gfp_old")
             flags = header.group("flags")
-            self.reports.append(_SlubReport(
-                header=line, node=int(header.group("node")),
-                cpu=int(header.group("cpu")) if header.group("cpu") else None,
-                gfp="%#x" % int(gfp, 16) if gfp else None,
-                printed_flags=[f for f in flags.split("|") if f] if flags is not None else None,
-                lines=[line]))
+            self._number("requested_nodes", int(header.group("node")))
+            if header.group("cpu"):
+                self._number("cpus", int(header.group("cpu")))
+            self.current = _SlubReport(header=line)
+            self._attach(line)
+            self.reports += 1
+            if gfp:
+                printed = tuple(f for f in flags.split("|") if f) if flags is not None else None
+                self.gfps.touch(("%#x" % int(gfp, 16), printed))["count"] += 1
             return
-        suppressed = _SLUB_SUPPRESSED.search(text)
+        suppressed = _SLUB_SUPPRESSED.search(text) if "suppressed" in text else None
         if suppressed:
             self.suppressed += int(suppressed.group("n"))
             return
-        report = self.reports[-1] if self.reports else None
+        report = self.current
         if report is None:
             return
         cache = _SLUB_CACHE.match(text)
@@ -349,50 +517,57 @@ class _SlubCollector:
             name = cache.group("name").strip()
             memcg = _MEMCG_CACHE.match(name)
             if memcg:
-                report.cache, report.memcg_id = memcg.group("base"), int(memcg.group("id"))
-                report.cgroup = memcg.group("cgroup")
+                report.cache = (memcg.group("base"), int(memcg.group("id")), memcg.group("cgroup"))
             else:
-                report.cache = name
-            report.lines.append(line)
+                report.cache = (name, None, None)
+            self._attach(line)
             return
         node = _SLUB_NODE.match(text)
         if node:
-            report.nodes.append(int(node.group("node")))
-            report.lines.append(line)
+            self._number("nodes", int(node.group("node")))
+            self._attach(line)
+
+    def _attach(self, line: LogLine) -> None:
+        report = self.current
+        report.stamps.add(line)
+        if len(report.evidence) < 2:
+            report.evidence.append(line)
+
+    def _close(self) -> None:
+        report, self.current = self.current, None
+        if report is None:
+            return
+        if report.cache is not None:
+            self.caches.touch(report.cache)["count"] += 1
+        self.stamps.merge(report.stamps)
+        for line in report.evidence:
+            self.evidence.add(line)
 
     def finding(self, release: Optional[str]) -> Optional[Finding]:
+        self._close()
         if not self.reports:
             return None
-        caches = OrderedDict()  # type: Dict[Tuple[Any, ...], Dict[str, Any]]
         gfps = OrderedDict()  # type: Dict[str, Dict[str, Any]]
-        for report in self.reports:
-            if report.cache is not None:
-                key = (report.cache, report.memcg_id, report.cgroup)
-                entry = caches.setdefault(key, OrderedDict([
-                    ("cache", report.cache), ("memcg_id", report.memcg_id),
-                    ("cgroup", report.cgroup), ("count", 0)]))
-                entry["count"] += 1
-            if report.gfp is not None:
-                entry = gfps.get(report.gfp)
-                if entry is None:
-                    flags, source = _gfp_names(report.gfp, report.printed_flags, release)
-                    entry = gfps[report.gfp] = OrderedDict([
-                        ("value", report.gfp), ("flags", flags), ("flags_source", source),
-                        ("count", 0)])
-                entry["count"] += 1
-        lines = [line for report in self.reports for line in report.lines]
-        first, last = _span(lines)
+        for entry in self.gfps.newest(MAX_TRACKED):
+            known = gfps.get(entry["value"])
+            if known is None:
+                printed = list(entry["printed"]) if entry["printed"] is not None else None
+                flags, source = _gfp_names(entry["value"], printed, release)
+                known = gfps[entry["value"]] = OrderedDict([
+                    ("value", entry["value"]), ("flags", flags), ("flags_source", source), ("count", 0)])
+            known["count"] += entry["count"]
+        first, last = self.stamps.span()
         facts = OrderedDict([
-            ("caches", [dict(entry) for entry in caches.values()]),
-            ("gfp", [dict(entry) for entry in gfps.values()]),
-            ("nodes", sorted({node for report in self.reports for node in report.nodes})),
-            ("requested_nodes", sorted({report.node for report in self.reports})),
-            ("cpus", sorted({report.cpu for report in self.reports if report.cpu is not None})),
-            ("callbacks_suppressed", self.suppressed),
+            ("caches", [dict(entry) for entry in self.caches.newest()]),
+            ("gfp", [dict(entry) for entry in list(gfps.values())[-MAX_LISTED:]]),
         ])
-        evidence_lines = [line for report in self.reports for line in report.lines[:2]]
-        return Finding("slub_alloc_failure", len(self.reports), first, last, dict(facts),
-                       _evidence(evidence_lines))
+        for kind, numbers in self.numbers.items():
+            facts[kind] = sorted(numbers)
+        facts["callbacks_suppressed"] = self.suppressed
+        left_out = OrderedDict([("caches", self.caches.left_out()),
+                                ("gfp", self.gfps.dropped + max(0, len(gfps) - MAX_LISTED))])
+        return Finding("slub_alloc_failure", self.reports, first, last, dict(facts),
+                       self.evidence.lines(), _nonzero(left_out))
 
 
 def _gfp_names(value: str, printed: Optional[List[str]], release: Optional[str]
@@ -424,18 +599,50 @@ _TRACKER_PLUMBING = {"ref_tracker_alloc", "__netdev_tracker_alloc", "netdev_trac
 _BASE_REFERENCE_SINCE = (5, 13)
 
 
-@dataclass
-class _Device:
-    name: str
-    events: List[Tuple[LogLine, int]] = field(default_factory=list)
-    trackers: "OrderedDict[Tuple[str, ...], Dict[str, Any]]" = field(default_factory=OrderedDict)
+MAX_TRACKER_STACKS = 8  # distinct ref_tracker stacks kept per device
+_LOOKBACK = 64          # message identities remembered per device to count copies once
+
+
+class _Device(object):
+    """One device's wait messages, folded as they come."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.messages = 0
+        self.recent = OrderedDict()  # type: Dict[Any, None]   # the last _LOOKBACK event keys
+        self.distinct = 0
+        self.max_count = self.last_count = 0
+        self.stamps = _Stamps()
+        self.first_line = self.last_line = None  # type: Optional[LogLine]
+        self.trackers = OrderedDict()  # type: Dict[Tuple[str, ...], Dict[str, Any]]
+        self.trackers_left_out = 0
+
+    def message(self, line: LogLine, count: int) -> bool:
+        """Count one message; True when it is a new event (not a copy of one just seen)."""
+        self.messages += 1
+        self.max_count = count if self.messages == 1 else max(self.max_count, count)
+        self.last_count = count
+        self.stamps.add(line)
+        self.first_line = self.first_line or line
+        self.last_line = line
+        key = _event_key(line)
+        if key in self.recent:
+            return False
+        self.recent[key] = None
+        if len(self.recent) > _LOOKBACK:
+            self.recent.popitem(last=False)
+        self.distinct += 1
+        return True
 
 
 class _NetdevCollector:
     """Collects the wait messages per device and the ref_tracker stacks printed after them."""
 
     def __init__(self) -> None:
-        self.devices = OrderedDict()  # type: Dict[str, _Device]
+        self.devices = _Newest(_Device)
+        self.messages = 0
+        self.distinct = 0
+        self.stamps = _Stamps()
         self.last = None  # type: Optional[_Device]
         self.tracker = None  # type: Optional[Dict[str, Any]]
         self.saw_ref_tracker = False
@@ -445,19 +652,19 @@ class _NetdevCollector:
         if self.tracker is not None:
             function = parse_frame(text)
             if function:
-                self.tracker["frames"].append(function)
+                if len(self.tracker["frames"]) < MAX_FRAMES:
+                    self.tracker["frames"].append(function)
                 return
             self._end_tracker()
-        wait = _NETDEV_WAIT.search(text)
+        wait = _NETDEV_WAIT.search(text) if "unregister_netdevice" in text else None
         if wait:
-            name = wait.group("dev")
-            device = self.devices.get(name)
-            if device is None:
-                device = self.devices[name] = _Device(name)
-            device.events.append((line, int(wait.group("count"))))
+            device = self.devices.touch(wait.group("dev"))
+            self.messages += 1
+            self.distinct += device.message(line, int(wait.group("count")))
+            self.stamps.add(line)
             self.last = device
             return
-        tracker = _REF_TRACKER.match(text)
+        tracker = _REF_TRACKER.match(text) if text.startswith("ref_tracker") else None
         if tracker:
             self.saw_ref_tracker = True
             if self.last is not None:
@@ -473,43 +680,46 @@ class _NetdevCollector:
         if known is not None:
             known["reports"] += 1
             return
+        if len(self.last.trackers) >= MAX_TRACKER_STACKS:
+            self.last.trackers_left_out += 1
+            return
         holder = next((f for f in tracker["frames"] if _base_name(f) not in _TRACKER_PLUMBING), None)
         self.last.trackers[key] = OrderedDict([
-            ("object", tracker["object"]), ("users", tracker["users"]), ("holder", holder),
+            ("object", shown(tracker["object"])), ("users", tracker["users"]), ("holder", holder),
             ("frames", tracker["frames"]), ("reports", 1), ("_line", tracker["line"])])
 
     def finding(self, release: Optional[str], release_source: str) -> Optional[Finding]:
         self._end_tracker()
-        if not self.devices:
+        if not self.messages:
             return None
         meaning = usage_count_meaning(release, release_source, self.saw_ref_tracker)
         base = meaning["base_references"]
-        devices, lines, evidence, distinct_total = [], [], [], 0
-        for device in self.devices.values():
-            dev_lines = [line for line, _ in device.events]
-            counts = [count for _, count in device.events]
-            distinct = len(OrderedDict.fromkeys(_event_key(line) for line in dev_lines))
-            distinct_total += distinct
-            first, last = _span(dev_lines)
+        devices, evidence = [], _Evidence()
+        listed = self.devices.newest()
+        for device in listed:
+            first, last = device.stamps.span()
             trackers = [OrderedDict((k, v) for k, v in entry.items() if k != "_line")
                         for entry in device.trackers.values()]
             devices.append(OrderedDict([
-                ("name", device.name), ("messages", len(dev_lines)), ("distinct_events", distinct),
-                ("max_usage_count", max(counts)), ("last_usage_count", counts[-1]),
-                ("leaked_references", max(counts) - base if base is not None else None),
+                ("name", shown(device.name)), ("messages", device.messages),
+                ("distinct_events", device.distinct),
+                ("max_usage_count", device.max_count), ("last_usage_count", device.last_count),
+                ("leaked_references", device.max_count - base if base is not None else None),
                 ("first_seen", first), ("last_seen", last),
-                ("duration_seconds", _duration(dev_lines)),
+                ("duration_seconds", device.stamps.duration()),
                 ("ref_tracker", [dict(entry) for entry in trackers]),
             ]))
-            lines.extend(dev_lines)
-            evidence.extend(dev_lines[:1] + [e["_line"] for e in device.trackers.values()][:1])
-        evidence.extend(lines[-1:])
-        first, last = _span(lines)
+            for line in [device.first_line] + [e["_line"] for e in device.trackers.values()][:1]:
+                evidence.add(line)
+        evidence.add(listed[-1].last_line)
+        first, last = self.stamps.span()
         facts = OrderedDict([("devices", [dict(d) for d in devices]),
-                             ("distinct_events", distinct_total),
+                             ("distinct_events", self.distinct),
                              ("leaked_references", meaning)])
-        return Finding("netdev_unregister_wait", len(lines), first, last, dict(facts),
-                       _evidence(evidence))
+        left_out = OrderedDict([("devices", self.devices.left_out()),
+                                ("ref_tracker stacks", sum(d.trackers_left_out for d in listed))])
+        return Finding("netdev_unregister_wait", self.messages, first, last, dict(facts),
+                       evidence.lines(), _nonzero(left_out))
 
 
 def _event_key(line: LogLine) -> Any:
@@ -550,19 +760,22 @@ def usage_count_meaning(release: Optional[str], release_source: str, saw_ref_tra
 # Blocked-task stack dumps (hung-task watchdog, SysRq w/t)
 # ---------------------------------------------------------------------------------------------
 
-_HUNG = re.compile(r"INFO: task (?P<task>.+):(?P<pid>\d{1,10}) blocked for more than "
+# Names are bounded (a comm has 15 characters): `.+` here is quadratic on "INFO: task a:1 " repeated.
+_HUNG = re.compile(r"INFO: task (?P<task>.{1,64}?):(?P<pid>\d{1,10}) blocked for more than "
                    r"(?P<seconds>\d{1,12}) seconds")
 # sched_show_task() before v5.9: "%-15.15s %c" then [stack pointer (3.x)] free-stack pid ppid flags
 _TASK_OLD = re.compile(r"^(?P<task>\S.{0,14}?)\s+(?P<state>[RSDTtXZPIKWN])\s*(?:[0-9a-f]{8,16}\s+)?"
                        r"\d{1,10}\s+(?P<pid>\d{1,10})\s+\d{1,10}\s+0x[0-9a-f]{1,16}$")
 # since commit cc172ff301d8 (v5.9): "task:%-15.15s state:%c stack:%5lu pid:%5d ppid:..."
-_TASK_NEW = re.compile(r"^task:(?P<task>.+?)\s+state:(?P<state>\S)\s.*?\bpid:\s*(?P<pid>\d{1,10})")
+_TASK_NEW = re.compile(r"^task:(?P<task>.{1,64}?)\s{1,64}state:(?P<state>\S)\s.*?\bpid:\s*(?P<pid>\d{1,10})")
 _WORKQUEUE = re.compile(r"^Workqueue: (?P<workqueue>.+)$")
 _TASK_END = re.compile(r"^</TASK>$")
 _TRACE_NOISE = re.compile(
     r"^(?:Call [Tt]race:|<(?:TASK|IRQ|/IRQ|NMI|/NMI|SOFTIRQ|/SOFTIRQ|EOI)>"
     r"|(?:RIP|RSP|RAX|RBX|RCX|RDX|RSI|RDI|RBP|R\d{1,2}|FS|CS|CR2|Code):.*"
-    r"|\?\s*0x[0-9a-fA-F]+.*|(?:[0-9a-fA-F]{8,16}\s*)+)$")
+    r"|\?\s*0x[0-9a-fA-F]+.*"
+    # hex words (stack contents), split one way only: "(?:HEX{8,16}\s*)+$" was exponential
+    r"|[0-9a-fA-F]{8,}(?:\s+[0-9a-fA-F]{8,})*\s*)$")
 _MAX_PREAMBLE = 12  # lines between a task header and its first frame (Tainted, echo 0 >, ...)
 
 _MEMPOOL_FRAMES = {"mempool_alloc", "bvec_alloc"}
@@ -578,8 +791,9 @@ class _TaskDump:
     state: Optional[str] = None
     blocked_seconds: Optional[int] = None
     workqueue: Optional[str] = None
-    frames: List[Tuple[str, LogLine]] = field(default_factory=list)
-    lines: List[LogLine] = field(default_factory=list)
+    frames: List[Tuple[str, LogLine]] = field(default_factory=list)  # the first MAX_FRAMES
+    first_line: Optional[LogLine] = None
+    stamps: _Stamps = field(default_factory=_Stamps)
     preamble: int = 0
 
     @property
@@ -587,26 +801,34 @@ class _TaskDump:
         """Reported by the hung-task watchdog, or dumped in D state (SysRq)."""
         return self.blocked_seconds is not None or self.state == "D"
 
+    def add(self, line: LogLine) -> None:
+        self.first_line = self.first_line or line
+        self.stamps.add(line)
+
 
 class _TaskCollector:
-    """Cuts the log into blocked-task dumps: header, task line, Call Trace, frames."""
+    """Cuts the log into blocked-task dumps: header, task line, Call Trace, frames; each dump is
+    folded into the kinds it matches when it ends."""
 
     def __init__(self) -> None:
-        self.dumps = []  # type: List[_TaskDump]
         self.current = None  # type: Optional[_TaskDump]
+        self.kinds = [_TaskKind("hung_task_mempool", _mempool_frames),
+                      _TaskKind("hung_task_netdev", _netdev_frames)]
 
     def _close(self) -> None:
-        if self.current is not None:
-            self.dumps.append(self.current)
-            self.current = None
+        dump, self.current = self.current, None
+        if dump is not None and dump.blocked:
+            for kind in self.kinds:
+                kind.fold(dump)
 
     def feed(self, line: LogLine) -> None:
         text = line.text
-        hung = _HUNG.search(text)
+        hung = _HUNG.search(text) if "INFO: task" in text else None
         if hung:
             self._close()
             self.current = _TaskDump(hung.group("task"), int(hung.group("pid")),
-                                     blocked_seconds=int(hung.group("seconds")), lines=[line])
+                                     blocked_seconds=int(hung.group("seconds")))
+            self.current.add(line)
             return
         task = _TASK_NEW.match(text) or _TASK_OLD.match(text)
         if task:
@@ -615,7 +837,7 @@ class _TaskCollector:
                 self._close()
                 current = self.current = _TaskDump(task.group("task").strip(), pid)
             current.state = task.group("state")
-            current.lines.append(line)
+            current.add(line)
             return
         current = self.current
         if current is None:
@@ -625,13 +847,14 @@ class _TaskCollector:
             return
         function = parse_frame(text)
         if function:
-            current.frames.append((function, line))
-            current.lines.append(line)
+            if len(current.frames) < MAX_FRAMES:
+                current.frames.append((function, line))
+            current.add(line)
         elif _TASK_END.match(text):
-            current.lines.append(line)
+            current.add(line)
             self._close()
         elif _TRACE_NOISE.match(text):
-            current.lines.append(line)
+            current.add(line)
         elif current.frames:
             self._close()
         else:
@@ -642,19 +865,54 @@ class _TaskCollector:
             if current.preamble > _MAX_PREAMBLE:
                 self._close()
             else:
-                current.lines.append(line)
+                current.add(line)
 
     def findings(self) -> List[Finding]:
         self._close()
-        out = []
-        for kind, matcher in (("hung_task_mempool", _mempool_frames),
-                              ("hung_task_netdev", _netdev_frames)):
-            matched = [(dump, matcher([f for f, _ in dump.frames]))
-                       for dump in self.dumps if dump.blocked]
-            matched = [(dump, hits) for dump, hits in matched if hits]
-            if matched:
-                out.append(_task_finding(kind, matched))
-        return out
+        return [finding for finding in (kind.finding() for kind in self.kinds) if finding is not None]
+
+
+class _TaskKind(object):
+    """The blocked-task dumps whose frames MATCHER accepts; tasks merged by (name, pid)."""
+
+    def __init__(self, kind: str, matcher: Any) -> None:
+        self.kind, self.matcher = kind, matcher
+        self.count = 0
+        self.tasks = _Newest(lambda key: OrderedDict())
+        self.stamps = _Stamps()
+        self.evidence = _Evidence()
+
+    def fold(self, dump: _TaskDump) -> None:
+        frames = [f for f, _ in dump.frames]
+        hits = self.matcher(frames)
+        if not hits:
+            return
+        self.count += 1
+        entry = self.tasks.touch((dump.task, dump.pid))
+        if not entry:
+            entry.update([
+                ("task", shown(dump.task) if dump.task is not None else None), ("pid", dump.pid),
+                ("state", dump.state), ("blocked_seconds", dump.blocked_seconds),
+                ("workqueue", shown(dump.workqueue) if dump.workqueue is not None else None),
+                ("reports", 0), ("matched_frames", hits), ("frames", frames)])
+        else:
+            if dump.blocked_seconds is not None:
+                entry["blocked_seconds"] = max(entry["blocked_seconds"] or 0, dump.blocked_seconds)
+            if len(frames) > len(entry["frames"]):
+                entry["frames"], entry["matched_frames"] = frames, hits
+        entry["reports"] += 1
+        self.stamps.merge(dump.stamps)
+        key = next((hit for hit in hits if hit in _MEMPOOL_FRAMES), hits[0])
+        self.evidence.add(dump.first_line)
+        self.evidence.add(next(line for f, line in dump.frames if _base_name(f) == key))
+
+    def finding(self) -> Optional[Finding]:
+        if not self.count:
+            return None
+        first, last = self.stamps.span()
+        return Finding(self.kind, self.count, first, last,
+                       {"tasks": [dict(entry) for entry in self.tasks.newest()]}, self.evidence.lines(),
+                       _nonzero({"tasks": self.tasks.left_out()}))
 
 
 def _mempool_frames(functions: List[str]) -> List[str]:
@@ -675,53 +933,63 @@ def _netdev_frames(functions: List[str]) -> List[str]:
         f for f in bases if f in _NETDEV_FRAMES or _NETDEV_PREFIXES.match(f)))
 
 
-def _task_finding(kind: str, matched: List[Tuple[_TaskDump, List[str]]]) -> Finding:
-    """One finding from the matching dumps; tasks are merged by (name, pid)."""
-    tasks = OrderedDict()  # type: Dict[Tuple[Optional[str], Optional[int]], Dict[str, Any]]
-    lines, evidence = [], []
-    for dump, hits in matched:
-        frames = [f for f, _ in dump.frames]
-        entry = tasks.get((dump.task, dump.pid))
-        if entry is None:
-            entry = tasks[(dump.task, dump.pid)] = OrderedDict([
-                ("task", dump.task), ("pid", dump.pid), ("state", dump.state),
-                ("blocked_seconds", dump.blocked_seconds), ("workqueue", dump.workqueue),
-                ("reports", 0), ("matched_frames", hits), ("frames", frames)])
-        else:
-            if dump.blocked_seconds is not None:
-                entry["blocked_seconds"] = max(entry["blocked_seconds"] or 0, dump.blocked_seconds)
-            if len(frames) > len(entry["frames"]):
-                entry["frames"], entry["matched_frames"] = frames, hits
-        entry["reports"] += 1
-        lines.extend(dump.lines)
-        key = next((hit for hit in hits if hit in _MEMPOOL_FRAMES), hits[0])
-        evidence.append(dump.lines[0])
-        evidence.append(next(line for f, line in dump.frames if _base_name(f) == key))
-    first, last = _span(lines)
-    return Finding(kind, len(matched), first, last,
-                   {"tasks": [dict(entry) for entry in tasks.values()]}, _evidence(evidence))
-
-
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
 
-def find_incidents(lines: Iterable[str], kernel_release: Optional[str] = None) -> List[Finding]:
-    """Findings of the four KINDS in kernel log lines (any supported format), in KINDS order.
+@dataclass
+class LogAnalysis:
+    """The findings of one log and what its lines were: ``analysable`` is False when no line looks
+    like a kernel log (empty input, random bytes), so a lack of findings means nothing."""
+
+    findings: List[Finding]
+    lines: int = 0            # lines read (a wrapped line and its continuation count two)
+    kernel_lines: int = 0     # lines the kernel wrote (syslog lines of other programs left out)
+    stamped_lines: int = 0    # kernel lines with a timestamp or record prefix
+    text_lines: int = 0       # other non-empty kernel lines of printable text
+    garbled_lines: int = 0    # other non-empty kernel lines: undecodable bytes or control characters
+
+    @property
+    def analysable(self) -> bool:
+        return bool(self.findings) or self.stamped_lines > 0 or self.text_lines > self.garbled_lines
+
+
+def analyse_log(lines: Iterable[Any], kernel_release: Optional[str] = None) -> LogAnalysis:
+    """Findings of the four KINDS in kernel log lines (any supported format), in KINDS order, and
+    counts of the lines. One pass, line by line, in memory bounded by the MAX_* constants whatever
+    the length of the log.
 
     ``kernel_release`` (``uname -r`` of the kernel that wrote the log) decides how gfp masks
     without names and "Usage count" values are read; without it the release printed in the log
-    is used, if any.
+    (the first one) is used, if any.
     """
-    parsed = [line for line in parse_lines(lines) if line.kernel]
-    release, source = kernel_release, "given"
-    if release is None:
-        release, source = release_from_log(parsed), "printed in the log"
+    out = LogAnalysis([])
+    printed = None  # type: Optional[str]
     slub, netdev, tasks = _SlubCollector(), _NetdevCollector(), _TaskCollector()
-    for line in parsed:
+    for line in iter_lines(lines):
+        out.lines = line.index + 1
+        if not line.kernel:
+            continue
+        out.kernel_lines += 1
+        if line.timestamp:
+            out.stamped_lines += 1
+        elif line.text:
+            if line.text.isprintable() and "\ufffd" not in line.text:
+                out.text_lines += 1
+            else:
+                out.garbled_lines += 1
+        if printed is None and kernel_release is None:
+            printed = _release_in(line)
         slub.feed(line)
         netdev.feed(line)
         tasks.feed(line)
+    release, source = (kernel_release, "given") if kernel_release is not None else (printed, "printed in the log")
     found = [slub.finding(release), netdev.finding(release, source)] + tasks.findings()
     by_kind = {finding.kind: finding for finding in found if finding is not None}
-    return [by_kind[kind] for kind in KINDS if kind in by_kind]
+    out.findings = [by_kind[kind] for kind in KINDS if kind in by_kind]
+    return out
+
+
+def find_incidents(lines: Iterable[Any], kernel_release: Optional[str] = None) -> List[Finding]:
+    """The findings of :func:`analyse_log`."""
+    return analyse_log(lines, kernel_release).findings

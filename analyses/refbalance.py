@@ -46,7 +46,8 @@ Pure: no I/O, no clock; the same events give the same result.
 [('bpftools_devref_take+0x14', 1)]
 """
 import re
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from collections import OrderedDict
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from dataclasses import dataclass, field
 
@@ -272,6 +273,116 @@ def _task(event: Dict[str, Any]) -> str:
     return "%s[%s]" % (event.get("comm") or "?", event.get("tgid", "?"))
 
 
+# A reference count, its level or change, a count of hits or records: the kernel's counters are at
+# most 64-bit. No loop is sized by these numbers; beyond this bound they are nonsense.
+MAX_COUNT = 2 ** 63
+
+
+def count(event: Dict[str, Any], name: str, default: Any = None) -> Any:
+    """EVENT[NAME] as an int within +-MAX_COUNT (DEFAULT when absent); ValueError for anything else
+    (a float, a string, a bool, 1e30): loops and sums are sized by these numbers."""
+    value = event.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not -MAX_COUNT <= value <= MAX_COUNT:
+        raise ValueError("%s %s event: %s is %r, not an integer within +-2^63"
+                         % (event.get("type"), event.get("dev", ""), name, value))
+    return value
+
+
+# Distinct stacks (function sets) of outstanding holds the context rule compares a put with: the
+# cost of one put is bounded by them. Holds from stacks beyond are matched by the other rules.
+MAX_CONTEXTS = 256
+
+
+class _Holds(object):
+    """Outstanding holds with the four lookups the matching rules make: by tracker (the most recent),
+    by shared function (the most shared, then the most recent; O(MAX_CONTEXTS) at most), the most
+    recent of all, and all in the order taken; the others amortised O(1)."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.alive = OrderedDict()  # type: Dict[int, _Hold]    # by sequence number, oldest first
+        self.seq = 0
+        self.by_tracker = {}  # type: Dict[str, List[int]]        # lazily cleaned: dead ids skipped
+        self.by_context = {}  # type: Dict[FrozenSet[str], List[int]]
+        self.contexts = {}  # type: Dict[str, Set[FrozenSet[str]]]   # function -> contexts with it
+        self.unindexed = 0     # holds left out of the context rule (MAX_CONTEXTS reached)
+
+    def __len__(self) -> int:
+        return len(self.alive)
+
+    def add(self, hold: _Hold) -> None:
+        seq, self.seq = self.seq, self.seq + 1
+        self.alive[seq] = hold
+        if hold.tracker:
+            self.by_tracker.setdefault(hold.tracker, []).append(seq)
+        elif hold.functions:
+            context = frozenset(hold.functions)
+            if context not in self.by_context and not self._room():
+                self.unindexed += 1
+                return
+            if context not in self.by_context:
+                self.by_context[context] = []
+                for function in context:
+                    self.contexts.setdefault(function, set()).add(context)
+            self.by_context[context].append(seq)
+
+    def _top(self, ids: List[int]) -> Optional[int]:
+        while ids and ids[-1] not in self.alive:
+            ids.pop()
+        return ids[-1] if ids else None
+
+    def take_tracker(self, tracker: str) -> bool:
+        seq = self._top(self.by_tracker.get(tracker, []))
+        if seq is None:
+            return False
+        del self.alive[seq]
+        return True
+
+    def take_context(self, functions: Set[str]) -> bool:
+        """The hold whose functions share the most with FUNCTIONS, the most recent among equals."""
+        shared = {}  # type: Dict[FrozenSet[str], int]
+        for function in functions:
+            for context in self.contexts.get(function, ()):
+                shared[context] = shared.get(context, 0) + 1
+        best = None  # type: Optional[Tuple[int, int]]
+        for context, n in shared.items():
+            seq = self._top(self.by_context[context])
+            if seq is None:
+                self._forget(context)
+            elif best is None or (n, seq) > best:
+                best = (n, seq)
+        if best is None:
+            return False
+        del self.alive[best[1]]
+        return True
+
+    def _room(self) -> bool:
+        """True when one more context fits (contexts whose holds are all gone are forgotten first)."""
+        if len(self.by_context) >= MAX_CONTEXTS:
+            for context in [c for c, ids in self.by_context.items() if self._top(ids) is None]:
+                self._forget(context)
+        return len(self.by_context) < MAX_CONTEXTS
+
+    def _forget(self, context: FrozenSet[str]) -> None:
+        del self.by_context[context]
+        for function in context:
+            self.contexts[function].discard(context)
+
+    def take_last(self, count: int = 1) -> int:
+        """Drop up to COUNT of the most recent holds; how many were dropped."""
+        taken = min(count, len(self.alive))
+        for _ in range(taken):
+            self.alive.popitem(last=True)
+        return taken
+
+    def in_order(self) -> List[_Hold]:
+        return list(self.alive.values())
+
+
 class _Ledger(object):
     """One strategy's count for one device: outstanding holds, older references, the matches."""
 
@@ -280,8 +391,9 @@ class _Ledger(object):
         self.base_refs = base_refs
         self.active = strategy != "watch"        # the watch counts from the sync after it was armed
         self.synced = False
-        self.holds = []  # type: List[_Hold]
+        self.holds = _Holds()
         self.ended = False
+        self._noted_contexts = False
 
     def activate(self) -> None:
         self.active = True
@@ -299,8 +411,9 @@ class _Ledger(object):
         if level is None:
             self.out.uncertain.append("the counter's level is unknown: older references cannot be told apart")
 
-    def _matched(self, rule: str) -> None:
-        self.out.matched[rule] = self.out.matched.get(rule, 0) + 1
+    def _matched(self, rule: str, times: int = 1) -> None:
+        if times:
+            self.out.matched[rule] = self.out.matched.get(rule, 0) + times
 
     def ref(self, event: Dict[str, Any]) -> None:
         if self.ended:
@@ -308,7 +421,7 @@ class _Ledger(object):
         if not self.synced:
             self.out.presync += 1
             return
-        delta = int(event.get("delta", 0))
+        delta = count(event, "delta", 0)
         stack = tuple(event.get("stack") or ())
         if delta == 0:
             self.out.unchanged += 1       # a trap that changed nothing: no reference taken or dropped
@@ -319,8 +432,13 @@ class _Ledger(object):
             self._gap(event, delta)
         if delta > 0:
             self.out.holds += 1
-            self.holds.append(_Hold(int(event["ts_ns"]), stack, specific_functions(list(stack)),
-                                    event.get("tracker"), _task(event), event.get("cgroup")))
+            self.holds.add(_Hold(int(event["ts_ns"]), stack, specific_functions(list(stack)),
+                                 event.get("tracker"), _task(event), event.get("cgroup")))
+            if self.holds.unindexed == 1 and self.out.holds and not self._noted_contexts:
+                self._noted_contexts = True
+                self.out.uncertain.append("%s: more than %d distinct hold stacks outstanding at once: holds "
+                                          "from further stacks are matched by order only"
+                                          % (self.out.strategy, MAX_CONTEXTS))
         elif delta < 0:
             self.out.puts += 1
             self._put(event, stack)
@@ -333,45 +451,42 @@ class _Ledger(object):
         unseen = delta - (1 if delta > 0 else -1)
         if unseen > 0 and self.out.older is not None:
             self.out.older += unseen          # unseen holds: references nobody can attribute
-        for _ in range(-unseen if unseen < 0 else 0):
-            self._consume(None, ())
+        if unseen < 0:
+            self._consume_unseen(-unseen)
 
     def _put(self, event: Dict[str, Any], stack: Tuple[str, ...]) -> None:
         tracker = event.get("tracker")
-        if tracker:
-            for i in range(len(self.holds) - 1, -1, -1):
-                if self.holds[i].tracker == tracker:
-                    del self.holds[i]
-                    self._matched("tracker")
-                    return
-        self._consume(specific_functions(list(stack)), stack)
-
-    def _consume(self, functions: Optional[Set[str]], stack: Tuple[str, ...]) -> None:
-        if functions:
-            best, best_shared = None, 0
-            for i, hold in enumerate(self.holds):
-                if hold.tracker:
-                    continue
-                shared = len(hold.functions & functions)
-                if shared and shared >= best_shared:
-                    best, best_shared = i, shared
-            if best is not None:
-                del self.holds[best]
-                self._matched("context")
-                return
-        if self.out.older:
-            self.out.older -= 1
-            self._matched("older")
+        if tracker and self.holds.take_tracker(tracker):
+            self._matched("tracker")
             return
-        if self.holds:
-            self.holds.pop()
-            self._matched("order")
+        functions = specific_functions(list(stack))
+        if functions and self.holds.take_context(functions):
+            self._matched("context")
+            return
+        self._consume_unseen(1, stack)
+
+    def _consume_unseen(self, puts: int, stack: Tuple[str, ...] = ()) -> None:
+        """PUTS puts matched by the rules that need no stack: older references first, then the most
+        recent holds; the rest had nothing to balance. In O(1) whatever PUTS is."""
+        older = min(puts, self.out.older or 0)
+        if older:
+            self.out.older -= older
+            self._matched("older", older)
+        taken = self.holds.take_last(puts - older)
+        self._matched("order", taken)
+        left = puts - older - taken
+        if not left:
             return
         if self.out.partial:
-            self.out.unmatched += 1
+            self.out.unmatched += left
             return
-        self.out.uncertain.append("%s: a put with no hold to balance (a hold was not seen): %s"
-                                  % (self.out.strategy, stack[0] if stack else "[no stack]"))
+        what = stack[0] if stack else "[no stack]"
+        if left == 1:
+            self.out.uncertain.append("%s: a put with no hold to balance (a hold was not seen): %s"
+                                      % (self.out.strategy, what))
+        else:
+            self.out.uncertain.append("%s: %d puts with no hold to balance (holds were not seen): %s"
+                                      % (self.out.strategy, left, what))
 
     def check(self, level: Optional[int], where: str) -> None:
         """The kernel's own count at WHERE against ours. A difference is writes this strategy missed
@@ -388,15 +503,15 @@ class _Ledger(object):
         self.out.level_end = level
         if diff > 0 and self.out.older is not None:
             self.out.older += diff
-        for _ in range(-diff if diff < 0 else 0):
-            self._consume(None, ())
+        if diff < 0:
+            self._consume_unseen(-diff)
 
     def watch_end(self, event: Dict[str, Any]) -> None:
         """The watchpoints' own counts (``watch_end``): every write either reached us or is in SKIPPED."""
         for name in ("hits", "skipped"):
             if event.get(name) is not None:
-                setattr(self.out, name, (getattr(self.out, name) or 0) + int(event[name]))
-        self.out.in_sync += int(event.get("in_sync") or 0)
+                setattr(self.out, name, (getattr(self.out, name) or 0) + count(event, name))
+        self.out.in_sync += count(event, "in_sync") or 0
 
     def lost(self, count: int, source: str) -> None:
         if self.synced and not self.ended:
@@ -407,14 +522,14 @@ class _Ledger(object):
         left = len(self.holds) + (self.out.older or 0)
         if self.synced and left:
             self.out.matched["freed"] = self.out.matched.get("freed", 0) + left
-        self.holds = []
+        self.holds.clear()
         if self.synced and not self.out.partial:
             self.out.older = 0
         self.ended = True
 
     def finish(self) -> StrategyBalance:
         by_stack = {}  # type: Dict[Tuple[str, ...], List[_Hold]]
-        for hold in self.holds:
+        for hold in self.holds.in_order():
             by_stack.setdefault(hold.stack, []).append(hold)
         rows = []
         for stack, holds in by_stack.items():
@@ -429,11 +544,11 @@ class _Ledger(object):
 
 class _Device(object):
     def __init__(self, event: Dict[str, Any], strategies: List[str], partial: Set[str]) -> None:
-        base = event.get("base_refs")
+        base = count(event, "base_refs")
         self.out = DeviceBalance(
             dev=_dev_key(event["dev"]), name=str(event.get("name", "?")), ifindex=int(event.get("ifindex", 0)),
             netns=event.get("netns"), how=str(event.get("how", "existing")), seen_ns=int(event.get("ts_ns", 0)),
-            base_refs=int(base) if base is not None else None)
+            base_refs=base)
         self.partial = partial
         self.ledgers = dict((s, _Ledger(s, self.out.base_refs, s in partial)) for s in strategies)
         self.holders = {}  # type: Dict[str, Holder]
@@ -509,14 +624,14 @@ class Balancer(object):
                 self.partial.add("inline")
             return
         if kind in ("lost", "dropped"):
-            count = int(event.get("count", 0))
+            lost = count(event, "count", 0)
             if kind == "lost":
-                self.lost += count
+                self.lost += lost
             else:
-                self.dropped += count
+                self.dropped += lost
             for device in self.devices.values():
                 for ledger in device.ledgers.values():
-                    ledger.lost(count, str(event.get("source", kind)))
+                    ledger.lost(lost, str(event.get("source", kind)))
             return
         if "dev" not in event:
             return
@@ -543,7 +658,7 @@ class Balancer(object):
             device.ledger("watch").watch_end(event)
         elif kind == "sync":
             for ledger in device.ledgers.values():
-                ledger.sync(event.get("level"))
+                ledger.sync(count(event, "level"))
         elif kind == "ref":
             strategy = str(event.get("strategy", "watch"))
             if strategy == "inline":
@@ -560,18 +675,18 @@ class Balancer(object):
         elif kind == "unregister":
             out.state = "unregistered"
             out.unregistered_ns = int(event["ts_ns"])
-            out.level_at_unregister = event.get("level")
+            out.level_at_unregister = count(event, "level")
             out.holders_at_unregister = device.alive()
             for ledger in device.ledgers.values():
-                ledger.check(event.get("level"), "unregister")
+                ledger.check(out.level_at_unregister, "unregister")
         elif kind == "free":
             out.state = "freed"
             out.freed_ns = int(event["ts_ns"])
-            out.level_at_free = event.get("level")
+            out.level_at_free = count(event, "level")
             if out.level_at_free is not None and out.base_refs is None:
-                out.base_refs = int(out.level_at_free)
+                out.base_refs = out.level_at_free
             for ledger in device.ledgers.values():
-                ledger.check(event.get("level"), "free")
+                ledger.check(out.level_at_free, "free")
                 ledger.freed()
 
     def _unwound(self, event: Dict[str, Any]) -> Dict[str, Any]:
@@ -604,9 +719,7 @@ def _copy_device(d: DeviceBalance) -> DeviceBalance:
 
 
 def _copy_strategy(ledger: "_Ledger") -> StrategyBalance:
-    holds = list(ledger.holds)
     out = ledger.finish()
-    ledger.holds = holds
     return StrategyBalance(**dict((k, getattr(out, k)) for k in StrategyBalance.__dataclass_fields__))  # type: ignore
 
 

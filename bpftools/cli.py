@@ -68,7 +68,8 @@ Examples:
   journalctl -k | bpftools doctor --log -
   bpftools doctor --capabilities       # kernel capability table only
 """, context_settings=CONTEXT)
-@click.option("--log", "log_path", metavar="FILE", help="Analyse this kernel log ('-' for stdin) instead of the live one.")
+@click.option("--log", "log_path", type=PATH, metavar="FILE",
+              help="Analyse this kernel log ('-' for stdin) instead of the live one.")
 @click.option("--release", metavar="RELEASE", help="Kernel release the log came from (default: this node's when live).")
 @click.option("--capabilities", "only_caps", is_flag=True, help="Print the kernel capability table and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -89,6 +90,8 @@ def doctor(opts: Options, log_path: Optional[str], release: Optional[str], only_
         _print_json(triage.to_json())
     else:
         render.triage(triage, render.terminal())
+    if triage.exit_code:          # the log was cut or nothing in it was analysable: said on stderr
+        raise click.exceptions.Exit(triage.exit_code)
 
 
 def _print_json(obj: Any) -> None:

@@ -8,6 +8,7 @@ EXIT_BAD_INPUT = 3        # a file or value the user gave cannot be used
 EXIT_NOT_ROOT = 4         # tracing needs root / CAP_BPF + CAP_PERFMON
 EXIT_MISSING_FEATURE = 5  # the kernel or the system lacks what the tool needs
 EXIT_PROBE_LOAD = 6       # the BPF program failed to compile, load or attach
+EXIT_INCOMPLETE = 7       # doctor: the log was analysed in part (lines cut) or not at all
 EXIT_INTERRUPTED = 130    # Ctrl-C: detached cleanly
 
 

@@ -4,7 +4,8 @@ No external scripts, styles or fonts. Sections: verdicts, flame graphs (inline S
 :mod:`bpftools.flamegraph`, still zoomable and searchable), timeline, tables, capabilities of the
 node, and the command that produced it. The report's data (without the stacks, which the
 ``.folded`` exports hold) is embedded as JSON in ``<script type="application/json"
-id="bpftools-report-data">`` for machines.
+id="bpftools-report-data">`` for machines: as much of it as the page shows, saying how much was
+left out (:func:`embedded_data`).
 
 Everything in an :class:`IncidentReport` is treated as hostile: text is cleaned
 (:func:`bpftools.analyses.folded.clean_text`: lone surrogates and control characters) and escaped
@@ -196,10 +197,14 @@ def _flame_graph(graph: FlameGraph, anchor: str) -> str:
             '<span class="fg-result"></span></form><div class="fg-svg">%s</div></div>' % (anchor, anchor, svg))
 
 
+def _in_time_order(events: List[Tuple[int, str, str]]) -> List[Tuple[int, str, str]]:
+    return sorted(events, key=lambda e: (e[0], text(e[2]), text(e[1])))
+
+
 def _timeline(events: List[Tuple[int, str, str]]) -> str:
     if not events:
         return '<p class="empty">No timed events.</p>'
-    ordered = sorted(events, key=lambda e: (e[0], text(e[2]), text(e[1])))
+    ordered = _in_time_order(events)
     t0, t1 = ordered[0][0], ordered[-1][0]
     span = max(t1 - t0, 1)
     kinds = []  # type: List[str]
@@ -310,13 +315,36 @@ def content_security_policy() -> str:
             "base-uri 'none'; form-action 'none'" % hashes)
 
 
+def embedded_data(report: IncidentReport) -> Dict[str, Any]:
+    """The report's data as the page embeds it: what the page shows (each table's first
+    MAX_TABLE_ROWS rows, the first MAX_TIMELINE_MARKERS events in time order), and in ``left_out``
+    how many rows and events were not embedded."""
+    data = report.to_json()
+    rows = 0
+    for table in data["tables"]:
+        rows += max(0, len(table["rows"]) - MAX_TABLE_ROWS)
+        table["rows"] = table["rows"][:MAX_TABLE_ROWS]
+    ordered = _in_time_order(report.timeline)
+    data["timeline"] = [list(e) for e in ordered[:MAX_TIMELINE_MARKERS]]
+    data["left_out"] = {"table_rows": rows, "timeline_events": max(0, len(ordered) - MAX_TIMELINE_MARKERS)}
+    return data
+
+
+def _left_out_note(left_out: Dict[str, int]) -> List[str]:
+    if not any(left_out.values()):
+        return []
+    return ["This page embeds the data it shows: {:,} table row(s) and {:,} timeline event(s) were left out "
+            "(the recordings hold them all).".format(left_out["table_rows"], left_out["timeline_events"])]
+
+
 def render_html(report: IncidentReport) -> str:
     """The whole report page (see the module docstring)."""
     parts = sections(report)
+    data = embedded_data(report)
     nav = "".join('<a href="#%s">%s%s</a>' % (s.anchor, h(s.title), " (%d)" % s.count if s.count is not None else "")
                   for s in parts)
     body = "\n".join('<section id="%s"><h2>%s</h2>\n%s\n</section>' % (s.anchor, h(s.title), s.body) for s in parts)
-    notes = "".join('<p class="note">%s</p>' % h(n) for n in report.notes)
+    notes = "".join('<p class="note">%s</p>' % h(n) for n in report.notes + _left_out_note(data["left_out"]))
     return """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="%s">
@@ -336,7 +364,7 @@ def render_html(report: IncidentReport) -> str:
 </body></html>
 """ % (h(content_security_policy()), h(report.tool_version), h(report.title), _CSS, h(report.title), h(report.generated), h(report.kernel_release),
        " &middot; bpftools %s" % h(report.tool_version) if report.tool_version else "",
-       _summary(report.verdicts) or "no verdicts", notes, nav, body, json_for_script(report.to_json()), _PAGE_JS)
+       _summary(report.verdicts) or "no verdicts", notes, nav, body, json_for_script(data), _PAGE_JS)
 
 
 _CSS = """

@@ -124,7 +124,7 @@ def test_doctor_log_never_fails_on_mutated_corpus_lines(lines, release, raw, as_
         with open("k.log", "wb") as f:
             f.write("\n".join(lines).encode("utf-8", "surrogatepass") + b"\n" + raw)
         code, out, err = run_cli(["doctor", "--log", "k.log", "--release", release] + (["--json"] if as_json else []))
-    assert_clean(code, err, allowed={0})
+    assert_clean(code, err, allowed={0, 7})       # 7: the log was cut or nothing in it was analysable
     if as_json:
         report = json.loads(out)
         assert report["log"] == {"source": "k.log", "lines": report["log"]["lines"]}
@@ -161,13 +161,13 @@ def test_a_recording_cut_anywhere_after_its_header_reports_every_whole_line(n, w
         whole = kept[:-1] + ([kept[-1]] if kept[-1] in lines else [])
         damaged = 0 if kept[-1] in (b"",) or kept[-1] in lines else 1
         code, out, err = run_cli(["report", "r.jsonl", "--json"])
-        assert_clean(code, err, allowed={0})
+        assert_clean(code, err, allowed={0, 7})       # 7: the log was cut or nothing in it was analysable
         back = json.loads(out)
         events = [json.loads(l) for l in whole[1:] if b'"trailer"' not in l]
         assert back["events"] == events and back["damaged_lines"] == damaged
         assert (back["trailer"] is not None) == (len(whole) == n + 2)
         code, out, err = run_cli(["report", "r.jsonl"])
-        assert_clean(code, err, allowed={0})
+        assert_clean(code, err, allowed={0, 7})       # 7: the log was cut or nothing in it was analysable
         assert ("%d damaged line(s) skipped" % damaged in " ".join(out.split())) == bool(damaged)
 
 

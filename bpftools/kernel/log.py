@@ -1,13 +1,20 @@
-"""Where kernel log lines come from: the live ring buffer (/dev/kmsg, else `dmesg`), a file, or stdin."""
+"""Where kernel log lines come from: the live ring buffer (/dev/kmsg, else `dmesg`), a file, or stdin.
+
+A saved log is read line by line as it is analysed, never whole: any size fits in bounded memory.
+A line longer than MAX_LINE bytes (the kernel writes at most 8 KiB per record) keeps its first
+MAX_LINE bytes, where the stamp and the message are; the rest is skipped and counted in ``cut``.
+"""
 import errno
+import io
 import os
 import subprocess
 import sys
-from typing import Iterator, List, Optional
+from typing import BinaryIO, Iterator, List, Optional
 
 from ..errors import BadInput, PrivilegeError
 
-MAX_BYTES = 256 * 1024 * 1024
+MAX_LINE = 16 * 1024
+_SKIP = 64 * 1024   # bytes read at a time while skipping the rest of a long line
 
 
 def available(fd: int) -> Iterator[bytes]:
@@ -50,19 +57,56 @@ def read_live_log() -> List[str]:
     return out.decode("utf-8", "replace").splitlines()
 
 
-def read_log_file(path: str) -> List[str]:
-    """Lines of a saved log ('-' is stdin), decoded leniently: logs carry non-UTF-8 bytes."""
-    if path == "-":
-        data = sys.stdin.buffer.read(MAX_BYTES)
-    else:
+class LogLines(object):
+    """The lines of a log as text, read as they are iterated (once); counts the lines and the long
+    lines that were cut."""
+
+    def __init__(self, source: str, stream: BinaryIO) -> None:
+        self.source = source
+        self.stream = stream
+        self.lines = 0
+        self.cut = 0
+
+    def __iter__(self) -> Iterator[str]:
+        readline = self.stream.readline
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_BYTES)
+            while True:
+                data = readline(MAX_LINE + 1)
+                if not data:
+                    return
+                if len(data) > MAX_LINE and not data.endswith(b"\n"):
+                    self.cut += 1
+                    data = data[:MAX_LINE]
+                    while True:
+                        rest = readline(_SKIP)
+                        if not rest or rest.endswith(b"\n"):
+                            break
+                self.lines += 1
+                yield data.decode("utf-8", "replace").rstrip("\r\n")
         except OSError as err:
-            raise BadInput("cannot read log %s: %s" % (path, err.strerror))
-    return data.decode("utf-8", "replace").splitlines()
+            raise BadInput("cannot read log %s: %s" % (self.source, err.strerror))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.stream is not sys.stdin.buffer:
+            self.stream.close()
 
 
-def read_log(path: Optional[str]) -> List[str]:
+def read_log_file(path: str) -> LogLines:
+    """The lines of a saved log ('-' is stdin), decoded leniently: logs carry non-UTF-8 bytes."""
+    if path == "":
+        raise BadInput("--log '' names no file (leave --log out to read the live kernel log)")
+    if path == "-":
+        return LogLines("-", sys.stdin.buffer)
+    try:
+        return LogLines(path, open(path, "rb"))
+    except OSError as err:
+        raise BadInput("cannot read log %s: %s" % (path, err.strerror))
+
+
+def read_log(path: Optional[str]) -> LogLines:
     """--log PATH when given, else the live log."""
-    return read_log_file(path) if path else read_live_log()
+    if path is not None:
+        return read_log_file(path)
+    return LogLines("live kernel log", io.BytesIO("\n".join(read_live_log()).encode("utf-8", "replace")))
