@@ -39,7 +39,7 @@ def load_target(kernel_dir: Optional[str], kallsyms: Optional[str], release: Opt
         if not (kallsyms and release):
             raise BadInput("a kernel described by files needs both --kallsyms FILE and --release RELEASE")
         config_values = parse_config(read_text(config)) if config else None
-        return Described.from_files(release, read_text(kallsyms).splitlines(), config_values)
+        return Described(release, read_text(kallsyms).splitlines(), config_values)
     return Running()
 
 

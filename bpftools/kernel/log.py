@@ -34,27 +34,31 @@ def available(fd: int) -> Iterator[bytes]:
         yield data
 
 
-def read_kmsg(path: str = "/dev/kmsg") -> List[str]:
-    """Every record currently in the kernel ring buffer, in /dev/kmsg form ("6,123,456,-;msg")."""
+def kmsg_bytes(path: str = "/dev/kmsg") -> bytes:
+    """Every record currently in the kernel ring buffer, in /dev/kmsg form ("6,123,456,-;msg\n")."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        return [line for record in available(fd) for line in record.decode("utf-8", "replace").splitlines()]
+        return b"".join(available(fd))
     finally:
         os.close(fd)
 
 
-def read_live_log() -> List[str]:
+def read_kmsg(path: str = "/dev/kmsg") -> List[str]:
+    """The lines of :func:`kmsg_bytes`, as text."""
+    return kmsg_bytes(path).decode("utf-8", "replace").splitlines()
+
+
+def read_live_log() -> bytes:
     """The live kernel log: /dev/kmsg, falling back to `dmesg` (e.g. in containers without kmsg)."""
     try:
-        return read_kmsg()
+        return kmsg_bytes()
     except OSError as err:
         if err.errno in (errno.EPERM, errno.EACCES) and os.geteuid() != 0:
             raise PrivilegeError("reading the kernel log")
     try:
-        out = subprocess.check_output(["dmesg"], stderr=subprocess.DEVNULL)
+        return subprocess.check_output(["dmesg"], stderr=subprocess.DEVNULL)
     except (OSError, subprocess.CalledProcessError):
         raise BadInput("cannot read the kernel log (/dev/kmsg and dmesg both failed); pass --log FILE")
-    return out.decode("utf-8", "replace").splitlines()
 
 
 class LogLines(object):
@@ -109,4 +113,4 @@ def read_log(path: Optional[str]) -> LogLines:
     """--log PATH when given, else the live log."""
     if path is not None:
         return read_log_file(path)
-    return LogLines("live kernel log", io.BytesIO("\n".join(read_live_log()).encode("utf-8", "replace")))
+    return LogLines("live kernel log", io.BytesIO(read_live_log()))

@@ -9,7 +9,7 @@ lines the planners read, ``config``, ``facts.json``), or just a kallsyms file, a
 
 Example::
 
-    >>> target = Described.from_files("3.10.0-957.el7.x86_64", kallsyms_lines)
+    >>> target = Described("3.10.0-957.el7.x86_64", kallsyms_lines)
     >>> target.kretprobe_maxactive()
     False
 """
@@ -24,7 +24,7 @@ from .cpus import possible_slots
 from .headers import headers_match_running_kernel, slub_def_usable
 from .kconfig import kernel_config, parse_config
 from .symbols import SymbolTable, kallsyms_entries, read_kallsyms
-from .tracefs import find_tracefs, kretprobe_maxactive, tracepoint_format, tracing_ready
+from .tracefs import find_tracefs, format_fields, kretprobe_maxactive, tracepoint_format, tracing_ready
 from ..errors import BadInput
 
 FACTS = "facts.json"
@@ -50,13 +50,6 @@ def release_tuple(release: str) -> Tuple[int, int]:
     if not m:
         raise BadInput("kernel release %r: expected a number like 3.10.0-957.el7.x86_64" % release)
     return int(m.group(1)), int(m.group(2))
-
-
-def tracepoint_fields_of(fmt: Optional[str]) -> Optional[Set[str]]:
-    """Field names of a tracepoint format text (None: no such tracepoint)."""
-    if fmt is None:
-        return None
-    return set(re.findall(r"field:[^;]*?([A-Za-z_][A-Za-z0-9_]*)(?:\[[^\]]*\])?;", fmt))
 
 
 class AskedSymbols(object):
@@ -123,7 +116,7 @@ class Target(object):
         return self._format(group, name)
 
     def tracepoint_fields(self, group: str, name: str) -> Optional[Set[str]]:
-        return tracepoint_fields_of(self.tracepoint_format(group, name))
+        return format_fields(self.tracepoint_format(group, name))
 
     def tracepoint_exists(self, group: str, name: str) -> bool:
         return self.tracepoint_format(group, name) is not None
@@ -215,7 +208,7 @@ class Described(Target):
         self._config = config
         self._facts = facts
         self._table = AskedSymbols(SymbolTable.from_kallsyms(kallsyms), self.asked_symbols)
-        self._text = set(n for _, kind, n, _ in kallsyms_entries(kallsyms))
+        self._text = set(name for _, _, name, _ in kallsyms_entries(kallsyms))
 
     @classmethod
     def from_dir(cls, path: str) -> "Described":
@@ -227,10 +220,6 @@ class Described(Target):
         if not isinstance(facts, dict) or not isinstance(facts.get("release"), str):
             raise BadInput("%s: no \"release\" in it" % os.path.join(path, FACTS))
         return cls(facts["release"], kallsyms, config, facts)
-
-    @classmethod
-    def from_files(cls, release: str, kallsyms: List[str], config: Optional[Dict[str, str]] = None) -> "Described":
-        return cls(release, kallsyms, config)
 
     def _fact(self, name: str) -> Any:
         return None if self._facts is None else self._facts.get(name)

@@ -66,7 +66,11 @@ def kprobe_misses(pid: int, tracefs: Optional[str] = None) -> int:
 
 def tracepoint_fields(category: str, name: str, tracefs: Optional[str] = None) -> Optional[Set[str]]:
     """Field names of tracepoint CATEGORY:NAME from its tracefs format file, None when it does not exist."""
-    fmt = tracepoint_format(category, name, tracefs)
+    return format_fields(tracepoint_format(category, name, tracefs))
+
+
+def format_fields(fmt: Optional[str]) -> Optional[Set[str]]:
+    """Field names of a tracepoint's format text (None: no such tracepoint)."""
     if fmt is None:
         return None
     return set(re.findall(r"field:[^;]*?([A-Za-z_][A-Za-z0-9_]*)(?:\[[^\]]*\])?;", fmt))

@@ -63,6 +63,22 @@ def _kallsyms_text():
         return set(p[2] for p in (line.split() for line in f) if len(p) >= 3 and p[1] in "tT")
 
 
+def _attached_kmemsnoop(tmp_path, *args):
+    """kmemsnoop ARGS, once its probes are attached (its --ready-file exists)."""
+    ready = tmp_path / "ready"
+    tool = subprocess.Popen([sys.executable, "-m", "bpftools.cli", "kmemsnoop"] + list(args) +
+                            ["--ready-file", str(ready)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, cwd="/")
+    deadline = time.monotonic() + 600
+    while not ready.exists():
+        if tool.poll() is not None or time.monotonic() > deadline:
+            tool.kill()
+            out, err = tool.communicate()
+            pytest.fail("kmemsnoop did not attach: rc=%s\n%s\n%s" % (tool.returncode, out, err))
+        time.sleep(0.1)
+    return tool
+
+
 @pytest.fixture
 def cgroup_dir():
     if not os.path.exists(os.path.join(MEMCG, LIMIT_FILE)):
@@ -77,17 +93,7 @@ def test_kernel_handler_sees_writes_and_a_pwrite(tmp_path, cgroup_dir):
     symbols = _kallsyms_text()
     expected = next((f for f in ("memcg_update_kmem_limit", "memcg_update_kmem_max") if f in symbols),
                     "mem_cgroup_write")
-    ready = tmp_path / "ready"
-    tool = subprocess.Popen([sys.executable, "-m", "bpftools.cli", "kmemsnoop", "--mode", "kprobe", "--json",
-                             "-d", "120", "--ready-file", str(ready)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, cwd="/")
-    deadline = time.monotonic() + 600
-    while not ready.exists():
-        if tool.poll() is not None or time.monotonic() > deadline:
-            tool.kill()
-            out, err = tool.communicate()
-            pytest.fail("kmemsnoop did not attach: rc=%s\n%s\n%s" % (tool.returncode, out, err))
-        time.sleep(0.1)
+    tool = _attached_kmemsnoop(tmp_path, "--mode", "kprobe", "--json", "-d", "120")
     child = subprocess.run([sys.executable, "-c", WRITER, cgroup_dir], stdout=subprocess.PIPE,
                            universal_newlines=True, check=True)
     pid, first, second, positional = (int(x) for x in child.stdout.split())
@@ -175,17 +181,7 @@ def test_syscall_kprobes_see_opens_and_writes_and_the_writers_memory_cgroup(tmp_
     procs, memcg, path = memcg_layout
     the_plan = kmemsnoop.plan(None, "kprobe-syscalls", Running(), memcg_from_css=True)
     assert the_plan.probe.flags[:1] == ["SYSCALL_KPROBES"]      # the syscall tracepoint programs compiled out
-    ready = tmp_path / "ready"
-    tool = subprocess.Popen([sys.executable, "-m", "bpftools.cli", "kmemsnoop", "--mode", "kprobe-syscalls",
-                             "--memcg-from-css", "--json", "-d", "300", "--ready-file", str(ready)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, cwd="/")
-    deadline = time.monotonic() + 600
-    while not ready.exists():
-        if tool.poll() is not None or time.monotonic() > deadline:
-            tool.kill()
-            out, err = tool.communicate()
-            pytest.fail("kmemsnoop did not attach: rc=%s\n%s\n%s" % (tool.returncode, out, err))
-        time.sleep(0.1)
+    tool = _attached_kmemsnoop(tmp_path, "--mode", "kprobe-syscalls", "--memcg-from-css", "--json", "-d", "300")
     kprobed = _kprobed()
     child = subprocess.Popen([sys.executable, "-c", SYSCALL_WRITER, procs, path], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, universal_newlines=True)
