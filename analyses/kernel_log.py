@@ -16,6 +16,7 @@ dmesg stamp reports both (``"Mar  5 03:41:22 [732240.608081]"``), a ``/dev/kmsg`
 microseconds field.
 """
 import calendar
+import copy
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -162,22 +163,42 @@ def _split(lines: Iterable[Any]) -> Iterator[str]:
             yield piece.rstrip("\r")
 
 
-def iter_lines(lines: Iterable[Any]) -> Iterator[LogLine]:
-    """Parse every line as it comes, joining a wrapped line with its unstamped continuation (one line
-    of lookback; a joined line stops growing at MAX_JOINED characters)."""
-    prev = None  # type: Optional[LogLine]
-    for index, raw in enumerate(_split(lines)):
-        line = parse_line(raw, index)
+class LineJoiner(object):
+    """Parses lines as they come, joining a wrapped line with its unstamped continuation (one line of
+    lookback; a joined line stops growing at MAX_JOINED characters). ``push`` returns the line it
+    completed, if any; ``flush`` the one it holds."""
+
+    def __init__(self) -> None:
+        self.prev = None  # type: Optional[LogLine]
+        self.count = 0
+
+    def push(self, raw: str) -> Optional[LogLine]:
+        line = parse_line(raw, self.count)
+        self.count += 1
+        prev = self.prev
         if (prev is not None and prev.timestamp and line.timestamp is None and line.text
                 and len(prev.raw) < MAX_JOINED and _WRAPPED.search(prev.raw[-1:])):
-            prev = replace(prev, raw=prev.raw.rstrip() + " " + raw.strip(),
-                           text=(prev.text + " " + line.text).strip())
-            continue
-        if prev is not None:
-            yield prev
-        prev = line
-    if prev is not None:
-        yield prev
+            self.prev = replace(prev, raw=prev.raw.rstrip() + " " + raw.strip(),
+                                text=(prev.text + " " + line.text).strip())
+            return None
+        self.prev = line
+        return prev
+
+    def flush(self) -> Optional[LogLine]:
+        prev, self.prev = self.prev, None
+        return prev
+
+
+def iter_lines(lines: Iterable[Any]) -> Iterator[LogLine]:
+    """Parse every line as it comes (see :class:`LineJoiner`)."""
+    joiner = LineJoiner()
+    for raw in _split(lines):
+        line = joiner.push(raw)
+        if line is not None:
+            yield line
+    line = joiner.flush()
+    if line is not None:
+        yield line
 
 
 def parse_lines(lines: Iterable[Any]) -> List[LogLine]:
@@ -954,22 +975,34 @@ class LogAnalysis:
         return bool(self.findings) or self.stamped_lines > 0 or self.text_lines > self.garbled_lines
 
 
-def analyse_log(lines: Iterable[Any], kernel_release: Optional[str] = None) -> LogAnalysis:
-    """Findings of the four KINDS in kernel log lines (any supported format), in KINDS order, and
-    counts of the lines. One pass, line by line, in memory bounded by the MAX_* constants whatever
-    the length of the log.
+class LogAnalyser(object):
+    """The analysis of a log fed line by line (a file, or a live log followed for as long as it runs).
+    Memory is bounded by the MAX_* constants however many lines it is fed.
 
     ``kernel_release`` (``uname -r`` of the kernel that wrote the log) decides how gfp masks
     without names and "Usage count" values are read; without it the release printed in the log
     (the first one) is used, if any.
     """
-    out = LogAnalysis([])
-    printed = None  # type: Optional[str]
-    slub, netdev, tasks = _SlubCollector(), _NetdevCollector(), _TaskCollector()
-    for line in iter_lines(lines):
+
+    def __init__(self, kernel_release: Optional[str] = None) -> None:
+        self.kernel_release = kernel_release
+        self.printed = None  # type: Optional[str]
+        self.joiner = LineJoiner()
+        self.counts = LogAnalysis([])
+        self.slub, self.netdev, self.tasks = _SlubCollector(), _NetdevCollector(), _TaskCollector()
+
+    def feed(self, raw: Any) -> None:
+        """Analyse RAW: one line or a chunk of lines (str or bytes, with or without newlines)."""
+        for piece in _split(raw):
+            self._take(self.joiner.push(piece))
+
+    def _take(self, line: Optional[LogLine]) -> None:
+        if line is None:
+            return
+        out = self.counts
         out.lines = line.index + 1
         if not line.kernel:
-            continue
+            return
         out.kernel_lines += 1
         if line.timestamp:
             out.stamped_lines += 1
@@ -978,16 +1011,42 @@ def analyse_log(lines: Iterable[Any], kernel_release: Optional[str] = None) -> L
                 out.text_lines += 1
             else:
                 out.garbled_lines += 1
-        if printed is None and kernel_release is None:
-            printed = _release_in(line)
-        slub.feed(line)
-        netdev.feed(line)
-        tasks.feed(line)
-    release, source = (kernel_release, "given") if kernel_release is not None else (printed, "printed in the log")
-    found = [slub.finding(release), netdev.finding(release, source)] + tasks.findings()
-    by_kind = {finding.kind: finding for finding in found if finding is not None}
-    out.findings = [by_kind[kind] for kind in KINDS if kind in by_kind]
-    return out
+        if self.printed is None and self.kernel_release is None:
+            self.printed = _release_in(line)
+        self.slub.feed(line)
+        self.netdev.feed(line)
+        self.tasks.feed(line)
+
+    def reports(self) -> Dict[str, int]:
+        """Reports seen so far by kind: SLUB headers and wait messages as they come, blocked-task
+        dumps once they end. Cheap; for a follower to notice that something new was logged."""
+        return OrderedDict([("slub_alloc_failure", self.slub.reports),
+                            ("netdev_unregister_wait", self.netdev.messages)]
+                           + [(kind.kind, kind.count) for kind in self.tasks.kinds])
+
+    def finish(self) -> "LogAnalysis":
+        """The findings of everything fed, in KINDS order, with the line counts. Ends the input:
+        feed nothing after it (a follower analyses a copy, see :meth:`snapshot`)."""
+        self._take(self.joiner.flush())
+        release, source = ((self.kernel_release, "given") if self.kernel_release is not None
+                           else (self.printed, "printed in the log"))
+        found = [self.slub.finding(release), self.netdev.finding(release, source)] + self.tasks.findings()
+        by_kind = {finding.kind: finding for finding in found if finding is not None}
+        out = replace(self.counts, findings=[by_kind[kind] for kind in KINDS if kind in by_kind])
+        return out
+
+    def snapshot(self) -> "LogAnalysis":
+        """The findings so far, leaving this analyser able to go on (it analyses a copy)."""
+        return copy.deepcopy(self).finish()
+
+
+def analyse_log(lines: Iterable[Any], kernel_release: Optional[str] = None) -> LogAnalysis:
+    """Findings of the four KINDS in kernel log lines (any supported format), in KINDS order, and
+    counts of the lines: one pass of a :class:`LogAnalyser`, in bounded memory."""
+    analyser = LogAnalyser(kernel_release)
+    for chunk in lines if not isinstance(lines, (str, bytes)) else [lines]:
+        analyser.feed(chunk)
+    return analyser.finish()
 
 
 def find_incidents(lines: Iterable[Any], kernel_release: Optional[str] = None) -> List[Finding]:
