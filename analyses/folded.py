@@ -17,6 +17,7 @@ Frame conventions understood here (and coloured by the SVG renderer):
 >>> folded_lines(fold([(["kworker", "bio_alloc", "mempool_alloc"], 5), (["kworker", "bio_alloc"], 1)]))
 ['kworker;bio_alloc 1', 'kworker;bio_alloc;mempool_alloc 5']
 """
+import functools
 import re
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
@@ -71,6 +72,7 @@ def clean_text(text: str) -> str:
     return _UNSAFE.sub(_escape_char, text)
 
 
+@functools.lru_cache(maxsize=1 << 16)      # frames repeat: a stream of any length names few functions
 def sanitize_frame(frame: Union[str, bytes]) -> str:
     """One frame as it may appear in a folded stack: no ``;`` (becomes ``:``), no control chars.
 

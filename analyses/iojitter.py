@@ -19,9 +19,17 @@ An episode is *explained* by the mempool when mempool sleeps cover at least half
 :class:`Result` adds the fraction explained, per container/pod groups, folded stacks weighted by time
 blocked and a confidence that drops when records were lost or sleeps were only recognised by stack.
 
+The stream is read once, in bounded memory (:class:`Correlator`): each thread keeps only its open
+window (the records since its last finished slow writeback); a writeback is finished once the
+thread's records run SETTLE_NS past its end. The result keeps totals, per-group sums and folded
+stacks of every episode, but the episodes themselves only for the first KEEP_EPISODES in time and the
+KEEP_EPISODES longest (``episodes_left_out`` counts the rest).
+
 Pure: no I/O, no clock; the same stream gives the same result.
 """
 import bisect
+import heapq
+from array import array
 from collections import Counter, OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -34,6 +42,12 @@ MEMPOOL_TIMEOUT_NS = 5 * 1000 ** 3       # io_schedule_timeout(5*HZ) in mempool_
 TIMEOUT_SLACK_NS = 20 * 1000 ** 2        # two jiffies at HZ=100: a wait this close to 5 s timed out
 EXPLAINED_SHARE = 0.5                    # mempool sleeps covering this share of a stall explain it
 HIGH, MEDIUM, LOW = "high", "medium", "low"
+SETTLE_NS = 2 * 1000 ** 3           # a writeback is finished when its thread's records are this far past its end
+COLLATERAL_NS = 60 * 1000 ** 3      # how long past its end a stall waits for other threads' stalls on its inode
+PENDING_NS = 600 * 1000 ** 3        # sleeps and slab failures outside any writeback are kept this long
+MAX_PENDING = 20000                 # ... and at most this many per thread (the oldest are decided first)
+SWEEP_EVENTS = 1 << 16              # idle threads and stale stalls are swept this often
+KEEP_EPISODES = 500                 # the first and the longest episodes kept whole (each)
 
 
 def timed_out(duration_ns: int) -> bool:
@@ -179,6 +193,8 @@ class Result:
     reasons: List[str]
     verdict: str
     folded: Dict[str, int]
+    episodes_left_out: int = 0                # slow writebacks counted but not kept in ``episodes``
+    pool_caches: List[str] = field(default_factory=list)   # of the mempool waits in stalls, first seen first
 
     def to_json(self) -> Dict[str, Any]:
         out = asdict(self)
@@ -255,28 +271,44 @@ def _slab_label(ev: Dict[str, Any]) -> str:
     return ev.get("cache") or ev.get("call_site") or "?"
 
 
-def _loss_windows(events: List[Dict[str, Any]]) -> Tuple[List[Tuple[float, float]], int]:
-    """Time windows in which records may be missing, and the number of records lost."""
-    windows = []
-    lost = 0
-    last = None  # type: Optional[int]
-    pending = []  # type: List[float]
-    for ev in events:
+class _Losses(object):
+    """Time windows in which records may be missing (from a ``lost`` marker to the next timed record),
+    and the number of records lost; fed the usable records in stream order."""
+
+    def __init__(self) -> None:
+        self.windows = []  # type: List[Tuple[float, float]]
+        self.lost = 0
+        self.last = None  # type: Optional[int]
+        self.pending = []  # type: List[float]
+
+    def feed(self, ev: Dict[str, Any]) -> None:
         kind = ev.get("type")
         if kind == "lost":
-            lost += int(ev.get("count") or 0)
+            self.lost += int(ev.get("count") or 0)
             start = ev.get("ts_ns")
-            pending.append(float(start) if start is not None else (float(last) if last is not None else float("-inf")))
-            continue
+            last = self.last
+            self.pending.append(float(start) if start is not None else (float(last) if last is not None else float("-inf")))
+            return
         ts = ev.get("ts_ns")
         if ts is None or kind == "mode":
-            continue
-        for start in pending:
-            windows.append((start, float(ts)))
-        pending = []
-        last = ts if last is None else max(last, ts)
-    windows += [(start, float("inf")) for start in pending]
-    return windows, lost
+            return
+        if self.pending:
+            self.windows.extend((start, float(ts)) for start in self.pending)
+            self.pending = []
+        self.last = ts if self.last is None or ts > self.last else self.last
+
+    def hits(self) -> Any:
+        """A test (start, end) -> True when a window overlaps [start, end] (a window (a, b) does when
+        a <= end and b >= start): windows sorted by b, with the least a from each on."""
+        windows = sorted(self.windows + [(start, float("inf")) for start in self.pending], key=lambda w: w[1])
+        ends = [b for _, b in windows]
+        least = [float("inf")] * (len(windows) + 1)
+        for i in range(len(windows) - 1, -1, -1):
+            least[i] = min(least[i + 1], windows[i][0])
+
+        def hit(start: int, end: int) -> bool:
+            return least[bisect.bisect_left(ends, start)] <= end
+        return hit
 
 
 _REQUIRED = {"writeback": ("tid", "start_ns", "ts_ns"), "sleep": ("tid", "start_ns", "ts_ns"),
@@ -302,71 +334,314 @@ def correlate(events: Iterable[Any], extra_lost: int = 0) -> Result:
     place is unknown, so every episode may miss them. Records that are not usable (missing or
     non-integer ids and times) are skipped and lower the confidence.
     """
-    given = list(events)
-    stream = [e for e in given if _usable(e)]
-    malformed = len(given) - len(stream)
-    windows, lost = _loss_windows(stream)
-    if extra_lost:
-        windows.append((float("-inf"), float("inf")))
-    lost += extra_lost
-    by_tid = {}  # type: Dict[int, Dict[str, List[Dict[str, Any]]]]
-    sleeps_from = "none"
-    for ev in stream:
+    correlator = Correlator()
+    for ev in events:
+        correlator.feed(ev)
+    return correlator.result(extra_lost)
+
+
+class _Thread(object):
+    """One thread's open window: writeback calls not finished yet, sleeps and slab failures not decided."""
+
+    __slots__ = ("calls", "sleeps", "slabs", "clock", "first_end")
+
+    def __init__(self) -> None:
+        self.calls = []  # type: List[Dict[str, Any]]
+        self.sleeps = []  # type: List[Dict[str, Any]]
+        self.slabs = []  # type: List[Dict[str, Any]]
+        self.clock = -1                  # the latest time in its records
+        self.first_end = None  # type: Optional[int]    # the earliest end among its open calls
+
+
+class _Direct(object):
+    """An episode its own mempool waits explain, as another thread's stall on its inode needs it."""
+
+    __slots__ = ("tid", "comm", "start_ns", "end_ns", "waits")
+
+    def __init__(self, e: Episode) -> None:
+        self.tid, self.comm, self.start_ns, self.end_ns = e.tid, e.comm, e.start_ns, e.end_ns
+        self.waits = [(w.start_ns, w.end_ns) for w in e.waits if w.in_mempool]
+
+
+class Correlator(object):
+    """:func:`correlate` fed one record at a time; ``result()`` once the stream ended."""
+
+    def __init__(self) -> None:
+        self.threads = {}  # type: Dict[int, _Thread]
+        self.losses = _Losses()
+        self.totals = _Totals()
+        self.sleeps_from = "none"
+        self.seen_sleep = self.seen_kprobe_sleep = False
+        self.malformed = 0
+        self.clock = -1                  # the latest time in the stream
+        self.fed = 0
+        self.settling = []  # type: List[Tuple[int, int, Episode]]    # (end, n, episode): waiting for collateral
+        self.direct = {}  # type: Dict[Tuple[Optional[str], int], List[_Direct]]
+
+    def feed(self, ev: Any) -> None:
+        if not _usable(ev):
+            self.malformed += 1
+            return
+        self.losses.feed(ev)
         kind = ev.get("type")
         if kind == "mode":
             flags = ev.get("flags") or []
-            sleeps_from = "kprobe" if "WANT_SLEEP_KPROBE" in flags else (
-                "sched_switch" if "WANT_SLEEP_SCHED" in flags else sleeps_from)
-        elif kind in ("writeback", "sleep", "slab_failure") and ev.get("tid") is not None:
-            by_tid.setdefault(int(ev["tid"]), {"writeback": [], "sleep": [], "slab_failure": []})[kind].append(ev)
-    if sleeps_from == "none" and any(s.get("source") == "kprobe" for t in by_tid.values() for s in t["sleep"]):
-        sleeps_from = "kprobe"
-    elif sleeps_from == "none" and any(t["sleep"] for t in by_tid.values()):
-        sleeps_from = "sched_switch"
+            self.sleeps_from = "kprobe" if "WANT_SLEEP_KPROBE" in flags else (
+                "sched_switch" if "WANT_SLEEP_SCHED" in flags else self.sleeps_from)
+            return
+        if kind not in ("writeback", "sleep", "slab_failure"):
+            return
+        tid = ev["tid"]
+        thread = self.threads.get(tid)
+        if thread is None:
+            thread = self.threads[tid] = _Thread()
+        ts = ev["ts_ns"]
+        if ts > thread.clock:
+            thread.clock = ts
+        if ts > self.clock:
+            self.clock = ts
+        if kind == "writeback":
+            thread.calls.append(ev)
+            if thread.first_end is None or ts < thread.first_end:
+                thread.first_end = ts
+        elif kind == "sleep":
+            self.seen_sleep = True
+            self.seen_kprobe_sleep = self.seen_kprobe_sleep or ev.get("source") == "kprobe"
+            thread.sleeps.append(ev)
+            if len(thread.sleeps) > MAX_PENDING:
+                self._forget(thread, thread.clock - PENDING_NS, MAX_PENDING // 2)
+        else:
+            thread.slabs.append(ev)
+            if len(thread.slabs) > MAX_PENDING:
+                self._forget(thread, thread.clock - PENDING_NS, MAX_PENDING // 2)
+        if thread.first_end is not None and thread.clock > thread.first_end + SETTLE_NS:
+            self._finish(thread, False)
+        self.fed += 1
+        if self.fed % SWEEP_EVENTS == 0:
+            self._sweep()
 
-    episodes = []  # type: List[Episode]
-    mempool_elsewhere = slab_elsewhere = 0
-    for tid in sorted(by_tid):
-        kinds = by_tid[tid]
-        tree = _Tree(kinds["writeback"])
+    def _finish(self, thread: _Thread, final: bool) -> None:
+        """Make episodes of the thread's finished writebacks (all of them when FINAL); decide the sleeps
+        and slab failures up to the last one's end."""
+        roots = _Tree(thread.calls).roots
+        ready = []
+        for root, members in roots:
+            if not final and root["ts_ns"] + SETTLE_NS >= thread.clock:
+                break
+            ready.append((root, members))
+        thread.first_end = min((root["ts_ns"] for root, _ in roots[len(ready):]), default=None)
+        if not ready and not final:
+            return
+        indexes = {"sleep": _ByTime(thread.sleeps, "start_ns"), "slab_failure": _ByTime(thread.slabs, "ts_ns")}
         used_sleeps = set()  # type: set
         used_slabs = set()  # type: set
-        indexes = {"sleep": _ByTime(kinds["sleep"], "start_ns"), "slab_failure": _ByTime(kinds["slab_failure"], "ts_ns")}
-        for root, members in tree.roots:
-            episodes.append(_episode(root, members, indexes, used_sleeps, used_slabs, windows))
-        mempool_elsewhere += sum(1 for i, s in enumerate(kinds["sleep"]) if i not in used_sleeps and s.get("in_mempool"))
-        slab_elsewhere += sum(1 for i in range(len(kinds["slab_failure"])) if i not in used_slabs)
-    episodes.sort(key=lambda e: (e.start_ns, e.tid))
-    _attribute_collateral(episodes)
-    return _result(episodes, sleeps_from, mempool_elsewhere, slab_elsewhere, lost, malformed)
+        for root, members in ready:
+            self._settle(_episode(root, members, indexes, used_sleeps, used_slabs))
+        done = set(id(ev) for _, members in ready for ev, _ in members)
+        thread.calls = [c for c in thread.calls if id(c) not in done]
+        until = float("inf") if final else max(int(root["ts_ns"]) for root, _ in ready)
+        self._decide(thread, until, used_sleeps, used_slabs)
 
+    def _decide(self, thread: _Thread, until: float, used_sleeps: set, used_slabs: set) -> None:
+        """Drop the thread's sleeps starting and slab failures at or before UNTIL; those no episode
+        used happened outside slow writebacks."""
+        keep = []
+        for i, s in enumerate(thread.sleeps):
+            if s["start_ns"] > until:
+                keep.append(s)
+            elif i not in used_sleeps and s.get("in_mempool"):
+                self.totals.mempool_elsewhere += 1
+        thread.sleeps = keep
+        kept = [f for f in thread.slabs if f["ts_ns"] > until]
+        self.totals.slab_elsewhere += len(thread.slabs) - len(kept) - len(used_slabs)
+        thread.slabs = kept
 
-def _attribute_collateral(episodes: List[Episode]) -> None:
-    """A writeback of an inode that another thread is writing back while that thread sleeps in the
-    mempool waits for it (page locks, writeback bits; e.g. the flusher behind a stalled fsync): when
-    those waits cover EXPLAINED_SHARE of it, it is explained, ``behind`` that thread."""
-    direct = {}  # type: Dict[Tuple[Optional[str], int], List[Episode]]
-    for e in episodes:
+    def _forget(self, thread: _Thread, before: int, keep: int) -> None:
+        """Sleeps and slab failures older than BEFORE, and all but the KEEP newest, outside any writeback."""
+        for name in ("sleeps", "slabs"):
+            items = getattr(thread, name)
+            key = "start_ns" if name == "sleeps" else "ts_ns"
+            kept = [x for x in items if x[key] >= before][-keep:]
+            gone = len(items) - len(kept)
+            if name == "sleeps":
+                self.totals.mempool_elsewhere += sum(1 for x in items if x.get("in_mempool")) - sum(
+                    1 for x in kept if x.get("in_mempool"))
+            else:
+                self.totals.slab_elsewhere += gone
+            setattr(thread, name, kept)
+
+    def _sweep(self) -> None:
+        """Finish threads silent for PENDING_NS; decide stalls no other thread's can explain any more."""
+        for tid in [t for t, th in self.threads.items() if th.clock < self.clock - PENDING_NS]:
+            self._finish(self.threads.pop(tid), True)
+        horizon = self.clock - 3 * COLLATERAL_NS
+        for key in list(self.direct):
+            alive = [d for d in self.direct[key] if d.end_ns >= horizon]
+            if alive:
+                self.direct[key] = alive
+            else:
+                del self.direct[key]
+
+    def _settle(self, e: Episode) -> None:
+        """E waits COLLATERAL_NS (of stream time) for the stalls of other threads on its inode."""
         if e.explained and e.ino is not None:
-            direct.setdefault((e.dev, e.ino), []).append(e)
-    for e in episodes:
-        if e.explained or e.ino is None:
-            continue
-        best = None  # type: Optional[Tuple[int, Episode]]
-        for other in direct.get((e.dev, e.ino), []):
-            if other.tid == e.tid:
-                continue
-            overlap = sum(max(0, min(w.end_ns, e.end_ns) - max(w.start_ns, e.start_ns))
-                          for w in other.waits if w.in_mempool)
-            if best is None or overlap > best[0]:
-                best = (overlap, other)
-        if best is not None and e.duration_ns > 0 and best[0] >= EXPLAINED_SHARE * e.duration_ns:
-            e.explained = True
-            e.behind = {"tid": best[1].tid, "comm": best[1].comm, "overlap_ns": best[0]}
+            self.direct.setdefault((e.dev, e.ino), []).append(_Direct(e))
+        heapq.heappush(self.settling, (e.end_ns, self.totals.episodes, e))
+        self.totals.episodes += 1
+        while self.settling and self.settling[0][0] + COLLATERAL_NS < self.clock:
+            self._close(heapq.heappop(self.settling)[2])
+
+    def _close(self, e: Episode) -> None:
+        """A writeback of an inode that another thread is writing back while that thread sleeps in the
+        mempool waits for it (page locks, writeback bits; e.g. the flusher behind a stalled fsync): when
+        those waits cover EXPLAINED_SHARE of it, it is explained, ``behind`` that thread."""
+        if not e.explained and e.ino is not None and e.duration_ns > 0:
+            best = None  # type: Optional[Tuple[int, int, int, _Direct]]
+            for other in self.direct.get((e.dev, e.ino), ()):
+                if other.tid == e.tid:
+                    continue
+                overlap = sum(max(0, min(end, e.end_ns) - max(start, e.start_ns)) for start, end in other.waits)
+                key = (overlap, -other.start_ns, -other.tid, other)
+                if best is None or key[:3] > best[:3]:
+                    best = key
+            if best is not None and best[0] >= EXPLAINED_SHARE * e.duration_ns:
+                e.explained = True
+                e.behind = {"tid": best[3].tid, "comm": best[3].comm, "overlap_ns": best[0]}
+        self.totals.add(e)
+
+    def result(self, extra_lost: int = 0) -> Result:
+        """The correlation of everything fed (the open windows are closed: call it once, at the end)."""
+        for tid in sorted(self.threads):
+            self._finish(self.threads[tid], True)
+        self.threads = {}
+        while self.settling:
+            self._close(heapq.heappop(self.settling)[2])
+        sleeps_from = self.sleeps_from
+        if sleeps_from == "none" and self.seen_kprobe_sleep:
+            sleeps_from = "kprobe"
+        elif sleeps_from == "none" and self.seen_sleep:
+            sleeps_from = "sched_switch"
+        hit = (lambda start, end: True) if extra_lost else self.losses.hits()
+        return self.totals.result(sleeps_from, hit, self.losses.lost + extra_lost, self.malformed)
+
+
+class _FirstSeen(object):
+    """Names counted, in the order of the first (episode start, tid, place) each was seen at."""
+
+    def __init__(self) -> None:
+        self.seen = {}  # type: Dict[str, List[Any]]     # name -> [count, first key]
+
+    def add(self, name: str, key: Tuple[int, ...]) -> None:
+        had = self.seen.get(name)
+        if had is None:
+            self.seen[name] = [1, key]
+        else:
+            had[0] += 1
+            if key < had[1]:
+                had[1] = key
+
+    def names(self) -> List[str]:
+        return sorted(self.seen, key=lambda n: self.seen[n][1])
+
+    def counted(self) -> str:
+        """"biovec-64 x2, filp" in first-seen order."""
+        return ", ".join(n if self.seen[n][0] == 1 else "%s x%d" % (n, self.seen[n][0]) for n in self.names())
+
+
+class _Totals(object):
+    """What the result needs of every episode, in bounded memory: sums, per-group sums, folded stacks,
+    the first and the longest KEEP_EPISODES episodes, and each episode's span (16 bytes) to mark
+    those that ran while records were lost."""
+
+    def __init__(self) -> None:
+        self.episodes = 0                # made (some may still wait for collateral)
+        self.n = self.explained = self.behind = self.stalled_ns = self.mempool_ns = 0
+        self.mempool_waits = self.mempool_timeouts = self.slab_failures = self.preceded = self.no_stack = 0
+        self.mempool_elsewhere = self.slab_elsewhere = 0
+        self.other = Counter()  # type: Counter[str]
+        self.caches = _FirstSeen()
+        self.pools = _FirstSeen()
+        self.groups = {}  # type: Dict[str, Tuple[Tuple[int, int], Group]]
+        self.folded = {}  # type: Dict[str, int]
+        self.first = []  # type: List[Tuple[int, int, int, Episode]]
+        self.longest = []  # type: List[Tuple[int, int, int, int, Episode]]
+        self.starts = array("q")
+        self.ends = array("q")
+
+    def add(self, e: Episode) -> None:
+        order = (e.start_ns, e.tid)
+        self.n += 1
+        self.explained += int(e.explained)
+        self.behind += int(bool(e.behind))
+        self.stalled_ns += e.duration_ns
+        self.mempool_ns += e.mempool_ns
+        self.slab_failures += len(e.slab_failures)
+        for i, w in enumerate(e.waits):
+            if w.in_mempool:
+                self.mempool_waits += 1
+                self.mempool_timeouts += int(bool(w.timed_out))
+                if w.pool_cache:
+                    self.pools.add(w.pool_cache, order + (i,))
+            else:
+                self.other[w.blocked_in or "[no stack]"] += w.duration_ns
+            self.no_stack += int(w.kstack is None)
+            self.preceded += int(bool(w.after_slab_failures))
+            for j, cache in enumerate(w.after_slab_failures):
+                self.caches.add(cache.split("(")[0], order + (i, j))
+        had = self.groups.get(e.group)
+        if had is None or order < had[0]:
+            g = Group(e.group, e.container, 0, 0, 0, 0, 0) if had is None else had[1]
+            g.container = e.container
+            self.groups[e.group] = (order, g)
+        g = self.groups[e.group][1]
+        g.episodes += 1
+        g.explained += int(e.explained)
+        g.stalled_ns += e.duration_ns
+        g.mempool_ns += e.mempool_ns
+        g.slab_failures += len(e.slab_failures)
+        for key, ns in _folded([e]).items():
+            self.folded[key] = self.folded.get(key, 0) + ns
+        self.starts.append(e.start_ns)
+        self.ends.append(e.end_ns)
+        item = (-e.start_ns, -e.tid, self.n, e)
+        if len(self.first) < KEEP_EPISODES:
+            heapq.heappush(self.first, item)
+        elif item[:2] > self.first[0][:2]:
+            heapq.heapreplace(self.first, item)
+        long_item = (e.duration_ns, -e.start_ns, -e.tid, self.n, e)
+        if len(self.longest) < KEEP_EPISODES:
+            heapq.heappush(self.longest, long_item)
+        elif long_item[:3] > self.longest[0][:3]:
+            heapq.heapreplace(self.longest, long_item)
+
+    def result(self, sleeps_from: str, hit: Any, lost: int, malformed: int) -> Result:
+        kept = dict((id(t[-1]), t[-1]) for t in self.first + self.longest)
+        episodes = sorted(kept.values(), key=lambda e: (e.start_ns, e.tid))
+        for e in episodes:
+            e.incomplete = hit(e.start_ns, e.end_ns)
+        hits = sum(1 for start, end in zip(self.starts, self.ends) if hit(start, end))
+        n = self.n
+        groups = [g for _, g in self.groups.values()]
+        confidence, reasons = _confidence(hits, self.no_stack, sleeps_from, lost, malformed)
+        result = Result(
+            sleeps_from=sleeps_from, episodes=episodes,
+            groups=sorted(groups, key=lambda g: (-g.stalled_ns, g.group)), slow_writebacks=n,
+            explained=self.explained, fraction_explained=(float(self.explained) / n) if n else None,
+            stalled_ns=self.stalled_ns, mempool_ns=self.mempool_ns,
+            mempool_waits=self.mempool_waits, mempool_timeouts=self.mempool_timeouts,
+            mempool_waits_elsewhere=self.mempool_elsewhere,
+            slab_failures=self.slab_failures + self.slab_elsewhere, slab_failures_elsewhere=self.slab_elsewhere,
+            other_blocking=sorted(self.other.items(), key=lambda kv: (-kv[1], kv[0])), lost_records=lost,
+            skipped_records=malformed, confidence=confidence, reasons=reasons, verdict="",
+            folded=dict((k, self.folded[k]) for k in sorted(self.folded) if self.folded[k]),
+            episodes_left_out=n - len(episodes), pool_caches=self.pools.names())
+        result.verdict = _verdict(result, self)
+        return result
 
 
 def _episode(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], indexes: Dict[str, "_ByTime"],
-             used_sleeps: set, used_slabs: set, windows: List[Tuple[float, float]]) -> Episode:
+             used_sleeps: set, used_slabs: set) -> Episode:
+    """The episode of ROOT (its nested calls MEMBERS); ``incomplete`` is set once the losses are known."""
     start, end = int(root["start_ns"]), int(root["ts_ns"])
     slabs = indexes["slab_failure"].between(start, end)
     used_slabs.update(i for i, _ in slabs)
@@ -403,7 +678,7 @@ def _episode(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], in
         mempool_ns=mempool_ns, other_blocked_ns=other_ns,
         explained=duration > 0 and mempool_ns >= EXPLAINED_SHARE * duration,
         group=_group_of(container, root.get("wb_cgroup") or root.get("cgroup")), container=container,
-        incomplete=any(a <= end and b >= start for a, b in windows), kstack=root.get("kstack"))
+        incomplete=False, kstack=root.get("kstack"))
 
 
 def _episode_container(root: Dict[str, Any], slabs: List[Tuple[int, Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
@@ -421,43 +696,9 @@ def _episode_container(root: Dict[str, Any], slabs: List[Tuple[int, Dict[str, An
     return task
 
 
-def _result(episodes: List[Episode], sleeps_from: str, mempool_elsewhere: int, slab_elsewhere: int,
-            lost: int, malformed: int) -> Result:
-    n = len(episodes)
-    explained = sum(1 for e in episodes if e.explained)
-    mempool_waits = [w for e in episodes for w in e.waits if w.in_mempool]
-    other = Counter()  # type: Counter[str]
-    for e in episodes:
-        for w in e.waits:
-            if not w.in_mempool:
-                other[w.blocked_in or "[no stack]"] += w.duration_ns
-    groups = OrderedDict()  # type: Dict[str, Group]
-    for e in sorted(episodes, key=lambda e: e.group):
-        g = groups.setdefault(e.group, Group(e.group, e.container, 0, 0, 0, 0, 0))
-        g.episodes += 1
-        g.explained += int(e.explained)
-        g.stalled_ns += e.duration_ns
-        g.mempool_ns += e.mempool_ns
-        g.slab_failures += len(e.slab_failures)
-    confidence, reasons = _confidence(episodes, sleeps_from, lost, malformed)
-    result = Result(
-        sleeps_from=sleeps_from, episodes=episodes,
-        groups=sorted(groups.values(), key=lambda g: (-g.stalled_ns, g.group)), slow_writebacks=n,
-        explained=explained, fraction_explained=(float(explained) / n) if n else None,
-        stalled_ns=sum(e.duration_ns for e in episodes), mempool_ns=sum(e.mempool_ns for e in episodes),
-        mempool_waits=len(mempool_waits), mempool_timeouts=sum(1 for w in mempool_waits if w.timed_out),
-        mempool_waits_elsewhere=mempool_elsewhere,
-        slab_failures=sum(len(e.slab_failures) for e in episodes) + slab_elsewhere,
-        slab_failures_elsewhere=slab_elsewhere,
-        other_blocking=sorted(other.items(), key=lambda kv: (-kv[1], kv[0])), lost_records=lost,
-        skipped_records=malformed,
-        confidence=confidence, reasons=reasons, verdict="", folded=_folded(episodes))
-    result.verdict = _verdict(result)
-    return result
-
-
-def _confidence(episodes: List[Episode], sleeps_from: str, lost: int, malformed: int) -> Tuple[str, List[str]]:
-    """high, medium or low, and why it is not high."""
+def _confidence(hit: int, unknown: int, sleeps_from: str, lost: int, malformed: int) -> Tuple[str, List[str]]:
+    """high, medium or low, and why it is not high (HIT episodes ran while records were lost, UNKNOWN
+    sleeps in them had no stack)."""
     levels = [HIGH]
     reasons = []
 
@@ -470,13 +711,11 @@ def _confidence(episodes: List[Episode], sleeps_from: str, lost: int, malformed:
                       "'timed out' inferred from ~5 s sleeps)")
     elif sleeps_from == "none":
         lower(MEDIUM, "no sleep records: the stream has no mempool or D-state section")
-    hit = [e for e in episodes if e.incomplete]
     if hit:
         lower(LOW, "%d records lost while %d of the slow writebacks ran: their causes may be missing"
-              % (lost, len(hit)))
+              % (lost, hit))
     elif lost:
         lower(MEDIUM, "%d records lost during the capture (outside the slow writebacks shown)" % lost)
-    unknown = sum(1 for e in episodes for w in e.waits if w.kstack is None)
     if unknown and sleeps_from == "sched_switch":
         lower(MEDIUM, "%d sleeps inside slow writebacks had no kernel stack: cannot tell whether they were "
                       "mempool waits" % unknown)
@@ -486,24 +725,22 @@ def _confidence(episodes: List[Episode], sleeps_from: str, lost: int, malformed:
     return max(levels, key=order.index), reasons
 
 
-def _verdict(r: Result) -> str:
+def _verdict(r: Result, totals: _Totals) -> str:
     if not r.slow_writebacks:
         tail = "; %d mempool waits outside writeback" % r.mempool_waits_elsewhere if r.mempool_waits_elsewhere else ""
         return "no slow writeback in this capture%s" % tail
     head = "%d of %d slow writebacks (%d%%) were stalled in mempool_alloc" % (
         r.explained, r.slow_writebacks, round(100.0 * (r.fraction_explained or 0)))
     parts = [head]
-    behind = sum(1 for e in r.episodes if e.behind)
-    if behind:
-        parts[0] += " (%d of them behind another thread's mempool wait on the same inode)" % behind
+    if totals.behind:
+        parts[0] += " (%d of them behind another thread's mempool wait on the same inode)" % totals.behind
     if r.mempool_waits:
         parts.append("%ss of %ss blocked there in %d waits (%d timed out at 5 s, %d woken early)" % (
             _secs(r.mempool_ns), _secs(r.stalled_ns), r.mempool_waits, r.mempool_timeouts,
             r.mempool_waits - r.mempool_timeouts))
-    caches = [c.split("(")[0] for e in r.episodes for w in e.waits for c in w.after_slab_failures]
-    if caches:
-        preceded = sum(1 for e in r.episodes for w in e.waits if w.after_slab_failures)
-        parts.append("slab allocation failures preceded %d of the waits (%s)" % (preceded, _counted(caches)))
+    if totals.preceded:
+        parts.append("slab allocation failures preceded %d of the waits (%s)" % (totals.preceded,
+                                                                                totals.caches.counted()))
     if r.other_blocking:
         top = ", ".join("%s %ss" % (f, _secs(ns)) for f, ns in r.other_blocking[:3])
         parts.append("other blocking: %s" % top)

@@ -1,7 +1,9 @@
 """Find the two bpftools incidents in kernel log text: kmem/SLUB allocation failures with
 mempool stalls, and netdev reference leaks ("waiting for eth0 to become free").
 
-Accepted input, mixed freely: raw ``dmesg`` (``[  122.222455] msg``), ``dmesg -T``
+Accepted input, mixed freely (pasted or exported lines are first undone by :mod:`.log_paste`:
+line numbers, quote markers, backticks, HTML entities, journald and ``dmesg --json`` records):
+raw ``dmesg`` (``[  122.222455] msg``), ``dmesg -T``
 (``[Thu May 14 23:17:24 2020] msg``, any locale's weekday), syslog and journald short
 (``Mar  5 03:41:22 host kernel: [732240.608081] msg``), ISO stamps, syslogd's wall broadcast
 (``Message from syslogd@host at ...`` then `` kernel:[ts] msg``), ``/dev/kmsg`` records
@@ -22,9 +24,17 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from . import log_forms as forms
 from .gfp import UNKNOWN, decode_gfp, generation_for_release, generation_for_unnamed_mask
+from .log_paste import unpaste
 
 KINDS = ("slub_alloc_failure", "netdev_unregister_wait", "hung_task_mempool", "hung_task_netdev")
+
+# How sure a finding is, strongest first: the decisive message or frame was printed ("certain");
+# a report whose decisive frame was cut but whose other frames point at the path ("likely"); a
+# stack without the header that says the task was blocked ("weak").
+CERTAIN, LIKELY, WEAK = "certain", "likely", "weak"
+CONFIDENCES = (CERTAIN, LIKELY, WEAK)
 
 MAX_EVIDENCE = 5       # raw lines of evidence per finding
 MAX_LISTED = 20        # devices, caches, tasks... listed per finding: the ones seen last
@@ -46,11 +56,15 @@ class Finding:
     facts: Dict[str, Any]  # kind-specific facts, JSON-serialisable
     evidence: List[str]  # a few representative raw lines
     left_out: Dict[str, int] = field(default_factory=dict)  # entries not listed in the facts, by kind
+    confidence: str = CERTAIN  # the strongest of its reports (one of CONFIDENCES)
+    rule: str = ""  # the rule that gave that confidence
 
     def to_json(self) -> Dict[str, Any]:
-        """Plain data: kind, count, first/last seen, the facts, what was left out, the evidence."""
+        """Plain data: kind, count, first/last seen, confidence and rule, the facts, what was left
+        out, the evidence."""
         out = OrderedDict([("kind", self.kind), ("count", self.count),
-                           ("first_seen", self.first_seen), ("last_seen", self.last_seen)])
+                           ("first_seen", self.first_seen), ("last_seen", self.last_seen),
+                           ("confidence", self.confidence), ("rule", self.rule)])
         out.update(self.facts)
         if self.left_out:
             out["left_out"] = dict(self.left_out)
@@ -77,10 +91,12 @@ class LogLine:
     monotonic: Optional[float] = None  # seconds since boot, when printed
     wall: Optional[str] = None  # wall-clock stamp as printed, when printed
     kernel: bool = True  # False for lines syslog/journald attribute to another program
+    caller: Optional[str] = None  # printk caller id ("T1234" a task, "C0" a CPU), when printed
+    field: Optional[str] = None  # a dmesg --json field line ("time", "fac"...), not a message
+    field_value: Any = None
 
 
 _MONTH = r"[^\W\d_]{3,4}\.?"  # "Mar", "Mär", "Okt" (journalctl follows the locale)
-_QUOTE = re.compile(r"^[ \t]*(?:>[ \t]?)+")
 _WALL_HEADER = re.compile(
     r"^Message from syslogd@\S+ at (?P<wall>%s +\d{1,2} \d\d:\d\d:\d\d)" % _MONTH)
 _HOST_TAG = r"(?P<host>[^\s:]+) (?P<tag>[A-Za-z_][\w.@/-]*)(?:\[\d{1,10}\])?: ?"
@@ -95,14 +111,17 @@ _KMSG = re.compile(r"^(?P<prio>\d{1,4}),(?P<seq>\d{1,20}),(?P<usec>\d{1,20}),[^;
 _LEVEL = re.compile(r"^<\d{1,3}>")
 _MONO = re.compile(r"^\[\s*(?P<mono>\d{1,12}\.\d{1,9})\]")
 _CTIME = re.compile(r"^\[(?P<ctime>[^\W\d_]{2,4}\.? +%s +\d{1,2} \d\d:\d\d:\d\d \d{4})\]" % _MONTH)
-_CALLER = re.compile(r"^\s?\[\s*[TC]\d{1,10}\]")
+_CALLER = re.compile(r"^\s?\[\s*(?P<caller>[TC]\d{1,10})\]")
 _WRAPPED = re.compile(r"[ \t,]$")
+# A dmesg stamp after console noise another program wrote on the same line (no stamp at the start).
+_EMBEDDED_MONO = re.compile(r"\s(?=\[\s*\d{1,12}\.\d{1,9}\]\s)")
 
 
-def _dmesg_prefix(body: str) -> Tuple[Optional[str], Optional[float], Optional[str], str]:
-    """Split ``[stamp] msg``: (stamp as printed, monotonic seconds, ctime text, message)."""
+def _dmesg_prefix(body: str) -> Tuple[Optional[str], Optional[float], Optional[str], str, Optional[str]]:
+    """Split ``[stamp] [caller] msg``: (stamp as printed, monotonic seconds, ctime text, message,
+    caller id)."""
     body = _LEVEL.sub("", body, count=1)
-    stamp, mono, ctime = None, None, None
+    stamp, mono, ctime, caller = None, None, None, None
     match = _MONO.match(body)
     if match:
         stamp, mono = match.group(0), float(match.group("mono"))
@@ -111,13 +130,22 @@ def _dmesg_prefix(body: str) -> Tuple[Optional[str], Optional[float], Optional[s
         if match:
             stamp, ctime = match.group(0), match.group("ctime")
     if match:
-        body = _CALLER.sub("", body[match.end():], count=1)
-    return stamp, mono, ctime, body.strip()
+        body = body[match.end():]
+        tagged = _CALLER.match(body)
+        if tagged:
+            caller, body = tagged.group("caller"), body[tagged.end():]
+    return stamp, mono, ctime, body.strip(), caller
 
 
 def parse_line(raw: str, index: int = 0) -> LogLine:
     """Parse one line of any supported format (see the module docstring)."""
-    body = _QUOTE.sub("", raw).strip()
+    pasted = unpaste(raw)
+    if pasted.field is not None:
+        return LogLine(index, raw, "", kernel=False, field=pasted.field, field_value=pasted.value)
+    body = pasted.text
+    if pasted.stamp is not None or pasted.wall is not None or pasted.kernel is not None:
+        timestamp = pasted.stamp or pasted.wall
+        return LogLine(index, raw, body, timestamp, pasted.monotonic, pasted.wall, pasted.kernel is not False)
     header = _WALL_HEADER.match(body)
     if header:
         wall = header.group("wall")
@@ -141,13 +169,17 @@ def parse_line(raw: str, index: int = 0) -> LogLine:
             match = _KERNEL_TAG.match(body)
             if match:
                 body = match.group("rest")
-    stamp, mono, ctime, body = _dmesg_prefix(body)
+    stamp, mono, ctime, body, caller = _dmesg_prefix(body)
     if stamp and wall is None:
         tagged = _SHORT_MONOTONIC_TAG.match(body)  # journalctl -o short-monotonic
         if tagged:
             body = tagged.group("rest").strip()
+    if stamp is None and wall is None and "]" in body:
+        noise = _EMBEDDED_MONO.search(body)
+        if noise:
+            stamp, mono, ctime, body, caller = _dmesg_prefix(body[noise.end():])
     timestamp = " ".join(part for part in (wall, stamp) if part) or None
-    return LogLine(index, raw, body, timestamp, mono, wall or ctime, kernel)
+    return LogLine(index, raw, body, timestamp, mono, wall or ctime, kernel, caller)
 
 
 def _split(lines: Iterable[Any]) -> Iterator[str]:
@@ -165,19 +197,25 @@ def _split(lines: Iterable[Any]) -> Iterator[str]:
 
 class LineJoiner(object):
     """Parses lines as they come, joining a wrapped line with its unstamped continuation (one line of
-    lookback; a joined line stops growing at MAX_JOINED characters). ``push`` returns the line it
+    lookback; a joined line stops growing at MAX_JOINED characters), and giving the messages of an
+    indented ``dmesg --json`` the time and facility of their record. ``push`` returns the line it
     completed, if any; ``flush`` the one it holds."""
 
     def __init__(self) -> None:
         self.prev = None  # type: Optional[LogLine]
         self.count = 0
+        self.record = {}  # type: Dict[str, Any]   # the dmesg --json fields of the record being read
 
     def push(self, raw: str) -> Optional[LogLine]:
-        line = parse_line(raw, self.count)
+        line = self._record(parse_line(raw, self.count))
         self.count += 1
         prev = self.prev
-        if (prev is not None and prev.timestamp and line.timestamp is None and line.text
-                and len(prev.raw) < MAX_JOINED and _WRAPPED.search(prev.raw[-1:])):
+        continued = prev is not None and line.timestamp is None and line.text and len(prev.raw) < MAX_JOINED
+        if continued and prev.raw.endswith(" \\"):  # a shell-style continuation, stamped or not
+            self.prev = replace(prev, raw=prev.raw[:-1].rstrip() + " " + raw.strip(),
+                                text=(prev.text[:-1].rstrip() + " " + line.text).strip())
+            return None
+        if continued and prev.timestamp and _WRAPPED.search(prev.raw[-1:]):
             self.prev = replace(prev, raw=prev.raw.rstrip() + " " + raw.strip(),
                                 text=(prev.text + " " + line.text).strip())
             return None
@@ -187,6 +225,22 @@ class LineJoiner(object):
     def flush(self) -> Optional[LogLine]:
         prev, self.prev = self.prev, None
         return prev
+
+    def _record(self, line: LogLine) -> LogLine:
+        """LINE with the "time" and "fac" fields of its dmesg --json record (read before it)."""
+        if line.field is not None:
+            self.record = {} if line.field == "structure" else self.record
+            if line.field in ("time", "fac") and len(self.record) < 2:
+                self.record[line.field] = line.field_value
+            return line
+        if not self.record:
+            return line
+        record, self.record = self.record, {}
+        seconds = record.get("time")
+        if line.timestamp is not None or seconds is None:
+            return line
+        return replace(line, timestamp=seconds, monotonic=float(seconds),
+                       kernel=record.get("fac") in (None, "kern"))
 
 
 def iter_lines(lines: Iterable[Any]) -> Iterator[LogLine]:
@@ -465,21 +519,22 @@ def _version(release: Optional[str]) -> Optional[Tuple[int, int]]:
 # SLUB: Unable to allocate memory
 # ---------------------------------------------------------------------------------------------
 
-_SLUB_HEADER = re.compile(
-    r"SLUB: Unable to allocate memory (?:for CPU (?P<cpu>\d{1,6}) (?:\(of node -?\d{1,6}\) )?)?"
-    r"on node (?P<node>-?\d{1,6})"
-    r"(?:,\s*gfp=(?P<gfp>0x[0-9a-fA-F]{1,16})(?:\((?P<flags>[^)]*)\))?"  # v4.6+
-    r"|\s*\(gfp=(?P<gfp_old>0x[0-9a-fA-F]{1,16})\))?")  # v3.x..v4.5
-_SLUB_CACHE = re.compile(r"^cache: (?P<name>[^,]+)")
+_SLUB_HEADERS = forms.of_signature(forms.SLUB)[:3]  # oldest first; they share no prefix beyond "SLUB:"
+_SLUB_CACHE = forms.pattern("slub_cache")
 _MEMCG_CACHE = re.compile(r"^(?P<base>.+?)\((?P<id>\d{1,20}):(?P<cgroup>[^()]*)\)$")
-_SLUB_NODE = re.compile(r"^node (?P<node>-?\d{1,6}): slabs: \d+, objs: \d+, free: \d+")
-_SLUB_SUPPRESSED = re.compile(r"slab_out_of_memory: (?P<n>\d{1,10}) callbacks suppressed")
+_SLUB_NODE = forms.pattern("slub_node")
+_SLUB_SUPPRESSED = forms.pattern("slub_suppressed")
+# Continuation lines belong to a header printed at most this many lines before (other CPUs' lines
+# interleave), and at most this many reports wait for theirs at once.
+SLUB_WINDOW = 32
+MAX_OPEN_SLUB = 8
 
 
 @dataclass
 class _SlubReport:
     header: LogLine
     cache: Optional[Tuple[str, Optional[int], Optional[str]]] = None  # name, memcg id, cgroup
+    nodes: int = 0  # "node N:" lines attached
     evidence: List[LogLine] = field(default_factory=list)  # the header and the next line
     stamps: _Stamps = field(default_factory=_Stamps)
 
@@ -488,14 +543,28 @@ def _numbers() -> "OrderedDict[int, None]":
     return OrderedDict()
 
 
+def _slub_header(text: str) -> Optional[Any]:
+    if "SLUB" not in text:
+        return None
+    return next((m for m in (form.pattern.search(text) for form in _SLUB_HEADERS) if m), None)
+
+
 class _SlubCollector:
-    """Groups each SLUB header with its ``cache:`` and ``node N:`` lines (the report stays open
-    until the next header) and counts the reports by cache and gfp mask as they close."""
+    """Groups each SLUB header with its ``cache:`` and ``node N:`` lines and counts the reports by
+    cache and gfp mask as they close.
+
+    Two CPUs printing at once interleave their lines: a continuation line goes to the open report
+    of the same printk caller when the log prints caller ids (``[T1234]``/``[C0]``), else to the
+    newest open report that still needs such a line; a report stays open for SLUB_WINDOW lines. A
+    continuation line with no report to go to (an excerpt that starts mid-report) is an orphan,
+    counted and never given to another report.
+    """
 
     def __init__(self) -> None:
-        self.current = None  # type: Optional[_SlubReport]
+        self.open = []  # type: List[_SlubReport]   # oldest first, at most MAX_OPEN_SLUB
         self.reports = 0
         self.suppressed = 0
+        self.orphans = 0
         self.caches = _Newest(lambda key: OrderedDict([
             ("cache", shown(key[0])), ("memcg_id", key[1]), ("cgroup", shown(key[2]) if key[2] else key[2]),
             ("count", 0)]))
@@ -509,63 +578,84 @@ class _SlubCollector:
         if len(numbers) < MAX_TRACKED:
             numbers[value] = None
 
-    def feed(self, line: LogLine) -> None:
+    def feed(self, line: LogLine) -> bool:
+        """Take LINE if it is a SLUB line (header, continuation, suppressed count): True if taken."""
         text = line.text
-        header = _SLUB_HEADER.search(text) if "SLUB" in text else None
+        self._expire(line.index)
+        header = _slub_header(text)
         if header:
-            self._close()
-            gfp = header.group("gfp") or header.group("gfp_old")
-            flags = header.group("flags")
-            self._number("requested_nodes", int(header.group("node")))
-            if header.group("cpu"):
-                self._number("cpus", int(header.group("cpu")))
-            self.current = _SlubReport(header=line)
-            self._attach(line)
-            self.reports += 1
-            if gfp:
-                printed = tuple(f for f in flags.split("|") if f) if flags is not None else None
-                self.gfps.touch(("%#x" % int(gfp, 16), printed))["count"] += 1
-            return
+            self._header(line, header)
+            return True
         suppressed = _SLUB_SUPPRESSED.search(text) if "suppressed" in text else None
         if suppressed:
             self.suppressed += int(suppressed.group("n"))
-            return
-        report = self.current
-        if report is None:
-            return
-        cache = _SLUB_CACHE.match(text)
-        if cache and report.cache is None:
-            name = cache.group("name").strip()
-            memcg = _MEMCG_CACHE.match(name)
-            if memcg:
-                report.cache = (memcg.group("base"), int(memcg.group("id")), memcg.group("cgroup"))
-            else:
-                report.cache = (name, None, None)
-            self._attach(line)
-            return
-        node = _SLUB_NODE.match(text)
+            return True
+        cache = _SLUB_CACHE.match(text) if text.startswith("cache:") else None
+        if cache:
+            report = self._owner(line, lambda r: r.cache is None)
+            if report is not None:
+                report.cache = _cache_key(cache.group("name").strip())
+                self._attach(report, line)
+            return True
+        node = _SLUB_NODE.match(text) if text.startswith("node ") else None
         if node:
-            self._number("nodes", int(node.group("node")))
-            self._attach(line)
+            report = self._owner(line, lambda r: True)
+            if report is not None:
+                report.nodes += 1
+                self._number("nodes", int(node.group("node")))
+                self._attach(report, line)
+            return True
+        return False
 
-    def _attach(self, line: LogLine) -> None:
-        report = self.current
+    def _header(self, line: LogLine, header: Any) -> None:
+        groups = header.groupdict()
+        gfp, flags = groups.get("gfp") or groups.get("gfp_old"), groups.get("flags")
+        self._number("requested_nodes", int(groups["node"]))
+        if groups.get("cpu"):
+            self._number("cpus", int(groups["cpu"]))
+        report = _SlubReport(header=line)
+        self.open.append(report)
+        if len(self.open) > MAX_OPEN_SLUB:
+            self._close(self.open.pop(0))
+        self._attach(report, line)
+        self.reports += 1
+        if gfp:
+            printed = tuple(f for f in flags.split("|") if f) if flags is not None else None
+            self.gfps.touch(("%#x" % int(gfp, 16), printed))["count"] += 1
+
+    def _owner(self, line: LogLine, wants: Any) -> Optional[_SlubReport]:
+        """The open report LINE continues: same caller if printed, else the newest that WANTS it."""
+        for report in reversed(self.open):
+            if line.caller is not None and report.header.caller is not None:
+                if report.header.caller == line.caller and wants(report):
+                    return report
+            elif wants(report):
+                return report
+        self.orphans += 1
+        return None
+
+    def _expire(self, index: int) -> None:
+        while self.open and index - self.open[0].header.index > SLUB_WINDOW:
+            self._close(self.open.pop(0))
+
+    def _attach(self, report: _SlubReport, line: LogLine) -> None:
         report.stamps.add(line)
         if len(report.evidence) < 2:
             report.evidence.append(line)
 
-    def _close(self) -> None:
-        report, self.current = self.current, None
-        if report is None:
-            return
+    def _close(self, report: _SlubReport) -> None:
         if report.cache is not None:
             self.caches.touch(report.cache)["count"] += 1
         self.stamps.merge(report.stamps)
         for line in report.evidence:
             self.evidence.add(line)
 
+    def _close_all(self) -> None:
+        while self.open:
+            self._close(self.open.pop(0))
+
     def finding(self, release: Optional[str]) -> Optional[Finding]:
-        self._close()
+        self._close_all()
         if not self.reports:
             return None
         gfps = OrderedDict()  # type: Dict[str, Dict[str, Any]]
@@ -585,10 +675,21 @@ class _SlubCollector:
         for kind, numbers in self.numbers.items():
             facts[kind] = sorted(numbers)
         facts["callbacks_suppressed"] = self.suppressed
+        facts["orphan_lines"] = self.orphans
         left_out = OrderedDict([("caches", self.caches.left_out()),
                                 ("gfp", self.gfps.dropped + max(0, len(gfps) - MAX_LISTED))])
         return Finding("slub_alloc_failure", self.reports, first, last, dict(facts),
-                       self.evidence.lines(), _nonzero(left_out))
+                       self.evidence.lines(), _nonzero(left_out), CERTAIN,
+                       "a SLUB allocation failure header (mm/slub.c slab_out_of_memory)")
+
+
+def _cache_key(name: str) -> Tuple[str, Optional[int], Optional[str]]:
+    """(cache, memcg id, cgroup) of a printed cache name: ``kmalloc-1024(1793:<cgroup>)`` is a
+    per-memcg cache (until v5.8); ``kmalloc-cg-256`` and ``kmalloc-rnd-05-64`` are plain names."""
+    memcg = _MEMCG_CACHE.match(name)
+    if memcg:
+        return memcg.group("base"), int(memcg.group("id")), memcg.group("cgroup")
+    return name, None, None
 
 
 def _gfp_names(value: str, printed: Optional[List[str]], release: Optional[str]
@@ -608,10 +709,8 @@ def _gfp_names(value: str, printed: Optional[List[str]], release: Optional[str]
 # unregister_netdevice: waiting for DEV to become free (+ ref_tracker)
 # ---------------------------------------------------------------------------------------------
 
-_NETDEV_WAIT = re.compile(r"unregister_netdevice: waiting for (?P<dev>\S+) to become free\. "
-                          r"Usage count = (?P<count>-?\d{1,10})")
-_REF_TRACKER = re.compile(r"^ref_tracker: (?P<object>[^\s@]+@\S+) has (?P<users>\d{1,10}/\d{1,10}) "
-                          r"users at")
+_NETDEV_WAIT = forms.pattern("netdev_wait")
+_REF_TRACKER = forms.pattern("ref_tracker_users")
 # Frames of the reference-taking plumbing; the first other frame is the holder.
 _TRACKER_PLUMBING = {"ref_tracker_alloc", "__netdev_tracker_alloc", "netdev_tracker_alloc",
                      "netdev_hold", "dev_hold", "__dev_hold", "dev_hold_track"}
@@ -740,7 +839,8 @@ class _NetdevCollector:
         left_out = OrderedDict([("devices", self.devices.left_out()),
                                 ("ref_tracker stacks", sum(d.trackers_left_out for d in listed))])
         return Finding("netdev_unregister_wait", self.messages, first, last, dict(facts),
-                       evidence.lines(), _nonzero(left_out))
+                       evidence.lines(), _nonzero(left_out), CERTAIN,
+                       "an unregister_netdevice wait message (net/core/dev.c netdev_wait_allrefs)")
 
 
 def _event_key(line: LogLine) -> Any:
@@ -782,14 +882,12 @@ def usage_count_meaning(release: Optional[str], release_source: str, saw_ref_tra
 # ---------------------------------------------------------------------------------------------
 
 # Names are bounded (a comm has 15 characters): `.+` here is quadratic on "INFO: task a:1 " repeated.
-_HUNG = re.compile(r"INFO: task (?P<task>.{1,64}?):(?P<pid>\d{1,10}) blocked for more than "
-                   r"(?P<seconds>\d{1,12}) seconds")
-# sched_show_task() before v5.9: "%-15.15s %c" then [stack pointer (3.x)] free-stack pid ppid flags
-_TASK_OLD = re.compile(r"^(?P<task>\S.{0,14}?)\s+(?P<state>[RSDTtXZPIKWN])\s*(?:[0-9a-f]{8,16}\s+)?"
-                       r"\d{1,10}\s+(?P<pid>\d{1,10})\s+\d{1,10}\s+0x[0-9a-f]{1,16}$")
-# since commit cc172ff301d8 (v5.9): "task:%-15.15s state:%c stack:%5lu pid:%5d ppid:..."
-_TASK_NEW = re.compile(r"^task:(?P<task>.{1,64}?)\s{1,64}state:(?P<state>\S)\s.*?\bpid:\s*(?P<pid>\d{1,10})")
-_WORKQUEUE = re.compile(r"^Workqueue: (?P<workqueue>.+)$")
+_HUNG = forms.pattern("hung_task_header")
+_TASK_OLD = forms.pattern("task_line_old")
+_TASK_NEW = forms.pattern("task_line_5_9")
+_WORKQUEUE = forms.pattern("workqueue")
+_MEMCG_OOM = forms.pattern("memcg_oom_kill_old")
+_NETNS_WORKER = re.compile(r"^netns cleanup_net\b")
 _TASK_END = re.compile(r"^</TASK>$")
 _TRACE_NOISE = re.compile(
     r"^(?:Call [Tt]race:|<(?:TASK|IRQ|/IRQ|NMI|/NMI|SOFTIRQ|/SOFTIRQ|EOI)>"
@@ -800,9 +898,12 @@ _TRACE_NOISE = re.compile(
 _MAX_PREAMBLE = 12  # lines between a task header and its first frame (Tainted, echo 0 >, ...)
 
 _MEMPOOL_FRAMES = {"mempool_alloc", "bvec_alloc"}
-_WRITEBACK = re.compile(r"writepage|pageout")
-_NETDEV_FRAMES = {"netdev_run_todo", "copy_net_ns", "cleanup_net"}
-_NETDEV_PREFIXES = re.compile(r"^(?:netdev_wait_allrefs|unregister_netdevice|_*rtnl(?:_net)?_lock)")
+# Reclaim writeback: the path that allocates bios from the mempool when slab allocations fail.
+_WRITEBACK = re.compile(r"writepage|pageout|^shrink_(?:page|folio)_list$")
+# The device unregistration wait itself, and the netns and rtnl paths that queue behind it.
+_NETDEV_WAIT_FRAMES = re.compile(r"^(?:netdev_run_todo|netdev_wait_allrefs|unregister_netdevice)")
+_NETDEV_FRAMES = {"copy_net_ns", "cleanup_net"}
+_NETDEV_PREFIXES = re.compile(r"^(?:netdev_run_todo|netdev_wait_allrefs|unregister_netdevice|_*rtnl(?:_net)?_lock)")
 
 
 @dataclass
@@ -816,11 +917,13 @@ class _TaskDump:
     first_line: Optional[LogLine] = None
     stamps: _Stamps = field(default_factory=_Stamps)
     preamble: int = 0
+    workqueue_line: Optional[LogLine] = None
+    headless: bool = False  # the excerpt starts inside the dump: no header says the task was blocked
 
     @property
     def blocked(self) -> bool:
-        """Reported by the hung-task watchdog, or dumped in D state (SysRq)."""
-        return self.blocked_seconds is not None or self.state == "D"
+        """Reported by the hung-task watchdog, dumped in D state (SysRq), or headless."""
+        return self.blocked_seconds is not None or self.state == "D" or self.headless
 
     def add(self, line: LogLine) -> None:
         self.first_line = self.first_line or line
@@ -862,6 +965,10 @@ class _TaskCollector:
             return
         current = self.current
         if current is None:
+            workqueue = _WORKQUEUE.match(text) if text.startswith("Workqueue:") else None
+            if workqueue:  # a dump whose header the excerpt cut off
+                self.current = _TaskDump(None, None, headless=True)
+                self._workqueue(self.current, workqueue, line)
             return
         if not text:
             self._close()
@@ -881,12 +988,18 @@ class _TaskCollector:
         else:
             workqueue = _WORKQUEUE.match(text)
             if workqueue:
-                current.workqueue = workqueue.group("workqueue")
+                self._workqueue(current, workqueue, line)
+                return
             current.preamble += 1
             if current.preamble > _MAX_PREAMBLE:
                 self._close()
             else:
                 current.add(line)
+
+    @staticmethod
+    def _workqueue(dump: _TaskDump, match: Any, line: LogLine) -> None:
+        dump.workqueue, dump.workqueue_line = match.group("workqueue"), line
+        dump.add(line)
 
     def findings(self) -> List[Finding]:
         self._close()
@@ -902,12 +1015,17 @@ class _TaskKind(object):
         self.tasks = _Newest(lambda key: OrderedDict())
         self.stamps = _Stamps()
         self.evidence = _Evidence()
+        self.confidence = None  # type: Optional[str]
+        self.rule = ""
 
     def fold(self, dump: _TaskDump) -> None:
         frames = [f for f, _ in dump.frames]
-        hits = self.matcher(frames)
-        if not hits:
+        verdict = self.matcher(frames, dump.workqueue)
+        if verdict is None:
             return
+        hits, confidence, rule = verdict
+        if dump.headless:
+            confidence, rule = WEAK, "the excerpt starts inside the dump (no header says it was blocked): " + rule
         self.count += 1
         entry = self.tasks.touch((dump.task, dump.pid))
         if not entry:
@@ -915,17 +1033,24 @@ class _TaskKind(object):
                 ("task", shown(dump.task) if dump.task is not None else None), ("pid", dump.pid),
                 ("state", dump.state), ("blocked_seconds", dump.blocked_seconds),
                 ("workqueue", shown(dump.workqueue) if dump.workqueue is not None else None),
-                ("reports", 0), ("matched_frames", hits), ("frames", frames)])
+                ("reports", 0), ("confidence", confidence), ("rule", rule),
+                ("matched_frames", hits), ("frames", frames)])
         else:
             if dump.blocked_seconds is not None:
                 entry["blocked_seconds"] = max(entry["blocked_seconds"] or 0, dump.blocked_seconds)
             if len(frames) > len(entry["frames"]):
                 entry["frames"], entry["matched_frames"] = frames, hits
+            if _stronger(confidence, entry["confidence"]):
+                entry["confidence"], entry["rule"] = confidence, rule
         entry["reports"] += 1
+        if self.confidence is None or _stronger(confidence, self.confidence):
+            self.confidence, self.rule = confidence, rule
         self.stamps.merge(dump.stamps)
-        key = next((hit for hit in hits if hit in _MEMPOOL_FRAMES), hits[0])
         self.evidence.add(dump.first_line)
-        self.evidence.add(next(line for f, line in dump.frames if _base_name(f) == key))
+        key = next((hit for hit in hits if hit in _MEMPOOL_FRAMES), hits[0] if hits else None)
+        decisive = next((line for f, line in dump.frames if _base_name(f) == key), dump.workqueue_line)
+        if decisive is not None:
+            self.evidence.add(decisive)
 
     def finding(self) -> Optional[Finding]:
         if not self.count:
@@ -933,25 +1058,45 @@ class _TaskKind(object):
         first, last = self.stamps.span()
         return Finding(self.kind, self.count, first, last,
                        {"tasks": [dict(entry) for entry in self.tasks.newest()]}, self.evidence.lines(),
-                       _nonzero({"tasks": self.tasks.left_out()}))
+                       _nonzero({"tasks": self.tasks.left_out()}), self.confidence, self.rule)
 
 
-def _mempool_frames(functions: List[str]) -> List[str]:
-    """Frames that make a stack a mempool/bvec stall: mempool_alloc or bvec_alloc anywhere, or
-    io_schedule_timeout together with a writepage/pageout frame. [] if it is not one."""
+def _stronger(confidence: str, than: str) -> bool:
+    return CONFIDENCES.index(confidence) < CONFIDENCES.index(than)
+
+
+Match = Optional[Tuple[List[str], str, str]]  # (matched frames, confidence, rule), None: no match
+
+
+def _mempool_frames(functions: List[str], workqueue: Optional[str] = None) -> Match:
+    """A mempool/bvec stall: mempool_alloc or bvec_alloc anywhere (certain), or io_schedule_timeout
+    with a reclaim-writeback frame, the stack cut before mempool_alloc (likely)."""
     bases = [_base_name(f) for f in functions]
     writeback = [f for f in bases if _WRITEBACK.search(f)]
-    if not (_MEMPOOL_FRAMES.intersection(bases) or ("io_schedule_timeout" in bases and writeback)):
-        return []
+    if _MEMPOOL_FRAMES.intersection(bases):
+        confidence, rule = CERTAIN, "mempool_alloc/bvec_alloc in a blocked task's stack"
+    elif "io_schedule_timeout" in bases and writeback:
+        confidence, rule = LIKELY, ("io_schedule_timeout under a reclaim-writeback frame (%s): the "
+                                    "stack shows the writeback stall but not mempool_alloc" % writeback[0])
+    else:
+        return None
     relevant = _MEMPOOL_FRAMES | {"io_schedule_timeout"} | set(writeback)
-    return list(OrderedDict.fromkeys(f for f in bases if f in relevant))
+    return list(OrderedDict.fromkeys(f for f in bases if f in relevant)), confidence, rule
 
 
-def _netdev_frames(functions: List[str]) -> List[str]:
-    """Frames of device unregistration, netns setup/teardown or the rtnl lock."""
+def _netdev_frames(functions: List[str], workqueue: Optional[str] = None) -> Match:
+    """Device unregistration (certain: netdev_run_todo, netdev_wait_allrefs...), the netns or rtnl
+    paths queued behind it (likely), or a netns cleanup_net worker with no useful frame (likely)."""
     bases = [_base_name(f) for f in functions]
-    return list(OrderedDict.fromkeys(
+    hits = list(OrderedDict.fromkeys(
         f for f in bases if f in _NETDEV_FRAMES or _NETDEV_PREFIXES.match(f)))
+    if any(_NETDEV_WAIT_FRAMES.match(f) for f in hits):
+        return hits, CERTAIN, "the device unregistration wait (netdev_run_todo) in a blocked task's stack"
+    if hits:
+        return hits, LIKELY, "netns setup/teardown or the rtnl lock in a blocked task's stack (%s)" % hits[0]
+    if workqueue is not None and _NETNS_WORKER.match(workqueue):
+        return [], LIKELY, "a blocked 'netns cleanup_net' worker whose stack has no decisive frame"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -969,6 +1114,7 @@ class LogAnalysis:
     stamped_lines: int = 0    # kernel lines with a timestamp or record prefix
     text_lines: int = 0       # other non-empty kernel lines of printable text
     garbled_lines: int = 0    # other non-empty kernel lines: undecodable bytes or control characters
+    memcg_oom_kills: int = 0  # memory cgroup OOM kills: a user-memory limit, not the kmem incident
 
     @property
     def analysable(self) -> bool:
@@ -1013,9 +1159,16 @@ class LogAnalyser(object):
                 out.garbled_lines += 1
         if self.printed is None and self.kernel_release is None:
             self.printed = _release_in(line)
-        self.slub.feed(line)
-        self.netdev.feed(line)
-        self.tasks.feed(line)
+        if "Memory cgroup out of memory" in line.text and _MEMCG_OOM.search(line.text):
+            out.memcg_oom_kills += 1
+        if not self.slub.feed(line):  # a SLUB line interleaved in a stack does not end the stack
+            self.netdev.feed(line)
+            self.tasks.feed(line)
+
+    def end_of_record(self) -> None:
+        """Analyse the line held back for a continuation now: a /dev/kmsg record is whole, so a follower
+        calls this after each one (else the newest message waits for the next record to be seen)."""
+        self._take(self.joiner.flush())
 
     def reports(self) -> Dict[str, int]:
         """Reports seen so far by kind: SLUB headers and wait messages as they come, blocked-task

@@ -202,6 +202,10 @@ class EpisodeTracker(object):
         episode.last_ns, episode.last_stamp = obs.ts_ns, obs.stamp
         return Update("waiting" if episode.messages == 1 else "message", obs.ts_ns, replace(episode))
 
+    def waiting(self, dev: str) -> bool:
+        """True while DEV has an open episode."""
+        return dev in self._open
+
     def episodes(self) -> List[Episode]:
         """Episodes, ended and still waiting, in the order they started."""
         found = self._done + list(self._open.values())

@@ -45,9 +45,12 @@ Pure: no I/O, no clock; the same events give the same result.
 >>> [(s.stack[0], s.count) for s in r.devices[0].strategies[0].unbalanced]
 [('bpftools_devref_take+0x14', 1)]
 """
+import collections
+import functools
+import heapq
 import re
 from collections import OrderedDict
-from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
+from typing import Any, Deque, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
 from dataclasses import dataclass, field
 
@@ -74,6 +77,7 @@ def _dev_key(value: Any) -> str:
     return str(value)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def is_generic(frame: str) -> bool:
     """True for a frame of the entry/interrupt/worker plumbing (see GENERIC_FRAME)."""
     return GENERIC_FRAME.match(base_name(frame)) is not None
@@ -723,11 +727,16 @@ def _copy_strategy(ledger: "_Ledger") -> StrategyBalance:
     return StrategyBalance(**dict((k, getattr(out, k)) for k in StrategyBalance.__dataclass_fields__))  # type: ignore
 
 
-def in_time_order(events: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """EVENTS by ``ts_ns`` (stable). The perf buffer is per CPU, so records arrive grouped by CPU, not
-    in time order. A record without a time (a lost-records marker) keeps its place after the record
-    before it; the plan comes first."""
-    keyed = []
+# The perf buffer is per CPU, so records arrive grouped by CPU, not in time order: they are put in
+# order through a window of the REORDER_EVENTS latest records (and at most REORDER_NS of time).
+REORDER_EVENTS = 16384
+REORDER_NS = 5 * 1000 ** 3
+
+
+def in_time_order(events: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+    """EVENTS by ``ts_ns`` (stable), through a window of REORDER_EVENTS records. A record without a
+    time (a lost-records marker) keeps its place after the record before it; the plan comes first."""
+    window = []  # type: List[Tuple[int, int, Dict[str, Any]]]
     last = -1
     for i, event in enumerate(events):
         ts = event.get("ts_ns")
@@ -735,40 +744,73 @@ def in_time_order(events: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
             ts = -1
         elif ts is None:
             ts = last
-        last = max(last, int(ts))
-        keyed.append((int(ts), i, event))
-    keyed.sort(key=lambda k: (k[0], k[1]))
-    return [e for _, _, e in keyed]
+        ts = int(ts)
+        last = max(last, ts)
+        heapq.heappush(window, (ts, i, event))
+        while len(window) > REORDER_EVENTS or window[0][0] < last - REORDER_NS:
+            yield heapq.heappop(window)[2]
+    while window:
+        yield heapq.heappop(window)[2]
 
 
-def stitched(events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """EVENTS (in time order) with the stacks cut by a kretprobe made whole again.
+class _Stitcher(object):
+    """Makes whole again the stacks a kretprobe cut, for records in time order.
 
     Before v5.15 the unwinder stops at ``kretprobe_trampoline``: a hold taken inside a function that
     refleak's holder strategy return-probes (dst_alloc, ___neigh_create, fib_check_nh...) has a stack
     ending there. The holder record of that call, on the same thread right after, carries the stack
-    taken at the function's entry: its callers replace the trampoline."""
-    entries = {}  # type: Dict[Any, List[Tuple[int, List[str]]]]
-    for event in events:
+    taken at the function's entry: its callers replace the trampoline. Records wait in a window of
+    REORDER_EVENTS for that holder record."""
+
+    def __init__(self) -> None:
+        self.window = collections.deque()  # type: Deque[Dict[str, Any]]
+        self.entries = {}  # type: Dict[Any, List[Tuple[int, List[str]]]]   # tid -> holder entries in the window
+
+    def feed(self, event: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+        """EVENT in; the records that left the window out."""
         if event.get("type") == "holder_new" and event.get("stack"):
-            entries.setdefault(event.get("tid"), []).append((int(event["ts_ns"]), event["stack"]))
-    out = []
-    for event in events:
+            self.entries.setdefault(event.get("tid"), []).append((int(event["ts_ns"]), event["stack"]))
+        self.window.append(event)
+        while len(self.window) > REORDER_EVENTS:
+            yield self._leave()
+
+    def flush(self) -> Iterator[Dict[str, Any]]:
+        while self.window:
+            yield self._leave()
+
+    def _leave(self) -> Dict[str, Any]:
+        event = self.window.popleft()
+        if event.get("type") == "holder_new" and event.get("stack"):
+            entries = self.entries[event.get("tid")]
+            entries.pop(0)
+            if not entries:
+                del self.entries[event.get("tid")]
         stack = event.get("stack") or []
+        if event.get("type") != "ref" or not stack:
+            return event
         cut = next((i for i, f in enumerate(stack) if base_name(f) in KRETPROBE_TRAMPOLINES), None)
-        if event.get("type") == "ref" and cut:
+        if cut:
             function = base_name(stack[cut - 1])
             # the function itself, or its helper it tail-called (fib_check_nh -> fib_check_nh_v4_gw)
-            entry = next((frames for ts, frames in entries.get(event.get("tid"), ())
+            entry = next((frames for ts, frames in self.entries.get(event.get("tid"), ())
                           if ts >= event["ts_ns"] and function.startswith(base_name(frames[0]))), None)
             if entry is not None:
                 event = dict(event, stack=list(stack[:cut]) + list(entry[1:]), stack_from="holder entry")
-        out.append(event)
-    return out
+        return event
+
+
+def stitched(events: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+    """EVENTS (in time order) with the stacks cut by a kretprobe made whole again (see :class:`_Stitcher`)."""
+    stitcher = _Stitcher()
+    for event in events:
+        for out in stitcher.feed(event):
+            yield out
+    for out in stitcher.flush():
+        yield out
 
 
 def analyze(events: Iterable[Dict[str, Any]], strategies: Optional[List[str]] = None) -> RefleakResult:
-    """The balances of a whole recording (or a live run's events so far), fed in time order."""
+    """The balances of a whole recording (or a live run's events so far), read once, fed in time order."""
     balancer = Balancer(strategies)
     for event in stitched(in_time_order(events)):
         balancer.feed(event)

@@ -9,6 +9,7 @@ functions: ``mempool_alloc`` matches ``mempool_alloc_noprof`` (6.10+) and ``memp
 >>> holds(frames, "mempool_alloc"), caller_of(frames, "mempool_alloc"), blocking_frame(frames)
 (True, 'bvec_alloc', 'mempool_alloc_noprof')
 """
+import functools
 import re
 from typing import List, Optional, Sequence
 
@@ -33,6 +34,7 @@ SCHEDULER_FRAMES = frozenset([
 ])
 
 
+@functools.lru_cache(maxsize=1 << 16)      # frames repeat: a stream of any length names few functions
 def base_name(frame: str) -> str:
     """The function a frame names, without offset, module, clone suffix or ``_noprof``.
 

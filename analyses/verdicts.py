@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 from dataclasses import dataclass, field
 
 from . import known_bugs
+from .kernel_log import CONFIDENCES, WEAK
 
 KMEM = "kmem_io_jitter"
 NETDEV = "netdev_refcount_leak"
@@ -14,6 +15,9 @@ TITLES = {
     KMEM: "I/O jitter from kmem accounting (slab failures -> mempool 5 s waits)",
     NETDEV: "netdev refcount leak (unregister_netdevice: waiting for DEV to become free)",
 }
+# The incident each kind of finding is evidence of.
+KIND_INCIDENT = {"slub_alloc_failure": KMEM, "hung_task_mempool": KMEM,
+                 "netdev_unregister_wait": NETDEV, "hung_task_netdev": NETDEV}
 # Which known bugs raise the risk of which incident.
 BUG_INCIDENT = {
     known_bugs.KMEM_ALL_SLABS: KMEM, known_bugs.SLUB_DEAD_CACHES: KMEM, known_bugs.MEMCG_ID_SPACE: KMEM,
@@ -23,18 +27,22 @@ BUG_INCIDENT = {
 
 @dataclass
 class Verdict:
-    """detected: the log shows it; at-risk: no sign yet but the node has the preconditions; clear."""
+    """detected: the log shows it (certain or likely); at-risk: no sign yet (or only a weak one) but
+    the node may have the preconditions; clear. ``confidence`` is that of the strongest finding of
+    the log for this incident (None without one), ``rule`` the rule that gave it."""
 
     incident: str
     status: str
     summary: str
     evidence: List[str] = field(default_factory=list)
     remediation: List[str] = field(default_factory=list)
+    confidence: Optional[str] = None
+    rule: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
         return {"incident": self.incident, "title": TITLES[self.incident], "status": self.status,
-                "summary": self.summary, "evidence": list(self.evidence),
-                "remediation": list(self.remediation)}
+                "summary": self.summary, "confidence": self.confidence, "rule": self.rule,
+                "evidence": list(self.evidence), "remediation": list(self.remediation)}
 
 
 def _by_kind(findings: List[Dict[str, Any]], kind: str) -> Optional[Dict[str, Any]]:
@@ -58,12 +66,26 @@ def _kmem_evidence(findings: List[Dict[str, Any]]) -> List[str]:
 
 
 def _task_lines(finding: Optional[Dict[str, Any]]) -> List[str]:
-    """'task X (pid N) blocked in a <- b <- c' from the frames that made the stack match."""
+    """'task X (pid N) blocked in a <- b <- c [likely: rule]' from the frames that made the stack
+    match, with how sure the match is and why."""
     out = []
     for t in (finding or {}).get("tasks", []):
-        frames = t.get("matched_frames") or t.get("frames", [])[:6]
-        out.append("task %s (pid %s) blocked in %s" % (t.get("task"), t.get("pid"), " <- ".join(frames)))
+        who = ("task %s (pid %s)" % (t.get("task"), t.get("pid")) if t.get("pid") is not None
+               else "a task whose header the excerpt cut")
+        if t.get("matched_frames"):
+            where = "blocked in " + " <- ".join(t["matched_frames"])
+        else:
+            where = "blocked as a '%s' worker (frames: %s)" % (
+                t.get("workqueue"), " <- ".join(t.get("frames", [])[:6]) or "none")
+        out.append("%s %s [%s: %s]" % (who, where, t.get("confidence"), t.get("rule")))
     return out
+
+
+def _strongest(findings: List[Dict[str, Any]], incident: str) -> Optional[Dict[str, Any]]:
+    """The finding of INCIDENT with the strongest confidence, the first of equals."""
+    mine = [f for f in findings if KIND_INCIDENT.get(f.get("kind", "")) == incident]
+    ranked = sorted(mine, key=lambda f: CONFIDENCES.index(f.get("confidence") or WEAK))
+    return ranked[0] if ranked else None
 
 
 def _netdev_evidence(findings: List[Dict[str, Any]]) -> List[str]:
@@ -102,11 +124,16 @@ def decide(findings: List[Dict[str, Any]], audit: Optional[Dict[str, Any]],
             active = audit.get("summary", {}).get("active", 0)
             if active:
                 risk.append("%d memory cgroup(s) have kmem accounting active" % active)
-        if evidence:
-            status, summary = "detected", "the kernel log shows this incident"
+        best = _strongest(findings, incident)
+        confidence = best.get("confidence") if best else None
+        rule = best.get("rule") if best else None
+        if evidence and confidence != WEAK:
+            status, summary = "detected", "the kernel log shows this incident (%s: %s)" % (confidence, rule)
+        elif evidence:
+            status, summary = "at-risk", "only a weak sign in the kernel log (%s)" % rule
         elif risk:
             status, summary = "at-risk", "no sign in the log, but this node has the preconditions"
         else:
             status, summary = "clear", "no sign in the log and no known precondition"
-        verdicts.append(Verdict(incident, status, summary, evidence + risk, remediation))
+        verdicts.append(Verdict(incident, status, summary, evidence + risk, remediation, confidence, rule))
     return verdicts

@@ -8,6 +8,10 @@ for the N rounds (from its JSON summary: start-up excluded). The B arms, each a 
 - ``refleak --dev 'bpft-*'``: every reference taken and dropped on the churn's devices (watchpoints,
   holder kprobes); it is stopped once it has seen the run's devices freed (untimed);
 - ``netdevwait --mode kprobe --dev 'bpft-*'``: its kprobes on raw_notifier_call_chain and free_netdev;
+  no device waits, so no notifier subscriber is probed;
+- ``netdevwait-subscribers``: the same, with one device (``bpft-stuck``) left waiting in unregister by
+  the bpftools_devref injector before the churn, so every callback of its notifier chain is kprobed
+  (entry and return) while the churn runs: the cost of the subscriber probes on every notifier call;
 - ``netdevwait --mode log --dev 'bpft-*'``: follows /dev/kmsg only (no BPF).
 
 All arms alternate in one interleaved run (A B C D, D C B A, ...) against one shared baseline; the
@@ -44,7 +48,10 @@ ARMS = [
     ("refleak", ["refleak", "--dev", PATTERN], True),
     ("netdevwait", ["netdevwait", "--mode", "kprobe", "--dev", PATTERN], True),
     ("netdevwait-log", ["netdevwait", "--mode", "log", "--dev", PATTERN], False),
+    ("netdevwait-subscribers", ["netdevwait", "--mode", "kprobe", "--dev", PATTERN], True),
 ]
+STUCK, STUCK_PEER = "bpft-stuck", "bpft-stuckp"
+SUBSCRIBERS_TIMEOUT = 300.0  # the stuck device's chain walked and its callbacks probed (TCG: slow)
 ATTACH_TIMEOUT = 900.0      # refleak compiles and attaches for minutes under the lab's TCG
 FREE_TIMEOUT = 120.0        # refleak: wait this long for the run's devices to be freed (untimed)
 LAB_HINT = "run it in the lab: python3 lab/run.py bookworm --exec 'python3 bench/netns_overhead.py'"
@@ -89,13 +96,54 @@ def refleak_saw(out_path: str, devices_created: int) -> Dict[str, Any]:
 
 
 def netdevwait_saw(out_path: str, devices_created: int) -> Dict[str, Any]:
-    """What netdevwait's --json lines say: its mode, the updates and the waits of its summary."""
+    """What netdevwait's --json lines say: its mode, the updates and the waits of its summary, and (kprobe
+    mode) the subscribers of the chains it timed (their callbacks probed) with their calls."""
     with open(out_path) as f:
         lines = [json.loads(line) for line in f if line.strip()]
     summary = [x for x in lines if x.get("type") == "netdev_wait_summary"][-1]
-    return {"devices_created": devices_created, "mode": summary["mode"],
-            "updates": sum(1 for x in lines if x.get("type") == "netdev_wait"),
-            "waits": len(summary["episodes"])}
+    saw = {"devices_created": devices_created, "mode": summary["mode"],
+           "updates": sum(1 for x in lines if x.get("type") == "netdev_wait"), "waits": len(summary["episodes"])}
+    if summary["mode"] == "kprobe":
+        timed = [s for c in summary.get("chains", []) for s in c["subscribers"] if s["calls"]]
+        saw.update(subscribers_timed=len(timed), subscriber_calls=sum(s["calls"] for s in timed))
+    return saw
+
+
+def calls_recorded(record: str) -> int:
+    """How many subscriber calls netdevwait's recording holds so far."""
+    try:
+        with open(record) as f:
+            return f.read().count('"type": "notifier_call"')
+    except OSError:
+        return 0
+
+
+class StuckDevice(object):
+    """STUCK waiting in unregister, on demand: bpftools_devref (built and loaded once) holds it and
+    ``ip link del`` waits in netdev_run_todo, in its own process, so namespace cleanup and the churn go
+    on; ``release()`` puts the reference and the deletion ends; ``close()`` unloads the module."""
+
+    def __init__(self) -> None:
+        sys.path.insert(0, os.path.join(benchlib.ROOT, "tests", "kernel"))
+        from injectors import Injector      # lazy: the lab's module builder, for this arm only
+        self.devref = Injector("bpftools_devref").load()
+        self.deleter = None  # type: Optional[subprocess.Popen]
+
+    def start(self) -> None:
+        subprocess.call(["ip", "link", "del", STUCK], stderr=subprocess.DEVNULL)
+        subprocess.check_call(["ip", "link", "add", STUCK, "type", "veth", "peer", "name", STUCK_PEER])
+        self.devref.command("hold " + STUCK)
+        self.deleter = subprocess.Popen(["ip", "link", "del", STUCK])
+
+    def release(self) -> None:
+        if self.deleter is not None:
+            self.devref.command("put")
+            self.deleter.wait(timeout=120)
+            self.deleter = None
+
+    def close(self) -> None:
+        self.release()
+        self.devref.close()
 
 
 class WithTool(object):
@@ -106,6 +154,11 @@ class WithTool(object):
         self.attach = []  # type: List[float]
         self.saw = []  # type: List[Dict[str, Any]]
         self.exceptions = []  # type: List[int]
+        self.stuck = StuckDevice() if key == "netdevwait-subscribers" else None
+
+    def close(self) -> None:
+        if self.stuck is not None:
+            self.stuck.close()
 
     def __call__(self) -> float:
         n = len(self.saw)
@@ -116,6 +169,10 @@ class WithTool(object):
                                  timeout=ATTACH_TIMEOUT, stdout=out, cwd="/")
         self.attach.append(tool.attach_s)
         try:
+            if self.stuck is not None:
+                self.stuck.start()
+                benchlib.wait_for(tool.proc, lambda: calls_recorded(record) > 0, SUBSCRIBERS_TIMEOUT,
+                                  "netdevwait timing the subscribers of %s" % STUCK)
             programs = len(benchlib.owned_bpf_ids(tool.pid)["prog"])
             summary = churn(self.count)
             if self.key == "refleak":
@@ -124,6 +181,8 @@ class WithTool(object):
                     time.sleep(0.5)
         finally:
             code, err = tool.stop()
+            if self.stuck is not None:
+                self.stuck.release()
         if code != 0:
             raise SystemExit("bpftools %s exited %d: %s" % (" ".join(self.args), code, err.strip()[-2000:]))
         saw = (refleak_saw if self.key == "refleak" else netdevwait_saw)(out_path, summary["devices_created"])
@@ -154,7 +213,11 @@ def run(keys: List[str], rounds: int, count: int, workdir: str) -> Dict[str, Any
         return summary["seconds"]
 
     arms = [(key, WithTool(key, args, count, workdir)) for key, args, _ in ARMS if key in keys]
-    runs = benchlib.interleaved(rounds, [("without", without)] + [(key, arm) for key, arm in arms])
+    try:
+        runs = benchlib.interleaved(rounds, [("without", without)] + [(key, arm) for key, arm in arms])
+    finally:
+        for _, arm in arms:
+            arm.close()
     base, base_spread = benchlib.median_spread(runs["without"])
     rows = []
     for key, arm in arms:
@@ -184,8 +247,12 @@ def saw_text(row: Dict[str, Any]) -> str:
         return ("saw %d/%d devices, %d freed, %d balanced, %d watched (%d holds, %d puts), %d leaking, %d lost"
                 % (total("devices"), total("devices_created"), total("freed"), total("balanced"), total("watched"),
                    total("watch_holds"), total("watch_puts"), sum(len(s["leaking"]) for s in saw), total("lost")))
-    return ("%s mode, %d BPF programs, %d waits over %d devices churned"
+    text = ("%s mode, %d BPF programs, %d waits over %d devices churned"
             % (saw[0]["mode"], saw[0]["bpf_programs"], total("waits"), total("devices_created")))
+    if "subscribers_timed" in saw[0]:
+        text += "; %d subscribers timed, %d calls" % (max(s["subscribers_timed"] for s in saw),
+                                                      total("subscriber_calls"))
+    return text
 
 
 def table(rows: List[Dict[str, Any]]) -> List[Tuple[str, str, str]]:

@@ -202,7 +202,7 @@ def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
         # over, detach the probes here so the ring drains and the poll returns.
         if not detached and (stop.received is not None or (deadline is not None and time.monotonic() >= deadline)):
             detached.append(True)
-            _detach_probes(bpf)
+            detach_probes(bpf)
         on_event(perf.event(data))
 
     perf = bpf[table]
@@ -236,7 +236,7 @@ def poll_events(bpf: Any, table: str, on_event: Callable[[Any], None],
         raise KeyboardInterrupt()
 
 
-def _detach_probes(bpf: Any) -> None:
+def detach_probes(bpf: Any) -> None:
     """Detach every tracepoint and kprobe of BPF (bcc 0.18+ API); cleanup() still closes the rest."""
     for tp in list(getattr(bpf, "tracepoint_fds", {})):
         try:

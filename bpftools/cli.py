@@ -7,19 +7,21 @@ import locale
 import os
 import sys
 import traceback
-from typing import Any, List, Optional, Tuple
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
-from . import __version__, outfiles, pointers, render
+from . import __version__, npd, outfiles, pointers, render
 from .capture import try_fentry_attach
 from .doctor import run_doctor
 from .errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInput, BpftoolsError
 from .exports import combine, export, now_iso
+from .kernel import hostroot
 from .kernel.capabilities import detect
 from .options import CONTEXT, PATH
 from .planner import command as plan_command
-from .recording import read_recording
+from .recording import MergedRecording, read_recording, stream_recording, whole
 from .registry import TOOLS, build_report, tool_named
 from .render import one_line
 from .repro.cli import repro
@@ -50,14 +52,19 @@ Examples:
 @click.option("--show-kernel-pointers", is_flag=True,
               help="Keep kernel addresses in recordings and reports (hidden behind per-run tokens by default, "
                    "as the kernel's %p does: they defeat KASLR for whoever reads the file).")
+@click.option("--host-root", metavar="DIR", envvar=hostroot.ENV, type=click.Path(exists=True, file_okay=False),
+              help="The node's / is mounted at DIR (a container): read its /proc, cgroupfs, /dev/kmsg, /boot, "
+                   "/etc/os-release and /var/log/pods there (also $%s)." % hostroot.ENV)
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, show_traceback: bool, force: bool, show_kernel_pointers: bool) -> None:
+def cli(ctx: click.Context, verbose: int, show_traceback: bool, force: bool, show_kernel_pointers: bool,
+        host_root: Optional[str]) -> None:
     """Diagnose kmem-accounting I/O jitter and netdev refcount leaks on Kubernetes nodes."""
     opts = ctx.ensure_object(Options)
     opts.verbose = verbose
     opts.show_traceback = show_traceback
     outfiles.set_force(force)
     pointers.Settings.show = show_kernel_pointers
+    hostroot.set_host_root(host_root)
 
 
 @cli.command(epilog="""\b
@@ -67,17 +74,29 @@ Examples:
   bpftools doctor --log /var/log/messages
   journalctl -k | bpftools doctor --log -
   bpftools doctor --capabilities       # kernel capability table only
+  bpftools doctor --npd kmem           # node-problem-detector plugin: exit 0/1/2, one line
 """, context_settings=CONTEXT)
 @click.option("--log", "log_path", type=PATH, metavar="FILE",
               help="Analyse this kernel log ('-' for stdin) instead of the live one.")
 @click.option("--release", metavar="RELEASE", help="Kernel release the log came from (default: this node's when live).")
 @click.option("--capabilities", "only_caps", is_flag=True, help="Print the kernel capability table and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--npd", "npd_condition", type=click.Choice(sorted(npd.CONDITIONS)), metavar="kmem|netdev",
+              help="Run as a node-problem-detector custom plugin for one condition: exit 0 OK, 1 problem, "
+                   "2 unknown (also on any error), one line of at most 80 bytes on stdout.")
 @click.pass_obj
-def doctor(opts: Options, log_path: Optional[str], release: Optional[str], only_caps: bool, as_json: bool) -> None:
+def doctor(opts: Options, log_path: Optional[str], release: Optional[str], only_caps: bool, as_json: bool,
+           npd_condition: Optional[str]) -> None:
     """Triage this node: a verdict for each incident, with evidence and remediation."""
     if only_caps and (log_path is not None or release is not None):
         raise click.UsageError("--capabilities describes this kernel: it takes no --log or --release")
+    if npd_condition is not None:
+        if only_caps or as_json:
+            raise click.UsageError("--npd prints one line for node-problem-detector: it takes no --capabilities "
+                                   "or --json")
+        code, line = npd.check(npd_condition, lambda: run_doctor(log_path=log_path, release=release))
+        click.echo(line)
+        raise click.exceptions.Exit(code)
     if only_caps:
         caps = detect(try_fentry=try_fentry_attach)
         if as_json:
@@ -125,29 +144,50 @@ def report(recordings: Tuple[str, ...], as_json: bool, folded: Optional[str], sp
     if as_json and any((folded, speedscope, svg, html, out_dir)):
         raise click.UsageError("--json prints the recordings: it cannot be combined with --folded, --speedscope, "
                                "--svg, --html or --report")
-    recs = [(path, read_recording(path)) for path in recordings]
     if as_json:
-        docs = [{"header": rec.header, "events": rec.events, "trailer": rec.trailer,
-                 "damaged_lines": rec.damaged_lines} for _, rec in recs]
+        docs = []
+        for path in recordings:
+            rec = read_recording(path)
+            docs.append({"header": rec.header, "events": rec.events, "trailer": rec.trailer,
+                         "damaged_lines": rec.damaged_lines})
         _print_json(docs[0] if len(docs) == 1 else docs)
         return
-    if len(recs) > 1 and any((folded, speedscope, svg)):
-        raise BadInput("--folded, --speedscope and --svg write one flame graph: with %d recordings use --report DIR"
-                       % len(recs))
-    if any((folded, speedscope, svg, html, out_dir)):
-        generated = now_iso()
-        hider = pointers.PointerHider(pointers.Settings.show)     # one for all: a pointer keeps its token
-        parts = [(rec.tool, _typed(path, build_report, hider.hide(rec.header), hider.hide(rec.events), generated))
-                 for path, rec in recs]
-        for path in _typed(", ".join(recordings), export, combine(parts), folded, speedscope, svg, html, out_dir):
-            click.echo("wrote %s" % path, err=True)
-        return
-    console = render.terminal()
-    for i, (path, rec) in enumerate(recs):
-        if i:
-            console.print()
-        tool = tool_named(rec.tool)
-        _typed(path, render.recording, rec, console, tool.render_recording if tool else None)
+    streams = []  # type: List[Any]
+    try:
+        for path in recordings:
+            streams.append(stream_recording(path))
+        groups = _merged_by_tool(recordings, streams)
+        if len(groups) > 1 and any((folded, speedscope, svg)):
+            raise BadInput("--folded, --speedscope and --svg write one flame graph: with %d recordings use "
+                           "--report DIR" % len(recordings))
+        if any((folded, speedscope, svg, html, out_dir)):
+            generated = now_iso()
+            hider = pointers.PointerHider(pointers.Settings.show)     # one for all: a pointer keeps its token
+            parts = [(rec.tool, _typed(what, build_report, hider.hide(rec.header), (hider.hide(e) for e in rec.events),
+                                       generated)) for what, rec in groups]
+            for path in _typed(", ".join(recordings), export, combine(parts), folded, speedscope, svg, html, out_dir):
+                click.echo("wrote %s" % path, err=True)
+            return
+        console = render.terminal()
+        for i, (what, rec) in enumerate(groups):
+            if i:
+                console.print()
+            tool = tool_named(rec.tool)
+            if tool is None or not tool.streams_recording:
+                rec = whole(rec)
+            _typed(what, render.recording, rec, console, tool.render_recording if tool else None)
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def _merged_by_tool(paths: Tuple[str, ...], streams: List[Any]) -> List[Tuple[str, Any]]:
+    """The recordings as (their paths, one recording per tool): those of one tool merged in time order."""
+    by_tool = OrderedDict()  # type: Dict[str, List[Tuple[str, Any]]]
+    for path, stream in zip(paths, streams):
+        by_tool.setdefault(stream.tool, []).append((path, stream))
+    return [(", ".join(p for p, _ in group), group[0][1] if len(group) == 1 else MergedRecording([s for _, s in group]))
+            for group in by_tool.values()]
 
 
 def _typed(what: str, func: Any, *args: Any) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from .analyses.kernel_log import MAX_LISTED, LogAnalysis, analyse_log
 from .analyses.known_bugs import apply_live_patches, check_release, remediation_for
-from .analyses.verdicts import KMEM, NETDEV, Verdict, decide
+from .analyses.verdicts import KIND_INCIDENT, Verdict, decide
 from .errors import EXIT_INCOMPLETE, EXIT_OK
 from .kernel.cgroups import memory_cgroup_mount
 from .kernel.livepatch import LivePatches, read_live_patches
@@ -20,10 +20,6 @@ from .kernel.log import MAX_LINE, LogLines, read_log
 from .kmem_audit import audit_kmem
 from .live import warn
 from .runtimes import discover_runtimes
-
-# The incident each kind of finding is evidence of (as analyses.verdicts reads them).
-KIND_INCIDENT = {"slub_alloc_failure": KMEM, "hung_task_mempool": KMEM,
-                 "netdev_unregister_wait": NETDEV, "hung_task_netdev": NETDEV}
 
 
 @dataclass

@@ -18,7 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from dataclasses import asdict, dataclass, field
 
 from bpftools.analyses.known_bugs import parse_release
-from .kernel.cgroups import ContainerRef, container_of
+from .kernel.cgroups import ContainerRef
+from .kernel.pods import container_named
 
 MAX_CGROUPS = 100000
 # "Unlimited" reads back as LLONG_MAX on 3.10 (res_counter RESOURCE_MAX, 9223372036854775807)
@@ -163,7 +164,7 @@ def _read_cgroup(directory: str, rel: str, check_active: bool,
     unlimited = None if limit is None else limit >= UNLIMITED_FLOOR
     return KmemCgroup(rel, active, values[_USAGE], values[_MAX_USAGE],
                       None if unlimited else limit, unlimited, values[_FAILCNT],
-                      container_of(rel), errors)
+                      container_named(rel), errors)
 
 
 def _children(directory: str, errors: List[str]) -> List[str]:

@@ -134,13 +134,16 @@ class Directory(object):
             raise _not_yours(self.join(name), st, "replacing it")
         return st
 
-    def write_text(self, name: str, text: str) -> str:
-        """Write TEXT (UTF-8, backslash escapes for what cannot be encoded) as NAME, atomically; its path."""
+    def write_text(self, name: str, text: str, mode: int = 0o600) -> str:
+        """Write TEXT (UTF-8, backslash escapes for what cannot be encoded) as NAME, atomically; its path.
+        MODE is for files others must read (a node_exporter textfile); the default keeps them private."""
         data = text.encode("utf-8", "backslashreplace")
         self._check(name)
         tmp, fd = self._new_temp(name)
         try:
             with os.fdopen(fd, "wb") as f:
+                if mode != 0o600:
+                    os.fchmod(f.fileno(), mode)
                 f.write(data)
             os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except BaseException as err:

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from .errors import BadInput, MissingKernelFeature
+from .kernel.hostroot import host_path
 from .kernel.kconfig import parse_config
 from .kernel.target import CONFIG, FACTS, KALLSYMS, Described, Running, Target, describe, read_text
 from .options import CONTEXT
@@ -49,7 +50,7 @@ def save_kernel(path: str) -> List[str]:
     plan_all(target, list(TOOLS))
     lines, facts = describe(target)
     files = [(KALLSYMS, "\n".join(lines) + "\n"), (FACTS, json.dumps(facts, indent=1, sort_keys=True) + "\n")]
-    config = "/boot/config-%s" % target.release
+    config = host_path("/boot/config-%s" % target.release)
     if os.path.exists(config):
         files.append((CONFIG, read_text(config)))
     with Directory(path, create=True) as out:

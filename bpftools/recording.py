@@ -1,15 +1,24 @@
 """Recordings: a JSON-lines file, a header line then one event per line, flushed as it goes.
 
 An interrupted run leaves a valid file: every line is written whole and flushed. A line cut by a
-crash (the last one) is reported and skipped when the recording is read back.
+crash (the last one) is reported and skipped when the recording is read back. A path ending in
+``.gz`` is written gzip-compressed (each line flushed as a complete deflate block, so a cut file
+still reads up to the cut); reading recognises gzip by its magic bytes, whatever the name.
+
+Reading streams: :func:`stream_recording` gives the header at once and the events as an iterator (the
+trailer and the damaged-line count are known once it is exhausted), so an analysis of any size holds
+one event at a time. :func:`merged` interleaves several streams in time order; :func:`read_recording`
+keeps the whole list for callers that want one.
 """
 import codecs
-import io
+import gzip
+import heapq
 import json
 import math
 import os
 import sys
-from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
+import zlib
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from . import __version__
 from .errors import BadInput
@@ -32,14 +41,26 @@ def make_header(tool: str, argv: List[str], extra: Optional[Dict[str, Any]] = No
     return header
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def compressed(path: str) -> bool:
+    """True when a recording written to PATH is gzip-compressed (its name ends in ``.gz``)."""
+    return path.endswith(".gz")
+
+
 class Recorder:
     """Writes a recording; each event line is flushed so nothing recorded is lost on interrupt.
 
     The file is new, 0600 (:func:`bpftools.outfiles.open_stream`): a regular file of that name owned by
-    root or you is replaced, a link, FIFO or device at the name is refused."""
+    root or you is replaced, a link, FIFO or device at the name is refused. A PATH ending in ``.gz``
+    is gzip-compressed, each line flushed as a complete deflate block (zlib's sync flush)."""
 
     def __init__(self, path: str, header: Dict[str, Any]) -> None:
         self._file = open_stream(path, "recording")  # type: Optional[IO[str]]
+        self._gzip = None  # type: Optional[gzip.GzipFile]
+        if compressed(path):
+            self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._file.buffer, mtime=0)
         self.path = path
         self.events = 0
         self._write(header)
@@ -47,8 +68,14 @@ class Recorder:
     def _write(self, obj: Dict[str, Any]) -> None:
         if self._file is None:
             return
-        self._file.write(json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n")
-        self._file.flush()
+        line = json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n"
+        if self._gzip is not None:
+            self._gzip.write(line.encode("utf-8"))
+            self._gzip.flush()
+            self._file.buffer.flush()
+        else:
+            self._file.write(line)
+            self._file.flush()
 
     def write(self, event: Dict[str, Any]) -> None:
         """Append one event (a JSON-serialisable dict)."""
@@ -61,6 +88,8 @@ class Recorder:
             return
         if trailer is not None:
             self._write(dict(trailer, trailer=True))
+        if self._gzip is not None:
+            self._gzip.close()
         self._file.close()
         self._file = None
 
@@ -126,62 +155,222 @@ def _depth(obj: Any) -> int:
     return deepest
 
 
-def _load(line: str) -> Any:
-    """One line's JSON value (ValueError: not JSON; _Nonsense: JSON no recording holds)."""
+try:
+    from orjson import loads as _fast_loads   # optional, 4x faster than json; refuses what is out of range
+except ImportError:
+    _fast_loads = None
+
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19     # 19 digits in a row: maybe an integer past 64 bits, which orjson makes a float
+
+
+def _load(raw: bytes) -> Any:
+    """One line's JSON value (ValueError: not JSON; _Nonsense: JSON no recording holds). The strict
+    decoder (on the text, bad bytes replaced) reads what orjson refuses or may read as a float, and
+    everything when orjson is not installed."""
     try:
-        obj = _DECODER.decode(line)
+        try:
+            if _fast_loads is None or _LONG_NUMBER in raw.translate(_DIGITS):
+                raise ValueError("for the strict decoder")
+            obj = _fast_loads(raw)
+        except ValueError:
+            obj = _DECODER.decode(raw.decode("utf-8", "replace"))
     except RecursionError:
         raise _Nonsense("nested deeper than %d levels" % MAX_DEPTH)
-    if line.count("[") + line.count("{") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
         raise _Nonsense("nested deeper than %d levels" % MAX_DEPTH)
     return obj
 
 
-def _parse_lines(lines: Iterator[str], name: str) -> Tuple[Dict[str, Any], List[Dict[str, Any]],
-                                                            Optional[Dict[str, Any]], int]:
-    header = None  # type: Optional[Dict[str, Any]]
-    events = []  # type: List[Dict[str, Any]]
-    trailer = None
-    damaged = 0
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = _load(line)
-        except _Nonsense as err:
-            raise BadInput("%s line %d: %s" % (name, number, err))
-        except ValueError:
-            damaged += 1
-            continue
-        if not isinstance(obj, dict):
-            damaged += 1
-        elif header is None:
-            if obj.get("format") != FORMAT:
-                raise BadInput("%s is not a bpftools recording (no header line)" % name)
-            header = obj
-        elif obj.get("trailer"):
-            trailer = obj
-        else:
-            events.append(obj)
-    if header is None:
-        raise BadInput("%s is empty: not a bpftools recording" % name)
-    return header, events, trailer, damaged
+CHUNK = 1 << 16
 
 
-def _utf8_lines(raw: Any, name: str) -> Iterator[str]:
-    """The lines of the binary file RAW as UTF-8 (a byte-order mark skipped); BadInput for UTF-16."""
+def _raw_lines(raw: Any, name: str) -> Iterator[bytes]:
+    """The lines of the binary file RAW, gzip-compressed or not (by its magic bytes), without their line
+    ends; a compressed file cut short (or corrupt past some point) ends at the last byte it inflates.
+    BadInput for UTF-16 text."""
     start = raw.peek(2)[:2]
     if start in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, b"{\x00", b"\x00{"):
         raise BadInput("%s is not a bpftools recording: it is UTF-16 text, and a recording is UTF-8 "
                        "(iconv -f UTF-16 -t UTF-8 converts it)" % name)
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace")
+    source = gzip.GzipFile(filename="", mode="rb", fileobj=raw) if start == GZIP_MAGIC else raw
+    rest = b""
+    while True:
+        try:
+            chunk = source.read1(CHUNK)
+        except (EOFError, zlib.error, OSError):      # cut or damaged compressed data: what came before stands
+            chunk = b""
+        if not chunk:
+            break
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield line
+    if rest:
+        yield rest
+
+
+def _lines(raw: Any, name: str) -> Iterator[bytes]:
+    """The lines of RAW ending at LF, CR LF or CR, a UTF-8 byte-order mark skipped."""
+    first = True
+    for line in _raw_lines(raw, name):
+        if first:
+            first = False
+            if line.startswith(codecs.BOM_UTF8):
+                line = line[len(codecs.BOM_UTF8):]
+        if b"\r" in line:
+            for part in line.split(b"\r"):
+                yield part
+        else:
+            yield line
+
+
+class RecordingStream(object):
+    """A recording being read: ``header`` at once, ``events`` an iterator read once; ``trailer`` and
+    ``damaged_lines`` hold once the events are exhausted. Close it (or use ``with``) when stopping early."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.trailer = None  # type: Optional[Dict[str, Any]]
+        self.damaged_lines = 0
+        self.count = 0            # events read so far
+        try:
+            self._raw = open(path, "rb")
+        except OSError as err:
+            raise BadInput("cannot read %s: %s" % (path, err.strerror))
+        self._lines = enumerate(_lines(self._raw, path), 1)
+        try:
+            self.header = self._first()
+        except BaseException:
+            self.close()
+            raise
+        self.events = self._events()  # type: Iterator[Dict[str, Any]]
+
+    @property
+    def tool(self) -> str:
+        return str(self.header.get("tool", ""))
+
+    def _objects(self) -> Iterator[Dict[str, Any]]:
+        """The JSON objects of the remaining lines; damaged ones counted."""
+        for number, line in self._lines:
+            if not line.strip():
+                continue
+            try:
+                obj = _load(line)
+            except _Nonsense as err:
+                raise BadInput("%s line %d: %s" % (self.path, number, err))
+            except ValueError:
+                self.damaged_lines += bool(line.decode("utf-8", "replace").strip())   # blank in Unicode terms
+                continue
+            if isinstance(obj, dict):
+                yield obj
+            else:
+                self.damaged_lines += 1
+
+    def _first(self) -> Dict[str, Any]:
+        try:
+            for obj in self._objects():
+                if obj.get("format") != FORMAT:
+                    raise BadInput("%s is not a bpftools recording (no header line)" % self.path)
+                return obj
+        except OSError as err:
+            raise BadInput("cannot read %s: %s" % (self.path, err.strerror))
+        raise BadInput("%s is empty: not a bpftools recording" % self.path)
+
+    def _events(self) -> Iterator[Dict[str, Any]]:
+        try:
+            for obj in self._objects():
+                if obj.get("trailer"):
+                    self.trailer = obj
+                else:
+                    self.count += 1
+                    yield obj
+        except OSError as err:
+            raise BadInput("cannot read %s: %s" % (self.path, err.strerror))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> "RecordingStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def stream_recording(path: str) -> RecordingStream:
+    """Open a recording for one pass over its events; raises BadInput for a file that is not one."""
+    return RecordingStream(path)
+
+
+def whole(rec: Any) -> Recording:
+    """The recording REC (a stream, merged or not) with its events in a list."""
+    events = list(rec.events)
+    return Recording(rec.header, events, rec.trailer, rec.damaged_lines)
 
 
 def read_recording(path: str) -> Recording:
-    """Read a recording; raises BadInput for a file that is not one."""
-    try:
-        with open(path, "rb") as raw:
-            header, events, trailer, damaged = _parse_lines(_utf8_lines(raw, path), path)
-    except OSError as err:
-        raise BadInput("cannot read %s: %s" % (path, err.strerror))
-    return Recording(header, events, trailer, damaged)
+    """Read a whole recording into memory; raises BadInput for a file that is not one."""
+    with stream_recording(path) as stream:
+        return whole(stream)
+
+
+def _time_keyed(stream: Iterable[Dict[str, Any]], index: int) -> Iterator[Tuple[int, int, int, Dict[str, Any]]]:
+    """(time, INDEX, n, event) of each event; an event without an integer ``ts_ns`` takes the time of
+    the one before it, so it keeps its place in its own stream."""
+    last = -1
+    for n, event in enumerate(stream):
+        ts = event.get("ts_ns")
+        if isinstance(ts, int) and not isinstance(ts, bool):
+            last = max(last, ts)
+        yield last, index, n, event
+
+
+def merged(streams: List[Iterable[Dict[str, Any]]]) -> Iterator[Dict[str, Any]]:
+    """The events of several recordings in time order (``ts_ns``; each stream's own order kept among
+    equal times and for events without a time), holding one event per stream."""
+    for _, _, _, event in heapq.merge(*[_time_keyed(s, i) for i, s in enumerate(streams)]):
+        yield event
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+class MergedRecording(object):
+    """Several recording streams of one tool read as one, in time order (:func:`merged`): the first's
+    header; once the events are exhausted, the damaged lines and a trailer summed over all (None when
+    one of them has none: it was cut off)."""
+
+    def __init__(self, streams: List[RecordingStream]) -> None:
+        self.streams = streams
+        self.header = streams[0].header
+        self.events = merged([s.events for s in streams])
+
+    @property
+    def tool(self) -> str:
+        return self.streams[0].tool
+
+    @property
+    def count(self) -> int:
+        return sum(s.count for s in self.streams)
+
+    @property
+    def damaged_lines(self) -> int:
+        return sum(s.damaged_lines for s in self.streams)
+
+    @property
+    def trailer(self) -> Optional[Dict[str, Any]]:
+        trailers = [s.trailer for s in self.streams]
+        if any(t is None for t in trailers):
+            return None
+        return {"trailer": True, "recordings": len(trailers),
+                "lost_events": sum(_count(t.get("lost_events")) for t in trailers),
+                "interrupted": any(t.get("interrupted") for t in trailers),
+                "events": sum(_count(t.get("events")) for t in trailers)}
+
+    def close(self) -> None:
+        for s in self.streams:
+            s.close()

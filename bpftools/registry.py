@@ -5,16 +5,16 @@ The CLI adds the commands from it; ``bpftools report`` finds a recording's rende
 under ``bpftools/tools/`` plus one entry in :data:`TOOLS`.
 """
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 from dataclasses import dataclass
 
 from .errors import BadInput
 from .exports import now_iso
-from .tools import iojitter, kmemsnoop, mempoolwait, netdevwait, refleak, slabfail, writeslow
+from .tools import iojitter, kmemsnoop, mempoolwait, netdevwait, refleak, slabfail, watch, writeslow
 
 Renderer = Callable[[Any, Any], None]                                  # (recording, console)
-ReportBuilder = Callable[[Dict[str, Any], List[Dict[str, Any]], str], Any]  # (header, events, generated)
+ReportBuilder = Callable[[Dict[str, Any], Iterable[Dict[str, Any]], str], Any]  # (header, events read once, generated)
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Tool:
     render_recording: Renderer
     outline: Callable[[Any], Any]       # (kernel.target.Target) -> capture.Outline: the default plan there
     incident_report: Optional[ReportBuilder] = None
+    streams_recording: bool = False     # render_recording reads the events once (a stream), not a list
 
     @property
     def name(self) -> str:
@@ -37,9 +38,10 @@ TOOLS = OrderedDict((t.name, t) for t in (
     Tool(slabfail.command, slabfail.render_recording, slabfail.outline),
     Tool(mempoolwait.command, mempoolwait.render_recording, mempoolwait.outline),
     Tool(writeslow.command, writeslow.render_recording, writeslow.outline),
-    Tool(iojitter.command, iojitter.render_recording, iojitter.outline, iojitter.incident_report),
-    Tool(netdevwait.command, netdevwait.render_recording, netdevwait.outline),
-    Tool(refleak.command, refleak.render_recording, refleak.outline, refleak.incident_report),
+    Tool(iojitter.command, iojitter.render_recording, iojitter.outline, iojitter.incident_report, True),
+    Tool(netdevwait.command, netdevwait.render_recording, netdevwait.outline, netdevwait.incident_report),
+    Tool(refleak.command, refleak.render_recording, refleak.outline, refleak.incident_report, True),
+    Tool(*watch.tool_parts(iojitter=iojitter, kmemsnoop=kmemsnoop, netdevwait=netdevwait)),
 ))
 
 
@@ -48,8 +50,9 @@ def tool_named(name: Any) -> Optional[Tool]:
     return TOOLS.get(name) if isinstance(name, str) else None
 
 
-def build_report(header: Dict[str, Any], events: List[Dict[str, Any]], generated: Optional[str] = None) -> Any:
-    """The IncidentReport of a recording made by any tool that has one."""
+def build_report(header: Dict[str, Any], events: Iterable[Dict[str, Any]], generated: Optional[str] = None) -> Any:
+    """The IncidentReport of a recording made by any tool that has one; EVENTS (a list, or a stream of any
+    length) are read once."""
     tool = tool_named(header.get("tool"))
     if tool is None or tool.incident_report is None:
         raise BadInput("no report exporter for recordings of %r" % str(header.get("tool", "")))

@@ -79,19 +79,26 @@ def capabilities(caps: Any, console: Console) -> None:
     console.print(syms)
 
 
+def _counts(events: int, damaged: int) -> str:
+    return ", %d events%s" % (events, ", %d damaged line(s) skipped" % damaged if damaged else "")
+
+
 def recording(rec: Any, console: Console, renderer: Optional[Callable[[Any, Console], None]]) -> None:
     """Re-render a recording with RENDERER, that of the tool that made it (None: an unknown tool, its
     events printed as they are)."""
     header = rec.header
-    console.print("[bold]%s[/bold] recording: bpftools %s on %s, %d events%s" % (
+    listed = isinstance(rec.events, list)       # else a stream: counted once read, said at the end
+    console.print("[bold]%s[/bold] recording: bpftools %s on %s%s" % (
         escape(rec.tool), escape(str(header.get("version"))), escape(str(header.get("kernel_release"))),
-        len(rec.events), ", %d damaged line(s) skipped" % rec.damaged_lines if rec.damaged_lines else ""))
+        _counts(len(rec.events), rec.damaged_lines) if listed else ""))
     console.print("command: %s" % escape(command_line(header.get("argv"))))
     if renderer is not None:
         renderer(rec, console)
     else:
         for obj in rec.events:
             console.print(escape(str(obj)))
+    if not listed:
+        console.print("read%s" % _counts(rec.count, rec.damaged_lines)[1:])
     trailer = rec.trailer
     if trailer is None:
         console.print("[yellow]no trailer: the run was cut off (the events above are all that was recorded)[/yellow]")

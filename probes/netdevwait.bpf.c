@@ -12,13 +12,20 @@
  *
  *  - kprobe raw_notifier_call_chain (on_notify): one NDW_ROUND per rebroadcast and device;
  *  - kprobe free_netdev (on_free): NDW_FREED, the end of the wait (netdev_run_todo frees devices
- *    with needs_free_netdev itself; other drivers free theirs after unregister returns).
+ *    with needs_free_netdev itself; other drivers free theirs after unregister returns);
+ *  - with OFF_NB_*: at each rebroadcast, the notifier blocks of the chain it runs (the namespace's
+ *    chain first on v5.7+, then netdev_chain) as NDW_LINK events; the tool then attaches
+ *    on_sub_entry/on_sub_return to each callback found, which time each call made for a waiting
+ *    device, with its return value and the count before and after (NDW_CALL): a subscriber that
+ *    drops a reference shows as a count that went down across its call.
  *
  * Parameters (-D integers from BTF, kallsyms and sysfs, validated in Python): OFF_DEV_NAME,
  * OFF_DEV_IFINDEX, OFF_DEV_NET, OFF_NET_NS, OFF_NS_INUM, OFF_DEV_REG_STATE; either
  * OFF_DEV_PCPU_REFCNT with PER_CPU_OFFSET (address of __per_cpu_offset[]) and NCPUS (possible CPUs),
  * or OFF_DEV_REFCNT (refcount_t dev_refcnt, 5.13+ without CONFIG_PCPU_DEV_REFCNT); NETDEV_CHAIN
- * (address of the global netdev_chain), when kallsyms lists data symbols. x86-64.
+ * (address of the global netdev_chain), when kallsyms lists data symbols; OFF_NB_CALL, OFF_NB_NEXT,
+ * OFF_NB_PRIORITY (struct notifier_block) to walk the chain; OFF_NET_NETDEV_CHAIN (net->netdev_chain,
+ * v5.7+). x86-64.
  */
 #include <uapi/linux/ptrace.h>
 #include "netdevwait.h"
@@ -52,44 +59,156 @@ static __always_inline s32 refcount_of(u64 dev)
 #endif
 }
 
-static __always_inline int emit(struct pt_regs *ctx, u64 dev, u32 type)
+/* The device's identity and count into EV; false unless it waits (NETREG_UNREGISTERED). NET: its netns. */
+static __always_inline bool fill(struct netdevwait_event *ev, u64 dev, u32 type, u64 *net)
 {
     u8 state = 0;
     bpf_probe_read(&state, sizeof(state), (void *)(dev + OFF_DEV_REG_STATE));
     if (state != NDW_NETREG_UNREGISTERED)
-        return 0;
-    struct netdevwait_event ev = {};
-    u64 id = bpf_get_current_pid_tgid(), net = 0;
-    ev.ts_ns = bpf_ktime_get_ns();
-    ev.type = type;
-    ev.dev = dev;
-    ev.tgid = id >> 32;
-    ev.tid = (u32)id;
-    ev.count = refcount_of(dev);
-    bpf_probe_read(&ev.name, sizeof(ev.name), (void *)(dev + OFF_DEV_NAME));
-    bpf_probe_read(&ev.ifindex, sizeof(ev.ifindex), (void *)(dev + OFF_DEV_IFINDEX));
-    bpf_probe_read(&net, sizeof(net), (void *)(dev + OFF_DEV_NET));      /* possible_net_t: the pointer */
-    if (net)
-        bpf_probe_read(&ev.netns, sizeof(ev.netns), (void *)(net + OFF_NET_NS + OFF_NS_INUM));
-    bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
-    events.perf_submit(ctx, &ev, sizeof(ev));
-    return 0;
+        return false;
+    u64 id = bpf_get_current_pid_tgid();
+    ev->ts_ns = bpf_ktime_get_ns();
+    ev->type = type;
+    ev->dev = dev;
+    ev->tgid = id >> 32;
+    ev->tid = (u32)id;
+    ev->count = refcount_of(dev);
+    bpf_probe_read(&ev->name, sizeof(ev->name), (void *)(dev + OFF_DEV_NAME));
+    bpf_probe_read(&ev->ifindex, sizeof(ev->ifindex), (void *)(dev + OFF_DEV_IFINDEX));
+    bpf_probe_read(net, sizeof(*net), (void *)(dev + OFF_DEV_NET));      /* possible_net_t: the pointer */
+    if (*net)
+        bpf_probe_read(&ev->netns, sizeof(ev->netns), (void *)(*net + OFF_NET_NS + OFF_NS_INUM));
+    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+    return true;
 }
+
+#ifdef OFF_NB_CALL
+/* The notifier blocks of the chain at HEAD (raw_notifier_head: the first block at offset 0), in the
+ * order notifier_call_chain() runs them, as NDW_LINK events: bounded, unrolled for pre-5.3 verifiers. */
+static __always_inline void walk_chain(struct pt_regs *ctx, struct netdevwait_event *ev, u64 head, u8 chain)
+{
+    u64 nb = 0;
+    bpf_probe_read(&nb, sizeof(nb), (void *)head);
+    ev->type = NDW_LINK;
+    ev->chain = chain;
+#pragma unroll
+    for (u32 i = 0; i < NDW_MAX_LINKS; i++) {
+        u64 next = 0;
+        if (!nb)
+            break;
+        ev->nb = nb;
+        ev->index = i;
+        bpf_probe_read(&ev->call, sizeof(ev->call), (void *)(nb + OFF_NB_CALL));
+        bpf_probe_read(&ev->priority, sizeof(ev->priority), (void *)(nb + OFF_NB_PRIORITY));
+        bpf_probe_read(&next, sizeof(next), (void *)(nb + OFF_NB_NEXT));
+        events.perf_submit(ctx, ev, sizeof(*ev));
+        nb = next;
+    }
+    if (nb) {                                /* more blocks than NDW_MAX_LINKS: say so */
+        ev->nb = ev->call = 0;
+        ev->priority = 0;
+        ev->index = NDW_MAX_LINKS;
+        ev->flags = NDW_LINK_TRUNCATED;
+        events.perf_submit(ctx, ev, sizeof(*ev));
+    }
+}
+#endif
 
 int on_notify(struct pt_regs *ctx)
 {
-    u64 dev = 0;
+    u64 head = PT_REGS_PARM1(ctx), dev = 0, net = 0;
+    u8 chain = NDW_CHAIN_GLOBAL;
     if (PT_REGS_PARM2(ctx) != NDW_NETDEV_UNREGISTER)
         return 0;
-#ifdef NETDEV_CHAIN
-    if (PT_REGS_PARM1(ctx) != NDW_U64(NETDEV_CHAIN))    /* the global chain: once per notification */
+#if defined(NETDEV_CHAIN) && !defined(OFF_NET_NETDEV_CHAIN)
+    if (head != NDW_U64(NETDEV_CHAIN))                   /* the global chain: once per notification */
         return 0;
 #endif
     bpf_probe_read(&dev, sizeof(dev), (void *)PT_REGS_PARM3(ctx));
-    return dev ? emit(ctx, dev, NDW_ROUND) : 0;
+    if (!dev)
+        return 0;
+    struct netdevwait_event ev = {};
+    if (!fill(&ev, dev, NDW_ROUND, &net))
+        return 0;
+#ifdef OFF_NET_NETDEV_CHAIN
+    /* call_netdevice_notifiers_info() runs the namespace's chain first, then the global one (v5.7+) */
+    if (net && head == net + OFF_NET_NETDEV_CHAIN)
+        chain = NDW_CHAIN_NETNS;
+#ifdef NETDEV_CHAIN
+    else if (head != NDW_U64(NETDEV_CHAIN))
+        return 0;
+#endif
+#endif
+    if (chain == NDW_CHAIN_GLOBAL)
+        events.perf_submit(ctx, &ev, sizeof(ev));
+#ifdef OFF_NB_CALL
+    walk_chain(ctx, &ev, head, chain);
+#endif
+    return 0;
 }
 
 int on_free(struct pt_regs *ctx)
 {
-    return emit(ctx, PT_REGS_PARM1(ctx), NDW_FREED);
+    u64 net = 0;
+    struct netdevwait_event ev = {};
+    if (fill(&ev, PT_REGS_PARM1(ctx), NDW_FREED, &net))
+        events.perf_submit(ctx, &ev, sizeof(ev));
+    return 0;
 }
+
+#ifdef OFF_NB_CALL
+/* Subscribers, attached by the tool to each callback its walks found: notifier_call(nb, val, info) */
+struct ndw_entry {
+    u64 ts_ns;
+    u64 nb;
+    u64 dev;
+    s32 count;
+};
+BPF_HASH(entries, u32, struct ndw_entry, 1024);     /* thread -> the callback it runs now */
+
+int on_sub_entry(struct pt_regs *ctx)
+{
+    u64 dev = 0;
+    u8 state = 0;
+    if (PT_REGS_PARM2(ctx) != NDW_NETDEV_UNREGISTER)
+        return 0;
+    bpf_probe_read(&dev, sizeof(dev), (void *)PT_REGS_PARM3(ctx));     /* info->dev */
+    if (!dev)
+        return 0;
+    bpf_probe_read(&state, sizeof(state), (void *)(dev + OFF_DEV_REG_STATE));
+    if (state != NDW_NETREG_UNREGISTERED)
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct ndw_entry entry = {};
+    entry.nb = PT_REGS_PARM1(ctx);
+    entry.dev = dev;
+    entry.count = refcount_of(dev);
+    entry.ts_ns = bpf_ktime_get_ns();
+    entries.update(&tid, &entry);
+    return 0;
+}
+
+int on_sub_return(struct pt_regs *ctx)
+{
+    u64 now = bpf_ktime_get_ns(), net = 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct ndw_entry *entry = entries.lookup(&tid);
+    if (!entry)
+        return 0;
+    struct ndw_entry seen = *entry;
+    entries.delete(&tid);
+    struct netdevwait_event ev = {};
+    if (!fill(&ev, seen.dev, NDW_CALL, &net))
+        return 0;
+    ev.count_after = ev.count;
+    ev.count = seen.count;
+    ev.ts_ns = seen.ts_ns;
+    ev.dur_ns = now - seen.ts_ns;
+    ev.nb = seen.nb;
+    ev.ret = (s32)PT_REGS_RC(ctx);
+    bpf_probe_read(&ev.call, sizeof(ev.call), (void *)(seen.nb + OFF_NB_CALL));
+    bpf_probe_read(&ev.priority, sizeof(ev.priority), (void *)(seen.nb + OFF_NB_PRIORITY));
+    events.perf_submit(ctx, &ev, sizeof(ev));
+    return 0;
+}
+#endif

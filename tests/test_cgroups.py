@@ -65,7 +65,7 @@ def test_container_of_none(path):
 def test_container_ref_to_json():
     ref = container_of("/kubepods/pod%s/%s" % (UID, CID))
     assert ref.to_json() == {"runtime": None, "container_id": CID, "pod_uid": UID,
-                             "qos": "guaranteed"}
+                             "qos": "guaranteed", "namespace": None, "pod": None, "container": None}
 
 
 @pytest.mark.parametrize("root, mount, layout", [
@@ -80,8 +80,8 @@ def test_mount_and_layout_from_fixtures(root, mount, layout):
 
 
 def mountinfo(tmp_path, text):
-    (tmp_path / "proc" / "self").mkdir(parents=True)
-    (tmp_path / "proc" / "self" / "mountinfo").write_text(text)
+    (tmp_path / "proc" / "1").mkdir(parents=True)
+    (tmp_path / "proc" / "1" / "mountinfo").write_text(text)
     return str(tmp_path)
 
 

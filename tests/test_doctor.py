@@ -87,3 +87,38 @@ def test_capabilities_json_on_this_machine(bpftools_cli):
         names = set(line.split()[2] for line in f)
     want = "mempool_alloc_noprof" if "mempool_alloc_noprof" in names else "mempool_alloc"
     assert symbols["mempool_alloc"]["attach"] == want
+
+
+REPO_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+
+
+@pytest.mark.parametrize("name, kmem, netdev, confidence", [
+    ("C01_tempesta_2494.log", "detected", "clear", ("certain", None)),
+    ("C06_coreos-bugs_118.log", "clear", "detected", (None, "likely")),
+    ("C07_coreos-bugs_2357.log", "clear", "at-risk", (None, "weak")),    # a weak sign is not a detection
+    ("C13_linux-ipsec_510c321b5571.log", "clear", "detected", (None, "certain")),
+    ("N10_aristanetworks-sonic_105.log", "clear", "clear", (None, None)),
+    ("N12_open-cas-linux_746.log", "clear", "clear", (None, None)),
+    ("N16_openzfs_922.log", "clear", "clear", (None, None)),
+])
+def test_verdicts_carry_confidence_and_rule(bpftools_cli, name, kmem, netdev, confidence):
+    report = _doctor_json(bpftools_cli, "--log", os.path.join(REPO_CORPUS, name), "--release", "6.18.2")
+    assert _status(report) == {"kmem_io_jitter": kmem, "netdev_refcount_leak": netdev}
+    assert tuple(v["confidence"] for v in report["verdicts"]) == confidence
+    for verdict, finding_kinds in zip(report["verdicts"], (("slub_alloc_failure", "hung_task_mempool"),
+                                                          ("netdev_unregister_wait", "hung_task_netdev"))):
+        findings = [f for f in report["findings"] if f["kind"] in finding_kinds]
+        assert (verdict["rule"] is None) == (not findings)
+        if findings:
+            assert verdict["rule"] in [f["rule"] for f in findings] and verdict["rule"] in verdict["summary"]
+
+
+def test_a_cut_netns_worker_says_why_it_counts(bpftools_cli):
+    report = _doctor_json(bpftools_cli, "--log", os.path.join(REPO_CORPUS, "C06_coreos-bugs_118.log"),
+                          "--release", "6.18.2")
+    assert report["verdicts"][1]["evidence"] == [
+        "task kworker/u30:4 (pid 31318) blocked as a 'netns cleanup_net' worker (frames: schedule) "
+        "[likely: a blocked 'netns cleanup_net' worker whose stack has no decisive frame]"]
+    text = bpftools_cli("doctor", "--log", os.path.join(REPO_CORPUS, "C07_coreos-bugs_2357.log"),
+                        "--release", "6.18.2")
+    assert text.code == 0 and "AT-RISK" in text.out and "only a weak sign in the kernel log" in text.out

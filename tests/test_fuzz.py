@@ -25,6 +25,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bpftools import outfiles
+from bpftools.analyses.kernel_log import LineJoiner, parse_line
+from bpftools.analyses.log_paste import unpaste
 from bpftools.cli import cli, main
 from bpftools.errors import BadInput
 from bpftools.options import FiniteFloat
@@ -35,6 +37,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import analysis_throughput  # noqa: E402
 
 CORPUS = os.path.join(os.path.dirname(ROOT), "shared", "corpus", "dmesg")
+REPO_CORPUS = os.path.join(ROOT, "tests", "corpus")
 DOCUMENTED = {0, 1, 2, 3, 4, 5, 6, 130}
 NOT_A_BUG = DOCUMENTED - {1, 130}
 SAFE_COMMANDS = ["doctor", "report", "kmemsnoop", "slabfail", "mempoolwait", "writeslow", "iojitter"]
@@ -53,10 +56,10 @@ SEED_LINES = [   # used when the shared corpus is not beside the clone
 
 def corpus_lines():
     lines = list(SEED_LINES)
-    if os.path.isdir(CORPUS):
-        for name in sorted(os.listdir(CORPUS)):
+    for corpus in (CORPUS, REPO_CORPUS):
+        for name in sorted(os.listdir(corpus)) if os.path.isdir(corpus) else []:
             if name.endswith(".log"):
-                with open(os.path.join(CORPUS, name), "rb") as f:
+                with open(os.path.join(corpus, name), "rb") as f:
                     lines += f.read().decode("utf-8", "replace").splitlines()[:400]
     return lines
 
@@ -131,6 +134,84 @@ def test_doctor_log_never_fails_on_mutated_corpus_lines(lines, release, raw, as_
         report = json.loads(out)
         assert report["log"] == {"source": "k.log", "lines": report["log"]["lines"]}
         assert report["kernel_release"] == (release or os.uname().release)
+
+
+# ---------------------------------------------------------------------------------------------
+# The normaliser: pasted and exported lines
+# ---------------------------------------------------------------------------------------------
+
+def _html(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+NUMBERS = [lambda text, n: "%d %s" % (n, text), lambda text, n: "%d: %s" % (n, text),
+           lambda text, n: "%d | %s" % (n, text)]
+WRAPS = [lambda text: "> " + text, lambda text: ">> " + text, lambda text: "`%s`" % text, _html]
+stamped = [line for line in LINES if line.startswith("[") and parse_line(line).monotonic is not None
+           and parse_line(line).text]
+
+
+@FUZZ
+@given(line=st.sampled_from(stamped), wraps=st.lists(st.sampled_from(WRAPS), unique=True, max_size=4),
+       number=st.one_of(st.none(), st.tuples(st.sampled_from(NUMBERS), st.integers(0, 9999999))),
+       where=st.integers(0, 4))
+def test_decorated_corpus_lines_read_as_the_line_itself(line, wraps, number, where):
+    """A line number, quote markers, backticks and HTML escapes, stacked in any order: the message
+    and its stamp are those of the line as the kernel wrote it, and the raw line is kept."""
+    decorated = line
+    for i, wrap in enumerate(wraps + [None]):
+        if number is not None and i == min(where, len(wraps)):
+            decorated = number[0](decorated, number[1])
+        if wrap is not None:
+            decorated = wrap(decorated)
+    plain, read = parse_line(line), parse_line(decorated)
+    assert (read.text, read.timestamp, read.monotonic) == (plain.text, plain.timestamp, plain.monotonic)
+    assert read.raw == decorated
+
+
+@FUZZ
+@given(line=st.sampled_from(stamped), export=st.sampled_from(["journald", "dmesg"]))
+def test_exported_corpus_lines_read_as_the_line_itself(line, export):
+    plain = parse_line(line)
+    if export == "journald":
+        record = {"MESSAGE": plain.text, "_TRANSPORT": "kernel",
+                  "_SOURCE_MONOTONIC_TIMESTAMP": str(int(round(plain.monotonic * 1e6)))}
+    else:
+        record = {"fac": "kern", "pri": "warn", "time": plain.monotonic, "msg": plain.text}
+    read = parse_line(json.dumps(record))
+    assert (read.text, read.kernel) == (plain.text, True)
+    assert read.monotonic == pytest.approx(plain.monotonic, abs=1e-6)
+
+
+@FUZZ
+@given(text=st.one_of(st.text(max_size=300), st.sampled_from(LINES).map(lambda l: "{" + l + "}"),
+                      st.sampled_from(['"time": ', '"msg": ', '{"MESSAGE": ', '"fac": ', "&#", "12 ", "> "]).flatmap(
+                          lambda head: st.text(max_size=100).map(lambda tail: head + tail))))
+def test_the_normaliser_never_raises(text):
+    pasted = unpaste(text)
+    assert isinstance(pasted.text, str) and len(pasted.text) <= len(text) + 8 * text.count("&")
+    parse_line(text)
+
+
+@FUZZ
+@given(lines=log_lines)
+def test_the_line_joiner_keeps_one_line_and_one_record(lines):
+    """Bounded lookback: whatever it is fed, the joiner holds one line and at most two record fields."""
+    joiner = LineJoiner()
+    for raw in lines + ['"time": 1.5,', '"fac": "kern",', '"pri": "x",', '"time": 2,']:
+        joiner.push(raw)
+        assert len(joiner.record) <= 2
+        assert joiner.prev is None or len(joiner.prev.raw) <= 8192 + len(raw) + 1
+
+
+@pytest.mark.parametrize("text", ["1" * 200000 + " [", ">" * 200000, "&amp;" * 40000, "`" * 200000,
+                                  '"time": ' + "1" * 200000, "{" + '"a":[' * 1000 + "}",
+                                  "x " * 100000 + "[  1.0] y"])
+def test_the_normaliser_is_linear_on_crafted_lines(text):
+    import time
+    start = time.perf_counter()
+    parse_line(text)
+    assert time.perf_counter() - start < 0.5
 
 
 def _kmem_event(i):

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bpftools.analyses.kernel_log import (KINDS, Finding, find_incidents, parse_frame, parse_line,
-                                          parse_lines)
+from bpftools.analyses import log_forms
+from bpftools.analyses.kernel_log import (KINDS, MAX_OPEN_SLUB, SLUB_WINDOW, Finding, LogAnalyser, analyse_log,
+                                          find_incidents, parse_frame, parse_line, parse_lines)
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "dmesg"
 EXPECTED_FILE = CORPUS / "EXPECTED.json"
@@ -16,6 +17,9 @@ EXPECTED = (json.loads(EXPECTED_FILE.read_text(encoding="utf-8"))["files"]
 needs_corpus = pytest.mark.skipif(
     not EXPECTED, reason="corpus not found at %s (CI keeps it in ../shared next to the clone)" % CORPUS)
 CORPUS_FILES = sorted(EXPECTED) or ["<corpus missing>"]
+# The corpus kept in the repository: always there.
+REPO_CORPUS = Path(__file__).resolve().parent / "corpus"
+REPO_EXPECTED = json.loads((REPO_CORPUS / "EXPECTED.json").read_text(encoding="utf-8"))["files"]
 
 
 def corpus_lines(name):
@@ -346,9 +350,10 @@ def test_input_chunks_strings_and_bytes():
 # SLUB formats
 # ---------------------------------------------------------------------------------------------
 
-def test_slub_6_18_format():
+def test_slub_6_12_format():
+    """mm/slub.c since bf6b9e9ba086 (v6.12) prints the CPU and its node."""
     (finding,) = find_incidents([
-        "[ 5021.118230] SLUB: Unable to allocate memory for CPU 3 (of node 1) on node -1, "
+        "[ 5021.118230] SLUB: Unable to allocate memory on CPU 3 (of node 1) on node -1, "
         "gfp=0x400cc0(GFP_KERNEL_ACCOUNT)",
         "[ 5021.118235]   cache: kmalloc-cg-256, object size: 256, buffer size: 256, "
         "default order: 1, min order: 0",
@@ -518,7 +523,8 @@ def test_hung_task_6x_format():
     (task,) = finding.facts["tasks"]
     assert task == {
         "task": "kworker/u8:3", "pid": 1234, "state": "D", "blocked_seconds": 122,
-        "workqueue": "netns cleanup_net", "reports": 1,
+        "workqueue": "netns cleanup_net", "reports": 1, "confidence": "certain",
+        "rule": "the device unregistration wait (netdev_run_todo) in a blocked task's stack",
         "matched_frames": ["netdev_run_todo", "cleanup_net"],
         "frames": ["__schedule", "schedule", "schedule_timeout", "msleep", "netdev_run_todo",
                    "default_device_exit_batch", "ops_exit_list", "cleanup_net",
@@ -652,3 +658,333 @@ PIECES = [
 def test_near_miss_log_fragments_never_raise(lines):
     for finding in find_incidents(lines):
         json.dumps(finding.to_json())
+
+
+# ---------------------------------------------------------------------------------------------
+# The repository corpus (tests/corpus): real logs of 6.x, RHEL, Ubuntu, pasted forms, negatives
+# ---------------------------------------------------------------------------------------------
+
+def repo_lines(name):
+    return (REPO_CORPUS / name).read_bytes().decode("utf-8", errors="replace").splitlines()
+
+
+def test_every_repo_corpus_file_is_described_with_its_source():
+    assert sorted(path.name for path in REPO_CORPUS.glob("*.log")) == sorted(REPO_EXPECTED)
+    assert len(REPO_EXPECTED) >= 15
+    for name, entry in REPO_EXPECTED.items():
+        assert entry["source_url"].startswith("https://"), name
+        assert entry["where"] and entry["form"], name
+        assert name.startswith("N") == (entry["findings"] == {}), name
+
+
+@pytest.mark.parametrize("name", sorted(REPO_EXPECTED))
+def test_repo_corpus_facts(name):
+    expected = REPO_EXPECTED[name]["findings"]
+    findings = by_kind(find_incidents(repo_lines(name)))
+    assert sorted(findings) == sorted(expected)
+    for kind, facts in expected.items():
+        finding = findings[kind]
+        data = finding.to_json()
+        assert (finding.count, finding.confidence) == (facts["count"], facts["confidence"])
+        assert (finding.first_seen, finding.last_seen) == (facts["first_seen"], facts["last_seen"])
+        if "caches" in facts:
+            assert {c["cache"]: c["count"] for c in data["caches"]} == facts["caches"]
+            assert {g["value"]: g["count"] for g in data["gfp"]} == facts["gfp_counts"]
+            assert data["nodes"] == facts["nodes"]
+            assert data["orphan_lines"] == facts.get("orphan_lines", 0)
+        if "memcg" in facts:
+            assert ["%d:%s" % (c["memcg_id"], c["cgroup"]) for c in data["caches"]
+                    if c["memcg_id"] is not None] == facts["memcg"]
+        for value, flags in facts.get("gfp_flags", {}).items():
+            assert next(g["flags"] for g in data["gfp"] if g["value"] == value) == flags
+        for key in ("cpus", "requested_nodes"):
+            if key in facts:
+                assert data[key] == facts[key]
+        if "devices" in facts:
+            assert {d["name"]: d["max_usage_count"] for d in data["devices"]} == facts["devices"]
+        if "tasks" in facts:
+            assert [[t["task"], t["pid"]] for t in data["tasks"]] == facts["tasks"]
+            (task,) = data["tasks"]
+            assert (task["matched_frames"], task["workqueue"]) == (facts["matched_frames"], facts["workqueue"])
+            assert task["confidence"] == facts["confidence"] and task["rule"] == finding.rule
+            if "blocked_seconds" in facts:
+                assert task["blocked_seconds"] == facts["blocked_seconds"]
+
+
+def test_newest_slub_form_interleaved_with_a_warn_alloc_trace():
+    """C01: 6.12+ header, kmalloc-rnd cache, each report's lines between another CPU's frames."""
+    finding = by_kind(find_incidents(repo_lines("C01_tempesta_2494.log")))["slub_alloc_failure"]
+    assert finding.facts["caches"] == [{"cache": "kmalloc-rnd-05-64", "memcg_id": None, "cgroup": None, "count": 3}]
+    assert finding.evidence[:2] == [
+        "[  163.151551] SLUB: Unable to allocate memory on CPU 0 (of node 0) on node -1, gfp=0x820(GFP_ATOMIC)",
+        "[  163.152305]   cache: kmalloc-rnd-05-64, object size: 64, buffer size: 128, default order: 0, min order: 0"]
+
+
+def test_negative_dmesg_json_is_read_as_messages():
+    analysis = analyse_log(repo_lines("N15_util-linux_2833_dmesg-json.log"))
+    assert analysis.findings == [] and analysis.analysable
+    assert (analysis.kernel_lines, analysis.stamped_lines) == (1, 1)  # the "fac": "syslog" record is not the kernel's
+
+
+def test_memcg_oom_kills_are_counted_not_reported():
+    if "N01_k8s_83044.log" not in EXPECTED:
+        pytest.skip("shared corpus not found")
+    analysis = analyse_log(corpus_lines("N01_k8s_83044.log"))
+    assert (analysis.findings, analysis.memcg_oom_kills) == ([], 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table of message forms
+# ---------------------------------------------------------------------------------------------
+
+def form_example(form):
+    corpus, name, number = form.example
+    if corpus == "shared":
+        if name not in EXPECTED:
+            pytest.skip("shared corpus not found")
+        return corpus_lines(name)[number - 1]
+    return repo_lines(name)[number - 1]
+
+
+def test_the_table_covers_every_signature_and_names_its_commits():
+    assert {f.signature for f in log_forms.FORMS} == {
+        log_forms.SLUB, log_forms.NETDEV_WAIT, log_forms.REF_TRACKER, log_forms.HUNG_TASK, log_forms.MEMCG_OOM}
+    for form in log_forms.FORMS:
+        assert form.since.startswith("v") and (form.until is None or form.until.startswith("v")), form.name
+        assert form.printk and form.commit, form.name
+        assert form.example[0] in ("tests", "shared") and form.example[2] >= 1, form.name
+    headers = [f for f in log_forms.of_signature(log_forms.SLUB) if f.name.startswith("slub_header")]
+    assert [(f.since, f.until, f.commit[:12]) for f in headers] == [
+        ("v2.6.32", "v4.5", "781b2ba6eb5f"), ("v4.6", "v6.11", "5b3810e5c6e1"), ("v6.12", None, "bf6b9e9ba086")]
+
+
+@pytest.mark.parametrize("form", log_forms.FORMS, ids=lambda f: f.name)
+def test_every_form_matches_its_real_example(form):
+    """The example is a real line of the corpus: parsed like any line, the form reads it."""
+    line = parse_line(form_example(form))
+    assert form.pattern.search(line.text), (form.name, line.text)
+    others = [f.name for f in log_forms.FORMS if f.signature == form.signature and f is not form
+              and f.name.startswith(form.name.split("_")[0] + "_header") and f.pattern.search(line.text)]
+    assert others == []  # no two header forms read the same line
+
+
+SIGNATURE_KIND = {log_forms.SLUB: "slub_alloc_failure", log_forms.NETDEV_WAIT: "netdev_unregister_wait"}
+
+
+@pytest.mark.parametrize("form", [f for f in log_forms.FORMS if f.name in (
+    "slub_header_3", "slub_header_4_6", "slub_header_6_12", "netdev_wait")], ids=lambda f: f.name)
+def test_a_header_form_alone_is_a_finding(form):
+    (finding,) = find_incidents([form_example(form)])
+    assert (finding.kind, finding.count, finding.confidence) == (SIGNATURE_KIND[form.signature], 1, "certain")
+
+
+def test_continuation_forms_attach_to_the_newest_header():
+    header = form_example(log_forms.BY_NAME["slub_header_6_12"])
+    cache = form_example(log_forms.BY_NAME["slub_cache"])
+    node = form_example(log_forms.BY_NAME["slub_node"])
+    suppressed = form_example(log_forms.BY_NAME["slub_suppressed"])
+    (finding,) = find_incidents([suppressed, header, cache, node])
+    assert finding.facts["caches"][0]["cache"] == "kmalloc-rnd-05-64"
+    assert (finding.facts["nodes"], finding.facts["callbacks_suppressed"], finding.facts["cpus"]) == ([0], 72, [0])
+
+
+def test_ref_tracker_form_attaches_to_the_wait():
+    wait_line = form_example(log_forms.BY_NAME["netdev_wait"])
+    tracker = form_example(log_forms.BY_NAME["ref_tracker_users"])
+    (finding,) = find_incidents([wait_line, tracker, "     netdev_hold+0x1/0x2", "     veth_newlink+0x1/0x2"])
+    (device,) = finding.facts["devices"]
+    assert device["ref_tracker"][0]["holder"] == "veth_newlink"
+
+
+@pytest.mark.parametrize("task_form, task, pid, state", [("task_line_old", "kworker/u4:6", 293, "D"),
+                                                        ("task_line_5_9", "systemd-getty-g", 11267, "D")])
+def test_task_line_forms_start_a_dump(task_form, task, pid, state):
+    lines = [form_example(log_forms.BY_NAME[task_form]), "Workqueue: netns cleanup_net", "Call Trace:",
+             " netdev_run_todo+0x1/0x2", " cleanup_net+0x1/0x2"]
+    (finding,) = find_incidents(lines)
+    (entry,) = finding.facts["tasks"]
+    assert (entry["task"], entry["pid"], entry["state"], entry["blocked_seconds"]) == (task, pid, state, None)
+    assert (entry["confidence"], entry["matched_frames"]) == ("certain", ["netdev_run_todo", "cleanup_net"])
+
+
+def test_hung_task_header_and_workqueue_forms():
+    """C06's header and Workqueue lines (3.15.8, syslog) with the frames its excerpt lost."""
+    lines = [form_example(log_forms.BY_NAME["hung_task_header"]), form_example(log_forms.BY_NAME["workqueue"]),
+             "Call Trace:", " netdev_run_todo+0x1/0x2"]
+    (finding,) = find_incidents(lines)
+    (entry,) = finding.facts["tasks"]
+    assert (entry["task"], entry["pid"], entry["blocked_seconds"], entry["workqueue"]) == (
+        "kworker/u30:4", 31318, 120, "netns cleanup_net")
+    assert entry["confidence"] == "certain"
+
+
+def test_memcg_oom_form_is_counted():
+    line = form_example(log_forms.BY_NAME["memcg_oom_kill_old"])
+    assert analyse_log([line, line]).memcg_oom_kills == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Pasted and exported lines (the normaliser)
+# ---------------------------------------------------------------------------------------------
+
+PASTED = "[  163.151551] SLUB: Unable to allocate memory on CPU 0 (of node 0) on node -1, gfp=0x820(GFP_ATOMIC)"
+
+
+@pytest.mark.parametrize("raw, timestamp", [
+    ("162 " + PASTED, "[  163.151551]"),
+    ("  162: " + PASTED, "[  163.151551]"),
+    ("162 | " + PASTED, "[  163.151551]"),
+    ("> " + PASTED, "[  163.151551]"),
+    ("> > 12 " + PASTED, "[  163.151551]"),
+    ("`" + PASTED + "`", "[  163.151551]"),
+    (PASTED.replace("(GFP_ATOMIC)", "&#40;GFP_ATOMIC&#41;"), "[  163.151551]"),
+    ("2024-05-02T10:11:12.123456789Z " + PASTED, "2024-05-02T10:11:12.123456789Z [  163.151551]"),
+    ("netifd iw ip netifd " + PASTED, "[  163.151551]"),
+    ('{"fac": "kern", "pri": "warn", "time": 163.151551, "msg": "%s"}' % PASTED[15:], "163.151551"),
+    ('{"MESSAGE": "%s", "_TRANSPORT": "kernel", "_SOURCE_MONOTONIC_TIMESTAMP": "163151551"}' % PASTED[15:],
+     "[163.151551]"),
+])
+def test_pasted_forms_give_the_message_and_keep_the_raw_line(raw, timestamp):
+    line = parse_line(raw)
+    assert line.text == PASTED[15:]
+    assert (line.timestamp, line.kernel, line.raw) == (timestamp, True, raw)
+    (finding,) = find_incidents([raw])
+    assert finding.evidence == [raw.strip()]  # the evidence is the line as given
+
+
+def test_html_escaped_trace_and_journald_json_of_another_program():
+    assert parse_line("&lt;TASK&gt;").text == "<TASK>"
+    assert parse_line("[1.0] a &amp;&amp; b").text == "a && b"
+    other = parse_line('{"MESSAGE": "%s", "_TRANSPORT": "syslog", "SYSLOG_IDENTIFIER": "kubelet"}' % WAIT)
+    assert other.kernel is False
+    assert find_incidents([other.raw]) == []
+    binary = parse_line('{"MESSAGE": [104, 105, 255], "_TRANSPORT": "kernel", '
+                        '"__REALTIME_TIMESTAMP": "1700000000000000"}')
+    assert (binary.text, binary.wall) == ("hi\ufffd", "2023-11-14T22:13:20.000000Z")
+
+
+def test_numbers_that_are_not_line_numbers_stay():
+    for text in ("6,1234,5678901,-;" + WAIT, "64 bytes from 10.0.0.1", "2 [x] not a stamp"):
+        assert parse_line(text).text == (WAIT if text.startswith("6,") else text)
+
+
+def test_indented_dmesg_json_gives_each_message_its_record_time():
+    lines = ['{', '   "dmesg": [', '      {', '         "fac": "kern",', '         "pri": "emerg",',
+             '         "time": 100.500000,', '         "msg": "%s"' % WAIT, '      },{',
+             '         "fac": "kern",', '         "time": 110.500000,', '         "msg": "%s"' % WAIT,
+             '      }', '   ]', '}']
+    (finding,) = find_incidents(lines)
+    assert (finding.count, finding.first_seen, finding.last_seen) == (2, "100.500000", "110.500000")
+    assert finding.facts["devices"][0]["duration_seconds"] == 10.0
+
+
+def test_backslash_continuation_is_joined():
+    (finding,) = find_incidents(repo_lines("C13_linux-ipsec_510c321b5571.log"))
+    assert finding.evidence == ["kernel:unregister_netdevice: waiting for veth0 to become free. Usage count = 2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Interleaved continuation lines
+# ---------------------------------------------------------------------------------------------
+
+def slub(ts, caller, cache, node=0):
+    tag = "[%s] [%s] " % (ts, caller) if caller else "[%s] " % ts
+    return [tag + "SLUB: Unable to allocate memory on CPU %s (of node 0) on node -1, gfp=0xcc0(GFP_KERNEL)"
+            % (caller or "C0")[1:],
+            tag + "  cache: %s, object size: 64, buffer size: 64, default order: 0, min order: 0" % cache,
+            tag + "  node %d: slabs: 1, objs: 64, free: 0" % node]
+
+
+def test_two_cpus_interleaved_are_reattached_by_caller_id():
+    a, b = slub("1.0", "C0", "dentry", 0), slub("1.1", "C1", "kmalloc-cg-64", 1)
+    lines = [a[0], b[0], b[1], a[1], b[2], a[2]]  # header, header, then continuations crossed
+    (finding,) = find_incidents(lines)
+    assert {c["cache"]: c["count"] for c in finding.facts["caches"]} == {"dentry": 1, "kmalloc-cg-64": 1}
+    assert finding.facts["cpus"] == [0, 1] and finding.facts["orphan_lines"] == 0
+    assert finding.evidence == [a[0], a[1], b[0], b[1]]  # each header with its own cache line
+
+
+def test_without_caller_ids_continuations_go_to_the_nearest_header_that_needs_them():
+    a, b = slub("1.0", None, "dentry"), slub("1.1", None, "filp")
+    (finding,) = find_incidents([a[0], a[1], b[0], a[2], b[1], b[2]])
+    assert [c["cache"] for c in finding.facts["caches"]] == ["dentry", "filp"]
+
+
+def test_a_continuation_far_from_any_header_is_an_orphan():
+    a = slub("1.0", None, "dentry")
+    noise = ["[1.5] eth0: link up"] * (SLUB_WINDOW + 1)
+    (finding,) = find_incidents([a[0]] + noise + [a[1], a[2]])
+    assert finding.facts["caches"] == [] and finding.facts["orphan_lines"] == 2
+
+
+def test_open_reports_are_bounded_and_a_stack_is_not_cut_by_slub_lines():
+    headers = [slub("1.%d" % i, None, "c%d" % i)[0] for i in range(MAX_OPEN_SLUB + 3)]
+    analyser = LogAnalyser()
+    analyser.feed(headers + ["[9.9] done"])
+    assert len(analyser.slub.open) == MAX_OPEN_SLUB and analyser.reports()["slub_alloc_failure"] == len(headers)
+    a = slub("2.0", None, "dentry")
+    (slab, hung) = find_incidents(["[2.0] INFO: task kswapd0:60 blocked for more than 120 seconds.",
+                                   "[2.0] Call Trace:", "[2.0]  io_schedule_timeout+0x1/0x2"] + a +
+                                  ["[2.1]  mempool_alloc+0x1/0x2", "[2.1]  bvec_alloc+0x1/0x2"])
+    assert hung.facts["tasks"][0]["matched_frames"] == ["io_schedule_timeout", "mempool_alloc", "bvec_alloc"]
+
+
+def test_feeding_line_by_line_is_the_same_as_one_pass():
+    lines = repo_lines("C01_tempesta_2494.log") + repo_lines("C06_coreos-bugs_118.log")
+    analyser = LogAnalyser()
+    for line in lines:
+        analyser.feed(line + "\n")
+    assert analyser.reports() == {"slub_alloc_failure": 3, "netdev_unregister_wait": 0,
+                                  "hung_task_mempool": 0, "hung_task_netdev": 0}  # the dump ends at finish
+    assert [f.kind for f in analyser.snapshot().findings] == ["slub_alloc_failure", "hung_task_netdev"]
+    streamed = [f.to_json() for f in analyser.finish().findings]
+    assert streamed == [f.to_json() for f in analyse_log(lines).findings]
+
+
+# ---------------------------------------------------------------------------------------------
+# Confidence
+# ---------------------------------------------------------------------------------------------
+
+def hung(*frames, workqueue=None):
+    lines = ["[9.0] INFO: task kworker/u8:1:77 blocked for more than 122 seconds.",
+             "[9.0] task:kworker/u8:1    state:D stack:0     pid:77    ppid:2      flags:0x00004000"]
+    if workqueue:
+        lines.append("[9.0] Workqueue: " + workqueue)
+    return lines + ["[9.0] Call Trace:"] + ["[9.1]  %s+0x1/0x2" % f for f in frames]
+
+
+@pytest.mark.parametrize("lines, kind, confidence, matched", [
+    (hung("io_schedule_timeout", "mempool_alloc_noprof", "bio_alloc_bioset"), "hung_task_mempool", "certain",
+     ["io_schedule_timeout", "mempool_alloc"]),
+    (hung("io_schedule_timeout", "shrink_page_list"), "hung_task_mempool", "likely",
+     ["io_schedule_timeout", "shrink_page_list"]),
+    (hung("io_schedule_timeout", "pageout"), "hung_task_mempool", "likely", ["io_schedule_timeout", "pageout"]),
+    (hung("io_schedule_timeout", "shrink_folio_list"), "hung_task_mempool", "likely",
+     ["io_schedule_timeout", "shrink_folio_list"]),
+    (hung("schedule", workqueue="netns cleanup_net"), "hung_task_netdev", "likely", []),
+    (hung("msleep", "netdev_run_todo", "cleanup_net"), "hung_task_netdev", "certain", ["netdev_run_todo", "cleanup_net"]),
+    (hung("mutex_lock", "copy_net_ns"), "hung_task_netdev", "likely", ["copy_net_ns"]),
+    (["[9.0] Workqueue: netns cleanup_net", "[9.0] Call Trace:", "[9.1]  netdev_run_todo+0x1/0x2"],
+     "hung_task_netdev", "weak", ["netdev_run_todo"]),
+])
+def test_confidence_and_rule(lines, kind, confidence, matched):
+    (finding,) = find_incidents(lines)
+    (task,) = finding.facts["tasks"]
+    assert (finding.kind, finding.confidence, task["confidence"], task["matched_frames"]) == (
+        kind, confidence, confidence, matched)
+    assert finding.rule == task["rule"] and finding.to_json()["rule"] == finding.rule
+    if confidence == "weak":
+        assert finding.rule.startswith("the excerpt starts inside the dump")
+
+
+def test_no_decisive_frame_and_no_netns_worker_is_no_finding():
+    assert find_incidents(hung("schedule", workqueue="events_unbound fsnotify_connector_destroy_workfn")) == []
+    assert find_incidents(hung("io_schedule_timeout", "shrink_node")) == []
+    assert find_incidents(["[9.0] Workqueue: writeback wb_workfn (flush-8:0)", "[9.1]  schedule+0x1/0x2"]) == []
+
+
+def test_the_strongest_report_gives_the_finding_its_confidence():
+    weak = ["[8.0] Workqueue: netns cleanup_net", "[8.1]  cleanup_net+0x1/0x2", ""]
+    (finding,) = find_incidents(weak + hung("msleep", "netdev_run_todo"))
+    assert (finding.count, finding.confidence) == (2, "certain")
+    assert [t["confidence"] for t in finding.facts["tasks"]] == ["weak", "certain"]

@@ -66,8 +66,9 @@ def test_audit_rhel7_957_fixture():
 def test_audit_to_json_round_trips():
     data = audit_kmem(MOUNT_957, RHEL_957).to_json()
     assert json.loads(json.dumps(data)) == data
-    assert data["cgroups"][8]["container"] == {"runtime": None, "container_id": C_APP,
-                                               "pod_uid": POD1, "qos": "burstable"}
+    assert data["cgroups"][8]["container"] == {"runtime": None, "container_id": C_APP, "pod_uid": POD1,
+                                               "qos": "burstable", "namespace": None, "pod": None,
+                                               "container": None}
     assert data["summary"] == {"walked": 11, "active": 8, "with_failcnt": 2, "vanished": 0,
                                "truncated": False}
 

@@ -19,10 +19,13 @@ from hypothesis import strategies as st
 from bpftools.kernel import cpus
 from bpftools.kernel.capabilities import kprobes_available
 from bpftools.kernel.symbols import symbol_address
+from bpftools.analyses.netdev_chain import (GLOBAL, NETNS, OUTSIDE, Call, ChainTracker, Link, folded_time,
+                                            notify_name)
 from bpftools.analyses.netdev_wait import (FREED, MESSAGE, ROUND, EpisodeTracker, Observation, count_meaning,
                                            episodes_from_log, message_observation)
 from bpftools.errors import MissingKernelFeature
 from bpftools.kernel.symbols import SymbolTable
+from bpftools.recording import make_header
 from bpftools.tools import netdevwait as ndw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,21 +210,30 @@ def fixture(name):
 HOOKS = ("ffffffff81900000 T raw_notifier_call_chain\nffffffff81900400 T free_netdev\n"
          "ffffffff82a00000 D __per_cpu_offset\nffffffff82b00000 b netdev_chain\n")
 PCPU = dict(BTF_OFFSETS, OFF_DEV_PCPU_REFCNT=1288)
+CHAIN_OFFSETS = {"OFF_NB_CALL": 0, "OFF_NB_NEXT": 8, "OFF_NB_PRIORITY": 16, "OFF_NET_NETDEV_CHAIN": 424}  # 6.18 BTF
+NO_CHAIN_NOTE = ("subscribers: not shown, no BTF for notifier_block.notifier_call, notifier_block.next, "
+                 "notifier_block.priority")
 FIXTURES = ["3.10.0-957.el7.x86_64", "6.1.0-amd64", "6.12.0-amd64", "6.18.0", "6.18.44-fc-live"]
 
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_kprobe_plan_per_kernel(name):
     text = fixture(name) + HOOKS
-    plan = ndw.make_plan("auto", SymbolTable.from_kallsyms(text), text.splitlines(), PCPU, True, 4)
+    plan = ndw.make_plan("auto", SymbolTable.from_kallsyms(text), text.splitlines(), dict(PCPU, **CHAIN_OFFSETS),
+                         True, 4)
     assert plan.mode == "kprobe"
     assert [(a.event, a.fn_name, a.ret) for a in plan.kprobes] == [
         ("raw_notifier_call_chain", "on_notify", False), ("free_netdev", "on_free", False)]
-    assert plan.params == dict(PCPU, PER_CPU_OFFSET=0xffffffff82a00000, NCPUS=4, NETDEV_CHAIN=0xffffffff82b00000)
-    assert plan.hooks == {"rounds": "raw_notifier_call_chain", "end": "free_netdev"}
+    assert plan.params == dict(PCPU, PER_CPU_OFFSET=0xffffffff82a00000, NCPUS=4, NETDEV_CHAIN=0xffffffff82b00000,
+                               **CHAIN_OFFSETS)
+    assert plan.hooks == {"rounds": "raw_notifier_call_chain", "end": "free_netdev",
+                          "subscribers": "on_sub_entry/on_sub_return"}
     assert plan.notes == ["kprobe mode: rounds from raw_notifier_call_chain(netdev_chain, NETDEV_UNREGISTER) for "
                           "unregistered devices, the end from free_netdev; count summed from the per-cpu "
-                          "counters of 4 CPUs"]
+                          "counters of 4 CPUs",
+                          "subscribers: the notifier blocks of the namespace's chain and netdev_chain walked at "
+                          "each round (at most 64 a chain), each callback found kprobed (entry and return) from "
+                          "then on: calls, time, return value, count before and after"]
     assert "-DPER_CPU_OFFSET=%d" % 0xffffffff82a00000 in plan.probe().cflags()
 
 
@@ -246,7 +258,16 @@ def test_refcount_t_kernels_and_kernels_without_data_symbols():
     plan = ndw.make_plan("kprobe", table, text.splitlines(), dict(BTF_OFFSETS, OFF_DEV_REFCNT=1300), True, 4)
     assert plan.params == dict(BTF_OFFSETS, OFF_DEV_REFCNT=1300)
     assert plan.notes == ["kprobe mode: rounds from raw_notifier_call_chain(any chain, NETDEV_UNREGISTER) for "
-                          "unregistered devices, the end from free_netdev; count summed from dev_refcnt"]
+                          "unregistered devices, the end from free_netdev; count summed from dev_refcnt", NO_CHAIN_NOTE]
+    pre_5_7 = dict((k, v) for k, v in CHAIN_OFFSETS.items() if k != "OFF_NET_NETDEV_CHAIN")
+    plan = ndw.make_plan("kprobe", table, text.splitlines(), dict(BTF_OFFSETS, OFF_DEV_REFCNT=1300, **pre_5_7),
+                         True, 4)
+    assert plan.params == dict(BTF_OFFSETS, OFF_DEV_REFCNT=1300, **pre_5_7)
+    assert plan.notes[1].startswith("subscribers: the notifier blocks of netdev_chain walked at each round")
+    plan = ndw.make_plan("kprobe", table, text.splitlines(), dict(BTF_OFFSETS, OFF_DEV_REFCNT=1300, **CHAIN_OFFSETS),
+                         True, 4, subscribers=False)
+    assert (plan.params, plan.notes[1]) == (dict(BTF_OFFSETS, OFF_DEV_REFCNT=1300),
+                                            "subscribers: off (--no-subscribers)")
 
 
 def test_plan_falls_back_to_the_kernel_log():
@@ -317,7 +338,8 @@ def test_netns_users_remember_the_last_users_and_the_veth_peer(tmp_path):
     assert users.context(4026532300, 3) == {
         "netns": 4026532300, "host_netns": False, "netns_names": [],
         "processes": [{"pid": 42, "comm": "pause", "cgroup": POD_CGROUP}],
-        "containers": [{"runtime": "containerd", "container_id": CID, "pod_uid": "1234-abcd", "qos": "besteffort"}],
+        "containers": [{"runtime": "containerd", "container_id": CID, "pod_uid": "1234-abcd", "qos": "besteffort",
+                        "namespace": None, "pod": None, "container": None}],
         "veth_peers": [{"name": "vethA", "ifindex": 9}]}
     assert users.context(4026531992, 9)["veth_peers"] == [] and users.context(4026531992, 9)["host_netns"]
     assert users.context(None, 3) is None
@@ -517,3 +539,203 @@ def test_decode_turns_the_raw_record_into_an_observation():
                                           ifindex=2, netns=4026532281, pid=45, comm="kworker/u4:1")
     raw.type, raw.netns = 2, 0
     assert (ndw.decode(raw).kind, ndw.decode(raw).netns) == (FREED, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The notifier chain: subscribers, their calls, the verdict (analyses.netdev_chain)
+# ---------------------------------------------------------------------------------------------
+
+DEV = "0xffff888003a1c000"
+CHAIN = [("0xb1", "0xc1", 2147483630, "bpftools_notifier_event", "bpftools_notifier"),
+         ("0xb2", "0xc2", 0, "rtnetlink_event", None),
+         ("0xb3", "0xc3", -10, "dev_ifsioc_event", None)]
+
+
+def walk(ts, dev=DEV, chain=CHAIN, which=GLOBAL):
+    return [Link(dev, int(ts * S), which, i, nb, call, prio, sym, mod) for i, (nb, call, prio, sym, mod) in enumerate(chain)]
+
+
+def calls(ts, before=2, after=None, dev=DEV, ret=1, dur=1000):
+    """One round of calls of CHAIN, 1 ms apart; the first subscriber changes the count to AFTER."""
+    out = []
+    for i, (nb, call, prio, sym, mod) in enumerate(CHAIN):
+        a = after if (after is not None and i == 0) else before
+        out.append(Call(dev, int(ts * S) + i * 1000000, dur * (i + 1), nb, call, prio, ret, before, a, sym, mod))
+        before = a
+    return out
+
+
+def rounds(tracker, counts, calls_from=1):
+    """Rounds 1.. at 1.0, 2.0, ... s with COUNTS; each rebroadcast's walk, and calls from round CALLS_FROM."""
+    for n, count in enumerate(counts, 1):
+        tracker.round(DEV, "ndwn", n, n * S, count)
+        for link in walk(n + 0.0001):
+            tracker.link(link)
+        if n >= calls_from:
+            for c in calls(n + 0.001, before=count):
+                tracker.call(c)
+
+
+def test_a_flat_count_over_three_rounds_with_no_subscriber_putting_is_a_leak():
+    t = ChainTracker()
+    rounds(t, [2, 2], calls_from=2)
+    (d,) = t.devices()
+    assert d.verdict() == ("undecided", ["2 round(s) seen; a leak needs the count flat over 3"])
+    t = ChainTracker()
+    rounds(t, [2, 2, 2], calls_from=2)
+    (d,) = t.devices()
+    assert d.verdict() == ("leak", ["count 2 flat over 3 rounds (1-3)",
+                                    "no subscriber dropped a reference (6 calls of 3 subscribers timed from round 2)"])
+    data = d.to_json()
+    assert [(s["index"], s["chain"], s["priority"], s["label"], s["calls"], s["total_ns"], s["max_ns"], s["returns"])
+            for s in data["subscribers"]] == [
+        (0, GLOBAL, 2147483630, "bpftools_notifier_event [bpftools_notifier]", 2, 2000, 1000, {"OK": 2}),
+        (1, GLOBAL, 0, "rtnetlink_event", 2, 4000, 2000, {"OK": 2}),
+        (2, GLOBAL, -10, "dev_ifsioc_event", 2, 6000, 3000, {"OK": 2})]
+
+
+def test_a_subscriber_that_drops_the_reference_is_named_with_its_round():
+    t = ChainTracker()
+    rounds(t, [2, 2, 2, 2])
+    for c in calls(4.5, before=2, after=1):          # round 4's interval: the first subscriber puts
+        t.call(c)
+    t.end(DEV, 5 * S, 1)
+    (d,) = t.devices()
+    assert d.verdict() == ("slow release", ["end of wait: count 2 -> 1, by bpftools_notifier_event [bpftools_notifier]"])
+    first = d.ordered()[0]
+    assert [(c["round"], c["before"], c["after"]) for c in first.changes] == [(4, 2, 1)]
+    assert d.changes == [{"round": None, "ts_ns": 5 * S, "before": 2, "after": 1,
+                          "by": ["bpftools_notifier_event [bpftools_notifier]"]}]
+    assert (d.ended, d.end_count) == (True, 1)
+
+
+def test_a_count_that_moves_down_between_rounds_without_a_subscriber_is_released_outside_the_chain():
+    t = ChainTracker()
+    rounds(t, [3, 3, 2])
+    t.end(DEV, 4 * S, 1)
+    (d,) = t.devices()
+    assert d.verdict() == ("slow release", ["round 3: count 3 -> 2, by " + OUTSIDE,
+                                            "end of wait: count 2 -> 1, by " + OUTSIDE])
+
+
+def test_calls_belong_to_the_round_by_time_and_walks_keep_the_order_as_it_is_now():
+    t = ChainTracker()
+    t.round(DEV, "ndwn", 1, 1 * S, 2)
+    t.round(DEV, "ndwn", 2, 2 * S, 2)
+    (d,) = t.devices()
+    assert [d.round_at(int(x * S)) for x in (0.5, 1.2, 2.0, 2.4, 2.6)] == [1, 1, 2, 2, 3]
+    for link in walk(1) + walk(2, chain=CHAIN[1:]):   # the marked block went away between the walks
+        t.link(link)
+    t.link(Link(DEV, 2 * S, NETNS, 0, "0xb9", "0xc9", 5, "ns_event", "mod9"))
+    t.link(Link(DEV, 2 * S, GLOBAL, 64, "0x0", "0x0", 0, truncated=True))
+    assert [(s.chain, s.index, s.label) for s in d.ordered()] == [
+        (NETNS, 0, "ns_event [mod9]"), (GLOBAL, 0, "rtnetlink_event"), (GLOBAL, 1, "dev_ifsioc_event"),
+        (GLOBAL, None, "bpftools_notifier_event [bpftools_notifier]")]
+    assert d.truncated
+
+
+@pytest.mark.parametrize("ret, name", [(0, "DONE"), (1, "OK"), (0x8001, "STOP"), (0x8002, "BAD"),
+                                       (0x8000 | (1 + 22), "BAD(errno 22)"), (7, "0x7")])
+def test_notifier_return_values_in_words(ret, name):
+    assert notify_name(ret) == name
+
+
+def test_folded_time_of_subscribers_per_device():
+    t = ChainTracker()
+    rounds(t, [2, 2, 2])
+    assert folded_time([d.to_json() for d in t.devices()]) == {
+        "ndwn;global chain;bpftools_notifier_event [bpftools_notifier]": 3,
+        "ndwn;global chain;rtnetlink_event": 6, "ndwn;global chain;dev_ifsioc_event": 9}
+
+
+def test_decode_turns_chain_links_and_calls_into_records():
+    from types import SimpleNamespace
+    raw = SimpleNamespace(type=3, dev=0xffff888003a1c000, ts_ns=12 * S, count=2, name=b"ndwn\0", ifindex=2,
+                          netns=1, tgid=45, tid=45, comm=b"kworker\0", nb=0xffffffffc0a01000, call=0xffffffffc09ff000,
+                          dur_ns=0, priority=-5, ret=0, count_after=0, index=3, chain=1, flags=0)
+    assert ndw.decode(raw) == Link(DEV, 12 * S, NETNS, 3, "0xffffffffc0a01000", "0xffffffffc09ff000", -5)
+    raw.flags, raw.chain = 1, 0
+    assert (ndw.decode(raw).truncated, ndw.decode(raw).chain) == (True, GLOBAL)
+    raw.type, raw.dur_ns, raw.ret, raw.count_after = 4, 2500, 0x8002, 1
+    assert ndw.decode(raw) == Call(DEV, 12 * S, 2500, "0xffffffffc0a01000", "0xffffffffc09ff000", -5, 0x8002, 2, 1)
+
+
+KALLSYMS_MOD = ("ffffffff81a00000 T rtnetlink_event\nffffffff81a00100 t dev_ifsioc_event\n"
+                "ffffffff81a00200 t dup_event\nffffffffc09ff000 t bpftools_notifier_event\t[bpftools_notifier]\n"
+                "ffffffffc0aff000 t dup_event\t[other]\n")
+
+
+def test_subscribers_are_named_from_kallsyms_and_probed_once_each():
+    reads, attached, now = [], [], [100.0]
+
+    def kallsyms():
+        reads.append(now[0])
+        return KALLSYMS_MOD.splitlines()
+
+    subs = ndw.Subscribers(lambda probe: attached.append((probe.event, probe.fn_name, probe.ret)) or None,
+                           kallsyms, lambda: now[0])
+    link = subs.named(Link(DEV, 0, GLOBAL, 0, "0xb1", "0xffffffffc09ff000", 7))
+    assert (link.symbol, link.module) == ("bpftools_notifier_event", "bpftools_notifier")
+    subs.named(Link(DEV, 0, GLOBAL, 1, "0xb2", "0xffffffff81a00000", 0))
+    subs.named(Link(DEV, 1, GLOBAL, 1, "0xb2", "0xffffffff81a00000", 0))         # the next walk: no new probe
+    assert attached == [("bpftools_notifier_event", "on_sub_return", True),
+                        ("bpftools_notifier_event", "on_sub_entry", False),
+                        ("rtnetlink_event", "on_sub_return", True), ("rtnetlink_event", "on_sub_entry", False)]
+    subs.named(Link(DEV, 0, GLOBAL, 2, "0xb3", "0xffffffffc0aff000", 0))
+    assert subs.attached["dup_event [other]"] == "2 text symbols are named dup_event"
+    unknown = subs.named(Link(DEV, 0, GLOBAL, 3, "0xb4", "0xffffffffc0bbb000", 0))   # within 5 s: not read again
+    assert (unknown.symbol, reads) == (None, [100.0])
+    now[0] = 105.0
+    subs.named(Call(DEV, 0, 1, "0xb4", "0xffffffffc0bbb000", 0, 0, 2, 2))
+    assert reads == [100.0, 105.0] and subs.attached["0xffffffffc0bbb000"] == "not in /proc/kallsyms"
+    assert len(attached) == 4
+
+
+
+def chain_recording(path, put_in_round=None):
+    """A kprobe-mode recording of one device over 4 rounds, its chain and calls; the first subscriber
+    drops the leaked reference in round PUT_IN_ROUND (the wait then ends), or it is freed after a put."""
+    events = [{"type": "mode", "mode": "kprobe", "hooks": {}, "params": {}, "notes": ["kprobe mode: test"],
+               "meaning": count_meaning("6.1.0-amd64")}]
+    for n in range(1, 5):
+        events.append(dict(rnd(DEV, n, 2, name="ndwn", ifindex=2, netns=7, pid=45, comm="kworker").to_json(),
+                           type=ndw.OBS))
+        events += [dict(link.to_json(), type=ndw.LINK) for link in walk(n + 0.0001)]
+        events += [dict(c.to_json(), type=ndw.CALL) for c in calls(n + 0.001, after=1 if n == put_in_round else None)]
+        if n == put_in_round:
+            break
+    events.append(dict(freed(DEV, 5 if put_in_round is None else put_in_round + 0.01, 1).to_json(), type=ndw.OBS))
+    header = make_header("netdevwait", ["netdevwait"], {"kernel_release": "6.1.0-amd64"})
+    with open(path, "w") as f:
+        for obj in [header] + events:
+            f.write(json.dumps(obj) + "\n")
+    return header, events
+
+
+def test_report_shows_each_devices_chain_and_verdict(bpftools_cli, tmp_path):
+    path = str(tmp_path / "ndw.jsonl")
+    chain_recording(path, put_in_round=3)
+    r = bpftools_cli("report", path)
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    start = lines.index("ndwn: slow release (round 3: count 2 -> 1, by bpftools_notifier_event [bpftools_notifier])"
+                        .replace("round 3", "end of wait"))
+    assert lines[start + 1] == ndw.CHAIN_HEADER
+    assert lines[start + 2].split() == ["0", "global", "2147483630", "bpftools_notifier_event", "[bpftools_notifier]",
+                                        "3", "3.0", "1.0", "OK", "3;", "round", "3", "2->1"]
+    assert lines[start + 4].split() == ["2", "global", "-10", "dev_ifsioc_event", "3", "9.0", "3.0", "OK", "3"]
+
+
+def test_html_report_has_the_subscriber_table_and_flame_graph(tmp_path):
+    header, events = chain_recording(str(tmp_path / "ndw.jsonl"))
+    report = ndw.incident_report(header, events, "2026-12-07T00:00:00Z")
+    (verdict,) = report.verdicts
+    assert verdict["summary"] == "1 device wait(s); ndwn: slow release"
+    assert verdict["evidence"] == ["ndwn: end of wait: count 2 -> 1, by " + OUTSIDE]
+    table = report.tables[1]
+    assert [row[5] for row in table.rows] == ["bpftools_notifier_event [bpftools_notifier]", "rtnetlink_event",
+                                              "dev_ifsioc_event"]
+    assert [row[6] for row in table.rows] == [4, 4, 4]
+    assert report.flame_graphs[0].folded == {"ndwn;global chain;bpftools_notifier_event [bpftools_notifier]": 4,
+                                             "ndwn;global chain;rtnetlink_event": 8,
+                                             "ndwn;global chain;dev_ifsioc_event": 12}

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 from ..capture import Attach, Outline, Probe, poll_events
 from ..errors import MissingKernelFeature
-from ..kernel.cgroups import cgroup2_path_of_id, container_of, memory_cgroup_of_pid
+from ..kernel.cgroups import cgroup2_path_of_id, memory_cgroup_of_pid
+from ..kernel.pods import container_named
 from ..kernel.target import Target
 from ..kstacks import KernelStacks
 
@@ -162,7 +163,7 @@ class Decoder(object):
         if self._cgroups.get(tgid) is None:   # looked up once per pid (again if the first try failed)
             self._cgroups[tgid] = memory_cgroup_of_pid(tgid)
         cgroup = self._cgroups[tgid]
-        ref = container_of(cgroup) if cgroup else None
+        ref = container_named(cgroup)
         return {"cgroup": cgroup, "container": ref.to_json() if ref else None}
 
     def wb_cgroup(self, ino: int) -> Optional[str]:

@@ -13,7 +13,7 @@ from ..analyses import stacks
 from ..capture import Attach, c_text
 from ..errors import BadInput, MissingKernelFeature
 from ..event import JsonEvent
-from ..kernel.cgroups import container_of
+from ..kernel.pods import container_named
 from ..kernel.target import Target
 from .program import EV_WRITEBACK, Decoder, Plan, new_plan, unwinder_sees_through_kretprobes
 
@@ -94,7 +94,7 @@ def decode(raw: Any, decoder: Decoder) -> Optional[WritebackCall]:
     known = bool(flags & WB_F_INODE)
     wb_ino = int(raw.cgroup_ino) or None
     wb_cgroup = decoder.wb_cgroup(wb_ino) if wb_ino else None
-    wb_ref = container_of(wb_cgroup) if wb_cgroup else None
+    wb_ref = container_named(wb_cgroup)
     proc = decoder.process(int(raw.tgid))
     nr = int(raw.nr_to_write)
     start, end = int(raw.start_ns), int(raw.ts_ns)

@@ -13,14 +13,17 @@ name such as ``kmalloc-1024(1793:c8ed…)``) to the container and pod it belongs
 - plain docker: ``/docker/<id>`` (cgroupfs), ``/system.slice/docker-<id>.scope`` (systemd);
   podman: ``/machine.slice/libpod-<id>.scope``.
 
-The other functions read ``/proc``; each takes ``root`` so tests can point it at a fixture tree
-(``root + "/proc/self/mountinfo"``).
+The other functions read ``/proc`` and cgroupfs of the host (``kernel.hostroot``: under ``--host-root``
+the host's mount table is ``/proc/1/mountinfo`` and its mount points are read under the prefix); each
+takes ``root`` so tests can point it at a fixture tree (default: the host root).
 """
 import os
 import re
 from typing import Callable, List, Optional, Tuple
 
 from dataclasses import asdict, dataclass
+
+from .hostroot import host_path, mount_table
 
 _HEX64 = r"[0-9a-f]{64}"
 # (pattern of one path component, runtime); the group is the container id.
@@ -62,13 +65,17 @@ class ContainerRef:
     ``runtime``: ``docker`` | ``containerd`` | ``cri-o`` | ``podman`` | None (a bare id, which
     docker and containerd both use). ``container_id`` is None for a pod-level cgroup;
     ``pod_uid`` (with dashes) and ``qos`` (``guaranteed`` | ``burstable`` | ``besteffort``) are
-    None outside Kubernetes.
+    None outside Kubernetes. ``namespace``, ``pod`` and ``container`` are the names kubelet gives them,
+    where this node knows them (``kernel.pods``); a cgroup path alone does not say.
     """
 
     runtime: Optional[str]
     container_id: Optional[str]
     pod_uid: Optional[str]
     qos: Optional[str]
+    namespace: Optional[str] = None
+    pod: Optional[str] = None
+    container: Optional[str] = None
 
     def to_json(self) -> dict:
         """Plain dict for --json output."""
@@ -124,9 +131,9 @@ def _unescape_mountinfo(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def mountinfo(root: str) -> List[Tuple[str, str, List[str]]]:
-    """(mount point, fstype, super options) for each line of ``root``/proc/self/mountinfo."""
-    path = os.path.join(root, "proc/self/mountinfo")
+def mountinfo(root: Optional[str] = None) -> List[Tuple[str, str, List[str]]]:
+    """(mount point, fstype, super options) of each mount in the host's mount table (see mount_table)."""
+    path = mount_table(root)
     try:
         with open(path) as f:
             lines = f.read().splitlines()
@@ -142,19 +149,15 @@ def mountinfo(root: str) -> List[Tuple[str, str, List[str]]]:
     return mounts
 
 
-def _under_root(root: str, path: str) -> str:
-    return path if root in ("", "/") else os.path.join(root, path.lstrip("/"))
-
-
-def memory_cgroup_mount(root: str = "/") -> Optional[str]:
+def memory_cgroup_mount(root: Optional[str] = None) -> Optional[str]:
     """Mount point of the cgroup v1 memory controller (prefixed with ``root``), or None."""
     for mount_point, fstype, options in mountinfo(root):
         if fstype == "cgroup" and "memory" in options:
-            return _under_root(root, mount_point)
+            return host_path(mount_point, root)
     return None
 
 
-def cgroup_layout(root: str = "/") -> str:
+def cgroup_layout(root: Optional[str] = None) -> str:
     """``v1``, ``v2`` or ``hybrid`` (v1 hierarchies and a cgroup2 mount); ``none`` if neither."""
     fstypes = {fstype for _, fstype, _ in mountinfo(root)}
     v1, v2 = "cgroup" in fstypes, "cgroup2" in fstypes
@@ -165,9 +168,9 @@ def cgroup_layout(root: str = "/") -> str:
     return "v2" if v2 else "none"
 
 
-def memory_cgroup_of_pid(pid: int, root: str = "/") -> Optional[str]:
+def memory_cgroup_of_pid(pid: int, root: Optional[str] = None) -> Optional[str]:
     """A task's memory cgroup path from /proc/PID/cgroup: the v1 ``memory`` line, else ``0::``."""
-    path = os.path.join(root, "proc/%d/cgroup" % pid)
+    path = host_path("/proc/%d/cgroup" % pid, root)
     try:
         with open(path) as f:
             lines = f.read().splitlines()
@@ -186,11 +189,11 @@ def memory_cgroup_of_pid(pid: int, root: str = "/") -> Optional[str]:
     return unified
 
 
-def cgroup2_mount(root: str = "/") -> Optional[str]:
+def cgroup2_mount(root: Optional[str] = None) -> Optional[str]:
     """Where the cgroup2 (unified) hierarchy is mounted, or None."""
     for mountpoint, fstype, _ in mountinfo(root):
         if fstype == "cgroup2":
-            return _under_root(root, mountpoint)
+            return host_path(mountpoint, root)
     return None
 
 
@@ -220,7 +223,7 @@ def named(name: str) -> Callable[[str], bool]:
     return lambda path: os.path.basename(path) == name
 
 
-def cgroup2_path_of_id(cgroup_id: int, root: str = "/", limit: int = 100000) -> Optional[str]:
+def cgroup2_path_of_id(cgroup_id: int, root: Optional[str] = None, limit: int = 100000) -> Optional[str]:
     """The cgroup2 path whose id is CGROUP_ID (what bpf_get_current_cgroup_id returns).
 
     A cgroup2 directory's inode number is its kernfs id on 64-bit kernels, so a bounded walk finds it;

@@ -1,7 +1,8 @@
 """The node's distribution (os-release), and how it installs what live runs need: bcc, kernel headers."""
-import os
 import re
-from typing import Dict
+from typing import Dict, Optional
+
+from .hostroot import host_path
 
 BCC_FLOOR = "0.9.0"      # the oldest bcc the live tools support (tests/test_bcc_floor.py says why)
 BCC_HINT = {
@@ -21,11 +22,12 @@ HEADERS_HINT = {
 }
 
 
-def os_release(root: str = "/") -> Dict[str, str]:
-    """KEY=value pairs of /etc/os-release (or /usr/lib/os-release), quotes removed; {} when absent."""
-    for name in ("etc/os-release", "usr/lib/os-release"):
+def os_release(root: Optional[str] = None) -> Dict[str, str]:
+    """KEY=value pairs of /etc/os-release (or /usr/lib/os-release) under ROOT (default: the host root),
+    quotes removed; {} when absent."""
+    for name in ("/etc/os-release", "/usr/lib/os-release"):
         try:
-            with open(os.path.join(root, name), encoding="utf-8", errors="replace") as f:
+            with open(host_path(name, root), encoding="utf-8", errors="replace") as f:
                 return dict((k, v.strip().strip('"')) for k, v in
                             (line.rstrip("\n").split("=", 1) for line in f if "=" in line))
         except OSError:
@@ -33,19 +35,19 @@ def os_release(root: str = "/") -> Dict[str, str]:
     return {}
 
 
-def distro_name(root: str = "/") -> str:
+def distro_name(root: Optional[str] = None) -> str:
     """PRETTY_NAME from os-release, else redhat-release, else 'unknown'."""
     name = os_release(root).get("PRETTY_NAME")
     if name:
         return name
     try:
-        with open(os.path.join(root, "etc/redhat-release")) as f:
+        with open(host_path("/etc/redhat-release", root)) as f:
             return f.read().strip()
     except OSError:
         return "unknown"
 
 
-def family(root: str = "/") -> str:
+def family(root: Optional[str] = None) -> str:
     """``debian`` (Debian, Ubuntu), ``el7`` (RHEL/CentOS 7), ``el`` (RHEL 8+, Fedora and kin) or ``unknown``."""
     info = os_release(root)
     ids = set([info.get("ID", "")] + info.get("ID_LIKE", "").split())
@@ -58,8 +60,10 @@ def family(root: str = "/") -> str:
 
 
 def bcc_hint(root: str = "/") -> str:
+    """How to install bcc where bpftools runs (in an image: the image's distribution, not the host's)."""
     return BCC_HINT[family(root)]
 
 
-def headers_hint(release: str, root: str = "/") -> str:
+def headers_hint(release: str, root: Optional[str] = None) -> str:
+    """How the node (the host root) installs the headers of RELEASE."""
     return HEADERS_HINT[family(root)] % release

@@ -1,10 +1,16 @@
-"""This kernel's own headers: whether bcc can compile against them, and whether struct reads are safe."""
+"""This kernel's own headers: whether bcc can compile against them, and whether struct reads are safe.
+
+They are read where bcc reads them, ``/lib/modules/$(uname -r)/{build,source}``, never under the host root
+(kernel.hostroot says why): in a container the host's ``/lib/modules`` and ``/usr/src`` are mounted at
+the same paths.
+"""
 import os
 import re
 from typing import Optional
 
 from ..errors import MissingKernelFeature
 from .distro import headers_hint
+from .hostroot import host_path, host_root
 
 
 def headers_release(release: str) -> Optional[str]:
@@ -52,6 +58,11 @@ def slub_def_usable() -> bool:
 def require_headers() -> None:
     """bcc compiles against /lib/modules/$(uname -r)/build, or the kernel's built-in kheaders."""
     release = os.uname().release
-    if os.path.isdir("/lib/modules/%s/build/include" % release) or os.path.exists("/sys/kernel/kheaders.tar.xz"):
+    build = "/lib/modules/%s/build" % release
+    if os.path.isdir(build + "/include") or os.path.exists("/sys/kernel/kheaders.tar.xz"):
         return
+    if host_root() != "/" and os.path.lexists(host_path(build)):
+        raise MissingKernelFeature("kernel headers for %s in this container" % release,
+                                   fallback="the host has them: mount its /lib/modules and /usr/src at the same "
+                                            "paths here (read-only)")
     raise MissingKernelFeature("kernel headers for %s" % release, fallback=headers_hint(release))

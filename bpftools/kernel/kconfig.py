@@ -2,6 +2,8 @@
 import re
 from typing import Dict, Optional
 
+from .hostroot import host_path
+
 
 def parse_config(text: str) -> Dict[str, str]:
     """CONFIG_* values of a kernel config's TEXT ("n" for "is not set")."""
@@ -14,9 +16,9 @@ def parse_config(text: str) -> Dict[str, str]:
 
 
 def kernel_config(release: str) -> Optional[Dict[str, str]]:
-    """CONFIG_* of kernel RELEASE from /boot/config-RELEASE, or None."""
+    """CONFIG_* of kernel RELEASE from /boot/config-RELEASE (under the host root), or None."""
     try:
-        with open("/boot/config-%s" % release) as f:
+        with open(host_path("/boot/config-%s" % release)) as f:
             return parse_config(f.read())
     except OSError:
         return None

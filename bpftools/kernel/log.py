@@ -12,7 +12,9 @@ import sys
 from typing import BinaryIO, Iterator, List, Optional
 
 from ..errors import BadInput, PrivilegeError
+from .hostroot import host_path
 
+KMSG = "/dev/kmsg"
 MAX_LINE = 16 * 1024
 _SKIP = 64 * 1024   # bytes read at a time while skipping the rest of a long line
 
@@ -34,16 +36,22 @@ def available(fd: int) -> Iterator[bytes]:
         yield data
 
 
-def kmsg_bytes(path: str = "/dev/kmsg") -> bytes:
-    """Every record currently in the kernel ring buffer, in /dev/kmsg form ("6,123,456,-;msg\n")."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+def kmsg_device() -> str:
+    """/dev/kmsg under the host root (kernel.hostroot)."""
+    return host_path(KMSG)
+
+
+def kmsg_bytes(path: Optional[str] = None) -> bytes:
+    """Every record currently in the kernel ring buffer, in /dev/kmsg form ("6,123,456,-;msg\n"), from PATH
+    (default: :func:`kmsg_device`)."""
+    fd = os.open(path or kmsg_device(), os.O_RDONLY | os.O_NONBLOCK)
     try:
         return b"".join(available(fd))
     finally:
         os.close(fd)
 
 
-def read_kmsg(path: str = "/dev/kmsg") -> List[str]:
+def read_kmsg(path: Optional[str] = None) -> List[str]:
     """The lines of :func:`kmsg_bytes`, as text."""
     return kmsg_bytes(path).decode("utf-8", "replace").splitlines()
 
@@ -58,7 +66,7 @@ def read_live_log() -> bytes:
     try:
         return subprocess.check_output(["dmesg"], stderr=subprocess.DEVNULL)
     except (OSError, subprocess.CalledProcessError):
-        raise BadInput("cannot read the kernel log (/dev/kmsg and dmesg both failed); pass --log FILE")
+        raise BadInput("cannot read the kernel log (%s and dmesg both failed); pass --log FILE" % kmsg_device())
 
 
 class LogLines(object):

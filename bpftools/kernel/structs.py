@@ -38,6 +38,12 @@ MEMBERS = {
     "OFF_DEV_REFCNT_TRACKER": [("net_device", "refcnt_tracker")],
     "OFF_NET_NS": [("net", "ns")],
     "OFF_NS_INUM": [("ns_common", "inum")],
+    # the netdevice notifier chain (netdevwait walks it): struct notifier_block, 3.10-6.18
+    "OFF_NB_CALL": [("notifier_block", "notifier_call")],
+    "OFF_NB_NEXT": [("notifier_block", "next")],
+    "OFF_NB_PRIORITY": [("notifier_block", "priority")],
+    # the per-namespace chain (v5.7+, a30c7b429f2d "net: introduce per-netns netdevice notifiers")
+    "OFF_NET_NETDEV_CHAIN": [("net", "netdev_chain")],
     # what holds a device (refleak)
     "OFF_FNHE_RTH_INPUT": [("fib_nh_exception", "fnhe_rth_input")],
     "OFF_FNHE_RTH_OUTPUT": [("fib_nh_exception", "fnhe_rth_output")],

@@ -25,6 +25,7 @@ from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Tuple, U
 from dataclasses import dataclass
 
 from ..errors import MissingKernelFeature
+from .hostroot import host_path
 from .tracefs import find_tracefs
 
 # nm types of text symbols; kallsyms shows data symbols too on kernels with CONFIG_KALLSYMS_ALL.
@@ -211,9 +212,10 @@ def kallsyms_entries(lines: Iterable[str]) -> Iterator[Entry]:
         yield addr, parts[1], parts[2], parts[3].strip("[]") if len(parts) > 3 else None
 
 
-def read_kallsyms(path: str = KALLSYMS) -> List[str]:
-    """The lines of /proc/kallsyms (root sees addresses and, with CONFIG_KALLSYMS_ALL, data symbols)."""
-    lines = _read_lines(path)
+def read_kallsyms(path: Optional[str] = None) -> List[str]:
+    """The lines of /proc/kallsyms (under the host root; root sees addresses and, with CONFIG_KALLSYMS_ALL,
+    data symbols)."""
+    lines = _read_lines(path or host_path(KALLSYMS))
     if lines is None:
         raise MissingKernelFeature("/proc/kallsyms (CONFIG_KALLSYMS)")
     return lines
@@ -280,18 +282,19 @@ class SymbolTable:
         return cls(symbols, clones, _names(blacklist), _names(filter_functions), visible)
 
     @classmethod
-    def from_system(cls, root: str = "/", kallsyms: Optional[List[str]] = None) -> "SymbolTable":
+    def from_system(cls, root: Optional[str] = None, kallsyms: Optional[List[str]] = None) -> "SymbolTable":
         """Read /proc/kallsyms, the kprobes blacklist and tracefs' available_filter_functions.
 
         An unreadable available_filter_functions (absent, or EPERM) leaves it unknown; a missing
         blacklist gives an empty one with ``blacklist_known`` False. Raises MissingKernelFeature when
-        /proc/kallsyms cannot be read. KALLSYMS: its lines, where the caller has read them already.
+        /proc/kallsyms cannot be read. KALLSYMS: its lines, where the caller has read them already. ROOT: a
+        tree standing for / (default: /proc under the host root, tracefs and debugfs where bcc sees them).
         """
         if kallsyms is None:
-            kallsyms = read_kallsyms(_under(root, KALLSYMS))
-        tracefs = find_tracefs(root)
+            kallsyms = read_kallsyms(host_path(KALLSYMS, root))
+        tracefs = find_tracefs(root or "/")
         filter_functions = None
-        blacklist_paths = [_under(root, KPROBES_BLACKLIST)]
+        blacklist_paths = [host_path(KPROBES_BLACKLIST, root or "/")]
         if tracefs is not None:
             filter_functions = _read_lines(os.path.join(tracefs, "available_filter_functions"))
             # tracefs under debugfs (old kernels): its parent is the debugfs root.
@@ -402,10 +405,6 @@ class SymbolTable:
             out.append("%d text symbols are named %s (distinct static functions), so attaching by name "
                        "is ambiguous" % (len(self._symbols[attach]), attach))
         return out
-
-
-def _under(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
 
 
 def _read_lines(path: str) -> Optional[List[str]]:

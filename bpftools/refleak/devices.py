@@ -20,6 +20,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from dataclasses import dataclass, field
 
 from ..errors import BadInput
+from ..kernel.hostroot import host_path
 from ..kernel.netns import InNetns
 
 SIOCGIFFLAGS = 0x8913
@@ -68,7 +69,7 @@ def netns_path(value: str) -> str:
     if "/" in value:
         path = value
     else:
-        path = os.path.join(NETNS_DIR, value)
+        path = os.path.join(host_path(NETNS_DIR), value)
     if not os.path.exists(path):
         raise BadInput("--netns %r: no such network namespace (%s does not exist)" % (value, path))
     return path
@@ -96,11 +97,12 @@ def namespaces(selector: Selector) -> List[Tuple[int, str]]:
         return found
     seen = {}  # type: Dict[int, str]
     candidates = ["/proc/self/ns/net"]
+    names, proc = host_path(NETNS_DIR), host_path("/proc")
     try:
-        candidates += [os.path.join(NETNS_DIR, n) for n in sorted(os.listdir(NETNS_DIR))]
+        candidates += [os.path.join(names, n) for n in sorted(os.listdir(names))]
     except OSError:
         pass
-    candidates += ["/proc/%s/ns/net" % p for p in sorted(os.listdir("/proc"), key=lambda s: (len(s), s))
+    candidates += [os.path.join(proc, p, "ns/net") for p in sorted(os.listdir(proc), key=lambda s: (len(s), s))
                    if p.isdigit()]
     for path in candidates:
         try:

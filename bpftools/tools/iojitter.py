@@ -11,14 +11,14 @@ recognised as mempool waits by their stack; other sleeps in a stall are shown as
 """
 import json
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
 from ..analyses import folded as folded_stacks
-from ..analyses.iojitter import Episode, Result, correlate
+from ..analyses.iojitter import KEEP_EPISODES, Correlator, Episode, Result, correlate
 from ..analyses.verdicts import KMEM
 from ..html_report import FlameGraph, IncidentReport
 from ..html_report import Table as ReportTable
@@ -52,7 +52,7 @@ def render(result: Result, console: Any, max_episodes: int = MAX_EPISODES) -> No
         console.print("  - %s" % escape(reason))
     if result.episodes:
         shown = sorted(result.episodes, key=lambda e: (-e.duration_ns, e.start_ns))[:max_episodes]
-        table = Table(title="Slow writebacks (longest %d of %d)" % (len(shown), len(result.episodes)))
+        table = Table(title="Slow writebacks (longest %d of %d)" % (len(shown), result.slow_writebacks))
         for col in ("#", "start(s)", "pid/tid", "comm", "stall(s)", "mempool(s)", "slab fails", "dev:ino", "group"):
             table.add_column(col)
         for i, e in enumerate(shown, 1):
@@ -75,15 +75,20 @@ def render(result: Result, console: Any, max_episodes: int = MAX_EPISODES) -> No
 
 
 def render_recording(rec: Any, console: Any) -> None:
-    """``bpftools report`` of an iojitter recording: the same analysis and tables as the live run."""
+    """``bpftools report`` of an iojitter recording: the same analysis and tables as the live run, its
+    events read once (a list or a stream)."""
+    correlator = Correlator()
+    marked = 0
+    for e in rec.events:
+        correlator.feed(e)
+        if isinstance(e, dict) and e.get("type") == "lost" and e.get("source") == "perf_buffer":
+            marked += int(e.get("count") or 0)
     trailer_lost = int((rec.trailer or {}).get("lost_events") or 0)
-    marked = sum(int(e.get("count") or 0) for e in rec.events if e.get("type") == "lost" and e.get("source") == "perf_buffer")
-    render(correlate(rec.events, extra_lost=max(0, trailer_lost - marked)), console)
+    render(correlator.result(extra_lost=max(0, trailer_lost - marked)), console)
 
 
-def _threshold_ns(events: List[Dict[str, Any]]) -> Optional[int]:
-    """The slow-writeback threshold of the run (WB_MIN_NS of its plan), None when not recorded."""
-    mode = next((e for e in events if isinstance(e, dict) and e.get("type") == "mode"), None)
+def _threshold_ns(mode: Optional[Dict[str, Any]]) -> Optional[int]:
+    """The slow-writeback threshold of the run (WB_MIN_NS of its plan, the MODE event), None when not recorded."""
     params = (mode or {}).get("params")
     value = params.get("WB_MIN_NS") if isinstance(params, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -112,13 +117,19 @@ def _episode_line(e: Episode) -> str:
     return line
 
 
-def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], generated: str) -> Any:
-    """The HTML/flame-graph report of an iojitter recording: the verdict, episodes, containers, the
-    timeline and the time blocked per kernel stack (the same folded stacks as ``--folded``)."""
-    result = correlate(events)
-    threshold = _threshold_ns(events)
+def incident_report(header: Dict[str, Any], events: Iterable[Dict[str, Any]], generated: str) -> Any:
+    """The HTML/flame-graph report of an iojitter recording (EVENTS read once): the verdict, episodes,
+    containers, the timeline and the time blocked per kernel stack (the same folded stacks as ``--folded``)."""
+    correlator = Correlator()
+    mode = None  # type: Optional[Dict[str, Any]]
+    for e in events:
+        correlator.feed(e)
+        if mode is None and isinstance(e, dict) and e.get("type") == "mode":
+            mode = e
+    result = correlator.result()
+    threshold = _threshold_ns(mode)
     at_least = " (>= %s s)" % _secs(threshold) if threshold is not None else ""
-    pools = _distinct([w.pool_cache for e in result.episodes for w in e.waits if w.in_mempool])
+    pools = result.pool_caches
     if result.slow_writebacks:
         summary = "%d of %d slow writebacks%s explained by mempool waits%s" % (
             result.explained, result.slow_writebacks, at_least, "; pools: %s" % ", ".join(pools) if pools else "")
@@ -158,7 +169,8 @@ def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], genera
         generated=generated, kernel_release=str(header.get("kernel_release", "")), verdicts=[verdict],
         tables=[ReportTable("Slow writebacks", ["start (s)", "tid", "comm", "group", "function", "stall (s)", "explained",
                                           "mempool waits", "timeouts", "in mempool (s)", "pool cache",
-                                          "mempool_alloc caller", "first frames", "causal record"], episodes),
+                                          "mempool_alloc caller", "first frames", "causal record"], episodes,
+                            note=_left_out(result)),
                 ReportTable("By container / pod / cgroup", ["group", "slow writebacks", "explained by mempool",
                                                       "explained (%)", "stalled (s)", "in mempool (s)",
                                                       "slab failures"], groups)],
@@ -168,6 +180,15 @@ def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], genera
         capabilities=header.get("capabilities"), tool_version=str(header.get("version", "")),
         notes=["%d mempool wait(s) outside any slow writeback" % result.mempool_waits_elsewhere]
         if result.mempool_waits_elsewhere else [])
+
+
+def _left_out(result: Result) -> str:
+    """What the episodes table (and the timeline drawn from it) leaves out, if anything."""
+    if not result.episodes_left_out:
+        return ""
+    return ("the first %d and the longest %d slow writebacks of %d: %d left out (counted in every total, "
+            "the per-container table and the flame graph)" % (KEEP_EPISODES, KEEP_EPISODES, result.slow_writebacks,
+                                                              result.episodes_left_out))
 
 
 def outline(target: Target) -> Outline:

@@ -22,13 +22,15 @@ from ..analyses.folded import annotation, fold
 from ..event import JsonEvent
 from ..html_report import FlameGraph, IncidentReport, Table
 from ..live import LiveRun
-from ..kernel.cgroups import (cgroup2_mount, cgroup2_path_of_id, cgroup_dir_under, container_of, kernfs_id_is,
+from ..kernel.cgroups import (cgroup2_mount, cgroup2_path_of_id, cgroup_dir_under, kernfs_id_is,
                               memory_cgroup_mount, memory_cgroup_of_pid, named)
 from ..capture import Attach, Outline, Probe, c_text, poll_events
 from ..errors import MissingKernelFeature
 from ..options import CONTEXT, PATH, POSITIVE
 from ..render import one_line
 from ..kernel.capabilities import Check
+from ..kernel.hostroot import host_path
+from ..kernel.pods import container_named
 from ..kernel.symbols import SymbolTable
 from ..kernel.target import SYSCALL_BPF_SYMBOLS, Running, Target
 
@@ -143,13 +145,13 @@ def decode(raw: Any, cgroups: CgroupCache) -> KmemFileEvent:
     path = c_text(bytes(raw.path))
     if raw.op != 3 and not path.startswith("/"):   # a syscall's path; a kernel event's is a kernfs name
         try:
-            path = os.path.join(os.readlink("/proc/%d/cwd" % raw.tgid), path)
+            path = os.path.join(os.readlink(host_path("/proc/%d/cwd" % raw.tgid)), path)
         except OSError:
             pass
     cgroup = cgroups.memory(raw.tgid)
     cgroup_v2 = cgroups.v2(int(raw.cgroup_id))
     memcg = cgroups.css(int(raw.memcg_id), c_text(bytes(raw.memcg_name)))
-    ref = container_of(cgroup or "") or container_of(memcg or "") or container_of(cgroup_v2 or "")
+    ref = container_named(cgroup) or container_named(memcg) or container_named(cgroup_v2)
     op = OPS.get(raw.op, str(raw.op))
     kernel = None
     if raw.kernel_hook:

@@ -38,22 +38,29 @@ from dataclasses import dataclass, field
 
 from ..analyses.netdev_wait import (FREED, ROUND, EpisodeTracker, Observation, Update, count_meaning,
                                     episodes_from_log, message_observation)
-from ..capture import Attach, Outline, Probe, c_text, poll_events
+from ..analyses.netdev_chain import GLOBAL, NETNS, Call, ChainTracker, Link, folded_time
+from ..capture import Attach, Outline, Probe, c_text, poll_events, try_attach
 from ..errors import BadInput, MissingKernelFeature, PrivilegeError
-from ..kernel.cgroups import container_of, memory_cgroup_of_pid
-from ..kernel.log import available, read_log_file
+from ..kernel.cgroups import memory_cgroup_of_pid
+from ..kernel.hostroot import host_root
+from ..kernel.log import available, kmsg_device, read_log_file
+from ..kernel.pods import container_named
 from ..kernel.structs import MEMBERS
-from ..kernel.symbols import symbol_address
+from ..kernel.symbols import read_kallsyms, symbol_address, text_addresses
 from ..kernel.target import Running, Target
 from ..live import LiveRun, then, warn
 from ..options import CONTEXT as CLI_CONTEXT, PATH, POSITIVE
+from ..html_report import FlameGraph, IncidentReport, Table
 from ..render import one_line
 from ..signals import StopSignals
 
 TOOL = "netdevwait"
 AUTO, KPROBE, LOG = "auto", "kprobe", "log"
-NDW_ROUND, NDW_FREED = 1, 2                            # probes/netdevwait.h
+NDW_ROUND, NDW_FREED, NDW_LINK, NDW_CALL = 1, 2, 3, 4      # probes/netdevwait.h
+NDW_CHAINS = {0: GLOBAL, 1: NETNS}                          # NDW_CHAIN_GLOBAL, NDW_CHAIN_NETNS
+NDW_LINK_TRUNCATED = 1
 OBS, CONTEXT, UPDATE, SUMMARY = "netdev_obs", "netns_context", "netdev_wait", "netdev_wait_summary"
+LINK, CALL = "notifier_link", "notifier_call"
 MODE_LABELS = {KPROBE: "kprobe mode", LOG: "kernel log mode", "log file": "log file"}
 REFRESH_EVERY = 2.0          # seconds between snapshots of who uses which network namespace
 MAX_USERS = 8                # processes remembered per namespace
@@ -61,9 +68,14 @@ MAX_USERS = 8                # processes remembered per namespace
 FIELDS = ("OFF_DEV_NAME", "OFF_DEV_IFINDEX", "OFF_DEV_NET", "OFF_DEV_REG_STATE", "OFF_NET_NS", "OFF_NS_INUM")
 # The reference count, one of: per-cpu counters or a refcount_t (see kernel.structs).
 REFCOUNT_FIELDS = ("OFF_DEV_PCPU_REFCNT", "OFF_DEV_REFCNT")
+# The notifier chain (all three to walk it; the per-namespace chain where the kernel has one, v5.7+).
+CHAIN_FIELDS = ("OFF_NB_CALL", "OFF_NB_NEXT", "OFF_NB_PRIORITY")
+NETNS_CHAIN_FIELD = "OFF_NET_NETDEV_CHAIN"
+KALLSYMS_EVERY = 5.0         # seconds between reads of /proc/kallsyms for a callback not yet named
 LOG_NOTE = ("devices are seen only when the kernel prints 'waiting for DEV to become free' (every "
             "net.core.netdev_unregister_timeout_secs, 10 s by default, fixed 10 s before 5.12), by name only, "
-            "and the end of a wait is not visible")
+            "and the end of a wait is not visible, nor the notifier chain's subscribers, their calls or who "
+            "dropped a reference (no leak or slow-release verdict)")
 HEADER = "%-12s %-8s %-15s %7s %-11s %5s %6s %7s %8s  %s" % (
     "TIME(s)", "UPDATE", "DEVICE", "IFINDEX", "NETNS", "COUNT", "LEAKED", "ROUNDS", "WAITED", "WHERE")
 
@@ -103,9 +115,10 @@ class Plan:
 
 
 def make_plan(requested: str, table: Any, kallsyms: List[str], offsets: Dict[str, int], kprobes_ok: bool,
-              ncpus: int) -> Plan:
+              ncpus: int, subscribers: bool = True) -> Plan:
     """The plan for REQUESTED mode on a kernel described by its SymbolTable, /proc/kallsyms lines, BTF
-    offsets (of FIELDS and REFCOUNT_FIELDS found), kprobes and its number of possible CPUs.
+    offsets (of FIELDS, REFCOUNT_FIELDS and CHAIN_FIELDS found), kprobes and its number of possible CPUs;
+    SUBSCRIBERS: walk the notifier chain and time its callbacks.
 
     Raises MissingKernelFeature when kprobe mode is requested but impossible; auto falls back to log."""
     if requested == LOG:
@@ -148,29 +161,112 @@ def make_plan(requested: str, table: Any, kallsyms: List[str], offsets: Dict[str
                       "from %s; count summed from %s" % (
                           plan.hooks["rounds"], "netdev_chain" if chain else "any chain", plan.hooks["end"],
                           "the per-cpu counters of %d CPUs" % ncpus if "NCPUS" in plan.params else "dev_refcnt"))
+    plan.notes.append(_chain_plan(plan, offsets, subscribers))
     return plan
 
 
-def target_plan(requested: str, target: Target) -> Plan:
+def _chain_plan(plan: Plan, offsets: Dict[str, int], subscribers: bool) -> str:
+    """Add the notifier chain walk to PLAN where BTF describes struct notifier_block; returns its note."""
+    if not subscribers:
+        return "subscribers: off (--no-subscribers)"
+    missing = [k for k in CHAIN_FIELDS if k not in offsets]
+    if missing:
+        return "subscribers: not shown, no BTF for %s" % ", ".join("%s.%s" % MEMBERS[k][0] for k in missing)
+    plan.params.update((k, offsets[k]) for k in CHAIN_FIELDS)
+    if NETNS_CHAIN_FIELD in offsets:
+        plan.params[NETNS_CHAIN_FIELD] = offsets[NETNS_CHAIN_FIELD]
+    plan.hooks["subscribers"] = "on_sub_entry/on_sub_return"
+    return ("subscribers: the notifier blocks of %s walked at each round (at most 64 a chain), each callback "
+            "found kprobed (entry and return) from then on: calls, time, return value, count before and after" % (
+                "the namespace's chain and netdev_chain" if NETNS_CHAIN_FIELD in offsets else "netdev_chain"))
+
+
+def target_plan(requested: str, target: Target, subscribers: bool = True) -> Plan:
     """make_plan for TARGET (the running kernel reads kallsyms, BTF and tracefs as root)."""
     if requested == LOG:
         return make_plan(LOG, None, [], {}, False, 1)
     target.prepare()
     if not target.kprobes().ok:
         return make_plan(requested, None, [], {}, False, 1)
-    return make_plan(requested, target.symbols(), target.kallsyms(), target.offsets(FIELDS + REFCOUNT_FIELDS),
-                     True, target.possible_slots())
+    fields = FIELDS + REFCOUNT_FIELDS + CHAIN_FIELDS + (NETNS_CHAIN_FIELD,)
+    return make_plan(requested, target.symbols(), target.kallsyms(), target.offsets(fields), True,
+                     target.possible_slots(), subscribers)
 
 
 # ---------------------------------------------------------------------------------------------
 # Raw records and kernel log lines to observations
 # ---------------------------------------------------------------------------------------------
 
-def decode(raw: Any) -> Observation:
-    """The one place a raw netdevwait_event becomes an Observation."""
-    return Observation(ROUND if raw.type == NDW_ROUND else FREED, "%#x" % raw.dev, ts_ns=int(raw.ts_ns),
+def decode(raw: Any) -> Any:
+    """The one place a raw netdevwait_event becomes an Observation, a chain Link or a Call (unnamed:
+    :class:`Subscribers` names the callbacks)."""
+    dev = "%#x" % raw.dev
+    if raw.type == NDW_LINK:
+        return Link(dev, int(raw.ts_ns), NDW_CHAINS.get(int(raw.chain), GLOBAL), int(raw.index), "%#x" % raw.nb,
+                    "%#x" % raw.call, int(raw.priority), truncated=bool(raw.flags & NDW_LINK_TRUNCATED))
+    if raw.type == NDW_CALL:
+        return Call(dev, int(raw.ts_ns), int(raw.dur_ns), "%#x" % raw.nb, "%#x" % raw.call, int(raw.priority),
+                    int(raw.ret), int(raw.count), int(raw.count_after))
+    return Observation(ROUND if raw.type == NDW_ROUND else FREED, dev, ts_ns=int(raw.ts_ns),
                        count=int(raw.count), name=c_text(bytes(raw.name)), ifindex=int(raw.ifindex),
                        netns=int(raw.netns) or None, pid=int(raw.tid), comm=c_text(bytes(raw.comm)))
+
+
+class Subscribers(object):
+    """The callbacks the chain walks find: named from /proc/kallsyms (modules included; read again, at
+    most every KALLSYMS_EVERY seconds, for an address it does not name yet) and, once each, kprobed at
+    entry and return (on_sub_entry/on_sub_return) through ATTACH(Attach) -> None or why not."""
+
+    def __init__(self, attach: Optional[Callable[[Attach], Optional[str]]],
+                 kallsyms: Callable[[], List[str]] = read_kallsyms, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self._attach = attach
+        self._kallsyms = kallsyms
+        self._clock = clock
+        self._names = {}  # type: Dict[int, Any]            # address -> (name, module)
+        self._counts = {}  # type: Dict[str, int]            # name -> text symbols of that name
+        self._read_at = None  # type: Optional[float]
+        self.attached = OrderedDict()  # type: Dict[str, Optional[str]]   # label -> None or why not timed
+
+    def _read(self) -> None:
+        self._read_at = self._clock()
+        self._names, self._counts = {}, {}
+        for (name, module), addrs in text_addresses(self._kallsyms()).items():
+            self._counts[name] = self._counts.get(name, 0) + len(addrs)
+            for addr in addrs:
+                self._names[addr] = (name, module)
+
+    def name(self, address: str) -> Any:
+        """(symbol, module) of a callback address (``0x...``); (None, None) when kallsyms has none."""
+        addr = int(address, 16)
+        if addr and addr not in self._names and (
+                self._read_at is None or self._clock() - self._read_at >= KALLSYMS_EVERY):
+            self._read()
+        return self._names.get(addr, (None, None))
+
+    def named(self, item: Any) -> Any:
+        """ITEM (a Link or Call) with its callback's symbol and module; a Link's callback gets its probes."""
+        if not item.call or int(item.call, 16) == 0:
+            return item
+        item.symbol, item.module = self.name(item.call)
+        if isinstance(item, Link) and self._attach is not None:
+            self._probe(item)
+        return item
+
+    def _probe(self, link: Link) -> None:
+        key = "%s [%s]" % (link.symbol, link.module) if link.module else str(link.symbol or link.call)
+        if key in self.attached:
+            return
+        if link.symbol is None:
+            why = "not in /proc/kallsyms"       # type: Optional[str]
+        elif self._counts.get(link.symbol, 0) != 1:
+            why = "%d text symbols are named %s" % (self._counts.get(link.symbol, 0), link.symbol)
+        else:
+            why = self._attach(Attach(link.symbol, "on_sub_return", ret=True)) or \
+                self._attach(Attach(link.symbol, "on_sub_entry"))
+        self.attached[key] = why
+        if why:
+            warn("subscriber %s not timed: %s" % (key, why))
 
 
 
@@ -262,8 +358,8 @@ class NetnsUsers(object):
     /run/netns name) only.
     """
 
-    def __init__(self, root: str = "/") -> None:
-        self.root = root
+    def __init__(self, root: Optional[str] = None) -> None:
+        self.root = host_root() if root is None else root
         self.own = _netns_inode(self._path("proc/self/ns/net"))
         self.names = {}  # type: Dict[int, List[str]]
         self.users = {}  # type: Dict[int, OrderedDict]
@@ -321,7 +417,7 @@ class NetnsUsers(object):
         users = list(self.users.get(netns, {}).values())
         containers = []  # type: List[Dict[str, Any]]
         for user in users:
-            ref = container_of(user["cgroup"] or "")
+            ref = container_named(user["cgroup"])
             if ref is not None and ref.to_json() not in containers:
                 containers.append(ref.to_json())
         host = netns == self.own
@@ -344,6 +440,7 @@ class Session(object):
         self.meaning = meaning
         self.pattern = dev_pattern
         self.tracker = EpisodeTracker(meaning.get("base_references"))
+        self.chains = ChainTracker()
         self.contexts = {}  # type: Dict[str, Optional[Dict[str, Any]]]
 
     @staticmethod
@@ -357,12 +454,32 @@ class Session(object):
         return self.tracker.relevant(obs)
 
     def feed(self, obs: Observation) -> Optional[Update]:
-        return self.tracker.feed(obs)
+        update = self.tracker.feed(obs)
+        if update is not None:
+            episode = update.episode
+            if update.what == "end":
+                self.chains.end(episode.dev, update.ts_ns, episode.count)
+            elif episode.rounds:
+                self.chains.round(episode.dev, episode.name, episode.rounds, episode.last_round_ns, episode.count)
+        return update
+
+    def chain_item(self, item: Any) -> bool:
+        """Take a chain Link or Call of a waiting device; False (ignored) for any other device."""
+        if not self.tracker.waiting(item.dev):
+            return False
+        if isinstance(item, Link):
+            self.chains.link(item)
+        else:
+            self.chains.call(item)
+        return True
 
     def update_json(self, update: Update) -> Dict[str, Any]:
         out = update.to_json()
         out["type"] = UPDATE
         out["context"] = self.contexts.get(self.context_key(update.episode.netns, update.episode.ifindex))
+        chain = self.chains.open(update.episode.dev)
+        if chain is not None:
+            out["verdict"], out["evidence"] = chain.verdict()
         return out
 
     def summary_json(self) -> Dict[str, Any]:
@@ -371,7 +488,8 @@ class Session(object):
             data = episode.to_json()
             data["context"] = self.contexts.get(self.context_key(episode.netns, episode.ifindex))
             episodes.append(data)
-        return {"type": SUMMARY, "mode": self.mode, "episodes": episodes, "meaning": self.meaning}
+        return {"type": SUMMARY, "mode": self.mode, "episodes": episodes, "meaning": self.meaning,
+                "chains": [c.to_json() for c in self.chains.devices()]}
 
 
 def _seconds(value: Optional[float]) -> str:
@@ -427,6 +545,29 @@ def summary_lines(summary: Dict[str, Any]) -> List[str]:
     meaning = summary.get("meaning") or {}
     if meaning.get("explanation"):
         out.append(one_line("count meaning: %s [%s]" % (meaning["explanation"], meaning.get("basis"))))
+    for chain in summary.get("chains", []):
+        out += chain_lines(chain)
+    return out
+
+
+CHAIN_HEADER = "%3s %-6s %11s %-40s %6s %10s %9s  %s" % (
+    "#", "CHAIN", "PRIORITY", "SUBSCRIBER [MODULE]", "CALLS", "TOTAL(us)", "MAX(us)", "RETURNS / COUNT CHANGES")
+
+
+def chain_lines(chain: Dict[str, Any]) -> List[str]:
+    """One device's notifier chain as it ran: verdict and evidence, then one line per subscriber."""
+    out = [one_line("%s: %s (%s)" % (chain.get("name") or chain["dev"], chain["verdict"], "; ".join(chain["evidence"])))]
+    if chain.get("truncated"):
+        out.append("  chain longer than 64 notifier blocks: the rest is not listed")
+    if not chain.get("subscribers"):
+        return out
+    out.append(CHAIN_HEADER)
+    for s in chain["subscribers"]:
+        returns = ", ".join("%s %d" % kv for kv in sorted(s["returns"].items()))
+        changes = ", ".join("round %s %d->%d" % (c["round"], c["before"], c["after"]) for c in s["changes"])
+        out.append(one_line("%3s %-6s %11d %-40s %6d %10.1f %9.1f  %s" % (
+            "-" if s["index"] is None else s["index"], s["chain"], s["priority"], s["label"], s["calls"],
+            s["total_ns"] / 1e3, s["max_ns"] / 1e3, "; ".join(p for p in (returns, changes) if p) or "-")))
     return out
 
 
@@ -462,14 +603,16 @@ Examples:
               help="kprobe: the wait loop's rebroadcasts (needs kprobes, BTF); log: its 'waiting for' messages.")
 @click.option("--log", "log_path", metavar="FILE", help="Summarise a saved kernel log ('-' for stdin) instead.")
 @click.option("--release", metavar="RELEASE", help="With --log: the kernel release the log came from.")
+@click.option("--subscribers/--no-subscribers", default=True, show_default=True,
+              help="kprobe mode: walk the notifier chain at each round and time each subscriber's callback.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (one object per line).")
 @click.option("--record", type=PATH, metavar="FILE", help="Also write a recording (JSON lines) to FILE.")
 @click.option("--ready-file", type=PATH, metavar="FILE", hidden=True, help="Touch FILE once attached (for tests).")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the plan, BPF program and cflags, then exit.")
-@click.option("--kmsg", "kmsg_path", default="/dev/kmsg", hidden=True, help="The kernel log to follow (tests).")
+@click.option("--kmsg", "kmsg_path", hidden=True, help="The kernel log to follow (tests; default /dev/kmsg).")
 def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, log_path: Optional[str],
-            release: Optional[str], as_json: bool, record: Optional[str], ready_file: Optional[str], ebpf: bool,
-            kmsg_path: str) -> None:
+            release: Optional[str], subscribers: bool, as_json: bool, record: Optional[str], ready_file: Optional[str],
+            ebpf: bool, kmsg_path: Optional[str]) -> None:
     """Devices stuck in unregister: who held them, the count and leaked references, rounds, wait time."""
     def emit(obj: Dict[str, Any], lines: List[str]) -> None:
         click.echo(json.dumps(obj, sort_keys=True) if as_json else "\n".join(lines))
@@ -485,7 +628,7 @@ def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, lo
         return
     if release:
         raise click.UsageError("--release goes with --log (live modes use the running kernel's release)")
-    plan = target_plan(mode, Running())
+    plan = target_plan(mode, Running(), subscribers)
     if ebpf:
         click.echo(plan.describe(), nl=False)
         return
@@ -500,6 +643,12 @@ def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, lo
             click.echo(HEADER)
 
         def observe(obs: Optional[Observation]) -> None:
+            if isinstance(obs, (Link, Call)):
+                if session.tracker.waiting(obs.dev):
+                    item = callbacks.named(obs)
+                    session.chain_item(item)
+                    run.record(dict(item.to_json(), type=LINK if isinstance(item, Link) else CALL))
+                return
             if obs is None or not session.wanted(obs):
                 return
             run.record(dict(obs.to_json(), type=OBS))
@@ -521,12 +670,13 @@ def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, lo
             if plan.mode == KPROBE:
                 users.refresh()
                 bpf = plan.probe().load(plan.kprobes)
+                callbacks = Subscribers(lambda probe: try_attach(bpf, probe))
                 poll_events(bpf, "events", lambda raw: observe(decode(raw)), duration=duration,
                             ready=run.ready_callback(ready_file), on_lost=run.add_lost,
                             tick_every=REFRESH_EVERY, on_tick=users.refresh)
             else:
                 kernel = os.uname().release
-                follow_log(kmsg_path, lambda line: observe(message_observation(line, kernel)), duration,
+                follow_log(kmsg_path or kmsg_device(), lambda line: observe(message_observation(line, kernel)), duration,
                            run.ready_callback(ready_file))
 
 
@@ -547,9 +697,62 @@ def render_recording(rec: Any, console: Any) -> None:
     session = Session(mode.get("mode", "?"), mode.get("meaning") or {})
     session.contexts = dict((e["key"], e.get("context")) for e in rec.events if e.get("type") == CONTEXT)
     say(HEADER)
-    for obj in rec.events:
-        if obj.get("type") == OBS:
+    replay(session, rec.events, lambda update: say(update_line(update)))
+    say("\n".join(summary_lines(session.summary_json())))
+
+
+def replay(session: Session, events: List[Dict[str, Any]], on_update: Callable[[Dict[str, Any]], None]) -> None:
+    """Feed a recording's observations, chain links and calls to SESSION; ON_UPDATE gets each update."""
+    for obj in events:
+        kind = obj.get("type")
+        if kind == OBS:
             update = session.feed(Observation.from_json(obj))
             if update is not None:
-                say(update_line(session.update_json(update)))
-    say("\n".join(summary_lines(session.summary_json())))
+                on_update(session.update_json(update))
+        elif kind == LINK:
+            session.chain_item(Link.from_json(obj))
+        elif kind == CALL:
+            session.chain_item(Call.from_json(obj))
+
+
+def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], generated: str) -> Any:
+    """The HTML/flame-graph report of a netdevwait recording: the verdict per device, each device's
+    subscribers, and a flame graph of the time spent in them across the rounds."""
+    mode = next((e for e in events if e.get("type") == "mode"), {})
+    session = Session(mode.get("mode", "?"), mode.get("meaning") or {})
+    updates = []  # type: List[Dict[str, Any]]
+    replay(session, events, updates.append)
+    summary = session.summary_json()
+    if mode.get("mode") == "log file":
+        summary = next((e for e in events if e.get("type") == SUMMARY), summary)
+    chains = summary.get("chains", [])
+    leaks = [c for c in chains if c["verdict"] == "leak"]
+    verdict = {
+        "incident": "netdev_unregister_wait", "title": "Devices waiting in unregister",
+        "status": "detected" if summary["episodes"] else "clear",
+        "summary": "%d device wait(s); %s" % (len(summary["episodes"]), ", ".join(
+            "%s: %s" % (c.get("name") or c["dev"], c["verdict"]) for c in chains) or "no chain seen"),
+        "evidence": ["%s: %s" % (c.get("name") or c["dev"], e) for c in chains for e in c["evidence"]][:20],
+        "remediation": ["a leak: find the holder (bpftools refleak --strategy watch)"] if leaks else [],
+    }
+    rows = [[c.get("name") or c["dev"], c["verdict"], s["index"], s["chain"], s["priority"], s["label"], s["calls"],
+             round(s["total_ns"] / 1e3, 1), round(s["max_ns"] / 1e3, 1),
+             ", ".join("%s %d" % kv for kv in sorted(s["returns"].items())),
+             ", ".join("round %s %d->%d" % (x["round"], x["before"], x["after"]) for x in s["changes"])]
+            for c in chains for s in c["subscribers"]]
+    episodes = [[e.get("name") or e["dev"], e.get("ifindex"), e.get("netns"), e.get("count"), e.get("leaked"),
+                 _rounds(e), e.get("waited"), e.get("ended")] for e in summary["episodes"]]
+    return IncidentReport(
+        title="netdevwait: devices waiting in unregister", command=list(header.get("argv", [])), generated=generated,
+        kernel_release=str(header.get("kernel_release", "")), verdicts=[verdict],
+        tables=[Table("Device waits", ["device", "ifindex", "netns", "count", "leaked", "rounds", "waited (s)",
+                                       "ended"], episodes),
+                Table("Notifier subscribers per device", ["device", "verdict", "#", "chain", "priority", "subscriber",
+                                                          "calls", "total (us)", "max (us)", "returns",
+                                                          "count changes"], rows)],
+        timeline=[(u["ts_ns"], "%s %s" % (u["update"], u.get("name") or u["dev"]), u["update"]) for u in updates
+                  if u.get("ts_ns") is not None],
+        flame_graphs=[FlameGraph("Time in notifier subscribers across the rounds", folded_time(chains),
+                                 unit="us", name="netdevwait-subscribers")],
+        notes=list(mode.get("notes", [])), capabilities=header.get("capabilities"),
+        tool_version=str(header.get("version", "")))

@@ -17,7 +17,7 @@ The analysis is analyses/refbalance.py; the plan and the capture session are in 
 import json
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import click
 from rich.markup import escape
@@ -199,9 +199,16 @@ def render_recording(rec: Any, console: Any) -> None:
     render_result(analyze(rec.events), console)
 
 
-def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], generated: str) -> Any:
-    """The HTML/flame-graph report of a refleak recording."""
-    result = analyze(events)
+def incident_report(header: Dict[str, Any], events: Iterable[Dict[str, Any]], generated: str) -> Any:
+    """The HTML/flame-graph report of a refleak recording (EVENTS read once)."""
+    timeline = []  # type: List[Tuple[int, str, str]]
+
+    def marking(stream: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+        for e in stream:
+            if e.get("type") in ("device", "unregister", "free") and e.get("ts_ns") is not None:
+                timeline.append((e["ts_ns"], "%s %s" % (e["type"], e.get("dev")), e["type"]))
+            yield e
+    result = analyze(marking(events))
     leaking = [d for d in result.devices if d.verdict == "leak"]
     rows = []
     for d in result.devices:
@@ -232,8 +239,7 @@ def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], genera
                 Table("Unbalanced stacks", ["device", "strategy", "count", "stack", "processes", "cgroups"], stacks),
                 Table("Holders alive at unregister", ["device", "kind", "object", "creator", "route exception",
                                                       "creation stack", "then"], holders)],
-        timeline=[(e["ts_ns"], "%s %s" % (e["type"], e.get("dev")), e["type"]) for e in events
-                  if e.get("type") in ("device", "unregister", "free") and e.get("ts_ns") is not None],
+        timeline=timeline,
         flame_graphs=[FlameGraph("References not dropped, by stack", fold(folded_samples(result)),
                                  unit="references", name="refleak")],
         capabilities=header.get("capabilities"), tool_version=str(header.get("version", "")))

@@ -1,0 +1,119 @@
+"""Both incidents on real kernels under ``bpftools watch`` alone: a bundle appears for each.
+
+One watch process (kprobe mode where the kernel has kprobes) runs unattended while the injectors
+reproduce the incidents, one after the other: ``bpftools_slabfail`` fails a fsync writer's biovec-max
+allocations and holds the bvec pool's reserve (its writeback sleeps 5 s in mempool_alloc), then
+``bpftools_devref`` holds a reference on the namespace end of a veth pair whose namespace is deleted
+(the cleanup kworker waits in unregister). No tool is started by hand. Each incident's bundle must
+appear in the bundle directory, and its report name the cause: biovec-max and mempool_alloc with the
+writer's wait, the leaked device with its count.
+
+Runs inside ``python3 lab/run.py SUITE -- tests/kernel/test_watch.py``.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from bpftools.recording import read_recording
+from injectors import Injector, run_slabfail_writer, tasks_in, wait_until
+from kerneltier import keep_for_host, kernel_version, modprobe
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import incident1_workloads as wl  # noqa: E402  (tests/)
+
+pytestmark = pytest.mark.kernel
+NETNS, HOST_IF, NETNS_IF = "bpftools-watch", "wtchh", "wtchn"
+KMEM, NETDEV = "kmem_io_jitter", "netdev_refcount_leak"
+
+
+def _quiet(*argv):
+    subprocess.call(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _bundles(top):
+    return sorted(n for n in os.listdir(top) if not n.startswith("."))
+
+
+def _bundle_of(top, incident, timeout):
+    assert wait_until(lambda: any(n.endswith("-" + incident) for n in _bundles(top)), timeout), _bundles(top)
+    (name,) = [n for n in _bundles(top) if n.endswith("-" + incident)]
+    return os.path.join(top, name)
+
+
+def _leak_a_device(devref):
+    """NETNS_IF in a namespace holding one reference nobody drops, then the namespace deleted."""
+    modprobe("veth")
+    _quiet("ip", "netns", "del", NETNS)
+    _quiet("ip", "link", "del", HOST_IF)
+    subprocess.check_call(["ip", "netns", "add", NETNS])
+    subprocess.check_call(["ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NETNS_IF, "netns", NETNS])
+    subprocess.check_call(["ip", "netns", "exec", NETNS, "sh", "-c", "echo hold %s > %s" % (NETNS_IF, devref.proc)])
+    subprocess.check_call(["ip", "netns", "del", NETNS])
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory, ext4_mount):
+    """One watch over both incidents; its bundle directory, stderr and the ground truth."""
+    tmp = str(tmp_path_factory.mktemp("watch"))
+    top = os.path.join(tmp, "bundles")
+    tool = wl.Tool(tmp, "watch", "--json", "--bundle-dir", top, "--after", "8", "--metrics-addr", "127.0.0.1:0",
+                   "-d", "900")
+    facts = {}
+    try:
+        with Injector("bpftools_slabfail") as injector:
+            facts["writer"] = run_slabfail_writer(os.path.join(ext4_mount, "watch-io"), injector, True,
+                                                  lambda pid: pid in tasks_in("mempool_alloc"))
+        facts["kmem"] = _bundle_of(top, KMEM, 60)
+        with Injector("bpftools_devref") as devref:
+            try:
+                _leak_a_device(devref)
+                facts["netdev"] = _bundle_of(top, NETDEV, 90)
+            finally:
+                if "held " in devref.read():
+                    devref.command("put")
+            assert wait_until(lambda: not tasks_in("netdev_run_todo"), 60)
+    finally:
+        tool.stop(signal.SIGTERM)
+        _quiet("ip", "netns", "del", NETNS)
+        _quiet("ip", "link", "del", HOST_IF)
+    for incident in ("kmem", "netdev"):
+        keep_for_host(os.path.join(facts[incident], "recording.jsonl"), "watch-%s.jsonl" % incident)
+    facts.update(tool=tool, top=top)
+    return facts
+
+
+def test_watch_ran_unattended_and_left_exactly_the_two_bundles(watched):
+    tool = watched["tool"]
+    assert tool.returncode == 0, tool.err
+    assert _bundles(watched["top"]) == sorted(os.path.basename(watched[k]) for k in ("kmem", "netdev"))
+    assert "kprobe" in tool.err.split("watching:")[1].splitlines()[0], tool.err
+    bundles = [o for o in tool.json_lines() if o["type"] == "bundle"]
+    assert sorted(o["incident"] for o in bundles) == [KMEM, NETDEV]
+
+
+def test_the_io_bundle_names_biovec_max_and_mempool_alloc_with_the_writers_wait(watched):
+    bundle = watched["kmem"]
+    summary = json.load(open(os.path.join(bundle, "bundle.json")))
+    assert summary["triggers"][0]["source"] == "mempool_wait"
+    rec = read_recording(os.path.join(bundle, "recording.jsonl"))
+    waits = [e for e in rec.events if e.get("type") == "sleep" and e["tid"] == watched["writer"] and e["in_mempool"]]
+    assert waits and waits[0]["timed_out"] is True and waits[0]["duration_ns"] >= 5 * 10 ** 9
+    assert waits[0]["pool_cache"] == "biovec-max" and "mempool_alloc" in waits[0]["kstack"]
+    html = open(os.path.join(bundle, "report.html")).read()
+    assert "pool biovec-max; mempool_alloc called from %s" % (
+        "bvec_alloc" if kernel_version() < (5, 12) else "bio_alloc_bioset") in html
+    assert any(";mempool_alloc;" in line for line in open(os.path.join(bundle, "iojitter.folded")))
+
+
+def test_the_netdev_bundle_names_the_leaked_device(watched):
+    bundle = watched["netdev"]
+    rec = read_recording(os.path.join(bundle, "recording.jsonl"))
+    updates = [e for e in rec.events if e.get("type") == "netdev_wait" and e.get("name") == NETNS_IF]
+    assert updates and updates[0]["update"] == "waiting" and updates[0]["leaked"] == 1
+    assert [t["source"] for t in json.load(open(os.path.join(bundle, "bundle.json")))["triggers"]][0] == "netdev_wait"
+    html = open(os.path.join(bundle, "report.html")).read()
+    assert NETNS_IF in html

@@ -1,0 +1,175 @@
+"""bpftools watch on the live kernel (tracepoint mode: this host has no kprobes).
+
+A real write to a cgroup's memory.kmem.limit_in_bytes is seen with its writer's pid, the value and
+the path; a SLUB allocation failure report appended to the kernel log (/dev/kmsg, as the kernel writes
+it) triggers a bundle whose recording, kernel log excerpt, doctor verdict and report say so; metrics
+are served and written as a textfile; SIGUSR1 asks for a bundle, SIGTERM writes the one in flight;
+a half-written bundle a killed run left is removed at start.
+
+Needs root and cgroup v1's memory controller.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from bpftools.recording import read_recording
+
+pytestmark = pytest.mark.root
+MEMCG = "/sys/fs/cgroup/memory"
+WRITER = r"""
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(15, b"kmemwriter", 0, 0, 0)   # PR_SET_NAME
+fd = os.open(sys.argv[1] + "/memory.kmem.limit_in_bytes", os.O_WRONLY)
+os.write(fd, b"1")
+os.close(fd)
+print(os.getpid(), flush=True)
+"""
+
+
+class Watch(object):
+    """``bpftools watch --json`` in the background, its JSON lines read as they come."""
+
+    def __init__(self, tmp_path, *args):
+        self.ready = tmp_path / "ready"
+        self.out_path, self.err_path = tmp_path / "out", tmp_path / "err"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bpftools.cli", "watch", "--json", "--mode", "tracepoint", "--ready-file",
+             str(self.ready), "--metrics-addr", "127.0.0.1:0", "-d", "120"] + list(args),
+            stdout=open(str(self.out_path), "w"), stderr=open(str(self.err_path), "w"))
+        deadline = time.monotonic() + 90
+        while not self.ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail("watch did not attach: rc=%s\n%s" % (self.proc.returncode, self.err))
+            time.sleep(0.05)
+
+    @property
+    def err(self):
+        return self.err_path.read_text()
+
+    def objects(self):
+        return [json.loads(line) for line in self.out_path.read_text().splitlines() if line.startswith("{")]
+
+    def wait_for(self, predicate, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [o for o in self.objects() if predicate(o)]
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        pytest.fail("nothing matched in %d s: %s\n%s" % (timeout, self.objects()[-5:], self.err))
+
+    def metrics(self):
+        addr = re.search(r"metrics on http://(\S+)/metrics", self.err).group(1)
+        return urllib.request.urlopen("http://%s/metrics" % addr, timeout=10).read().decode()
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.proc.returncode
+
+
+def _kmsg(*lines):
+    """Append records to the kernel log, one per write, as printk makes them."""
+    fd = os.open("/dev/kmsg", os.O_WRONLY)
+    try:
+        for line in lines:
+            os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def cgroup_dir():
+    if not os.path.isdir(MEMCG):
+        pytest.skip("no cgroup v1 memory controller at %s" % MEMCG)
+    path = os.path.join(MEMCG, "bpftools-watch-%d" % os.getpid())
+    os.mkdir(path)
+    yield path
+    os.rmdir(path)
+
+
+def test_a_kmem_write_then_a_slub_failure_make_one_bundle_with_the_evidence(tmp_path, cgroup_dir):
+    bundles = tmp_path / "bundles"
+    leftover = bundles / ".partial-20260101T000000Z-kmem_io_jitter"
+    leftover.mkdir(parents=True)
+    (leftover / "recording.jsonl").write_text("{}\n")
+    cache = "bpftools-watch-%d" % os.getpid()
+    (tmp_path / "textfile").mkdir()
+    watch = Watch(tmp_path, "--bundle-dir", str(bundles), "--after", "1", "--textfile", str(tmp_path / "textfile"))
+    try:
+        assert not leftover.exists()
+        assert "removed %s, a bundle a killed run left half-written" % leftover in watch.err
+        writer = int(subprocess.check_output([sys.executable, "-c", WRITER, cgroup_dir], universal_newlines=True))
+        path = cgroup_dir + "/memory.kmem.limit_in_bytes"
+        seen = watch.wait_for(lambda o: o.get("type") == "kmem_file" and o["tgid"] == writer)
+        assert (seen["op"], seen["value"], seen["ret"], seen["path"], seen["comm"]) == ("write", "1", 1, path, "kmemwriter")
+        _kmsg("<4>SLUB: Unable to allocate memory on node -1, gfp=0x8c40(GFP_NOFS|__GFP_NOFAIL)\n",
+              "<4>  cache: %s, object size: 4096, buffer size: 4096, default order: 3, min order: 0\n" % cache)
+        trigger = watch.wait_for(lambda o: o.get("type") == "trigger")
+        assert (trigger["incident"], trigger["source"]) == ("kmem_io_jitter", "slub_alloc_failure")
+        done = watch.wait_for(lambda o: o.get("type") == "bundle")
+        metrics = watch.metrics()
+    finally:
+        rc = watch.stop()
+    assert rc == 0, watch.err
+    assert done["incident"] == "kmem_io_jitter" and os.path.dirname(done["path"]) == str(bundles)
+    assert sorted(os.listdir(str(bundles))) == [os.path.basename(done["path"])]
+    bundle = done["path"]
+    assert sorted(os.listdir(bundle)) == ["bundle.json", "doctor.json", "kernel-log.txt", "kmemsnoop.folded",
+                                          "kmemsnoop.speedscope.json", "kmemsnoop.svg", "recording.jsonl",
+                                          "report.html"]
+    summary = json.load(open(os.path.join(bundle, "bundle.json")))
+    assert [t["source"] for t in summary["triggers"]] == ["slub_alloc_failure"]
+    excerpt = open(os.path.join(bundle, "kernel-log.txt")).read()
+    assert "cache: %s, object size: 4096" % cache in excerpt
+    (kmem,) = [v for v in json.load(open(os.path.join(bundle, "doctor.json")))["verdicts"]
+               if v["incident"] == "kmem_io_jitter"]
+    assert kmem["status"] == "detected" and cache in " ".join(kmem["evidence"])
+    rec = read_recording(os.path.join(bundle, "recording.jsonl"))
+    assert rec.header["tool"] == "watch" and rec.trailer["interrupted"] is False
+    assert [e["detector"] for e in rec.events if e["type"] == "mode"] == ["io", "kmem", "netdev"]
+    (write,) = [e for e in rec.events if e.get("type") == "kmem_file" and e["tgid"] == writer]
+    assert (write["path"], write["value"], write["detector"]) == (path, "1", "kmem")
+    assert [e["what"] for e in rec.events if e["type"] == "trigger"] == [
+        "SLUB allocation failure in the kernel log (1 new)"]
+    html = open(os.path.join(bundle, "report.html")).read()
+    assert cache in html and path in html
+    assert "bpftools_bundles_written_total 1" in metrics
+    assert "bpftools_bundles_written_total 1" in (tmp_path / "textfile" / "bpftools.prom").read_text()
+    report = subprocess.run([sys.executable, "-m", "bpftools.cli", "report", os.path.join(bundle, "recording.jsonl")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert report.returncode == 0, report.stderr
+    assert "trigger: [kmem_io_jitter] SLUB allocation failure in the kernel log (1 new)" in report.stdout
+    assert "kmemwriter" in report.stdout and path in report.stdout
+
+
+def test_sigusr1_asks_for_a_bundle_and_sigterm_writes_it_before_exiting(tmp_path):
+    bundles = tmp_path / "bundles"
+    watch = Watch(tmp_path, "--bundle-dir", str(bundles), "--after", "600")
+    try:
+        watch.proc.send_signal(signal.SIGUSR1)
+        watch.wait_for(lambda o: o.get("type") == "trigger" and o["incident"] == "manual")
+        assert os.listdir(str(bundles)) == []          # still collecting: 600 s after the trigger
+        started = time.monotonic()
+    finally:
+        rc = watch.stop()
+    assert rc == 0, watch.err
+    assert time.monotonic() - started < 30
+    (name,) = os.listdir(str(bundles))
+    assert re.match(r"^\d{8}T\d{6}\.\d{3}Z-manual$", name)
+    summary = json.load(open(str(bundles / name / "bundle.json")))
+    assert summary["triggers"][0]["what"] == "SIGUSR1: a bundle was asked for"
+    assert [o["path"] for o in watch.objects() if o.get("type") == "bundle"] == [str(bundles / name)]
