@@ -116,14 +116,20 @@ def fold(samples: Iterable[Tuple[Sequence[Union[str, bytes]], int]]) -> Dict[str
     Raises TypeError for a weight that is not an int, ValueError for a negative one.
     """
     totals = {}  # type: Dict[str, int]
+    add_samples(totals, samples)
+    return dict((k, totals[k]) for k in sorted(totals) if totals[k])
+
+
+def add_samples(totals: Dict[str, int], samples: Iterable[Tuple[Sequence[Union[str, bytes]], int]]) -> None:
+    """Add SAMPLES to the folded stacks TOTALS, as :func:`fold` does (unsorted, zeros kept): a stream folded
+    as it goes."""
     for frames, weight in samples:
         if isinstance(weight, bool) or not isinstance(weight, int):
             raise TypeError("stack weight must be an int, not %r" % (weight,))
         if weight < 0:
             raise ValueError("stack weight must not be negative: %d" % weight)
-        key = ";".join(sanitize_frame(f) for f in frames) if len(frames) else NO_STACK
+        key = ";".join([sanitize_frame(f) for f in frames]) if len(frames) else NO_STACK
         totals[key] = totals.get(key, 0) + weight
-    return dict((k, totals[k]) for k in sorted(totals) if totals[k])
 
 
 def folded_lines(folded: Dict[str, int]) -> List[str]:

@@ -30,8 +30,8 @@ Pure: no I/O, no clock; the same stream gives the same result.
 import bisect
 import heapq
 from array import array
-from collections import Counter, OrderedDict
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from collections import Counter, OrderedDict, deque
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 from dataclasses import asdict, dataclass, field
 
@@ -290,12 +290,16 @@ class _Losses(object):
             self.pending.append(float(start) if start is not None else (float(last) if last is not None else float("-inf")))
             return
         ts = ev.get("ts_ns")
-        if ts is None or kind == "mode":
-            return
+        if ts is not None and kind != "mode":
+            self.timed(ts)
+
+    def timed(self, ts: int) -> None:
+        """A record at TS (not a marker): it ends the windows open."""
         if self.pending:
             self.windows.extend((start, float(ts)) for start in self.pending)
             self.pending = []
-        self.last = ts if self.last is None or ts > self.last else self.last
+        if self.last is None or ts > self.last:
+            self.last = ts
 
     def hits(self) -> Any:
         """A test (start, end) -> True when a window overlaps [start, end] (a window (a, b) does when
@@ -313,18 +317,6 @@ class _Losses(object):
 
 _REQUIRED = {"writeback": ("tid", "start_ns", "ts_ns"), "sleep": ("tid", "start_ns", "ts_ns"),
              "slab_failure": ("tid", "ts_ns")}
-
-
-def _usable(ev: Any) -> bool:
-    """A dict whose kind, if it is one we correlate, has integer ids and times (start before end)."""
-    if not isinstance(ev, dict):
-        return False
-    need = _REQUIRED.get(ev.get("type"))
-    if need is None:
-        return True
-    if not all(isinstance(ev.get(k), int) and not isinstance(ev.get(k), bool) for k in need):
-        return False
-    return "start_ns" not in need or ev["start_ns"] <= ev["ts_ns"]
 
 
 def correlate(events: Iterable[Any], extra_lost: int = 0) -> Result:
@@ -377,25 +369,30 @@ class Correlator(object):
         self.fed = 0
         self.settling = []  # type: List[Tuple[int, int, Episode]]    # (end, n, episode): waiting for collateral
         self.direct = {}  # type: Dict[Tuple[Optional[str], int], List[_Direct]]
+        self.direct_order = deque()  # type: Deque[Tuple[Tuple[Optional[str], int], _Direct]]   # as indexed
 
     def feed(self, ev: Any) -> None:
-        if not _usable(ev):
+        kind = ev.get("type") if isinstance(ev, dict) else None
+        if kind not in _REQUIRED:
+            if not isinstance(ev, dict):
+                self.malformed += 1
+            elif kind == "mode":
+                flags = ev.get("flags") or []
+                self.sleeps_from = "kprobe" if "WANT_SLEEP_KPROBE" in flags else (
+                    "sched_switch" if "WANT_SLEEP_SCHED" in flags else self.sleeps_from)
+            else:
+                self.losses.feed(ev)
+            return
+        tid, ts = ev.get("tid"), ev.get("ts_ns")
+        # usable: integer ids and times, start before end (else skipped, and the confidence drops)
+        if type(tid) is not int or type(ts) is not int or (kind != "slab_failure" and (
+                type(ev.get("start_ns")) is not int or ev["start_ns"] > ts)):
             self.malformed += 1
             return
-        self.losses.feed(ev)
-        kind = ev.get("type")
-        if kind == "mode":
-            flags = ev.get("flags") or []
-            self.sleeps_from = "kprobe" if "WANT_SLEEP_KPROBE" in flags else (
-                "sched_switch" if "WANT_SLEEP_SCHED" in flags else self.sleeps_from)
-            return
-        if kind not in ("writeback", "sleep", "slab_failure"):
-            return
-        tid = ev["tid"]
+        self.losses.timed(ts)
         thread = self.threads.get(tid)
         if thread is None:
             thread = self.threads[tid] = _Thread()
-        ts = ev["ts_ns"]
         if ts > thread.clock:
             thread.clock = ts
         if ts > self.clock:
@@ -475,17 +472,19 @@ class Correlator(object):
         for tid in [t for t, th in self.threads.items() if th.clock < self.clock - PENDING_NS]:
             self._finish(self.threads.pop(tid), True)
         horizon = self.clock - 3 * COLLATERAL_NS
-        for key in list(self.direct):
-            alive = [d for d in self.direct[key] if d.end_ns >= horizon]
-            if alive:
-                self.direct[key] = alive
-            else:
+        while self.direct_order and self.direct_order[0][1].end_ns < horizon:
+            key, gone = self.direct_order.popleft()
+            kept = self.direct[key]
+            kept.remove(gone)
+            if not kept:
                 del self.direct[key]
 
     def _settle(self, e: Episode) -> None:
         """E waits COLLATERAL_NS (of stream time) for the stalls of other threads on its inode."""
         if e.explained and e.ino is not None:
-            self.direct.setdefault((e.dev, e.ino), []).append(_Direct(e))
+            direct = _Direct(e)
+            self.direct.setdefault((e.dev, e.ino), []).append(direct)
+            self.direct_order.append(((e.dev, e.ino), direct))
         heapq.heappush(self.settling, (e.end_ns, self.totals.episodes, e))
         self.totals.episodes += 1
         while self.settling and self.settling[0][0] + COLLATERAL_NS < self.clock:
@@ -599,8 +598,7 @@ class _Totals(object):
         g.stalled_ns += e.duration_ns
         g.mempool_ns += e.mempool_ns
         g.slab_failures += len(e.slab_failures)
-        for key, ns in _folded([e]).items():
-            self.folded[key] = self.folded.get(key, 0) + ns
+        folded_stacks.add_samples(self.folded, _samples(e))
         self.starts.append(e.start_ns)
         self.ends.append(e.end_ns)
         item = (-e.start_ns, -e.tid, self.n, e)
@@ -750,23 +748,22 @@ def _verdict(r: Result, totals: _Totals) -> str:
     return "; ".join(parts)
 
 
-def _folded(episodes: List[Episode]) -> Dict[str, int]:
+def _samples(e: Episode) -> List[Tuple[List[str], int]]:
     """Time blocked per stack: ``comm;outermost..;[after slab fail X];[mempool wait 5.00s] ns``.
 
     Sleeps use their own stack (taken at the sleep); time of a stall not spent asleep is charged to
     the writeback's entry stack as ``[writeback other time]`` (running, or asleep unmeasured).
     """
     samples = []  # type: List[Tuple[List[str], int]]
-    for e in episodes:
-        for w in e.waits:
-            frames = [e.comm] + stacks.root_first(w.kstack)
-            if w.after_slab_failures:
-                frames.append(folded_stacks.annotation("after slab fail %s" % _counted(w.after_slab_failures)))
-            label = ("mempool wait %ss" if w.in_mempool else "blocked %ss") % _secs(w.duration_ns)
-            samples.append((frames + [folded_stacks.annotation(label)], w.duration_ns))
-        rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
-        if rest > 0:
-            samples.append(([e.comm] + stacks.root_first(e.kstack) + [folded_stacks.annotation("writeback other time")],
-                            rest))
-    return folded_stacks.fold(samples)
+    for w in e.waits:
+        frames = [e.comm] + stacks.root_first(w.kstack)
+        if w.after_slab_failures:
+            frames.append(folded_stacks.annotation("after slab fail %s" % _counted(w.after_slab_failures)))
+        label = ("mempool wait %ss" if w.in_mempool else "blocked %ss") % _secs(w.duration_ns)
+        samples.append((frames + [folded_stacks.annotation(label)], w.duration_ns))
+    rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
+    if rest > 0:
+        samples.append(([e.comm] + stacks.root_first(e.kstack) + [folded_stacks.annotation("writeback other time")],
+                        rest))
+    return samples
 

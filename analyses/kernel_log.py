@@ -1,21 +1,23 @@
 """Find the two bpftools incidents in kernel log text: kmem/SLUB allocation failures with
 mempool stalls, and netdev reference leaks ("waiting for eth0 to become free").
 
+The messages are read with the forms of :mod:`.log_forms` (every kernel from 3.10 to 6.18).
 Accepted input, mixed freely (pasted or exported lines are first undone by :mod:`.log_paste`:
 line numbers, quote markers, backticks, HTML entities, journald and ``dmesg --json`` records):
-raw ``dmesg`` (``[  122.222455] msg``), ``dmesg -T``
+raw ``dmesg`` (``[  122.222455] msg``, with or without a printk caller id ``[T1234]``), ``dmesg -T``
 (``[Thu May 14 23:17:24 2020] msg``, any locale's weekday), syslog and journald short
-(``Mar  5 03:41:22 host kernel: [732240.608081] msg``), ISO stamps, syslogd's wall broadcast
-(``Message from syslogd@host at ...`` then `` kernel:[ts] msg``), ``/dev/kmsg`` records
-(``6,1234,5678901,-;msg``), lines without stamps, mail-quoted or indented lines, other programs'
-lines in between (syslog lines not tagged ``kernel`` are skipped), and lines a mail client
-wrapped: a stamped line ending in a space (format=flowed) or a comma continues on the next
-unstamped line.
+(``Mar  5 03:41:22 host kernel: [732240.608081] msg``, with no host or a ``facility.level``), ISO
+stamps, syslogd's wall broadcast (``Message from syslogd@host at ...`` then `` kernel:[ts] msg``),
+``/dev/kmsg`` records (``6,1234,5678901,-;msg``), lines without stamps, a console line whose dmesg
+stamp follows another program's output, mail-quoted or indented lines, other programs' lines in
+between (syslog lines not tagged ``kernel`` are skipped), and wrapped lines: a stamped line ending
+in a space (format=flowed) or a comma continues on the next unstamped line, and any line ending in
+`` \`` on the next one.
 
 ``find_incidents(lines)`` returns one :class:`Finding` per kind found, in the order of
-:data:`KINDS`. Timestamps are reported exactly as printed; a syslog line that also carries the
-dmesg stamp reports both (``"Mar  5 03:41:22 [732240.608081]"``), a ``/dev/kmsg`` record its
-microseconds field.
+:data:`KINDS`, each with a confidence (:data:`CONFIDENCES`) and the rule that gave it. Timestamps
+are reported exactly as printed; a syslog line that also carries the dmesg stamp reports both
+(``"Mar  5 03:41:22 [732240.608081]"``), a ``/dev/kmsg`` record its microseconds field.
 """
 import calendar
 import copy
@@ -100,8 +102,11 @@ _MONTH = r"[^\W\d_]{3,4}\.?"  # "Mar", "Mär", "Okt" (journalctl follows the loc
 _WALL_HEADER = re.compile(
     r"^Message from syslogd@\S+ at (?P<wall>%s +\d{1,2} \d\d:\d\d:\d\d)" % _MONTH)
 _HOST_TAG = r"(?P<host>[^\s:]+) (?P<tag>[A-Za-z_][\w.@/-]*)(?:\[\d{1,10}\])?: ?"
-_SYSLOG = re.compile(r"^(?P<wall>%s +\d{1,2} \d\d:\d\d:\d\d(?:\.\d{1,9})?) %s(?P<rest>.*)$"
-                     % (_MONTH, _HOST_TAG))
+# syslog: "MON DD HH:MM:SS [host] [facility.level] tag[pid]: msg" (no host: a file written by the
+# node itself; facility.level: busybox syslogd and others)
+_SYSLOG = re.compile(r"^(?P<wall>%s +\d{1,2} \d\d:\d\d:\d\d(?:\.\d{1,9})?) (?:(?P<host>[^\s:]+) )?"
+                     r"(?:[a-z]{2,8}\.[a-z]{3,7} )?(?P<tag>[A-Za-z_][\w.@/-]*)(?:\[\d{1,10}\])?: ?(?P<rest>.*)$"
+                     % _MONTH)
 _ISO = re.compile(r"^(?P<wall>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d{1,9})?"
                   r"(?:Z|[+-]\d\d:?\d\d)?)\s+(?P<rest>.*)$")
 _HOST_TAG_ONLY = re.compile(r"^%s(?P<rest>.*)$" % _HOST_TAG)
@@ -451,15 +456,21 @@ _FRAME = re.compile(
     r"(?:\s+\[[^\]\s]+(?:\s+[0-9a-fA-F]+)?\])?"  # module, optionally with build id
     r"(?P<source>\s+[\w./+-]+:\d{1,7})?"  # file:line of symbolized traces
     r"(?:\s+\[inline\])?\s*$")
+# 32-bit ARM's unwinder: "[<c0882f18>] (__schedule) from [<c0883858>] (schedule+0x64/0xe4)": the
+# frame is the first function, called from the second (arch/arm/kernel/traps.c dump_backtrace_entry).
+_ARM_FRAME = re.compile(r"^\[<[0-9a-fA-F]{1,16}>\] \((?P<fn>[A-Za-z_][\w.$]*)(?:\+0x[0-9a-fA-F]{1,16}/0x[0-9a-fA-F]{1,16})?"
+                        r"(?: \[[^\]\s]{1,64}\])?\) from \[<")
 _COMPILER_SUFFIXES = frozenset(["isra", "constprop", "part", "cold", "llvm", "lto_priv"])
 
 
 def parse_frame(text: str) -> Optional[str]:
     """Function name of a stack-trace line (offset, module, ``?`` marker and compiler suffixes
     such as ``.isra.55`` removed), or None if the line is not a frame."""
-    match = _FRAME.match(text.strip())
+    text = text.strip()
+    match = _FRAME.match(text)
     if not match or not (match.group("addr") or match.group("offset") or match.group("source")):
-        return None
+        match = _ARM_FRAME.match(text) if text.startswith("[<") else None
+        return _without_suffixes(match.group("fn")) if match else None
     return _without_suffixes(match.group("fn"))
 
 
@@ -555,13 +566,16 @@ class _SlubCollector:
 
     Two CPUs printing at once interleave their lines: a continuation line goes to the open report
     of the same printk caller when the log prints caller ids (``[T1234]``/``[C0]``), else to the
-    newest open report that still needs such a line; a report stays open for SLUB_WINDOW lines. A
-    continuation line with no report to go to (an excerpt that starts mid-report) is an orphan,
-    counted and never given to another report.
+    newest open report that still needs such a line, never to a header printed after it (by their
+    monotonic stamps); a report stays open for SLUB_WINDOW lines. A continuation line with no report
+    to go to waits SLUB_WINDOW lines for a header printed before it that comes later in the file (a
+    log exported newest first); then it is an orphan (an excerpt that starts mid-report), counted
+    and never given to another report.
     """
 
     def __init__(self) -> None:
         self.open = []  # type: List[_SlubReport]   # oldest first, at most MAX_OPEN_SLUB
+        self.pending = []  # type: List[Tuple[LogLine, Any]]  # continuations with no header yet
         self.reports = 0
         self.suppressed = 0
         self.orphans = 0
@@ -590,22 +604,26 @@ class _SlubCollector:
         if suppressed:
             self.suppressed += int(suppressed.group("n"))
             return True
-        cache = _SLUB_CACHE.match(text) if text.startswith("cache:") else None
-        if cache:
-            report = self._owner(line, lambda r: r.cache is None)
-            if report is not None:
-                report.cache = _cache_key(cache.group("name").strip())
-                self._attach(report, line)
-            return True
-        node = _SLUB_NODE.match(text) if text.startswith("node ") else None
-        if node:
-            report = self._owner(line, lambda r: True)
-            if report is not None:
-                report.nodes += 1
-                self._number("nodes", int(node.group("node")))
-                self._attach(report, line)
-            return True
-        return False
+        continuation = (_SLUB_CACHE.match(text) if text.startswith("cache:") else
+                        _SLUB_NODE.match(text) if text.startswith("node ") else None)
+        if continuation is None:
+            return False
+        report = self._owner(line, continuation)
+        if report is not None:
+            self._continue(report, line, continuation)
+        elif len(self.pending) < MAX_OPEN_SLUB * 4:
+            self.pending.append((line, continuation))
+        else:
+            self.orphans += 1
+        return True
+
+    def _continue(self, report: _SlubReport, line: LogLine, continuation: Any) -> None:
+        if "name" in continuation.groupdict():
+            report.cache = _cache_key(continuation.group("name").strip())
+        else:
+            report.nodes += 1
+            self._number("nodes", int(continuation.group("node")))
+        self._attach(report, line)
 
     def _header(self, line: LogLine, header: Any) -> None:
         groups = header.groupdict()
@@ -618,25 +636,25 @@ class _SlubCollector:
         if len(self.open) > MAX_OPEN_SLUB:
             self._close(self.open.pop(0))
         self._attach(report, line)
+        # newest in the file first: a log exported newest first lists them latest first
+        for waiting in [p for p in reversed(self.pending) if _fits(report, p[0], p[1], after=True)]:
+            self.pending.remove(waiting)
+            self._continue(report, *waiting)
         self.reports += 1
         if gfp:
             printed = tuple(f for f in flags.split("|") if f) if flags is not None else None
             self.gfps.touch(("%#x" % int(gfp, 16), printed))["count"] += 1
 
-    def _owner(self, line: LogLine, wants: Any) -> Optional[_SlubReport]:
-        """The open report LINE continues: same caller if printed, else the newest that WANTS it."""
-        for report in reversed(self.open):
-            if line.caller is not None and report.header.caller is not None:
-                if report.header.caller == line.caller and wants(report):
-                    return report
-            elif wants(report):
-                return report
-        self.orphans += 1
-        return None
+    def _owner(self, line: LogLine, continuation: Any) -> Optional[_SlubReport]:
+        """The newest open report LINE continues, or None."""
+        return next((r for r in reversed(self.open) if _fits(r, line, continuation, after=False)), None)
 
     def _expire(self, index: int) -> None:
         while self.open and index - self.open[0].header.index > SLUB_WINDOW:
             self._close(self.open.pop(0))
+        while self.pending and index - self.pending[0][0].index > SLUB_WINDOW:
+            self.pending.pop(0)
+            self.orphans += 1
 
     def _attach(self, report: _SlubReport, line: LogLine) -> None:
         report.stamps.add(line)
@@ -653,6 +671,8 @@ class _SlubCollector:
     def _close_all(self) -> None:
         while self.open:
             self._close(self.open.pop(0))
+        self.orphans += len(self.pending)
+        self.pending = []
 
     def finding(self, release: Optional[str]) -> Optional[Finding]:
         self._close_all()
@@ -681,6 +701,20 @@ class _SlubCollector:
         return Finding("slub_alloc_failure", self.reports, first, last, dict(facts),
                        self.evidence.lines(), _nonzero(left_out), CERTAIN,
                        "a SLUB allocation failure header (mm/slub.c slab_out_of_memory)")
+
+
+def _fits(report: _SlubReport, line: LogLine, continuation: Any, after: bool) -> bool:
+    """Whether LINE (a cache or node line) can be REPORT's: the same printk caller when both print
+    one, a cache line only where none is yet, and not printed before the header (by monotonic stamp;
+    AFTER: the line came first in the file, so it needs stamps that show it)."""
+    header = report.header
+    if line.caller is not None and header.caller is not None and line.caller != header.caller:
+        return False
+    if "name" in continuation.groupdict() and report.cache is not None:
+        return False
+    if line.monotonic is None or header.monotonic is None:
+        return not after
+    return line.monotonic >= header.monotonic
 
 
 def _cache_key(name: str) -> Tuple[str, Optional[int], Optional[str]]:

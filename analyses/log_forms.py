@@ -7,8 +7,8 @@ and the commit that introduced or changed it, and one real example: a line of a 
 (:mod:`.kernel_log`) matches lines with these patterns only, so a form missing here is a form it
 does not see.
 
-Names are bounded in the patterns (a cache name, a device name, a comm): an unbounded ``.+`` is
-quadratic on crafted lines.
+Names are bounded in the patterns (a cache name, a comm) or kept to one token between literals (a
+device name): an unbounded ``.+`` is quadratic on crafted lines.
 """
 import re
 from collections import OrderedDict
@@ -32,7 +32,8 @@ class Form:
     pattern: Pattern          # matched with .search on the message text
     since: str                # first kernel release printing it
     until: Optional[str]      # last one, None if still printed (6.18)
-    commit: str               # the commit that introduced or changed it (12 hex digits, subject)
+    commit: str               # the commit that introduced or changed it: 12 hex digits and subject
+                              # when checked against the kernel history, else what is known and why
     example: Tuple[str, str, int]  # (corpus, file, 1-based line) of a real example
 
 
@@ -48,7 +49,7 @@ FORMS = (
          'SLUB: Unable to allocate memory on node %d, gfp=%#x(%pGg)',
          re.compile(r"SLUB: Unable to allocate memory on node (?P<node>-?\d{1,6}),\s*" + _GFP_NEW),
          "v4.6", "v6.11", '5b3810e5c6e1 "mm, sl[au]b: print gfp_flags as strings in slab_out_of_memory()"',
-         ("shared", "A05_docker-for-linux_1001.log", 2)),
+         ("tests", "C14_teamblackminer_112.log", 4)),
     Form("slub_header_6_12", SLUB,
          'SLUB: Unable to allocate memory on CPU %u (of node %d) on node %d, gfp=%#x(%pGg)',
          re.compile(r"SLUB: Unable to allocate memory on CPU (?P<cpu>\d{1,6}) \(of node (?P<cpu_node>-?\d{1,6})\) "
@@ -97,13 +98,13 @@ FORMS = (
          ("tests", "C06_coreos-bugs_118.log", 1)),
     # kernel/sched/core.c sched_show_task(): "%-15.15s %c" then [stack pointer (3.x)] free pid ppid flags
     Form("task_line_old", HUNG_TASK,
-         '%-15.15s %c %5lu %5d %6d 0x%08lx',
+         '"%-15.15s %c" then (3.x: the saved pc) "%5lu %5d %6d 0x%08lx" (free stack, pid, ppid, flags)',
          re.compile(r"^(?P<task>\S.{0,14}?)\s+(?P<state>[RSDTtXZPIKWN])\s*(?:[0-9a-f]{8,16}\s+)?"
                     r"\d{1,10}\s+(?P<pid>\d{1,10})\s+\d{1,10}\s+0x[0-9a-f]{1,16}$"),
          "v2.6.12", "v5.8", '1da177e4c3f4 "Linux-2.6.12-rc2"',
          ("tests", "C05_moby_5618_sysrq.log", 4)),
     Form("task_line_5_9", HUNG_TASK,
-         'task:%-15.15s state:%c stack:%-5lu pid:%-5d ...',
+         '"task:%-15.15s state:%c stack:%5lu pid:%5d ppid:%6d flags:0x%08lx" (6.x adds tgid:)',
          re.compile(r"^task:(?P<task>.{1,64}?)\s{1,64}state:(?P<state>\S)\s.*?\bpid:\s*(?P<pid>\d{1,10})"),
          "v5.9", None, 'cc172ff301d8 "sched/debug: Fix the alignment of the show-state debug output"',
          ("tests", "N10_aristanetworks-sonic_105.log", 9)),
@@ -111,7 +112,8 @@ FORMS = (
     Form("workqueue", HUNG_TASK,
          '%sWorkqueue: %s %ps',
          re.compile(r"^Workqueue: (?P<workqueue>\S.{0,255}?)\s*$"),
-         "v3.10", None, '3d1cb2059d93 "workqueue: include workqueue info when printing debug dump of a worker task"',
+         "v3.10", None, '"workqueue: include workqueue info when printing debug dump of a worker task" (Tejun Heo, '
+         'v3.10; its hash is not checked here)',
          ("tests", "C06_coreos-bugs_118.log", 5)),
     # mm/oom_kill.c oom_kill_process() in a memory cgroup: not the kmem incident, read to say so.
     Form("memcg_oom_kill_old", MEMCG_OOM,

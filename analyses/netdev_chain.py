@@ -10,7 +10,9 @@ calls and time over the rounds, what they returned and any reference they droppe
 which the count changed and by whom; and a verdict: ``leak`` (the count flat over LEAK_ROUNDS rounds
 and no subscriber dropped anything), ``slow release`` (the count went down), or ``undecided``.
 
-A subscriber's call belongs to the interval between two rounds by its time: the count of round R is
+A subscriber's call belongs to the interval between two rounds by its time (a call of the global chain
+after the last round's interval is from a rebroadcast whose round was not seen, as when the tool's
+probes are detached one by one at its end, and is not counted): the count of round R is
 read as the global chain starts, so a drop in the global chain of rebroadcast R (or in the namespace
 chain of rebroadcast R+1) shows in round R+1's count.
 
@@ -254,6 +256,8 @@ class ChainTracker(object):
             sub = state.subscribers[call.nb] = Subscriber(call.nb, call.call, NETNS, None, call.priority,
                                                           call.symbol, call.module)
         number = state.round_at(call.ts_ns)
+        if sub.chain == GLOBAL and state.rounds and number > state.rounds[-1][0]:
+            return          # a rebroadcast whose round was not seen (the probes went at the end): not counted
         if state.first_timed_round is None:
             state.first_timed_round = number
         sub.calls += 1

@@ -144,6 +144,13 @@ class EpisodeTracker(object):
         self.base = base
         self._open = OrderedDict()  # type: Dict[str, Episode]
         self._done = []  # type: List[Episode]
+        self._ended_at = {}  # type: Dict[str, int]      # dev -> when its last episode ended
+
+    def _stale(self, obs: Observation) -> bool:
+        """OBS is from before the end of its device's last episode (a record read late from another
+        CPU's buffer): it must not open a new one."""
+        end = self._ended_at.get(obs.dev)
+        return end is not None and obs.ts_ns is not None and obs.ts_ns <= end
 
     def _floor(self) -> int:
         return self.base if self.base is not None else 0
@@ -152,6 +159,8 @@ class EpisodeTracker(object):
         """True when OBS changes the state (a recording needs only these to replay the same)."""
         if obs.kind == MESSAGE:
             return obs.count is not None
+        if self._stale(obs):
+            return False
         if obs.dev in self._open:
             return obs.kind == FREED or obs.count is not None
         return obs.kind == ROUND and obs.count is not None and obs.count > self._floor()
@@ -182,6 +191,8 @@ class EpisodeTracker(object):
         if obs.kind == FREED or episode.count <= self._floor():
             episode.ended = True
             del self._open[episode.dev]
+            if obs.ts_ns is not None:
+                self._ended_at[episode.dev] = obs.ts_ns
             self._done.append(episode)
             return Update("end", obs.ts_ns, replace(episode))
         last = episode.last_round_ns

@@ -6,12 +6,15 @@ The recording is synthetic and deterministic (a seed): THREADS writer threads, e
 writebacks (an outer ``do_writepages`` with ``ext4_writepages`` nested in it) containing slab failures,
 a mempool sleep (every third one timed out at 5 s) and a ``blk_mq_get_tag`` sleep, with sleeps and slab
 failures outside writebacks between them, and a perf-buffer loss marker now and then; the fields are
-those ``bpftools iojitter --record`` writes. Three figures, each events/s:
+those ``bpftools iojitter --record`` writes. Figures, each events/s:
 
-- ``read``: ``bpftools.recording.read_recording`` (JSON lines parsed),
-- ``correlate``: ``bpftools.analyses.iojitter.correlate`` on the events read,
+- ``read``: the recording read as a stream (``bpftools.recording.stream_recording``: JSON lines parsed),
+- ``correlate``: ``bpftools.analyses.iojitter.correlate`` on that stream; the rate of the analysis
+  alone is the events over (that time - the read's),
 - ``report``: ``bpftools report FILE`` end to end in a fresh process (read, correlate, render), with
-  that process's peak RSS.
+  that process's peak RSS; once with orjson (where installed) and once with it hidden (the json module),
+- the size of the recording, plain and gzip-compressed (written by ``bpftools.recording.Recorder``,
+  each line flushed, on the first 100,000 events).
 
 A step that runs past ``--budget`` seconds is stopped and reported as not finished (with the budget as a
 lower bound); the report step is then skipped (it runs the same analysis).
@@ -20,7 +23,8 @@ The same three figures for ``bpftools.analyses.refbalance.analyze`` when that mo
 refleak recording of DEVICES watched devices, each a stream of holds (``dst_alloc`` from ``connect``) and
 puts (``dst_destroy`` from RCU), one hold in 1000 never put.
 
-    .venv/bin/python bench/analysis_throughput.py [--events 1000000] [--threads 64] [--devices 200] [--json]
+    .venv/bin/python bench/analysis_throughput.py [--events 1000000] [--threads 64] [--devices 200]
+         [--no-orjson-from N] [--json]
 """
 import argparse
 import json
@@ -181,14 +185,22 @@ def _timed(fn: Any, budget: float = 0) -> Tuple[Any, float]:
     return value, time.perf_counter() - start
 
 
-def report_process(path: str, budget: float) -> Tuple[Optional[float], Optional[float]]:
+NO_ORJSON = "import sys, runpy; sys.modules['orjson'] = None; sys.argv[0] = 'bpftools'; " \
+            "runpy.run_module('bpftools.cli', run_name='__main__')"
+
+
+CPU_S = {}  # type: Dict[str, float]     # CPU seconds (user + system) of the last report process, per path
+
+
+def report_process(path: str, budget: float, orjson: bool = True) -> Tuple[Optional[float], Optional[float]]:
     """``bpftools report PATH`` in a fresh process: seconds and peak RSS (MiB); (None, None) when a
-    previous step ran over the budget (BUDGET < 0), (BUDGET, None) when this one does."""
+    previous step ran over the budget (BUDGET < 0), (BUDGET, None) when this one does. Not ORJSON: with
+    orjson hidden (the json module parses). Its CPU seconds go to CPU_S[PATH]."""
     if budget < 0:
         return None, None
     start = time.perf_counter()
-    proc = subprocess.Popen(benchlib.bpftools("report", path), cwd=benchlib.ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    argv = benchlib.bpftools("report", path) if orjson else [sys.executable, "-c", NO_ORJSON, "report", path]
+    proc = subprocess.Popen(argv, cwd=benchlib.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
@@ -201,6 +213,7 @@ def report_process(path: str, budget: float) -> Tuple[Optional[float], Optional[
         time.sleep(0.1)
     proc.returncode = status
     report_s = time.perf_counter() - start
+    CPU_S[path] = usage.ru_utime + usage.ru_stime
     err = proc.stderr.read().decode("utf-8", "replace")
     proc.stderr.close()
     if status != 0:
@@ -212,25 +225,63 @@ def _rate(events: int, seconds: Optional[float], finished: bool) -> Optional[flo
     return events / seconds if seconds and finished else None
 
 
-def run(events: int, threads: int, workdir: str, budget: float = 0) -> Dict[str, Any]:
+def _count(path: str) -> int:
+    from bpftools.recording import stream_recording
+    with stream_recording(path) as stream:
+        return sum(1 for _ in stream.events)
+
+
+def _analysed(analysis: Any, path: str) -> Any:
+    from bpftools.recording import stream_recording
+    with stream_recording(path) as stream:
+        return analysis(stream.events)
+
+
+def disk_sizes(path: str, sample: int = 100000) -> Tuple[float, float]:
+    """Bytes per event of the recording at PATH, and of its first SAMPLE events as ``Recorder`` writes them
+    gzip-compressed (each line flushed)."""
+    from bpftools.recording import Recorder, stream_recording
+    gz = path + ".sample.gz"
+    with stream_recording(path) as stream:
+        out = Recorder(gz, stream.header)
+        for i, event in zip(range(sample), stream.events):
+            out.write(event)
+        out.close({"lost_events": 0})
+    per_event = os.path.getsize(path) / float(_count(path))
+    gz_per_event = os.path.getsize(gz) / float(out.events)
+    os.remove(gz)
+    return per_event, gz_per_event
+
+
+def _analysis_rate(events: int, both_s: float, read_s: float, finished: bool) -> Optional[float]:
+    """Events/s of the analysis alone: the streamed analysis's time minus the read's."""
+    return events / (both_s - read_s) if finished and both_s > read_s else None
+
+
+def run(events: int, threads: int, workdir: str, budget: float = 0, no_orjson: bool = True) -> Dict[str, Any]:
     """Write the iojitter recording, then time reading, correlating and ``bpftools report`` on it."""
     from bpftools.analyses.iojitter import correlate
-    from bpftools.recording import read_recording
     path = os.path.join(workdir, "iojitter-%d.jsonl" % events)
     written, episodes = write_recording(path, events, threads)
-    rec, read_s = _timed(lambda: read_recording(path))
-    result, corr_s = _timed(lambda: correlate(rec.events), budget)
+    _, read_s = _timed(lambda: _count(path))
+    result, corr_s = _timed(lambda: _analysed(correlate, path), budget)
     report_s, report_rss = report_process(path, -1 if result is None else budget)
+    report_cpu = CPU_S.get(path)
+    json_s, json_rss = report_process(path, -1 if result is None or not no_orjson else budget, orjson=False)
     size_mib = os.path.getsize(path) / 2.0 ** 20
+    per_event, gz_per_event = disk_sizes(path)
     os.remove(path)
     return {
         "events": written, "threads": threads, "file_mib": size_mib, "budget_s": budget,
+        "bytes_per_event": per_event, "gz_bytes_per_event": gz_per_event,
         "correlate_finished": result is not None,
         "episodes_written": episodes, "episodes": result.slow_writebacks if result else None,
         "explained": result.explained if result else None,
-        "read_s": read_s, "correlate_s": corr_s, "report_s": report_s,
+        "read_s": read_s, "correlate_s": corr_s, "report_s": report_s, "report_json_s": json_s,
         "read_events_per_s": written / read_s, "correlate_events_per_s": _rate(written, corr_s, result is not None),
+        "correlate_alone_events_per_s": _analysis_rate(written, corr_s, read_s, result is not None),
         "report_events_per_s": _rate(written, report_s, report_rss is not None), "report_peak_rss_mib": report_rss,
+        "report_json_peak_rss_mib": json_rss, "report_cpu_s": report_cpu, "load_average": os.getloadavg()[0],
     }
 
 
@@ -240,21 +291,23 @@ def run_refleak(events: int, devices: int, workdir: str, budget: float = 0) -> O
         from bpftools.analyses.refbalance import analyze
     except ImportError:
         return None
-    from bpftools.recording import read_recording
     path = os.path.join(workdir, "refleak-%d.jsonl" % events)
     written, leaked = write_refleak_recording(path, events, devices)
-    rec, read_s = _timed(lambda: read_recording(path))
-    result, analyze_s = _timed(lambda: analyze(rec.events), budget)
+    _, read_s = _timed(lambda: _count(path))
+    result, analyze_s = _timed(lambda: _analysed(analyze, path), budget)
     unbalanced = (sum(row.count for d in result.devices for s in d.strategies for row in s.unbalanced)
                   if result is not None else None)
     report_s, report_rss = report_process(path, -1 if result is None else budget)
     os.remove(path)
+    report_cpu = CPU_S.get(path)
     return {
         "events": written, "devices": devices, "leaked_written": leaked, "unbalanced": unbalanced,
         "budget_s": budget, "analyze_finished": result is not None,
         "read_s": read_s, "analyze_s": analyze_s, "report_s": report_s,
         "read_events_per_s": written / read_s, "analyze_events_per_s": _rate(written, analyze_s, result is not None),
+        "analyze_alone_events_per_s": _analysis_rate(written, analyze_s, read_s, result is not None),
         "report_events_per_s": _rate(written, report_s, report_rss is not None), "report_peak_rss_mib": report_rss,
+        "report_cpu_s": report_cpu,
     }
 
 
@@ -268,25 +321,35 @@ def table(r: Dict[str, Any], ref: Optional[Dict[str, Any]]) -> List[Tuple[str, s
     """The rows of the README table for one size."""
     n = "{:,}".format(r["events"])
     rows = [
-        ("analysis: read a recording of %s events" % n, _speed(r["read_events_per_s"], r["read_s"], 0),
-         "%.1f s; %.0f MiB, %d writer threads, %s slow writebacks" % (
-             r["read_s"], r["file_mib"], r["threads"], "{:,}".format(r["episodes_written"]))),
-        ("analysis: iojitter correlate, %s events" % n, _speed(r["correlate_events_per_s"], r["correlate_s"], r["budget_s"]),
-         "%.1f s; %s of %s explained" % (r["correlate_s"], "{:,}".format(r["explained"]), "{:,}".format(r["episodes"]))
+        ("analysis: read a recording of %s events (streamed)" % n, _speed(r["read_events_per_s"], r["read_s"], 0),
+         "%.1f s; %.0f MiB (%.0f bytes/event; gzip %.0f bytes/event), %d writer threads, %s slow writebacks" % (
+             r["read_s"], r["file_mib"], r["bytes_per_event"], r["gz_bytes_per_event"], r["threads"],
+             "{:,}".format(r["episodes_written"]))),
+        ("analysis: iojitter read + correlate (streamed), %s events" % n,
+         _speed(r["correlate_events_per_s"], r["correlate_s"], r["budget_s"]),
+         "%.1f s; %s of %s explained; correlate alone %s" % (
+             r["correlate_s"], "{:,}".format(r["explained"]), "{:,}".format(r["episodes"]),
+             _speed(r["correlate_alone_events_per_s"], r["correlate_s"], 0))
          if r["correlate_finished"] else "so below %.0f events/s" % (r["events"] / r["budget_s"])),
         ("analysis: `bpftools report` end to end, %s events" % n, _speed(r["report_events_per_s"], r["report_s"], r["budget_s"]),
-         "%.1f s, peak RSS %.0f MiB" % (r["report_s"], r["report_peak_rss_mib"]) if r["report_peak_rss_mib"] else "-"),
+         "%.1f s (CPU %.1f s; load average %.1f), peak RSS %.0f MiB%s" % (
+             r["report_s"], r["report_cpu_s"], r["load_average"], r["report_peak_rss_mib"],
+             "; without orjson %.1f s, %.0f MiB" % (r["report_json_s"], r["report_json_peak_rss_mib"])
+             if r.get("report_json_peak_rss_mib") else "")
+         if r["report_peak_rss_mib"] else "-"),
     ]
     if ref is not None:
         rows += [
-            ("analysis: refleak attribution (refbalance.analyze), %s events" % n,
+            ("analysis: refleak read + attribution (refbalance.analyze, streamed), %s events" % n,
              _speed(ref["analyze_events_per_s"], ref["analyze_s"], ref["budget_s"]),
-             "%.1f s, %d devices; %s unbalanced holds found of %s written" % (
-                 ref["analyze_s"], ref["devices"], "{:,}".format(ref["unbalanced"]), "{:,}".format(ref["leaked_written"]))
+             "%.1f s, %d devices; %s unbalanced holds found of %s written; attribution alone %s" % (
+                 ref["analyze_s"], ref["devices"], "{:,}".format(ref["unbalanced"]), "{:,}".format(ref["leaked_written"]),
+                 _speed(ref["analyze_alone_events_per_s"], ref["analyze_s"], 0))
              if ref["analyze_finished"] else "so below %.0f events/s" % (ref["events"] / ref["budget_s"])),
             ("analysis: `bpftools report` of a refleak recording, %s events" % n,
              _speed(ref["report_events_per_s"], ref["report_s"], ref["budget_s"]),
-             "%.1f s, peak RSS %.0f MiB" % (ref["report_s"], ref["report_peak_rss_mib"]) if ref["report_peak_rss_mib"] else "-"),
+             "%.1f s (CPU %.1f s), peak RSS %.0f MiB" % (ref["report_s"], ref["report_cpu_s"], ref["report_peak_rss_mib"])
+             if ref["report_peak_rss_mib"] else "-"),
         ]
     return rows
 
@@ -298,6 +361,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=64, help="writer threads (64)")
     parser.add_argument("--devices", type=int, default=200, help="refleak: watched devices (200)")
     parser.add_argument("--budget", type=float, default=0, help="seconds one step may take (0: no limit)")
+    parser.add_argument("--no-orjson-from", type=int, default=1, metavar="N",
+                        help="time `bpftools report` without orjson too on recordings of N events or more "
+                             "(1: always; 0: never)")
     parser.add_argument("--json", action="store_true", help="one JSON object")
     args = parser.parse_args()
     sizes = args.events or [1000000]
@@ -307,7 +373,8 @@ def main() -> int:
     runs = []
     try:
         for events in sizes:
-            runs.append((run(events, args.threads, workdir, args.budget),
+            runs.append((run(events, args.threads, workdir, args.budget,
+                             0 < args.no_orjson_from <= events),
                          run_refleak(events, args.devices, workdir, args.budget)))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

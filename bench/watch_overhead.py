@@ -10,7 +10,7 @@ bootstrap interval. BPF CPU time comes from the kernel's own accounting (sysctl
 kernel.bpf_stats_enabled, the run_time_ns of each program watch holds), over the measured seconds.
 The flood: watch with ``--slow-ms 0`` (every writeback is an event) while the writer runs and a second
 process writes a cgroup's memory.kmem.limit_in_bytes as fast as it can; the peak is VmHWM.
-The size cap after 1,000 triggers is a host test (tests/test_watch.py).
+The size cap after 1,000 triggers is a host test (tests/test_watch_bundles.py).
 
     sudo .venv/bin/python bench/watch_overhead.py                   # 5 rounds of 5 s per arm, 10 s flood
     python3 lab/run.py bookworm --exec 'python3 bench/watch_overhead.py --json'   # a real kernel, kprobes

@@ -125,10 +125,13 @@ Examples:
   bpftools report kmem.jsonl --folded - | flamegraph.pl > kmem.svg
   bpftools report iojitter.jsonl refleak.jsonl --html incident.html   # one report of both
   bpftools report iojitter.jsonl refleak.jsonl --report out/          # + every flame graph
+  bpftools report node1/io.jsonl.gz node2/io.jsonl.gz --report out/   # one tool: merged in time order
 \b
-Several recordings: the text of each in turn; --json prints a JSON list of their objects; --html
-and --report make one report of all of them (--folded, --speedscope and --svg write a single flame
-graph, so they take one recording: use --report DIR for several).
+Recordings are read as streams (any size, bounded memory); FILE.gz is gzip-compressed. Several
+recordings: those of one tool merge into one, in time order; the text of each tool in turn; --json
+prints a JSON list of their objects; --html and --report make one report of all of them (--folded,
+--speedscope and --svg write a single flame graph, so they take the recordings of one tool: use
+--report DIR for several tools).
 """, context_settings=CONTEXT)
 @click.argument("recordings", metavar="RECORDING...", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the events as JSON (a list of recordings for several).")

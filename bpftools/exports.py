@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .analyses.folded import folded_lines, to_speedscope
 from .flamegraph import render_svg
-from .html_report import FlameGraph, IncidentReport, Table, render_html, slug
+from .html_report import Activity, FlameGraph, IncidentReport, Table, render_html, slug
 from .outfiles import Directory, write_text
 
 REPORT_FILE = "report.html"
@@ -113,6 +113,14 @@ def combine(parts: Sequence[Tuple[str, Any]]) -> Any:
                                    for g in r.flame_graphs)
         merged.timeline.extend((ts, "%s: %s" % (tool, label), kind) for ts, label, kind in r.timeline)
         merged.notes.extend("%s: %s" % (tool, n) for n in r.notes)
+    for tool, r in parts:
+        if r.activity is not None:
+            merged.activity = merged.activity or Activity()
+            data = r.activity.to_json()
+            for kind, row in data["counts"].items():
+                for i, n in enumerate(row):
+                    if n:
+                        merged.activity.add(data["start_ns"] + i * data["bucket_ns"], "%s: %s" % (tool, kind), n)
     if sum(1 for _, r in parts if r.timeline) > 1:
         merged.notes.append("the timeline puts every recording on one axis of monotonic time (ts_ns): events "
                             "line up only for recordings made on the same node during one boot")

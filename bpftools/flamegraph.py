@@ -14,9 +14,10 @@ share. Scripts can drive it through ``svgElement.bpfFlame`` (search, resetSearch
 Colours by frame kind (:func:`bpftools.analyses.folded.frame_kinds`): kernel warm, user aqua,
 our ``[annotations]`` green, ``-`` separators grey; search matches magenta.
 """
+import bisect
 import zlib
 from html import escape
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from dataclasses import dataclass
 
@@ -55,7 +56,7 @@ class Layout:
     frames: List[Frame]
     total: int
     stacks: int
-    pruned: int
+    pruned: int               # frames left out where the graph was cut (each with all it holds)
     width: int
     capped: bool = False      # more frames than max_frames were wide enough; the narrowest went
 
@@ -75,48 +76,56 @@ class Layout:
         return (self.width - 2 * XPAD) / self.total if self.total else 0.0
 
 
+_SEP = "\x01"     # frames joined for sorting: below every character a sanitised frame holds, so the
+_PAST = "\x02"    # order of the keys is that of their frame lists, and PREFIX + _PAST follows PREFIX's subtree
+
+
 def layout(folded: Dict[str, int], width: int = 1200, max_frames: int = MAX_FRAMES) -> Layout:
     """Merge the stacks into frames and place them, leaving out frames narrower than MIN_WIDTH_PX.
 
-    Stacks are visited in frame-by-frame order, so equal prefixes are contiguous and merge
-    (the flow of flamegraph.pl). ``pruned`` counts the frames left out (with their descendants).
-    When more than ``max_frames`` frames would remain, the narrowest go too (a child is never
-    wider than its parent, so no frame loses its parent) and ``capped`` is set.
+    The stacks are sorted frame by frame, so equal prefixes are contiguous and merge (the flow of
+    flamegraph.pl); with the running sums of their weights, a frame's width is one subtraction and
+    its extent one bisection, so a frame too narrow to draw is cut with all it holds before anything
+    under it is looked at: the work after the sort is linear in the frames drawn. ``pruned`` counts
+    the frames left out where they were cut. When more than ``max_frames`` frames would remain, the
+    narrowest go too (a child is never wider than its parent, so no frame loses its parent) and
+    ``capped`` is set.
     """
     kernel_suffix = uses_kernel_suffix(folded)
-    stacks = sorted((sanitize_stack(key).split(";"), value) for key, value in folded.items() if value > 0)
-    total = sum(value for _, value in stacks)
+    stacks = sorted((sanitize_stack(key).replace(";", _SEP), value) for key, value in folded.items() if value > 0)
+    keys = [key for key, _ in stacks]
+    sums = [0]
+    for _, value in stacks:
+        sums.append(sums[-1] + value)
+    total = sums[-1]
     out = Layout(frames=[Frame(ROOT_NAME, 0, 0, total, ROOT)], total=total, stacks=len(stacks),
                  pruned=0, width=width)
     if not total:
         return out
     min_value = MIN_WIDTH_PX / out.scale
     closed = []  # type: List[Frame]
-    opened = []  # type: List[Tuple[str, int, str]]   # (name, start, kind) per depth - 1
-    previous = []  # type: List[str]
-    now = 0
-
-    def close_to(depth: int) -> None:
-        while len(opened) > depth:
-            name, start, kind = opened.pop()
-            if now - start < min_value:
-                out.pruned += 1
-            else:
-                closed.append(Frame(name, len(opened) + 1, start, now - start, kind))
-
-    for frames, value in stacks:
-        common = 0
-        limit = min(len(previous), len(frames))
-        while common < limit and previous[common] == frames[common]:
-            common += 1
-        close_to(common)
-        if common < len(frames):
-            kinds = frame_kinds(frames, kernel_suffix)
-            for depth in range(common, len(frames)):
-                opened.append((frames[depth], now, kinds[depth]))
-        now += value
-        previous = frames
-    close_to(0)
+    kinds = {}  # type: Dict[int, List[str]]     # of the first stack through each frame drawn
+    todo = [[0, 0, len(keys), None]]  # type: List[List[Any]]   # [depth, next stack, end, frame] per open frame
+    while todo:
+        node = todo[-1]
+        depth, pos, end = node[0], node[1], node[2]
+        while pos < end and keys[pos].count(_SEP) < depth:     # stacks that end at this frame
+            pos += 1
+        if pos >= end:
+            todo.pop()
+            if node[3] is not None:
+                closed.append(node[3])
+            continue
+        frames = keys[pos].split(_SEP, depth + 1)
+        child_end = bisect.bisect_left(keys, _SEP.join(frames[:depth + 1]) + _PAST, pos, end)
+        node[1] = child_end
+        value = sums[child_end] - sums[pos]
+        if value < min_value:
+            out.pruned += 1
+            continue
+        if pos not in kinds:
+            kinds[pos] = frame_kinds(keys[pos].split(_SEP), kernel_suffix)
+        todo.append([depth + 1, pos, child_end, Frame(frames[depth], depth + 1, sums[pos], value, kinds[pos][depth])])
     if len(closed) + 1 > max_frames:
         # Keep the widest; among equal widths the shallower first, so a kept frame's parent is kept.
         order = sorted(range(len(closed)), key=lambda i: (-closed[i].value, closed[i].depth))

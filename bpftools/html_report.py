@@ -31,6 +31,7 @@ STATUSES = ("detected", "at-risk", "clear")
 MAX_TABLE_ROWS = 5000        # per table; the rest is counted, not shown
 MAX_TIMELINE_MARKERS = 5000
 MAX_TIMELINE_ROWS = 1000
+MAX_BUCKETS = 240            # activity over time: counts in at most this many equal spans
 TIMELINE_WIDTH = 1200
 # Colours of timeline kinds, by order of first appearance.
 KIND_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -68,6 +69,55 @@ class Section:
     count: Optional[int] = None
 
 
+class Activity(object):
+    """How many events of each kind fell in each of at most MAX_BUCKETS equal spans of time: the
+    timeline of a recording of any length, in bounded memory. When the times seen span more buckets,
+    the width doubles and neighbouring buckets merge; times may come in any order."""
+
+    def __init__(self) -> None:
+        self.width = 1                               # ns per bucket, a power of two
+        self.counts = {}  # type: Dict[str, Dict[int, int]]     # kind -> {bucket index: events}
+        self.low = self.high = None  # type: Optional[int]     # bucket indexes seen
+
+    def add(self, ts: int, kind: str, count: int = 1) -> None:
+        index = ts // self.width
+        if self.low is None or index < self.low:
+            self.low = index
+        if self.high is None or index > self.high:
+            self.high = index
+        if self.high - self.low >= MAX_BUCKETS:
+            self._widen()
+            index = ts // self.width
+        buckets = self.counts.setdefault(kind, {})
+        buckets[index] = buckets.get(index, 0) + count
+
+    def _widen(self) -> None:
+        factor = 2
+        while self.high // factor - self.low // factor >= MAX_BUCKETS:
+            factor *= 2
+        self.width *= factor
+        self.low //= factor
+        self.high //= factor
+        for kind, buckets in self.counts.items():
+            merged = {}  # type: Dict[int, int]
+            for i, n in buckets.items():
+                merged[i // factor] = merged.get(i // factor, 0) + n
+            self.counts[kind] = merged
+
+    def to_json(self) -> Dict[str, Any]:
+        """{"start_ns", "bucket_ns", "counts": {kind: [events per bucket from start_ns]}}."""
+        if self.low is None:
+            return {"start_ns": 0, "bucket_ns": self.width, "counts": {}}
+        size = self.high - self.low + 1
+        counts = {}
+        for kind, buckets in self.counts.items():
+            row = [0] * size
+            for i, n in buckets.items():
+                row[i - self.low] += n
+            counts[kind] = row
+        return {"start_ns": self.low * self.width, "bucket_ns": self.width, "counts": counts}
+
+
 @dataclass
 class IncidentReport:
     """What the report shows. ``generated`` is an ISO time string chosen by the caller;
@@ -87,6 +137,7 @@ class IncidentReport:
     notes: List[str] = field(default_factory=list)
     tool_version: str = ""
     commands: List[Tuple[str, List[str]]] = field(default_factory=list)
+    activity: Optional[Activity] = None      # every event counted over time (a recording of any length)
 
     def to_json(self) -> Dict[str, Any]:
         """Plain data of the report; flame graphs as their totals (the stacks go to .folded files)."""
@@ -97,6 +148,7 @@ class IncidentReport:
             "tables": [{"title": t.title, "columns": list(t.columns), "rows": [list(r) for r in t.rows],
                         "note": t.note} for t in self.tables],
             "timeline": [list(e) for e in self.timeline],
+            "activity": self.activity.to_json() if self.activity is not None else None,
             "flame_graphs": [{"title": g.title, "name": g.name, "unit": g.unit, "stacks": len(g.folded),
                               "total": sum(g.folded.values())} for g in self.flame_graphs],
             "capabilities": self.capabilities,
@@ -243,6 +295,44 @@ def _timeline(events: List[Tuple[int, str, str]]) -> str:
                                       '<p class="note">%d more event(s) not shown</p>' % more if more > 0 else ""))
 
 
+def _activity(activity: Activity) -> str:
+    """Events per span of time, one lane per kind, each bar as tall as its count against the lane's most."""
+    data = activity.to_json()
+    counts = data["counts"]
+    if not counts:
+        return ""
+    size = max(len(row) for row in counts.values())
+    lane_h, top, label_w = 22, 8, 110
+    plot_w = TIMELINE_WIDTH - label_w
+    height = top + lane_h * len(counts) + 24
+    step = float(plot_w) / size
+    parts = ['<svg class="timeline activity" xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+             'viewBox="0 0 %d %d">' % (TIMELINE_WIDTH, height, TIMELINE_WIDTH, height)]
+    for lane, (kind, row) in enumerate(counts.items()):
+        y = top + lane * lane_h
+        parts.append('<rect x="%d" y="%d" width="%d" height="%d" fill="%s"/>' % (
+            label_w, y, plot_w, lane_h - 2, "#eef0f3" if lane % 2 else "#f7f8fa"))
+        parts.append('<text x="%d" y="%d" class="lane" text-anchor="end">%s</text>' % (label_w - 6, y + 15, h(kind[:18])))
+        most = max(row) or 1
+        for i, n in enumerate(row):
+            if n:
+                bar = max(1.0, (lane_h - 6) * float(n) / most)
+                parts.append('<rect class="bucket" x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>'
+                             '+%s: %s %s</title></rect>' % (
+                                 label_w + i * step, y + lane_h - 4 - bar, max(step - 0.5, 0.5), bar,
+                                 KIND_COLOURS[lane % len(KIND_COLOURS)], h(format_weight(i * data["bucket_ns"], "ns")),
+                                 "{:,}".format(n), h(kind)))
+    span = size * data["bucket_ns"]
+    for i in range(5):
+        parts.append('<text x="%.1f" y="%d" text-anchor="%s" class="tick">+%s</text>' % (
+            label_w + plot_w * i / 4.0, height - 6, ("start", "middle", "middle", "middle", "end")[i],
+            h(format_weight(span * i // 4, "ns"))))
+    parts.append("</svg>")
+    total = sum(sum(row) for row in counts.values())
+    return '%s<p class="note">All {:,} event(s) of the recording, counted in spans of %s from ts_ns %d.</p>'.format(
+        total) % ("".join(parts), h(format_weight(data["bucket_ns"], "ns")), data["start_ns"])
+
+
 def _mark(ok: Any) -> str:
     if ok is True:
         return '<span class="ok">yes</span>'
@@ -280,8 +370,10 @@ def sections(report: IncidentReport) -> List[Section]:
     if report.flame_graphs:
         out.append(Section("flame-graphs", "Flame graphs", "\n".join(
             _flame_graph(g, "fg-%d" % i) for i, g in enumerate(report.flame_graphs, 1)), len(report.flame_graphs)))
-    if report.timeline:
-        out.append(Section("timeline", "Timeline", _timeline(report.timeline), len(report.timeline)))
+    if report.timeline or report.activity is not None:
+        body = (_activity(report.activity) if report.activity is not None else "") + (
+            _timeline(report.timeline) if report.timeline else "")
+        out.append(Section("timeline", "Timeline", body, len(report.timeline)))
     if report.tables:
         out.append(Section("tables", "Tables", "\n".join(
             _table(t, "table-%d" % i) for i, t in enumerate(report.tables, 1)), len(report.tables)))

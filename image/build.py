@@ -47,7 +47,8 @@ PACKAGES = ("python3", "python3-bpfcc", "python3-click", "python3-rich", "python
 KEYED = ("python3", "python3-bpfcc", "python3-click", "python3-rich", "python3-pyelftools",
          "linux-headers-amd64")
 ENTRYPOINT = "/usr/local/bin/bpftools-entrypoint"
-NPD_PLUGIN = "/usr/local/bin/bpftools-npd"      # deploy/npd/bpftools-plugin-monitor.json runs it
+# image/ scripts -> where the project layer puts them (deploy/npd/bpftools-plugin-monitor.json runs bpftools-npd)
+SCRIPTS = {"entrypoint.sh": ENTRYPOINT, "bpftools-npd": "/usr/local/bin/bpftools-npd"}
 REQUIRED_TOOLS = {"debootstrap": "debootstrap", "buildah": "buildah", "podman": "podman", "chroot": "coreutils"}
 
 
@@ -150,12 +151,16 @@ def build_wheel(out: str) -> str:
     return os.path.join(out, wheels[0])
 
 
-def wheel_digest(path: str) -> str:
-    """sha256 of the wheel's member names and contents (not of the zip: its timestamps change)."""
+def project_digest(wheel: str) -> str:
+    """sha256 of the wheel's member names and contents (not of the zip: its timestamps change) and of
+    the scripts the project layer adds."""
     h = hashlib.sha256()
-    with zipfile.ZipFile(path) as z:
+    with zipfile.ZipFile(wheel) as z:
         for member in sorted(z.namelist()):
             h.update(member.encode() + b"\0" + z.read(member) + b"\0")
+    for script in SCRIPTS:
+        with open(os.path.join(HERE, script), "rb") as f:
+            h.update(script.encode() + b"\0" + f.read() + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -166,8 +171,8 @@ def build_project(base: str, wheel: str, source: str, name: str, logf) -> None:
     chroot = ["buildah", "run", "--isolation", "chroot", ctr, "--"]   # no OCI runtime needed to build
     try:
         lab.run(["buildah", "copy", ctr, wheel, inside], logf)
-        lab.run(["buildah", "copy", "--chmod", "0755", ctr, os.path.join(HERE, "entrypoint.sh"), ENTRYPOINT], logf)
-        lab.run(["buildah", "copy", "--chmod", "0755", ctr, os.path.join(HERE, "bpftools-npd"), NPD_PLUGIN], logf)
+        for script, path in SCRIPTS.items():
+            lab.run(["buildah", "copy", "--chmod", "0755", ctr, os.path.join(HERE, script), path], logf)
         lab.run(chroot + ["python3", "-m", "pip", "install", "--no-deps", "--no-index", "--break-system-packages",
                           "--no-compile", "-q", inside], logf)
         lab.run(chroot + ["rm", "-f", inside], logf)
@@ -203,7 +208,7 @@ def ensure(force: bool = False, offline: bool = False) -> str:
         work = tempfile.mkdtemp(prefix="image-wheel-")
         try:
             wheel = build_wheel(work)
-            source = "%s %s" % (wheel_digest(wheel), base)
+            source = "%s %s" % (project_digest(wheel), base)
             if force or image_label(name, "bpftools.source") != source:
                 log("installing %s on %s -> %s" % (os.path.basename(wheel), base, name))
                 build_project(base, wheel, source, name, logf)

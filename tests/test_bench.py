@@ -147,7 +147,10 @@ def test_analysis_throughput_counts_every_episode_and_leak():
     assert 0 < r["explained"] <= r["episodes"]
     for step in ("read", "correlate", "report"):
         assert r["%s_events_per_s" % step] == pytest.approx(r["events"] / r["%s_s" % step])
+    assert r["correlate_alone_events_per_s"] == pytest.approx(r["events"] / (r["correlate_s"] - r["read_s"]))
     assert 0 < r["report_peak_rss_mib"] < REPORT_RSS_CEILING_MIB
+    assert 0 < r["report_json_peak_rss_mib"] < REPORT_RSS_CEILING_MIB and r["report_json_s"] > 0   # orjson hidden
+    assert 0 < r["gz_bytes_per_event"] < r["bytes_per_event"]   # compressed, each line flushed
     if ref is not None:                                         # analyses/refbalance.py exists
         assert ref["unbalanced"] == ref["leaked_written"] == 1  # one hold in 1000 never put
         assert ref["analyze_events_per_s"] == pytest.approx(ref["events"] / ref["analyze_s"])

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 
 import click
 import pytest
@@ -208,7 +209,6 @@ def test_the_line_joiner_keeps_one_line_and_one_record(lines):
                                   '"time": ' + "1" * 200000, "{" + '"a":[' * 1000 + "}",
                                   "x " * 100000 + "[  1.0] y"])
 def test_the_normaliser_is_linear_on_crafted_lines(text):
-    import time
     start = time.perf_counter()
     parse_line(text)
     assert time.perf_counter() - start < 0.5

@@ -91,7 +91,7 @@ def test_image_has_the_project_bcc_and_the_plugin(podman_env, image):
     version = subprocess.check_output([sys.executable, "-c", "import bpftools; print(bpftools.__version__)"],
                                       universal_newlines=True).strip()
     assert proc.stdout.split() == [version, "/usr/local/bin/bpftools", "/usr/local/bin/bpftools-npd",
-                                   "/usr/bin/ip", "/usr/sbin/modprobe"]
+                                   "/usr/sbin/ip", "/usr/sbin/modprobe"]
     assert image == "localhost/bpftools:%s" % version
     proc = podman(podman_env, "run", "--rm", image, "--version")
     assert proc.stdout == "bpftools, version %s\n" % version, proc.stderr

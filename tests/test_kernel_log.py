@@ -1,4 +1,6 @@
-"""Tests for analyses/kernel_log.py: the real-log corpus (EXPECTED.json) and synthetic lines."""
+"""Tests for analyses/kernel_log.py, log_forms.py and log_paste.py: the real-log corpora
+(../shared/corpus/dmesg and tests/corpus, each with its EXPECTED.json), every message form of the table
+on its real example, pasted and exported lines, interleaving, confidence, and synthetic lines."""
 import json
 from pathlib import Path
 
@@ -255,6 +257,12 @@ WAIT = "unregister_netdevice: waiting for eth0 to become free. Usage count = 1"
     ("2023-09-27T23:18:39,123456+00:00 " + WAIT, "2023-09-27T23:18:39,123456+00:00", None,
      "2023-09-27T23:18:39,123456+00:00", True),
     ("[ 1234.567890] host kernel: " + WAIT, "[ 1234.567890]", 1234.56789, None, True),
+    ("May 17 18:48:11 kernel: [ 6141.921740] " + WAIT, "May 17 18:48:11 [ 6141.921740]", 6141.92174,
+     "May 17 18:48:11", True),
+    ("Sep 13 14:34:10 ccgx user.warn kernel: [43500.178937] " + WAIT, "Sep 13 14:34:10 [43500.178937]",
+     43500.178937, "Sep 13 14:34:10", True),
+    ("Sep 13 14:34:10 ccgx user.info vedirect-dbus[1339]: " + WAIT, "Sep 13 14:34:10", None,
+     "Sep 13 14:34:10", False),
     ("6,1234,5678901,-;" + WAIT, "5678901", 5.678901, None, True),
     ("4,99,1000,-,caller=T12;" + WAIT, "1000", 0.001, None, True),
     (" kernel:[11843724.403314] " + WAIT, "[11843724.403314]", 11843724.403314, None, True),
@@ -606,6 +614,10 @@ def test_a_frame_after_unrelated_text_starts_no_new_stack():
     ("     netdev_hold include/linux/netdevice.h:4419 [inline]", "netdev_hold"),
     ("  rtnl_newlink+0x16d6/0x1c70 net/core/rtnetlink.c:4057", "rtnl_newlink"),
     (" ? __list_lru_count_one.isra.2+0x22/0x70", "__list_lru_count_one"),
+    ("[<c0882f18>] (__schedule) from [<c0883858>] (schedule+0x64/0xe4)", "__schedule"),
+    ("[<7f4ba618>] (fuse_writepages [fuse]) from [<8022e284>] (do_writepages+0x30/0x8c)", "fuse_writepages"),
+    ("[<c0609540>] (__mutex_lock.constprop.4) from [<c03fd58c>] (tty_unthrottle_safe+0x14/0x7c)", "__mutex_lock"),
+    ("[<c0609540>] (x) then [<c03fd58c>]", None),
     ("Call Trace:", None),
     ("node 0: slabs: 663, objs: 20964, free: 0", None),
     ("Mem-Info:", None),
@@ -988,3 +1000,27 @@ def test_the_strongest_report_gives_the_finding_its_confidence():
     (finding,) = find_incidents(weak + hung("msleep", "netdev_run_todo"))
     assert (finding.count, finding.confidence) == (2, "certain")
     assert [t["confidence"] for t in finding.facts["tasks"]] == ["weak", "certain"]
+
+
+def test_arm_frames_make_a_stack():
+    (finding,) = find_incidents([
+        "[1.0] INFO: task kworker/u8:0:5 blocked for more than 120 seconds.",
+        "[1.0] kworker/u8:0    D    0     5      2 0x00000000",
+        "[1.1] [<807762c0>] (io_schedule_timeout) from [<80776938>] (mempool_alloc+0x50/0xa8)",
+        "[1.1] [<80776938>] (mempool_alloc) from [<8014ac8c>] (bvec_alloc+0x20/0x40)"])
+    assert finding.facts["tasks"][0]["matched_frames"] == ["io_schedule_timeout", "mempool_alloc"]
+
+
+def test_a_continuation_printed_before_a_header_is_not_its_own():
+    """Newest-first export: lines come before their header in the file, after it in time; a line
+    printed before the header (an earlier report's) is never given to it, whichever way it comes."""
+    header = "[5.000200] SLUB: Unable to allocate memory on node -1, gfp=0xcc0(GFP_KERNEL)"
+    cache = "[5.000300]   cache: filp, object size: 256, buffer size: 256, default order: 1, min order: 0"
+    older = "[5.000100]   cache: dentry, object size: 192, buffer size: 192, default order: 0, min order: 0"
+    for lines in ([cache, header, older], [older, header, cache]):
+        (finding,) = find_incidents(lines)
+        assert [c["cache"] for c in finding.facts["caches"]] == ["filp"]
+        assert finding.facts["orphan_lines"] == 1
+    # without stamps, file order decides: a line after its header is its
+    (finding,) = find_incidents([header[11:], cache[11:]])
+    assert [c["cache"] for c in finding.facts["caches"]] == ["filp"]

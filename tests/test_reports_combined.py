@@ -11,9 +11,8 @@ from test_html_report import EVIL, Page, embedded_json
 
 from bpftools.analyses.iojitter import correlate
 from bpftools.errors import EXIT_BAD_INPUT
-from bpftools.exports import export_names
-from bpftools.recording import read_recording
-from bpftools.exports import combine
+from bpftools.exports import combine, export_names, folded_text
+from bpftools.recording import Recorder, read_recording
 from bpftools.registry import build_report
 from bpftools.tools.iojitter import incident_report
 
@@ -205,3 +204,43 @@ def test_cli_text_and_json_of_several_recordings(bpftools_cli):
     assert [len(d["events"]) for d in docs] == [len(read_recording(p).events) for p in (IOJITTER_61, REFLEAK_61)]
     one = json.loads(bpftools_cli("report", IOJITTER_61, "--json").out)
     assert one["header"]["tool"] == "iojitter" and one == docs[0]
+
+
+# --- several recordings of one tool (per-node bundles) merge into one report in time order ----------
+
+SMALL = os.path.join(FIXTURES, "streaming", "synthetic-iojitter-small.jsonl.gz")
+
+
+def _split_by_thread(tmp_path):
+    """The small synthetic recording as two (even and odd threads, the second gzip-compressed), every
+    thread whole in one of them, as two nodes would record it; lost-record markers left out (their
+    place in one stream is not in the other)."""
+    rec = read_recording(SMALL)
+    events = [e for e in rec.events if e["type"] != "lost"]
+    paths = [str(tmp_path / "even.jsonl"), str(tmp_path / "odd.jsonl.gz")]
+    for parity, path in enumerate(paths):
+        out = Recorder(path, rec.header)
+        for e in events:
+            if e["type"] == "mode" or e["tid"] % 2 == parity:
+                out.write(e)
+        out.close({"lost_events": 0, "interrupted": False, "events": out.events})
+    return rec.header, events, paths
+
+
+def test_cli_merges_recordings_of_one_tool_into_one_report(bpftools_cli, tmp_path):
+    header, events, paths = _split_by_thread(tmp_path)
+    whole = build_report(header, events, GENERATED)
+    r = bpftools_cli("report", paths[0], paths[1], "--folded", "-")
+    assert r.code == 0, r.err
+    assert r.out == folded_text(whole.flame_graphs[0].folded)          # byte for byte, one flame graph
+    r = bpftools_cli("report", paths[0], paths[1], "--report", str(tmp_path / "out"))
+    assert r.code == 0, r.err
+    data = json.loads(embedded_json(open(str(tmp_path / "out" / "report.html")).read()))
+    assert [v["summary"] for v in data["verdicts"]] == [whole.verdicts[0]["summary"]] == [
+        "398 of 403 slow writebacks explained by mempool waits"]
+    assert [t["rows"] for t in data["tables"]] == [json.loads(json.dumps(t.rows)) for t in whole.tables]
+    r = bpftools_cli("report", paths[0], paths[1])
+    assert r.code == 0, r.err
+    assert r.out.count("iojitter recording:") == 1
+    assert "read %d events\n" % (len(events) + 1) in r.out                # the mode record is in both
+    assert "Verdict: 398 of 403 slow writebacks (99%) were stalled in mempool_alloc" in " ".join(r.out.split())

@@ -180,6 +180,17 @@ class Decoder(object):
         count, self._kernel_drops = total - self._kernel_drops, total
         return Lost(count=count, source="kernel_map_full", ts_ns=self.last_ts)
 
+    def forget_stacks(self) -> None:
+        """Empty the stack map and the frames named from it. The map keeps each distinct stack until it is
+        full (then stacks are lost), so a run that never ends (``watch``) does this now and then."""
+        table = self.bpf[self._stacks.table]
+        for key in list(table.keys()):      # bcc's StackTrace.clear() does nothing
+            try:
+                del table[key]
+            except KeyError:                # gone meanwhile
+                pass
+        self._stacks = KernelStacks(self.bpf)
+
     def seen(self, ts_ns: int) -> None:
         """Remember the newest event time (a later loss is placed after it)."""
         if self.last_ts is None or ts_ns > self.last_ts:

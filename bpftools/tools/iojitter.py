@@ -20,7 +20,7 @@ from rich.table import Table
 from ..analyses import folded as folded_stacks
 from ..analyses.iojitter import KEEP_EPISODES, Correlator, Episode, Result, correlate
 from ..analyses.verdicts import KMEM
-from ..html_report import FlameGraph, IncidentReport
+from ..html_report import Activity, FlameGraph, IncidentReport
 from ..html_report import Table as ReportTable
 from ..iostall import face as io
 from ..iostall.program import Decoder
@@ -122,10 +122,15 @@ def incident_report(header: Dict[str, Any], events: Iterable[Dict[str, Any]], ge
     containers, the timeline and the time blocked per kernel stack (the same folded stacks as ``--folded``)."""
     correlator = Correlator()
     mode = None  # type: Optional[Dict[str, Any]]
+    activity = Activity()
     for e in events:
         correlator.feed(e)
-        if mode is None and isinstance(e, dict) and e.get("type") == "mode":
-            mode = e
+        if isinstance(e, dict):
+            kind = _activity_kind(e)
+            if kind is not None:
+                activity.add(e["ts_ns"], kind, int(e.get("count") or 1) if kind == "records lost" else 1)
+            elif mode is None and e.get("type") == "mode":
+                mode = e
     result = correlator.result()
     threshold = _threshold_ns(mode)
     at_least = " (>= %s s)" % _secs(threshold) if threshold is not None else ""
@@ -177,9 +182,19 @@ def incident_report(header: Dict[str, Any], events: Iterable[Dict[str, Any]], ge
         timeline=timeline,
         flame_graphs=[FlameGraph("Time in slow writebacks by kernel stack (waits and the rest)", result.folded,
                                  unit="ns", name="iojitter")],
-        capabilities=header.get("capabilities"), tool_version=str(header.get("version", "")),
+        capabilities=header.get("capabilities"), tool_version=str(header.get("version", "")), activity=activity,
         notes=["%d mempool wait(s) outside any slow writeback" % result.mempool_waits_elsewhere]
         if result.mempool_waits_elsewhere else [])
+
+
+def _activity_kind(e: Dict[str, Any]) -> Optional[str]:
+    """The timeline lane of a timed record (every one is counted), None for the others."""
+    ts, kind = e.get("ts_ns"), e.get("type")
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        return None
+    if kind == "sleep":
+        return "mempool wait" if e.get("in_mempool") else "other sleep"
+    return {"writeback": "writeback call", "slab_failure": "slab failure", "lost": "records lost"}.get(kind)
 
 
 def _left_out(result: Result) -> str:

@@ -24,6 +24,7 @@ report`` replays them through the same analysis and renderer.
 """
 import errno
 import fnmatch
+import heapq
 import json
 import os
 import select
@@ -63,6 +64,9 @@ OBS, CONTEXT, UPDATE, SUMMARY = "netdev_obs", "netns_context", "netdev_wait", "n
 LINK, CALL = "notifier_link", "notifier_call"
 MODE_LABELS = {KPROBE: "kprobe mode", LOG: "kernel log mode", "log file": "log file"}
 REFRESH_EVERY = 2.0          # seconds between snapshots of who uses which network namespace
+# Records are handled in time order once this old: one CPU's perf buffer may be read seconds after
+# another's (2.5 s seen in the lab VM), and the kworker that waits moves between CPUs.
+REORDER_NS = 3 * 1000 * 1000 * 1000
 MAX_USERS = 8                # processes remembered per namespace
 # Struct members read from the device (-D offsets from BTF, kernel.structs), all needed.
 FIELDS = ("OFF_DEV_NAME", "OFF_DEV_IFINDEX", "OFF_DEV_NET", "OFF_DEV_REG_STATE", "OFF_NET_NS", "OFF_NS_INUM")
@@ -212,6 +216,38 @@ def decode(raw: Any) -> Any:
                        netns=int(raw.netns) or None, pid=int(raw.tid), comm=c_text(bytes(raw.comm)))
 
 
+def monotonic_ns() -> int:
+    """CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns()."""
+    return int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1e9)
+
+
+class InOrder(object):
+    """Records of all CPUs' perf buffers handed to ON_ITEM in ``ts_ns`` order, each once WINDOW_NS old by
+    CLOCK (or at :meth:`flush`)."""
+
+    def __init__(self, on_item: Callable[[Any], None], window_ns: int = REORDER_NS,
+                 clock: Callable[[], int] = monotonic_ns) -> None:
+        self._on_item = on_item
+        self._window = window_ns
+        self._clock = clock
+        self._heap = []  # type: List[Any]
+        self._seq = 0
+
+    def push(self, item: Any) -> None:
+        heapq.heappush(self._heap, (item.ts_ns, self._seq, item))
+        self._seq += 1
+        self.release()
+
+    def release(self, everything: bool = False) -> None:
+        """Hand on every record older than the window (all with EVERYTHING)."""
+        limit = self._clock() - self._window
+        while self._heap and (everything or self._heap[0][0] <= limit):
+            self._on_item(heapq.heappop(self._heap)[2])
+
+    def flush(self) -> None:
+        self.release(True)
+
+
 class Subscribers(object):
     """The callbacks the chain walks find: named from /proc/kallsyms (modules included; read again, at
     most every KALLSYMS_EVERY seconds, for an address it does not name yet) and, once each, kprobed at
@@ -244,12 +280,13 @@ class Subscribers(object):
             self._read()
         return self._names.get(addr, (None, None))
 
-    def named(self, item: Any) -> Any:
-        """ITEM (a Link or Call) with its callback's symbol and module; a Link's callback gets its probes."""
+    def named(self, item: Any, probe: bool = True) -> Any:
+        """ITEM (a Link or Call) with its callback's symbol and module; with PROBE a Link's callback gets
+        its probes."""
         if not item.call or int(item.call, 16) == 0:
             return item
         item.symbol, item.module = self.name(item.call)
-        if isinstance(item, Link) and self._attach is not None:
+        if probe and isinstance(item, Link) and self._attach is not None:
             self._probe(item)
         return item
 
@@ -594,6 +631,8 @@ Examples:
   bpftools netdevwait                  # devices stuck in unregister, live, until Ctrl-C
   bpftools netdevwait -d 60 --json     # 60 s, one JSON object per update, then a summary
   bpftools netdevwait --dev 'veth*' --record ndw.jsonl
+  bpftools report ndw.jsonl --html ndw.html   # verdicts, subscribers, flame graph of their time
+  bpftools netdevwait --no-subscribers # rounds and counts only: no chain walk, no callback probes
   bpftools netdevwait --mode log       # from the kernel's "waiting for" messages only
   bpftools netdevwait --log /var/log/kern.log --release 3.10.0-1127.el7.x86_64
 """)
@@ -613,7 +652,8 @@ Examples:
 def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, log_path: Optional[str],
             release: Optional[str], subscribers: bool, as_json: bool, record: Optional[str], ready_file: Optional[str],
             ebpf: bool, kmsg_path: Optional[str]) -> None:
-    """Devices stuck in unregister: who held them, the count and leaked references, rounds, wait time."""
+    """Devices stuck in unregister: who held them, the count and leaked references, rounds, wait time,
+    and the notifier subscribers each round runs, with a leak / slow release verdict."""
     def emit(obj: Dict[str, Any], lines: List[str]) -> None:
         click.echo(json.dumps(obj, sort_keys=True) if as_json else "\n".join(lines))
 
@@ -644,10 +684,8 @@ def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, lo
 
         def observe(obs: Optional[Observation]) -> None:
             if isinstance(obs, (Link, Call)):
-                if session.tracker.waiting(obs.dev):
-                    item = callbacks.named(obs)
-                    session.chain_item(item)
-                    run.record(dict(item.to_json(), type=LINK if isinstance(item, Link) else CALL))
+                if session.chain_item(obs):
+                    run.record(dict(obs.to_json(), type=LINK if isinstance(obs, Link) else CALL))
                 return
             if obs is None or not session.wanted(obs):
                 return
@@ -671,9 +709,23 @@ def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, lo
                 users.refresh()
                 bpf = plan.probe().load(plan.kprobes)
                 callbacks = Subscribers(lambda probe: try_attach(bpf, probe))
-                poll_events(bpf, "events", lambda raw: observe(decode(raw)), duration=duration,
-                            ready=run.ready_callback(ready_file), on_lost=run.add_lost,
-                            tick_every=REFRESH_EVERY, on_tick=users.refresh)
+                ordered = InOrder(observe)
+
+                def receive(raw: Any) -> None:
+                    """Name a chain's callbacks (and probe those of watched devices) as soon as a walk
+                    finds them; everything else waits its turn."""
+                    item = decode(raw)
+                    if isinstance(item, (Link, Call)):
+                        callbacks.named(item, probe=not dev_pattern or fnmatch.fnmatchcase(
+                            c_text(bytes(raw.name)), dev_pattern))
+                    ordered.push(item)
+
+                def tick() -> None:
+                    users.refresh()
+                    ordered.release()
+
+                poll_events(bpf, "events", receive, duration=duration, ready=run.ready_callback(ready_file),
+                            on_lost=run.add_lost, tick_every=REFRESH_EVERY, on_tick=tick, on_end=ordered.flush)
             else:
                 kernel = os.uname().release
                 follow_log(kmsg_path or kmsg_device(), lambda line: observe(message_observation(line, kernel)), duration,

@@ -82,8 +82,9 @@ Examples:
                   help="A mempool wait this long writes a bundle.")
     @click.option("--slow-ms", type=NON_NEGATIVE, default=100.0, show_default=True,
                   help="A writeback call this slow is recorded (and counted as a slow writeback).")
-    @click.option("--after", type=NON_NEGATIVE, default=10.0, show_default=True, metavar="SECONDS",
-                  help="Keep recording this long after a trigger before the bundle is written.")
+    @click.option("--after", type=NON_NEGATIVE, default=15.0, show_default=True, metavar="SECONDS",
+                  help="Keep recording this long after a trigger before the bundle is written (the kernel "
+                       "logs 'waiting for DEV' 10 s into a wait).")
     @click.option("--min-interval", type=NON_NEGATIVE, default=300.0, show_default=True, metavar="SECONDS",
                   help="At most one bundle per incident in this time; triggers between are counted.")
     @click.option("--ring-seconds", type=POSITIVE, default=300.0, show_default=True,

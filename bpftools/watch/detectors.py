@@ -12,6 +12,7 @@ A detector that cannot be planned or loaded on this kernel is switched off with 
 Each decoded event is a recording's JSON object with ``detector`` added.
 """
 import os
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from ..kernel.target import Target
 from ..capture import Outline, table_sum
 
 IO, KMEM_FILES, NETDEV = "io", "kmem", "netdev"
-NETNS_REFRESH_EVERY = 10.0      # seconds between snapshots of who uses which network namespace
+STACKS_EVERY = 600.0            # seconds between clearings of the io program's stack map
 
 
 @dataclass(frozen=True)
@@ -114,21 +115,30 @@ def outline(reused: Reused, target: Target, settings: Settings) -> Outline:
                    ["%s: %s" % (name, n) for name, o in parts for n in o.notes])
 
 
-def io_detector(target: Target, settings: Settings) -> Detector:
-    """The I/O-stall program, loaded."""
-    plan = io_plan(target, settings)
-    bpf = program.load(plan)
-    decoder = program.Decoder(bpf, plan)
+class IoDetector(Detector):
+    """The I/O-stall program, loaded; its stack map is emptied every STACKS_EVERY seconds."""
 
-    def decode(raw: Any) -> List[Dict[str, Any]]:
+    def __init__(self, target: Target, settings: Settings) -> None:
+        plan = io_plan(target, settings)
+        bpf = program.load(plan)
+        self.decoder = program.Decoder(bpf, plan)
+        self._cleared = time.monotonic()
+        Detector.__init__(self, IO, dict(plan.to_json(), notes=list(plan.notes)), bpf, self._decode)
+
+    def _decode(self, raw: Any) -> List[Dict[str, Any]]:
         if raw.type == program.EV_DROPPED:
-            return [_tagged(IO, decoder.dropped(raw).to_json())]
-        event = sections.decode(raw, decoder)
+            return [_tagged(IO, self.decoder.dropped(raw).to_json())]
+        event = sections.decode(raw, self.decoder)
         if event is None:
             return []
-        decoder.seen(event.ts_ns)
+        self.decoder.seen(event.ts_ns)
         return [_tagged(IO, event.to_json())]
-    return Detector(IO, dict(plan.to_json(), notes=list(plan.notes)), bpf, decode)
+
+    def tick(self) -> List[Dict[str, Any]]:
+        if time.monotonic() - self._cleared >= STACKS_EVERY:
+            self._cleared = time.monotonic()
+            self.decoder.forget_stacks()
+        return []
 
 
 def kmem_detector(reused: Reused, target: Target, settings: Settings) -> Detector:
@@ -197,7 +207,7 @@ class NetdevDetector(Detector):
 
 def start(reused: Reused, target: Target, settings: Settings, warn: Callable[[str], None]) -> List[Detector]:
     """Plan and load every detector this kernel allows; each that cannot is switched off with a note."""
-    makers = ((IO, lambda: io_detector(target, settings)), (KMEM_FILES, lambda: kmem_detector(reused, target, settings)),
+    makers = ((IO, lambda: IoDetector(target, settings)), (KMEM_FILES, lambda: kmem_detector(reused, target, settings)),
               (NETDEV, lambda: NetdevDetector(reused, target, settings)))
     out = []  # type: List[Detector]
     try:

@@ -38,6 +38,7 @@ KERNEL_LOG = "kernel-log.txt"
 TICK_EVERY = 0.5          # seconds between housekeeping rounds (rings, bundles due, lost counts)
 TEXTFILE_EVERY = 15.0     # seconds between node_exporter textfile writes
 POLL_MS = 100             # the longest wait for the first program's records
+REFRESH_EVERY = 10.0      # seconds between the detectors' periodic work (namespace snapshots, stack map)
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Limits:
     ring_events: int = 5000          # per detector
     ring_seconds: float = 300.0
     log_lines: int = 2000            # kernel log records kept for the excerpt
-    after: float = 10.0              # seconds a bundle keeps collecting after its trigger
+    after: float = 15.0              # seconds a bundle keeps collecting after its trigger
     after_events: int = 20000        # events a bundle takes after its trigger, at most
     min_wait_ns: int = 10 ** 9       # a mempool wait this long triggers
     min_interval: float = 300.0      # seconds between two bundles of one incident
@@ -80,8 +81,8 @@ class _Asked(SignalGuard):
 
 
 class Watch(object):
-    """One watch run over DETECTORS (started), writing into BUNDLES, feeding METRICS (helper contract:
-    bpftools.watch.metrics.Metrics), saying what it does through SAY(kind, object, line)."""
+    """One watch run over DETECTORS (started), writing into BUNDLES, feeding METRICS (a ``metrics.Metrics``),
+    saying what it does through SAY(object, line) and its troubles through WARN(line)."""
 
     def __init__(self, reused: Reused, detectors: List[Detector], bundles: BundleDir, limits: Limits, metrics: Any,
                  header: Dict[str, Any], hider: PointerHider, say: Callable[[Dict[str, Any], str], None],
@@ -106,7 +107,7 @@ class Watch(object):
         self.lost = 0
         self.written = []  # type: List[str]
         self._next_tick = 0.0
-        self._next_refresh = time.monotonic() + 10.0
+        self._next_refresh = time.monotonic() + REFRESH_EVERY
         self._next_textfile = 0.0
         self._netdev = next((d for d in detectors if isinstance(d, NetdevDetector)), None)
 
@@ -203,7 +204,7 @@ class Watch(object):
         for detector in self.detectors:
             self.lost_records(detector.name, detector.drops(), "kernel_map_full")
         if now >= self._next_refresh:
-            self._next_refresh = now + 10.0
+            self._next_refresh = now + REFRESH_EVERY
             for detector in self.detectors:
                 self.add(detector.name, detector.tick(), now)
         if self.textfile and now >= self._next_textfile:
