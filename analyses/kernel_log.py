@@ -12,7 +12,7 @@ stamps, syslogd's wall broadcast (``Message from syslogd@host at ...`` then `` k
 stamp follows another program's output, mail-quoted or indented lines, other programs' lines in
 between (syslog lines not tagged ``kernel`` are skipped), and wrapped lines: a stamped line ending
 in a space (format=flowed) or a comma continues on the next unstamped line, and any line ending in
-`` \`` on the next one.
+a blank and a backslash on the next one.
 
 ``find_incidents(lines)`` returns one :class:`Finding` per kind found, in the order of
 :data:`KINDS`, each with a confidence (:data:`CONFIDENCES`) and the rule that gave it. Timestamps

@@ -74,6 +74,12 @@ def image_label(name: str, label: str) -> Optional[str]:
     return (json.loads(proc.stdout) or {}).get(label)
 
 
+def image_id(name: str) -> Optional[str]:
+    proc = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", name], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, universal_newlines=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
 def base_key(offline: bool) -> Optional[str]:
     """The base's key from the versions the archive serves today; None when it cannot be asked."""
     if offline:
@@ -180,8 +186,11 @@ def build_project(base: str, wheel: str, source: str, name: str, logf) -> None:
                  "--label", "bpftools.source=%s" % source,
                  "--label", "org.opencontainers.image.title=bpftools",
                  "--label", "org.opencontainers.image.version=%s" % version(), ctr], logf)
+        previous = image_id(name)
         lab.run(["buildah", "commit", "--rm", ctr, name], logf)
         ctr = ""
+        if previous and previous != image_id(name):      # the tag moved: drop the image it named
+            subprocess.call(["podman", "rmi", previous], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
         if ctr:
             subprocess.call(["buildah", "rm", ctr], stdout=subprocess.DEVNULL)

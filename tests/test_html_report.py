@@ -10,8 +10,8 @@ from html.parser import HTMLParser
 
 from bpftools.analyses.folded import annotation, fold, parse_folded
 from bpftools.exports import export_names, folded_text, write_exports
-from bpftools.html_report import (MAX_TABLE_ROWS, FlameGraph, IncidentReport, Table, command_line, json_for_script,
-                                  render_html, sections, slug)
+from bpftools.html_report import (MAX_BUCKETS, MAX_TABLE_ROWS, Activity, FlameGraph, IncidentReport, Table, command_line,
+                                  json_for_script, render_html, sections, slug)
 
 EVIL = "<script>alert(1)</script>"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -234,3 +234,48 @@ def test_content_security_policy_allows_exactly_our_scripts():
 
 def test_json_for_script_keeps_json_valid_for_non_finite_numbers():
     assert json_for_script({"x": float("nan"), "y": [float("inf")]}) == '{"x": "nan", "y": ["inf"]}'
+
+
+# ---- the timeline of a recording of any length: activity counted in buckets -------------------------
+
+def test_activity_buckets_widen_and_merge_keeping_every_count():
+    a = Activity()
+    for ts in (0, 239, 5, 5):
+        a.add(ts, "x")
+    assert a.to_json() == {"start_ns": 0, "bucket_ns": 1, "counts": {"x": [1] + [0] * 4 + [2] + [0] * 233 + [1]}}
+    a.add(240, "y")                          # 241 buckets of 1 ns: the width doubles, neighbours merge
+    data = a.to_json()
+    assert (data["start_ns"], data["bucket_ns"], len(data["counts"]["x"])) == (0, 2, 121)
+    assert (data["counts"]["x"][0], data["counts"]["x"][2], data["counts"]["x"][119]) == (1, 2, 1)
+    assert data["counts"]["y"][120] == 1 and sum(data["counts"]["y"]) == 1
+
+
+def test_activity_of_any_order_and_span_stays_bounded():
+    a = Activity()
+    times = [(i * 7919) % 1000003 * 10 ** 6 - 5 * 10 ** 11 for i in range(20000)]   # shuffled, some negative
+    for ts in times:
+        a.add(ts, "even" if ts % 2 == 0 else "odd", 2)
+    data = a.to_json()
+    row = data["counts"]["even"]
+    assert len(row) <= MAX_BUCKETS and sum(row) == 2 * len(times)
+    assert data["start_ns"] <= min(times) < max(times) < data["start_ns"] + len(row) * data["bucket_ns"]
+    first = min(times)
+    assert row[(first - data["start_ns"]) // data["bucket_ns"]] > 0
+
+
+def test_iojitter_report_counts_every_record_in_the_activity_timeline():
+    from bpftools.recording import read_recording
+    from bpftools.registry import build_report
+    rec = read_recording(os.path.join(os.path.dirname(__file__), "fixtures", "streaming",
+                                      "synthetic-iojitter-small.jsonl.gz"))
+    report = build_report(rec.header, iter(rec.events), "2026-01-01T00:00:00Z")
+    counts = dict((kind, sum(row)) for kind, row in report.activity.to_json()["counts"].items())
+    sleeps = [e for e in rec.events if e["type"] == "sleep"]
+    assert counts == {"slab failure": sum(1 for e in rec.events if e["type"] == "slab_failure"),
+                      "mempool wait": sum(1 for e in sleeps if e["in_mempool"]),
+                      "other sleep": sum(1 for e in sleeps if not e["in_mempool"]),
+                      "writeback call": sum(1 for e in rec.events if e["type"] == "writeback")}
+    html = render_html(report)
+    assert html.count('class="bucket"') > 100
+    assert "All {:,} event(s) of the recording, counted in spans of".format(sum(counts.values())) in html
+    assert json.loads(embedded_json(html))["activity"]["counts"].keys() == counts.keys()

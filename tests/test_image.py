@@ -151,7 +151,8 @@ def pod_from_daemonset(image, name, state):
     spec = template["spec"]
     (ctr,) = spec["containers"]
     ctr["image"] = image
-    ctr["args"] = ctr["args"] + ["--mode", "tracepoint", "--json", "--after", "1"]
+    ctr["args"] = ctr["args"] + ["--mode", "tracepoint", "--json", "--after", "1", "--ready-file",
+                                 "/var/lib/bpftools/ready"]
     (vol,) = [v for v in spec["volumes"] if v["name"] == "bundles"]
     vol["hostPath"]["path"] = str(state)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": template["metadata"]["labels"],
@@ -178,18 +179,23 @@ class PodWatch(object):
     def objects(self):
         return [json.loads(line) for line in self.logs()[0].splitlines() if line.startswith("{")]
 
-    def wait_for(self, predicate, timeout):
+    def wait_until(self, done, timeout):
+        """DONE()'s first true value, while the container runs, within TIMEOUT seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = [o for o in self.objects() if predicate(o)]
+            found = done()
             if found:
-                return found[0]
+                return found
             state = podman(self.env, "inspect", "--format", "{{.State.Status}}", self.ctr).stdout.strip()
             if state not in ("running", "created", "configured"):
                 break
             time.sleep(0.5)
         out, err = self.logs()
-        pytest.fail("nothing matched in %d s (container %s)\n%s\n%s" % (timeout, state, out[-2000:], err[-3000:]))
+        pytest.fail("nothing came in %d s (container %s)\n%s\n%s" % (timeout, state, out[-2000:], err[-3000:]))
+
+    def wait_for(self, predicate, timeout):
+        """The first JSON line of watch that PREDICATE accepts."""
+        return self.wait_until(lambda: next((o for o in self.objects() if predicate(o)), None), timeout)
 
     def ip(self):
         out = podman(self.env, "inspect", "--format", "{{json .NetworkSettings.Networks}}", self.ctr).stdout
@@ -260,7 +266,7 @@ def test_watch_pod_from_the_daemonset_sees_a_host_kmem_write_and_prometheus_scra
     prometheus = None
     try:
         started = time.monotonic()
-        mode = pod.wait_for(lambda o: o.get("type") == "mode" and o.get("detector") == "kmem", timeout=240)
+        pod.wait_until(lambda: (state / "ready").exists(), timeout=240)
         attached = time.monotonic() - started
         writer = int(subprocess.check_output([sys.executable, "-c", WRITER, cgroup_dir], universal_newlines=True))
         path = cgroup_dir + "/memory.kmem.limit_in_bytes"
@@ -283,7 +289,7 @@ def test_watch_pod_from_the_daemonset_sees_a_host_kmem_write_and_prometheus_scra
         if prometheus is not None:
             prometheus.stop()
         pod.down()
-    sys.stderr.write("watch in the pod: attached in %.1f s (%s)\n" % (attached, mode))
+    sys.stderr.write("watch in the pod: attached in %.1f s\n" % attached)
     # the bundle, read from the hostPath on the host
     (bundle,) = os.listdir(str(bundles))
     assert done["path"] == "/var/lib/bpftools/bundles/" + bundle      # the same directory, seen in the pod

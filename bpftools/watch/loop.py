@@ -250,8 +250,9 @@ class Watch(object):
                                "bundle.json", "doctor.json", KERNEL_LOG, "recording.jsonl"]}
                 out.write_text("bundle.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
             path = self.bundles.finish(capture.name)
-        except (BpftoolsError, OSError) as err:
-            self.warn("bundle %s not written: %s" % (capture.name, err))
+        except Exception as err:        # a bundle that cannot be written must not stop the recorder
+            self.warn("bundle %s not written: %s%s" % (capture.name, "" if isinstance(err, (BpftoolsError, OSError))
+                                                        else type(err).__name__ + ": ", err))
             if partial is not None:
                 shutil.rmtree(partial, ignore_errors=True)
             return

@@ -55,8 +55,12 @@ def _bundles(top):
     return sorted(n for n in os.listdir(top) if not n.startswith("."))
 
 
-def _bundle_of(top, incident, timeout):
-    assert wait_until(lambda: any(n.endswith("-" + incident) for n in _bundles(top)), timeout), _bundles(top)
+def _bundle_of(tool, top, incident, timeout):
+    """The path of INCIDENT's bundle once it appears; else watch is stopped and its output told."""
+    if not wait_until(lambda: any(n.endswith("-" + incident) for n in _bundles(top)), timeout):
+        tool.stop(signal.SIGTERM)
+        raise AssertionError("no %s bundle in %d s (%s); watch exited %s\nstdout:\n%s\nstderr:\n%s" % (
+            incident, timeout, _bundles(top), tool.returncode, tool.out[-3000:], tool.err[-5000:]))
     (name,) = [n for n in _bundles(top) if n.endswith("-" + incident)]
     return os.path.join(top, name)
 
@@ -84,17 +88,18 @@ def watched(tmp_path_factory, ext4_mount):
         with Injector("bpftools_slabfail") as injector:
             facts["writer"] = run_slabfail_writer(os.path.join(ext4_mount, "watch-io"), injector, True,
                                                   lambda pid: pid in tasks_in("mempool_alloc"))
-        facts["kmem"] = _bundle_of(top, KMEM, 60)
+        facts["kmem"] = _bundle_of(tool, top, KMEM, 60)
         with Injector("bpftools_devref") as devref:
             try:
                 _leak_a_device(devref)
-                facts["netdev"] = _bundle_of(top, NETDEV, 90)
+                facts["netdev"] = _bundle_of(tool, top, NETDEV, 90)
             finally:
                 if "held " in devref.read():
                     devref.command("put")
             assert wait_until(lambda: not tasks_in("netdev_run_todo"), 60)
     finally:
-        tool.stop(signal.SIGTERM)
+        if tool.returncode is None:
+            tool.stop(signal.SIGTERM)
         _quiet("ip", "netns", "del", NETNS)
         _quiet("ip", "link", "del", HOST_IF)
     for incident in ("kmem", "netdev"):
