@@ -745,6 +745,7 @@ def _gfp_names(value: str, printed: Optional[List[str]], release: Optional[str]
 
 _NETDEV_WAIT = forms.pattern("netdev_wait")
 _REF_TRACKER = forms.pattern("ref_tracker_users")
+_REF_LEAKED = forms.pattern("ref_tracker_leaked")  # v5.17 to v6.4: no object, no user count
 # Frames of the reference-taking plumbing; the first other frame is the holder.
 _TRACKER_PLUMBING = {"ref_tracker_alloc", "__netdev_tracker_alloc", "netdev_tracker_alloc",
                      "netdev_hold", "dev_hold", "__dev_hold", "dev_hold_track"}
@@ -819,10 +820,12 @@ class _NetdevCollector:
             self.last = device
             return
         tracker = _REF_TRACKER.match(text) if text.startswith("ref_tracker") else None
-        if tracker:
+        leaked = _REF_LEAKED.match(text) if text.startswith("leaked") else None
+        if tracker or leaked:
             self.saw_ref_tracker = True
             if self.last is not None:
-                self.tracker = {"object": tracker.group("object"), "users": tracker.group("users"),
+                self.tracker = {"object": tracker.group("object") if tracker else None,
+                                "users": tracker.group("users") if tracker else None,
                                 "frames": [], "line": line}
 
     def _end_tracker(self) -> None:
@@ -839,7 +842,8 @@ class _NetdevCollector:
             return
         holder = next((f for f in tracker["frames"] if _base_name(f) not in _TRACKER_PLUMBING), None)
         self.last.trackers[key] = OrderedDict([
-            ("object", shown(tracker["object"])), ("users", tracker["users"]), ("holder", holder),
+            ("object", tracker["object"] and shown(tracker["object"])), ("users", tracker["users"]),
+            ("holder", holder),
             ("frames", tracker["frames"]), ("reports", 1), ("_line", tracker["line"])])
 
     def finding(self, release: Optional[str], release_source: str) -> Optional[Finding]:
@@ -920,7 +924,7 @@ _HUNG = forms.pattern("hung_task_header")
 _TASK_OLD = forms.pattern("task_line_old")
 _TASK_NEW = forms.pattern("task_line_5_9")
 _WORKQUEUE = forms.pattern("workqueue")
-_MEMCG_OOM = forms.pattern("memcg_oom_kill_old")
+_MEMCG_OOM = tuple(form.pattern for form in forms.of_signature(forms.MEMCG_OOM))
 _NETNS_WORKER = re.compile(r"^netns cleanup_net\b")
 _TASK_END = re.compile(r"^</TASK>$")
 _TRACE_NOISE = re.compile(
@@ -1193,7 +1197,7 @@ class LogAnalyser(object):
                 out.garbled_lines += 1
         if self.printed is None and self.kernel_release is None:
             self.printed = _release_in(line)
-        if "Memory cgroup out of memory" in line.text and _MEMCG_OOM.search(line.text):
+        if "Memory cgroup out of memory" in line.text and any(p.search(line.text) for p in _MEMCG_OOM):
             out.memcg_oom_kills += 1
         if not self.slub.feed(line):  # a SLUB line interleaved in a stack does not end the stack
             self.netdev.feed(line)

@@ -69,11 +69,15 @@ FORMS = (
          re.compile(r"^node (?P<node>-?\d{1,6}): slabs: \d{1,20}, objs: \d{1,20}, free: \d{1,20}"),
          "v2.6.32", None, '781b2ba6eb5f "SLUB: Out-of-memory diagnostics"',
          ("tests", "C03_runc_1857.log", 3)),
-    # lib/ratelimit.c ___ratelimit() on slab_out_of_memory's ratelimit state
+    # lib/ratelimit.c ___ratelimit() on slab_out_of_memory's own ratelimit state. Before it, the
+    # report was gated by printk_ratelimit() in __slab_alloc, whose shared state prints
+    # "__slab_alloc: N callbacks suppressed" for every caller's messages: not read as SLUB's.
     Form("slub_suppressed", SLUB,
          '%s: %d callbacks suppressed',
          re.compile(r"slab_out_of_memory: (?P<n>\d{1,10}) callbacks suppressed"),
-         "v3.10", None, 'not traced: ___ratelimit() printed it before v3.10, the oldest kernel of this table',
+         "v3.17", None, '"mm, slab: suppress out of memory warning unless debug is enabled" (David Rientjes, '
+         'v2 on linux-mm 2014-05-07; in the -mm tree after v3.16-rc1, so v3.17 at the earliest; its hash is '
+         'not checked here) gave slab_out_of_memory its ratelimit state',
          ("shared", "A05_docker-for-linux_1001.log", 1)),
     # net/core/dev.c netdev_wait_allrefs() (netdev_wait_allrefs_any() since v5.18)
     Form("netdev_wait", NETDEV_WAIT,
@@ -82,8 +86,17 @@ FORMS = (
                     r"Usage count = (?P<count>-?\d{1,10})"),
          "v2.6.12", None, '1da177e4c3f4 "Linux-2.6.12-rc2" (already in the first git tree)',
          ("tests", "C10_moby_18156.log", 1)),
-    # lib/ref_tracker.c: with CONFIG_NET_DEV_REFCNT_TRACKER (v5.17, 4d92b95ff2f9), stacks grouped
-    # with their user count since v6.5 ("lib/ref_tracker: compact stacktraces before printing").
+    # lib/ref_tracker.c ref_tracker_dir_print(), called by netdev_wait_allrefs() with
+    # CONFIG_NET_DEV_REFCNT_TRACKER (v5.17, 4d92b95ff2f9): one line per leaked reference, its
+    # allocation stack (stack_depot_print) after it; no object name, no user count.
+    Form("ref_tracker_leaked", REF_TRACKER,
+         'leaked reference.\\n',
+         re.compile(r"^leaked reference\.$"),
+         "v5.17", "v6.4", '4e66934eaadc "lib: add reference counting tracking infrastructure"',
+         ("tests", "C15_syzbot_881d65229ca4f9ae8c84.log", 2)),
+    # Since v6.5 the same stacks are grouped with their user count ("lib/ref_tracker: compact
+    # stacktraces before printing", Andrzej Hajda; its upstream hash is not checked here) and the
+    # lines carry pr_fmt "ref_tracker: ".
     Form("ref_tracker_users", REF_TRACKER,
          '%s%s@%p has %d/%d users at\\n%s\\n',
          re.compile(r"^ref_tracker: (?P<object>[^\s@]{1,64}@\S{1,32}) has (?P<users>\d{1,10}/\d{1,10}) users at"),
@@ -116,12 +129,23 @@ FORMS = (
          'v3.10; its hash is not checked here)',
          ("tests", "C06_coreos-bugs_118.log", 5)),
     # mm/oom_kill.c oom_kill_process() in a memory cgroup: not the kmem incident, read to say so.
+    # Until v5.0 the "Killed process %d (%s) total-vm:..." line after it carries no scope (a global
+    # OOM prints it too): the kill is counted on this line only.
     Form("memcg_oom_kill_old", MEMCG_OOM,
          '%s: Kill process %d (%s) score %u or sacrifice child',
          re.compile(r"Memory cgroup out of memory: Kill process (?P<pid>\d{1,10}) \((?P<comm>.{1,64}?)\)"),
-         "v3.10", "v5.0", 'bbbe48029720 "mm, oom: remove \'prefer children over parent\' heuristic" (v5.1) '
-         'replaced it with "Killed process ..." (no example in the corpus yet, so not read)',
+         "v3.10", "v5.0", 'not traced: printed before v3.10; bbbe48029720 (v5.1) removed it',
          ("shared", "N01_k8s_83044.log", 6)),
+    # __oom_kill_process() since v5.1: the kill line itself carries the scope. v5.4 appended
+    # ", UID:%u" and " pgtables:%lukB oom_score_adj:%hd" (8ac3f8f "mm/oom_kill.c: add task UID to
+    # info message on an oom kill", 70cb6d2 "mm/oom: add oom_score_adj and pgtables to Killed process
+    # message": short hashes as a public OOM log parser cites them, not checked here); the pattern
+    # stops before those fields.
+    Form("memcg_oom_killed", MEMCG_OOM,
+         '%s: Killed process %d (%s) total-vm:%lukB, anon-rss:%lukB, file-rss:%lukB, shmem-rss:%lukB',
+         re.compile(r"Memory cgroup out of memory: Killed process (?P<pid>\d{1,10}) \((?P<comm>.{1,64}?)\) total-vm:"),
+         "v5.1", None, 'bbbe48029720 "mm, oom: remove \'prefer children over parent\' heuristic"',
+         ("tests", "N24_lkml_memcg-oom-5.2.log", 46)),
 )
 
 BY_NAME = OrderedDict((form.name, form) for form in FORMS)  # type: Dict[str, Form]

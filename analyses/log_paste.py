@@ -2,7 +2,7 @@
 
 A log reaches an SRE as it was handed over: with an editor's or a tracker's line numbers
 (``162 [  843.07] msg``), markdown quote markers (``> ``) or inline-code backticks, HTML entities
-(``&lt;TASK&gt;``), as journald's JSON export (``journalctl -k -o json``: one object a line) or
+(``&lt;TASK&gt;``, ``&nbsp;``, a trailing ``<br>`` of an HTML mail or page), as journald's JSON export (``journalctl -k -o json``: one object a line) or
 as ``dmesg --json`` (one object a line, or util-linux's indented form with one field a line).
 :func:`unpaste` takes those off and says what the export carried beside the text (a monotonic or
 wall-clock stamp, whether the kernel wrote it). It looks at one line only: the few facts an
@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional
 from dataclasses import dataclass
 
 _ENTITY = re.compile(r"&(?:lt|gt|amp|quot|apos|nbsp|#\d{1,7}|#x[0-9a-fA-F]{1,6});")
+_BREAK = re.compile(r"<br\s{0,2}/?>$", re.IGNORECASE)  # an HTML line break closing the line
 _QUOTE = re.compile(r"^(?:>[ \t]?)+")
 # An editor's or tracker's line number, kept off only before what starts a log line: a dmesg or
 # caller stamp, a priority, a syslog month, an ISO date, a /dev/kmsg record or a JSON object
@@ -48,10 +49,12 @@ class Unpasted:
 def unpaste(raw: str) -> Unpasted:
     """RAW without its paste decorations (see the module docstring); never raises."""
     text = raw.strip()
-    if text[:1] == "[" and "&" not in text and not text.endswith("`"):
+    if text[:1] == "[" and "&" not in text and text[-1:] not in ("`", ">"):
         return Unpasted(text)  # a dmesg line as dmesg wrote it: nothing to take off
+    if text[-1:] == ">":
+        text = _BREAK.sub("", text).rstrip()
     if "&" in text and _ENTITY.search(text):
-        text = html.unescape(text)
+        text = html.unescape(text).replace("\xa0", " ")
     for _ in range(_MAX_LAYERS):  # decorations stack in any order: "12 > `msg`", "> 12 msg"...
         bare = _LINE_NUMBER.sub("", _QUOTE.sub("", text).strip(), count=1)
         if bare.startswith("`") or bare.endswith("`"):

@@ -24,7 +24,7 @@ refleak recording of DEVICES watched devices, each a stream of holds (``dst_allo
 puts (``dst_destroy`` from RCU), one hold in 1000 never put.
 
     .venv/bin/python bench/analysis_throughput.py [--events 1000000] [--threads 64] [--devices 200]
-         [--no-orjson-from N] [--json]
+         [--no-orjson-up-to N] [--json]
 """
 import argparse
 import json
@@ -361,9 +361,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=64, help="writer threads (64)")
     parser.add_argument("--devices", type=int, default=200, help="refleak: watched devices (200)")
     parser.add_argument("--budget", type=float, default=0, help="seconds one step may take (0: no limit)")
-    parser.add_argument("--no-orjson-from", type=int, default=1, metavar="N",
-                        help="time `bpftools report` without orjson too on recordings of N events or more "
-                             "(1: always; 0: never)")
+    parser.add_argument("--no-orjson-up-to", type=int, default=1000000, metavar="N",
+                        help="time `bpftools report` without orjson too on recordings of up to N events (1000000)")
     parser.add_argument("--json", action="store_true", help="one JSON object")
     args = parser.parse_args()
     sizes = args.events or [1000000]
@@ -374,7 +373,7 @@ def main() -> int:
     try:
         for events in sizes:
             runs.append((run(events, args.threads, workdir, args.budget,
-                             0 < args.no_orjson_from <= events),
+                             events <= args.no_orjson_up_to),
                          run_refleak(events, args.devices, workdir, args.budget)))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -123,7 +123,7 @@ def triage(report: Any, console: Console) -> None:
             console.print("  - %s" % escape(line))
         for line in v.remediation:
             console.print("  [bold]fix:[/bold] %s" % escape(line))
-    _findings_table(report.findings, console)
+    findings_table(report.findings, console)
     _audit(report.audit, console)
     _bugs(report.bugs, console)
     _live_patches(report.live_patches, console)
@@ -132,19 +132,21 @@ def triage(report: Any, console: Console) -> None:
             "%s %s" % (r.to_json().get("name"), r.to_json().get("version")) for r in report.runtimes)))
 
 
-def _findings_table(findings: List[Any], console: Console) -> None:
+def findings_table(findings: List[Any], console: Console) -> None:
+    """The kernel log findings, one row each, with the confidence the analyser gave it."""
     if not findings:
         console.print("\nkernel log: no findings")
         return
     table = Table(title="Kernel log findings")
-    for col in ("kind", "count", "first seen", "last seen", "what"):
-        table.add_column(col)
+    for col in ("kind", "count", "confidence", "first seen", "last seen", "what"):
+        table.add_column(col, no_wrap=col in ("kind", "confidence"))
     for f in findings:
         data = f.to_json()
         what = ", ".join(c["cache"] for c in data.get("caches", [])) or \
             ", ".join("%s (max count %s)" % (d["name"], d.get("max_usage_count")) for d in data.get("devices", [])) or \
-            ", ".join("%s/%s" % (t.get("task"), t.get("pid")) for t in data.get("tasks", []))
-        table.add_row(f.kind, str(f.count), escape(_seen(f.first_seen)), escape(_seen(f.last_seen)), escape(what))
+            ", ".join("%s/%s" % (t.get("task") or "?", t.get("pid") or "?") for t in data.get("tasks", []))
+        table.add_row(f.kind, str(f.count), f.confidence, escape(_seen(f.first_seen)), escape(_seen(f.last_seen)),
+                      escape(what))
     console.print(table)
 
 

@@ -1,8 +1,13 @@
 """`bpftools doctor` end to end through the real CLI: verdicts from real logs, the live node, JSON shape."""
 import json
 import os
+from io import StringIO
 
 import pytest
+from rich.console import Console
+
+from bpftools import render
+from bpftools.analyses.kernel_log import find_incidents
 
 CORPUS = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
                                       "corpus", "dmesg"))
@@ -122,3 +127,22 @@ def test_a_cut_netns_worker_says_why_it_counts(bpftools_cli):
     text = bpftools_cli("doctor", "--log", os.path.join(REPO_CORPUS, "C07_coreos-bugs_2357.log"),
                         "--release", "6.18.2")
     assert text.code == 0 and "AT-RISK" in text.out and "only a weak sign in the kernel log" in text.out
+
+
+def test_findings_table_shows_each_findings_confidence():
+    """The rendered table says how sure each finding is, on an 80-column terminal."""
+    findings = []
+    for name in ("C06_coreos-bugs_118.log", "C01_tempesta_2494.log", "C07_coreos-bugs_2357.log"):
+        with open(os.path.join(REPO_CORPUS, name), "rb") as f:
+            findings += find_incidents(f.read().decode("utf-8", "replace").splitlines())
+    console = Console(file=StringIO(), width=80)
+    render.findings_table(findings, console)
+    lines = console.file.getvalue().splitlines()
+    header = next(line for line in lines if "kind" in line)
+    assert [cell.strip() for cell in header.split("\u2503")[1:4]] == ["kind", "count", "confidence"]
+    rows = [[cell.strip() for cell in line.split("\u2502")[1:-1]] for line in lines if line.startswith("\u2502")]
+    assert [row[:3] for row in rows if row[0]] == [["hung_task_netdev", "1", "likely"],
+                                                  ["slub_alloc_failure", "3", "certain"],
+                                                  ["hung_task_netdev", "1", "weak"]]
+    assert all(len(line) <= 80 for line in lines)
+    assert "?/?" in lines[-2]  # the weak report starts inside a dump: task and pid unknown

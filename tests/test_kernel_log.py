@@ -732,6 +732,18 @@ def test_newest_slub_form_interleaved_with_a_warn_alloc_trace():
         "[  163.152305]   cache: kmalloc-rnd-05-64, object size: 64, buffer size: 128, default order: 0, min order: 0"]
 
 
+def test_real_html_paste_reads_as_the_plain_text_of_the_same_mail():
+    """N26: the text/html part of a mail; its text/plain part (quoted with "> ") has these lines."""
+    texts = [parse_line(line).text for line in repo_lines("N26_linux-dvb_2008-08-22_html.log")]
+    assert texts[:3] == ["INFO: task khubd:1966 blocked for more than 120 seconds.",
+                         '"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.',
+                         "khubd         D ffff81003dca9bc0     0  1966      2"]
+    assert texts[7] == "[<ffffffff80245e8f>] ? kthread_stop+0x7f/0x90"
+    assert [parse_frame(text) for text in texts[-4:]] == ["kthread", "child_rip", "kthread", "child_rip"]
+    analysis = analyse_log(repo_lines("N26_linux-dvb_2008-08-22_html.log"))
+    assert (analysis.findings, analysis.text_lines, analysis.garbled_lines) == ([], 28, 0)
+
+
 def test_negative_dmesg_json_is_read_as_messages():
     analysis = analyse_log(repo_lines("N15_util-linux_2833_dmesg-json.log"))
     assert analysis.findings == [] and analysis.analysable
@@ -808,6 +820,33 @@ def test_ref_tracker_form_attaches_to_the_wait():
     assert device["ref_tracker"][0]["holder"] == "veth_newlink"
 
 
+def test_ref_tracker_leaked_form_attaches_to_the_wait():
+    """5.17 to 6.4: 'leaked reference.' then the stack, no object, no user count."""
+    wait_line = form_example(log_forms.BY_NAME["netdev_wait"])
+    leaked = form_example(log_forms.BY_NAME["ref_tracker_leaked"])
+    assert leaked == "leaked reference."
+    (finding,) = find_incidents([wait_line, leaked, " netdev_hold include/linux/netdevice.h:4099 [inline]",
+                                 " dev_ifsioc+0xbc0/0xeb0 net/core/dev_ioctl.c:408"])
+    (device,) = finding.facts["devices"]
+    assert device["ref_tracker"] == [{"object": None, "users": None, "holder": "dev_ifsioc",
+                                      "frames": ["netdev_hold", "dev_ifsioc"], "reports": 1}]
+    assert finding.facts["leaked_references"]["base_references"] == 1  # a tracker means v5.17+
+    assert find_incidents([leaked, " dev_ifsioc+0xbc0/0xeb0"]) == []  # no wait message: nothing
+
+
+def test_syzbot_leaked_reference_report_names_the_holder():
+    """C15: bridge0 at Usage count = 2 with one tracked reference, taken in dev_ifsioc."""
+    finding = by_kind(find_incidents(repo_lines("C15_syzbot_881d65229ca4f9ae8c84.log")))["netdev_unregister_wait"]
+    (device,) = finding.facts["devices"]
+    (tracker,) = device["ref_tracker"]
+    assert (device["name"], device["max_usage_count"], device["leaked_references"]) == ("bridge0", 2, 1)
+    assert (tracker["holder"], len(tracker["frames"])) == ("dev_ifsioc", 13)
+    assert tracker["frames"][:3] == ["__netdev_tracker_alloc", "netdev_hold", "dev_ifsioc"]
+    assert tracker["frames"][-1] == "entry_SYSCALL_64_after_hwframe"
+    assert finding.evidence == ["unregister_netdevice: waiting for bridge0 to become free. Usage count = 2",
+                                "leaked reference."]
+
+
 @pytest.mark.parametrize("task_form, task, pid, state", [("task_line_old", "kworker/u4:6", 293, "D"),
                                                         ("task_line_5_9", "systemd-getty-g", 11267, "D")])
 def test_task_line_forms_start_a_dump(task_form, task, pid, state):
@@ -835,6 +874,17 @@ def test_memcg_oom_form_is_counted():
     assert analyse_log([line, line]).memcg_oom_kills == 2
 
 
+def test_memcg_oom_killed_form_is_counted_and_a_global_oom_is_not():
+    """v5.1+: the scope is on the 'Killed process' line; v5.4 appended UID, pgtables, oom_score_adj."""
+    line = form_example(log_forms.BY_NAME["memcg_oom_killed"])
+    assert log_forms.pattern("memcg_oom_killed").search(line).group("pid", "comm") == ("23793", "leaker")
+    analysis = analyse_log(repo_lines("N24_lkml_memcg-oom-5.2.log"))
+    assert (analysis.findings, analysis.memcg_oom_kills) == ([], 1)
+    newer = line.replace("shmem-rss:0kB", "shmem-rss:0kB, UID:0 pgtables:4832kB oom_score_adj:998")
+    assert analyse_log([newer]).memcg_oom_kills == 1
+    assert analyse_log([line.replace("Memory cgroup out of memory", "Out of memory")]).memcg_oom_kills == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Pasted and exported lines (the normaliser)
 # ---------------------------------------------------------------------------------------------
@@ -850,6 +900,8 @@ PASTED = "[  163.151551] SLUB: Unable to allocate memory on CPU 0 (of node 0) on
     ("> > 12 " + PASTED, "[  163.151551]"),
     ("`" + PASTED + "`", "[  163.151551]"),
     (PASTED.replace("(GFP_ATOMIC)", "&#40;GFP_ATOMIC&#41;"), "[  163.151551]"),
+    (PASTED + "<br />", "[  163.151551]"),
+    ("&gt; " + PASTED.replace("] SLUB", "]&nbsp;SLUB") + "<BR>", "[  163.151551]"),
     ("2024-05-02T10:11:12.123456789Z " + PASTED, "2024-05-02T10:11:12.123456789Z [  163.151551]"),
     ("netifd iw ip netifd " + PASTED, "[  163.151551]"),
     ('{"fac": "kern", "pri": "warn", "time": 163.151551, "msg": "%s"}' % PASTED[15:], "163.151551"),

@@ -17,7 +17,7 @@ LAYERS = [
     ("cli", {"cli", "planner"}),
     ("registry", {"registry"}),
     ("tools", {"tools"}),
-    ("wings", {"iostall", "refleak", "repro", "doctor", "kmem_audit", "runtimes", "watch"}),
+    ("wings", {"iostall", "refleak", "repro", "doctor", "npd", "kmem_audit", "runtimes", "watch"}),
     ("shared", {"live", "capture", "kstacks", "exports", "outfiles", "render", "html_report", "flamegraph", "recording",
                 "event", "options", "signals", "pointers"}),
     ("kernel", {"kernel"}),

@@ -127,3 +127,21 @@ def test_live_node_answers_within_npd_timeout():
         assert code == (1 if status in npd.PROBLEM_STATES[incident] else 2 if status == "unknown" else 0)
         assert out.startswith({"detected": b"detected: ", "clear": b"clear: ", "unknown": b"unknown: ",
                                "at-risk": b"at-risk: " if code == 1 else b"no sign in the log; at risk: "}[status])
+
+
+def test_a_log_that_never_ends_is_unknown_within_npds_timeout():
+    """A log source that blocks (stdin kept open, nothing written): the answer still comes in time."""
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "bpftools.cli", "doctor", "--npd", "kmem", "--log", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out = proc.stdout.read()          # until doctor exits: its stdin stays open
+        proc.wait(timeout=NPD_TIMEOUT_S)
+    finally:
+        proc.stdin.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    elapsed = time.monotonic() - start
+    assert (proc.returncode, out) == (2, b"unknown: no answer within 3.0 s\n")
+    assert npd.TIME_BUDGET_S <= elapsed < NPD_TIMEOUT_S, elapsed

@@ -21,6 +21,10 @@ import pytest
 
 from bpftools.recording import read_recording
 
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+sys.path.insert(0, BENCH)
+import benchlib  # noqa: E402  (bench/: a process's BPF program ids from its fdinfo)
+
 pytestmark = pytest.mark.root
 MEMCG = "/sys/fs/cgroup/memory"
 WRITER = r"""
@@ -174,3 +178,40 @@ def test_sigusr1_asks_for_a_bundle_and_sigterm_writes_it_before_exiting(tmp_path
     summary = json.load(open(str(bundles / name / "bundle.json")))
     assert summary["triggers"][0]["what"] == "SIGUSR1: a bundle was asked for"
     assert [o["path"] for o in watch.objects() if o.get("type") == "bundle"] == [str(bundles / name)]
+
+
+def test_the_overhead_bench_measures_three_arms_the_bpf_time_and_the_peak_rss():
+    """bench/watch_overhead.py, small: its figures come from watch's own programs and process."""
+    out = subprocess.run([sys.executable, os.path.join(BENCH, "watch_overhead.py"),
+                          "--repeats", "2", "--seconds", "1", "--settle", "0", "--flood", "2", "--mode", "tracepoint",
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    overhead = result["overhead"]
+    assert len(overhead["control"]["per_round_ratios"]) == len(overhead["with"]["per_round_ratios"]) == 2
+    assert overhead["bpf_by_program"]["sched__sched_sw"]["runs_per_s"] > 0       # the mempool section's hook
+    assert len(overhead["bpf_cpu_pct_of_one_cpu"]) == 2
+    flood = result["flood"]
+    assert flood["peak_rss_mib"] >= flood["rss_at_start_mib"] > 0
+    assert flood["kmem_writes_per_s"] > 0
+
+
+def test_after_sigkill_no_program_of_watch_stays_loaded_or_attached(tmp_path):
+    """BPF programs and their tracepoint attachments belong to the process's file descriptors: once it is
+    killed, every program id it held is gone (an attached program would still be loaded)."""
+    watch = Watch(tmp_path, "--bundle-dir", str(tmp_path / "bundles"))
+    progs = benchlib.owned_bpf_ids(watch.proc.pid)["prog"]
+    assert len(progs) >= 10, progs          # sched_switch, kmem, writeback, syscalls programs
+    watch.stop(signal.SIGKILL)
+
+    def gone(prog):
+        try:
+            benchlib.bpf_prog_name(prog)
+        except OSError:
+            return True
+        return False
+    deadline = time.monotonic() + 30
+    while not all(gone(p) for p in progs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [p for p in progs if not gone(p)] == []

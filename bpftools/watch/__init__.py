@@ -2,5 +2,6 @@
 
 One program set loaded once (``detectors``), a bounded ring per detector (``ring``), triggers and their
 rate limit (``triggers``), evidence bundles written atomically and rotated under a size cap
-(``bundles``), the bundle's report (``report``) and the live loop tying them together (``loop``).
+(``bundles``), what a killed run leaves (``leftovers``), the bundle's report (``report``), the Prometheus
+metrics (``metrics``) and the live loop tying them together (``loop``).
 """
