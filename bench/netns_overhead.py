@@ -257,7 +257,9 @@ def saw_text(row: Dict[str, Any]) -> str:
 
 def table(rows: List[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
     """The rows of the README table."""
-    return [("overhead: %s on `repro netns-churn` (time with/without)" % " ".join(shlex.quote(a) for a in r["argv"]),
+    return [("overhead: %s%s on `repro netns-churn` (time with/without)" % (
+                " ".join(shlex.quote(a) for a in r["argv"]),
+                ", one device waiting (its notifier subscribers probed)" if r["tool"] == "netdevwait-subscribers" else ""),
              "%.2fx" % r["ratio"],
              "per-round %.2f-%.2f; spread without %.0f%%, with %.0f%%; %d rounds x %d netns rounds "
              "(%.2f s each without); attach %.0f s; %s"

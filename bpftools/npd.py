@@ -36,8 +36,9 @@ CONDITIONS = {"kmem": KMEM, "netdev": NETDEV}
 PROBLEM_STATES = {KMEM: ("detected", "at-risk"), NETDEV: ("detected",)}
 
 
-class OutOfTime(Exception):
-    """The check ran past its time budget."""
+class OutOfTime(BaseException):
+    """The check ran past its time budget (a BaseException, as KeyboardInterrupt: no ``except Exception``
+    on the way, doctor's or ours, takes it for an error)."""
 
 
 def message(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
@@ -69,17 +70,23 @@ def _out_of_time(signum: int, frame: Any) -> None:
 def check(condition: str, triage_of: Callable[[], Any], budget: float = TIME_BUDGET_S) -> Tuple[int, str]:
     """Run TRIAGE_OF (doctor) within BUDGET seconds and judge CONDITION ('kmem' or 'netdev') from its
     verdicts. Never raises: every failure is Unknown with the reason as the message."""
+    try:
+        return _timed_check(condition, triage_of, budget)
+    except OutOfTime:                 # wherever the alarm struck, its own handlers included
+        return EXIT_NPD_UNKNOWN, message("unknown: no answer within %.1f s" % budget)
+
+
+def _timed_check(condition: str, triage_of: Callable[[], Any], budget: float) -> Tuple[int, str]:
     previous = signal.signal(signal.SIGALRM, _out_of_time)
     signal.setitimer(signal.ITIMER_REAL, budget)
     try:
         incident = CONDITIONS[condition]
-        triage = triage_of()
-        verdict = next((v for v in triage.verdicts if v.incident == incident), None)   # type: Optional[Any]
+        verdicts = triage_of().verdicts
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        verdict = next((v for v in verdicts if v.incident == incident), None)   # type: Optional[Any]
         if verdict is None:
             return EXIT_NPD_UNKNOWN, message("unknown: doctor gave no verdict on %s" % incident)
         return judge(verdict)
-    except OutOfTime:
-        return EXIT_NPD_UNKNOWN, message("unknown: no answer within %.1f s" % budget)
     except BpftoolsError as err:      # e.g. a log that cannot be read
         return EXIT_NPD_UNKNOWN, message("unknown: %s" % err)
     except Exception as err:  # a bug of ours: never a node problem

@@ -137,13 +137,14 @@ def build_base(name: str, logf) -> None:
         lab.remove_tree(work)
 
 
-def prune_bases(keep: str) -> None:
-    """Remove the bases other than KEEP (older package versions or an older build script)."""
+def prune_bases(keep: str, replaced: Optional[str]) -> None:
+    """Remove the bases other than KEEP (older package versions or an older build script), and the
+    image KEEP named before (REPLACED, an id: --force rebuilt it)."""
     out = lab.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", BASE])
-    for name in out.split():
-        if name != keep:
-            log("removing old base %s" % name)
-            subprocess.call(["podman", "rmi", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    old = [name for name in out.split() if name != keep] + ([replaced] if replaced else [])
+    for name in old:
+        log("removing old base %s" % name)
+        subprocess.call(["podman", "rmi", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def build_wheel(out: str) -> str:
@@ -212,8 +213,9 @@ def ensure(force: bool = False, offline: bool = False) -> str:
         if base is None:
             raise lab.BuildError("no base image built yet and the archive cannot be reached")
         if force or subprocess.call(["podman", "image", "exists", base]) != 0:
+            previous = image_id(base)
             build_base(base, logf)
-            prune_bases(base)
+            prune_bases(base, previous)
         work = tempfile.mkdtemp(prefix="image-wheel-")
         try:
             wheel = build_wheel(work)

@@ -108,21 +108,27 @@ def test_npd_plugin_in_the_image_on_a_corpus_log(podman_env, image):
     assert (code, out) == (2, "unknown: cannot read log /corpus/missing.log: No such file or directory\n")
 
 
-def test_npd_plugin_in_the_image_on_the_live_log_within_npds_timeout(podman_env, image):
+def _live_status(incident):
     doctor = subprocess.run([sys.executable, "-m", "bpftools.cli", "doctor", "--json"], stdout=subprocess.PIPE,
                             timeout=60)
-    status = {v["incident"]: v["status"] for v in json.loads(doctor.stdout.decode())["verdicts"]}
+    return {v["incident"]: v["status"] for v in json.loads(doctor.stdout.decode())["verdicts"]}[incident]
+
+
+def test_npd_plugin_in_the_image_on_the_live_log_within_npds_timeout(podman_env, image):
+    """As deploy/npd/npd-daemonset.yaml runs it (the node's / at /host): the answer agrees with doctor's
+    on the host (before or after it: the kernel log may change meanwhile)."""
     host = ["-v", "/:/host:ro", "-e", "BPFTOOLS_HOST_ROOT=/host"]
     for condition, incident in (("kmem", "kmem_io_jitter"), ("netdev", "netdev_refcount_leak")):
+        before = _live_status(incident)
         code, out, seconds = npd_plugin(podman_env, image, condition, options=host)
+        after = _live_status(incident)
         line = out.rstrip("\n")
         assert out == line + "\n" and 0 < len(line.encode()) <= 80
         expected = {"detected": 1, "clear": 0, "unknown": 2, "at-risk": 1 if condition == "kmem" else 0}
-        assert code == expected[status[incident]], (condition, status, out)
-        assert line.startswith(status[incident] + ": ") or line.startswith("no sign in the log; at risk: ")
+        assert code in (expected[before], expected[after]), (condition, before, after, out)
+        assert line.split(":")[0] in (before, after) or line.startswith("no sign in the log; at risk: ")
         # podman's own start and stop included: the plugin itself has less than this to answer in
         assert seconds < 5.0, seconds
-
 
 def test_npd_plugin_maps_a_broken_install_to_unknown(podman_env, image, tmp_path):
     """A bpftools that dies at import (Python exits 1, as for a problem) is unknown to NPD."""

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -113,20 +114,32 @@ def test_message_is_one_ascii_line_of_80_bytes_at_most():
     assert npd.message("y" * 80) == "y" * 80
 
 
-@pytest.mark.root
-def test_live_node_answers_within_npd_timeout():
-    """The live kernel log: the answer agrees with doctor's verdict, within NPD's 5 s, in protocol."""
+def _live_statuses():
     doctor = subprocess.run([sys.executable, "-m", "bpftools.cli", "doctor", "--json"], stdout=subprocess.PIPE,
                             timeout=30)
-    verdicts = {v["incident"]: v["status"] for v in json.loads(doctor.stdout.decode())["verdicts"]}
+    return {v["incident"]: v["status"] for v in json.loads(doctor.stdout.decode())["verdicts"]}
+
+
+def _expected_answer(incident, status):
+    """(exit code, start of the line) the plugin gives for doctor's STATUS of INCIDENT."""
+    if status in npd.PROBLEM_STATES[incident]:
+        return 1, status + ": "
+    return {"clear": (0, "clear: "), "unknown": (2, "unknown: "),
+            "at-risk": (0, "no sign in the log; at risk: ")}[status]
+
+
+@pytest.mark.root
+def test_live_node_answers_within_npd_timeout():
+    """The live kernel log: the answer agrees with doctor's verdict (before or after it: the kernel
+    log may change meanwhile), within NPD's 5 s, in protocol."""
     for condition, incident in sorted(npd.CONDITIONS.items()):
+        before = _live_statuses()[incident]
         code, out, seconds = plugin(condition)
+        after = _live_statuses()[incident]
         assert_protocol_line(out)
-        assert seconds < NPD_TIMEOUT_S / 2, seconds
-        status = verdicts[incident]
-        assert code == (1 if status in npd.PROBLEM_STATES[incident] else 2 if status == "unknown" else 0)
-        assert out.startswith({"detected": b"detected: ", "clear": b"clear: ", "unknown": b"unknown: ",
-                               "at-risk": b"at-risk: " if code == 1 else b"no sign in the log; at risk: "}[status])
+        assert seconds < NPD_TIMEOUT_S, seconds
+        answers = {_expected_answer(incident, before), _expected_answer(incident, after)}
+        assert any(code == c and out.decode().startswith(start) for c, start in answers), (code, out, answers)
 
 
 def test_a_log_that_never_ends_is_unknown_within_npds_timeout():
@@ -134,14 +147,14 @@ def test_a_log_that_never_ends_is_unknown_within_npds_timeout():
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "bpftools.cli", "doctor", "--npd", "kmem", "--log", "-"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    killer = threading.Timer(NPD_TIMEOUT_S * 2, proc.kill)     # as NPD would, later
+    killer.start()
     try:
         out = proc.stdout.read()          # until doctor exits: its stdin stays open
-        proc.wait(timeout=NPD_TIMEOUT_S)
+        proc.wait()
     finally:
+        killer.cancel()
         proc.stdin.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     elapsed = time.monotonic() - start
     assert (proc.returncode, out) == (2, b"unknown: no answer within 3.0 s\n")
     assert npd.TIME_BUDGET_S <= elapsed < NPD_TIMEOUT_S, elapsed

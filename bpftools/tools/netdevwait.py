@@ -52,6 +52,7 @@ from ..kernel.target import Running, Target
 from ..live import LiveRun, then, warn
 from ..options import CONTEXT as CLI_CONTEXT, PATH, POSITIVE
 from ..html_report import FlameGraph, IncidentReport, Table
+from ..pointers import PointerHider, Settings
 from ..render import one_line
 from ..signals import StopSignals
 
@@ -654,8 +655,10 @@ def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, lo
             ebpf: bool, kmsg_path: Optional[str]) -> None:
     """Devices stuck in unregister: who held them, the count and leaked references, rounds, wait time,
     and the notifier subscribers each round runs, with a leak / slow release verdict."""
+    hider = PointerHider(Settings.show)         # kernel addresses (devices, notifier blocks) on stdout
+
     def emit(obj: Dict[str, Any], lines: List[str]) -> None:
-        click.echo(json.dumps(obj, sort_keys=True) if as_json else "\n".join(lines))
+        click.echo(json.dumps(hider.hide(obj), sort_keys=True) if as_json else hider.hide("\n".join(lines)))
 
     if log_path:
         if mode == KPROBE:
