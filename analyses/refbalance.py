@@ -332,7 +332,9 @@ class _Holds(object):
                 self.by_context[context] = []
                 for function in context:
                     self.contexts.setdefault(function, set()).add(context)
-            self.by_context[context].append(seq)
+            ids = self.by_context[context]
+            self._top(ids)          # drop the holds the other rules took since: the list stays as long as the alive
+            ids.append(seq)
 
     def _top(self, ids: List[int]) -> Optional[int]:
         while ids and ids[-1] not in self.alive:
@@ -340,11 +342,14 @@ class _Holds(object):
         return ids[-1] if ids else None
 
     def take_tracker(self, tracker: str) -> bool:
-        seq = self._top(self.by_tracker.get(tracker, []))
-        if seq is None:
-            return False
-        del self.alive[seq]
-        return True
+        ids = self.by_tracker.get(tracker)
+        seq = self._top(ids) if ids else None
+        if seq is not None:
+            del self.alive[seq]
+            ids.pop()
+        if ids is not None and not ids:
+            del self.by_tracker[tracker]      # a tracker per object: keep none of those gone
+        return seq is not None
 
     def take_context(self, functions: Set[str]) -> bool:
         """The hold whose functions share the most with FUNCTIONS, the most recent among equals."""

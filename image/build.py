@@ -150,8 +150,8 @@ def prune_bases(keep: str, replaced: Optional[str]) -> None:
 def build_wheel(out: str) -> str:
     """The project's wheel, built by the venv of scripts/setup (it has setuptools and wheel: no download)."""
     venv = os.path.join(REPO, ".venv", "bin", "python")
-    lab.run([venv if os.path.exists(venv) else sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-             "-q", "-w", out, REPO])
+    python = venv if os.path.exists(venv) else sys.executable
+    lab.run([python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, REPO])
     wheels = [f for f in os.listdir(out) if f.endswith(".whl")]
     if len(wheels) != 1:
         raise lab.BuildError("expected one wheel, got %s" % wheels)

@@ -1,13 +1,18 @@
 """SVG flame graphs: exact geometry, colours by kind, pruning, escaping of hostile frames, speed."""
+import os
 import random
 import re
+import sys
 import time
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from bpftools.analyses.folded import ANNOTATION, KERNEL, SEPARATOR, USER, fold
-from bpftools.flamegraph import (HIGHLIGHT, MAX_FRAMES, fit_label, frame_colour, layout, render_svg)
+from bpftools.flamegraph import (HIGHLIGHT, MAX_FRAMES, MIN_WIDTH_PX, fit_label, frame_colour, layout, render_svg)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import flamegraph_scale  # noqa: E402   (the bench's stack generator)
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -208,3 +213,26 @@ def test_children_lie_within_their_parent(width):
     for f in lay.frames:
         if f.depth:
             assert any(s <= f.start and f.start + f.value <= e for s, e in spans[f.depth - 1])
+
+
+@pytest.mark.parametrize("count", [300, 5000])
+def test_layout_draws_exactly_the_frames_wide_enough_and_cuts_the_rest_where_they_start(count):
+    """Against a brute force over every prefix of every stack: the frames drawn are the prefixes at least
+    MIN_WIDTH_PX wide, at the place the sorted stacks put them; ``pruned`` counts the narrow ones whose
+    parent is drawn (the layout never looks under them)."""
+    folded = flamegraph_scale.distinct_stacks(count, seed=count)
+    lay = layout(folded)
+    stacks = sorted((key.split(";"), value) for key, value in folded.items())
+    widths, starts, now = {}, {}, 0
+    for frames, value in stacks:
+        for depth in range(1, len(frames) + 1):
+            prefix = tuple(frames[:depth])
+            starts.setdefault(prefix, now)
+            widths[prefix] = widths.get(prefix, 0) + value
+        now += value
+    min_value = MIN_WIDTH_PX / lay.scale
+    drawn = sorted((len(p), p[-1], starts[p], w) for p, w in widths.items() if w >= min_value)
+    assert sorted((f.depth, f.name, f.start, f.value) for f in lay.frames[1:]) == drawn
+    assert lay.pruned == sum(1 for p, w in widths.items()
+                             if w < min_value and (len(p) == 1 or widths[p[:-1]] >= min_value))
+    assert len(drawn) > 0 and (len(drawn) < len(widths)) == (count == 5000)     # 300 stacks: all wide enough

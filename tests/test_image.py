@@ -140,6 +140,29 @@ def test_npd_plugin_maps_a_broken_install_to_unknown(podman_env, image, tmp_path
     assert (code, out) == (2, "unknown: bpftools doctor --npd exited 1 (its stderr is in NPD's log)\n")
 
 
+def test_entrypoint_links_the_nodes_headers_from_host_else_its_own(podman_env, image):
+    release = os.uname().release
+    build = "/lib/modules/%s/build" % release
+    show = ["--entrypoint", "sh", image, "-c", "bpftools-entrypoint --version >/dev/null && readlink %s" % build]
+    if os.path.islink(build) and os.readlink(build).startswith("/"):
+        proc = podman(podman_env, "run", "--rm", "-v", "/:/host:ro", *show)
+        assert proc.stdout == "/host%s\n" % os.readlink(build), proc.stderr
+    proc = podman(podman_env, "run", "--rm", *show)
+    own = podman(podman_env, "run", "--rm", "--entrypoint", "sh", image, "-c", "ls -d /usr/src/linux-headers-*-amd64")
+    assert proc.stdout == own.stdout and own.stdout.startswith("/usr/src/linux-headers-"), (proc.stdout, own.stdout)
+
+
+def test_kubectl_debug_recipe_runs_a_live_tool(podman_env, image):
+    """deploy/README.md's recipe as `kubectl debug node/NAME --profile=sysadmin` runs it: privileged, the
+    node's pid and network namespaces, its / at /host, the command replacing the entrypoint."""
+    proc = podman(podman_env, "run", "--rm", "--privileged", "--pid=host", "--net=host", "-v", "/:/host:ro",
+                  "--entrypoint", "bpftools-entrypoint", image, "--host-root", "/host", "slabfail", "-d", "2",
+                  timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "slabfail: tracepoint mode" in proc.stderr
+    assert proc.stdout.split()[:6] == ["TIME(s)", "PID", "COMM", "CACHE", "CALLER", "GFP"]
+
+
 # ---- watch in a Pod made from the DaemonSet ----
 
 def _free_port():

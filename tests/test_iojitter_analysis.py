@@ -12,8 +12,8 @@ import os
 import pytest
 from rich.console import Console
 
-from bpftools.analyses import stacks
-from bpftools.analyses.iojitter import (MEMPOOL_TIMEOUT_NS, TIMEOUT_SLACK_NS, correlate, timed_out)
+from bpftools.analyses import iojitter, stacks
+from bpftools.analyses.iojitter import (MEMPOOL_TIMEOUT_NS, TIMEOUT_SLACK_NS, Correlator, correlate, timed_out)
 from bpftools.recording import read_recording
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "iojitter")
@@ -303,3 +303,43 @@ def test_a_flusher_on_another_inode_is_not_behind_the_stall():
             e["ino"] = 13
     flusher = [e for e in correlate(stream).episodes if e.tid == 25][0]
     assert (flusher.explained, flusher.behind) == (False, None)
+
+
+# ---- streams of any length: each thread keeps its open window, the result its first and longest -----
+
+def _writer_stream(episodes, threads=2, gap_s=10):
+    """EPISODES slow writebacks per thread, GAP_S apart, each a mempool wait after a slab failure; the
+    i-th of a thread lasts 100 + i ms (so the longest are the last)."""
+    for i in range(episodes):
+        for tid in range(100, 100 + threads):
+            start = (i * gap_s + 1) * S + tid
+            wait = (100 + i) * MS
+            yield {"type": "slab_failure", "tid": tid, "ts_ns": start + 10, "cache": "biovec-64"}
+            yield {"type": "sleep", "tid": tid, "start_ns": start + 20, "ts_ns": start + 20 + wait,
+                   "duration_ns": wait, "in_mempool": True, "kstack": ["mempool_alloc"]}
+            yield {"type": "writeback", "tid": tid, "comm": "w%d" % tid, "start_ns": start, "ts_ns": start + wait + 30,
+                   "func": "do_writepages", "ino": None}
+
+
+def test_a_long_stream_keeps_only_each_threads_open_window():
+    correlator = Correlator()
+    most = 0
+    for n, event in enumerate(_writer_stream(3000), 1):
+        correlator.feed(event)
+        if n % 3 == 0:
+            held = sum(len(t.calls) + len(t.sleeps) + len(t.slabs) for t in correlator.threads.values())
+            most = max(most, held)
+    assert most <= 2 * 3 * 2           # two threads, at most their last two writebacks' records each
+    r = correlator.result()
+    assert (r.slow_writebacks, r.explained, r.slab_failures, r.mempool_waits) == (6000, 6000, 6000, 6000)
+    assert r.groups[0].episodes == 6000 and r.episodes_left_out == 6000 - len(r.episodes)
+
+
+def test_the_episodes_kept_are_the_first_and_the_longest(monkeypatch):
+    monkeypatch.setattr(iojitter, "KEEP_EPISODES", 5)
+    r = correlate(_writer_stream(50))
+    kept = [(e.tid, round(e.mempool_ns / MS)) for e in r.episodes]
+    first = [(tid, 100 + i) for i in range(3) for tid in (100, 101)][:5]
+    longest = [(100, 149), (101, 149), (100, 148), (101, 148), (100, 147)]   # equal: the earlier first
+    assert sorted(kept) == sorted(first + longest) and r.episodes_left_out == 100 - 10
+    assert [e.start_ns for e in r.episodes] == sorted(e.start_ns for e in r.episodes)

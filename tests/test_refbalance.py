@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from bpftools.analyses.refbalance import (analyze, folded_samples, in_time_order, is_generic,
+from bpftools.analyses import refbalance
+from bpftools.analyses.refbalance import (Balancer, analyze, folded_samples, in_time_order, is_generic,
                                           specific_functions)
 from bpftools.recording import read_recording
 
@@ -332,3 +333,34 @@ def test_lab_netns_churn_recordings(path):
 def test_fixtures_are_there():
     """The lab recordings exist for the three kernels (see tests/fixtures/refleak/README.md)."""
     assert len(recordings("leak-existing")) == 3 and len(recordings("netns-churn")) == 3
+
+
+# ---- streams of any length ---------------------------------------------------------------------------
+
+HOLD = ["dst_init+0x40", "dst_alloc+0x60", "ip_route_output_flow+0x20", "tcp_v4_connect+0x150"]
+PUT = ["dst_destroy+0x30", "dst_destroy_rcu+0x10", "rcu_do_batch+0x1a0"]
+
+
+def test_a_long_stream_keeps_the_outstanding_holds_not_the_records():
+    """Holds balanced by order leave nothing behind in the context index: its lists stay as long as
+    the holds alive, however many records went by; the one hold never put is the leak."""
+    balancer = Balancer()
+    for event in [{"type": "plan", "strategies": ["watch"]}, device(level=1), armed(), sync(level=1)]:
+        balancer.feed(event)
+    ts = 10
+    for i in range(20000):
+        balancer.feed(ref(ts, +1, HOLD))
+        if i != 777:
+            balancer.feed(ref(ts + 1, -1, PUT, comm="ksoftirqd/0", tgid=15))
+        ts += 2
+    holds = balancer.devices["0xd1"].ledger("watch").holds
+    # the hold alive, and the last one taken (dropped from the index when the next hold comes)
+    assert len(holds) == 1 and sum(len(ids) for ids in holds.by_context.values()) == 2
+    (s,) = balancer.result().devices[0].strategies
+    assert (s.holds, s.puts, [(r.count, r.first_ns) for r in s.unbalanced]) == (20000, 19999, [(1, 10 + 2 * 777)])
+
+
+def test_records_later_than_the_reorder_window_are_counted_where_they_arrive(monkeypatch):
+    monkeypatch.setattr(refbalance, "REORDER_EVENTS", 3)
+    events = [{"ts_ns": t} for t in (5, 1, 6, 7, 8, 9, 2)]     # 1 is within the window of 5, 2 is not
+    assert [e["ts_ns"] for e in in_time_order(events)] == [1, 5, 6, 2, 7, 8, 9]   # 2 after what had left
