@@ -10,8 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from dataclasses import asdict, dataclass
 
-from ..analyses.verdicts import KMEM, NETDEV
-from ..doctor import KIND_INCIDENT
+from ..analyses.verdicts import KIND_INCIDENT, KMEM, NETDEV
 
 MANUAL = "manual"
 LOG_WHAT = {"slub_alloc_failure": "SLUB allocation failure in the kernel log",
