@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from injectors import Injector, wait_until
+from injectors import Injector
 from kerneltier import keep_for_host, modprobe
 from test_netdevwait_kprobes import Run, _quiet, base_references, delete_netns, veth_into_netns
 
