@@ -162,6 +162,16 @@ def runs_by_program(before: Dict[int, Tuple[int, int]], after: Dict[int, Tuple[i
     return out
 
 
+def programs_total(per_run: Sequence[Dict[str, Tuple[int, int]]]) -> Dict[str, Tuple[int, int]]:
+    """{program name: (runs, run time ns)} summed over several :func:`runs_by_program` readings."""
+    out = {}  # type: Dict[str, Tuple[int, int]]
+    for programs in per_run:
+        for name, (runs, ns) in programs.items():
+            had = out.get(name, (0, 0))
+            out[name] = (had[0] + runs, had[1] + ns)
+    return out
+
+
 class BpfStats(object):
     """``with BpfStats():`` turns sysctl kernel.bpf_stats_enabled on (run counts and times of every BPF
     program) and back to what it was."""

@@ -83,6 +83,33 @@ def write_for(path: str, chunk: int, seconds: float) -> float:
     return int(written) / float(elapsed) / (1 << 20)
 
 
+class MeasuredWrites(object):
+    """One arm's run of the writer: SETTLE seconds unmeasured, then SECONDS measured (MiB/s); with a tool's
+    pid, that tool's BPF run time over the measured seconds is appended to ``bpf_runs``."""
+
+    def __init__(self, target: str, chunk: int, seconds: float, settle: float) -> None:
+        self.target, self.chunk, self.seconds, self.settle = target, chunk, seconds, settle
+        self.bpf_runs = []  # type: List[Dict[str, Tuple[int, int]]]   # {program: (runs, ns)} per with-run
+
+    def __call__(self, tool_pid: Optional[int] = None) -> float:
+        if self.settle > 0:
+            write_for(self.target, self.chunk, self.settle)
+        before = benchlib.bpf_run_stats(tool_pid) if tool_pid else {}
+        mib_s = write_for(self.target, self.chunk, self.seconds)
+        if tool_pid:
+            self.bpf_runs.append(benchlib.runs_by_program(before, benchlib.bpf_run_stats(tool_pid)))
+        return mib_s
+
+    def beside_idle_process(self) -> float:
+        """The control: a process started, left idle and stopped around the run, as a tool is."""
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        try:
+            return self()
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
 def events_recorded(record: str) -> int:
     """How many events a recording holds besides its mode record (writebacks over -m, sleeps, failures)."""
     from bpftools.recording import read_recording
@@ -97,36 +124,21 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
     compiles a BPF program, and what that evicts (page cache; under QEMU's TCG, the translated code)
     must not be charged to the probes."""
     recorded: List[int] = []
-    # per with-run: {program name: (runs, run time ns)} of the tool's BPF programs over the measured seconds
-    bpf_runs: List[Dict[str, Tuple[int, int]]] = []
     with Disk() as disk, benchlib.BpfStats():
         target = os.path.join(disk.mnt, "data")
         record = os.path.join(disk.base, "iojitter.jsonl")
         args = [tool_name, "--mode", mode, "-d", "3600", "--record", record, "--json"] + (
             ["-m", str(min_ms)] if tool_name != "slabfail" else [])
         write_for(target, chunk, 1.0)   # warm-up: allocate blocks, fill caches
-
-        def measured(tool_pid: Optional[int] = None) -> float:
-            """SETTLE seconds unmeasured, then SECONDS measured; with TOOL_PID, its BPF run time over them."""
-            if settle > 0:
-                write_for(target, chunk, settle)
-            before = benchlib.bpf_run_stats(tool_pid) if tool_pid else {}
-            mib_s = write_for(target, chunk, seconds)
-            if tool_pid:
-                bpf_runs.append(benchlib.runs_by_program(before, benchlib.bpf_run_stats(tool_pid)))
-            return mib_s
+        measured = MeasuredWrites(target, chunk, seconds, settle)
 
         def without() -> float:
             return measured()
 
         def with_placebo() -> float:
-            """The control: a process started, left idle and stopped around the run, as the tool is."""
-            proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
             try:
-                return measured()
+                return measured.beside_idle_process()
             finally:
-                proc.terminate()
-                proc.wait()
                 recorded.append(0)
 
         def with_tool() -> float:
@@ -148,13 +160,10 @@ def run(repeats: int, seconds: float, chunk: int, tool_name: str, mode: str, min
     with_mib, spread_with = benchlib.median_spread(arms["with"])
     per_round = [w / wo for w, wo in zip(arms["with"], arms["without"])]
     mean, low, high = benchlib.ratio_interval(per_round)
+    bpf_runs = measured.bpf_runs
     runs = [sum(n for n, _ in programs.values()) for programs in bpf_runs]
     run_ns = [sum(t for _, t in programs.values()) for programs in bpf_runs]
-    by_program: Dict[str, Tuple[int, int]] = {}   # program name: (runs, ns) over all with-runs
-    for programs in bpf_runs:
-        for name, (n, t) in programs.items():
-            had = by_program.get(name, (0, 0))
-            by_program[name] = (had[0] + n, had[1] + t)
+    by_program = benchlib.programs_total(bpf_runs)   # program name: (runs, ns) over all with-runs
     return {"kernel": os.uname().release, "tool": tool_name, "mode": mode, "min_ms": min_ms, "repeats": repeats,
             "seconds": seconds, "chunk": chunk, "settle": settle,
             "per_round_ratios": [round(r, 3) for r in per_round],

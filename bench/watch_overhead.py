@@ -22,10 +22,10 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import benchlib
-from iojitter_overhead import Disk, write_for
+from iojitter_overhead import Disk, MeasuredWrites, write_for
 
 MEMCG = "/sys/fs/cgroup/memory"
 KMEM_FLOOD = r"""
@@ -51,25 +51,8 @@ def watch_args(bundle_dir: str, mode: str, slow_ms: float) -> List[str]:
 def overhead(disk: Disk, repeats: int, seconds: float, chunk: int, settle: float, mode: str) -> Dict[str, Any]:
     """Three arms per round: without, the control (an idle process), with watch."""
     target = os.path.join(disk.mnt, "data")
-    bpf = []  # type: List[Dict[str, Any]]
     write_for(target, chunk, 1.0)
-
-    def measured(pid: Optional[int] = None) -> float:
-        if settle > 0:
-            write_for(target, chunk, settle)
-        before = benchlib.bpf_run_stats(pid) if pid else {}
-        mib_s = write_for(target, chunk, seconds)
-        if pid:
-            bpf.append(benchlib.runs_by_program(before, benchlib.bpf_run_stats(pid)))
-        return mib_s
-
-    def control() -> float:
-        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
-        try:
-            return measured()
-        finally:
-            proc.terminate()
-            proc.wait()
+    measured = MeasuredWrites(target, chunk, seconds, settle)
 
     def with_watch() -> float:
         tool = benchlib.Tool(watch_args(os.path.join(disk.base, "bundles"), mode, 100.0), disk.base, cwd="/")
@@ -80,7 +63,8 @@ def overhead(disk: Disk, repeats: int, seconds: float, chunk: int, settle: float
             if code != 0:
                 raise SystemExit("watch failed (%d): %s" % (code, err))
 
-    arms = benchlib.interleaved(repeats, [("without", measured), ("control", control), ("with", with_watch)])
+    arms = benchlib.interleaved(repeats, [("without", measured), ("control", measured.beside_idle_process),
+                                          ("with", with_watch)])
     out = {}  # type: Dict[str, Any]
     for arm in ("control", "with"):
         per_round = [w / wo for w, wo in zip(arms[arm], arms["without"])]
@@ -91,12 +75,8 @@ def overhead(disk: Disk, repeats: int, seconds: float, chunk: int, settle: float
                     "geomean_ratio": round(mean, 4), "ratio_ci95": [round(low, 4), round(high, 4)]}
     out["without"] = {"mib_s": round(benchlib.median_spread(arms["without"])[0], 2),
                       "spread": round(benchlib.median_spread(arms["without"])[1], 3)}
-    run_ns = [sum(t for _, t in programs.values()) for programs in bpf]
-    by_program = {}  # type: Dict[str, List[int]]
-    for programs in bpf:
-        for name, (n, t) in programs.items():
-            had = by_program.setdefault(name, [0, 0])
-            had[0], had[1] = had[0] + n, had[1] + t
+    run_ns = [sum(t for _, t in programs.values()) for programs in measured.bpf_runs]
+    by_program = benchlib.programs_total(measured.bpf_runs)
     out["bpf_cpu_pct_of_one_cpu"] = [round(ns / (seconds * 1e9) * 100, 4) for ns in run_ns]
     out["bpf_by_program"] = dict((name, {"runs_per_s": round(n / (seconds * repeats)),
                                          "ns_per_run": round(t / n) if n else 0})
