@@ -446,3 +446,19 @@ class Tool(object):
     def json_lines(self) -> list:
         import json
         return [json.loads(line) for line in self.out.splitlines() if line.startswith("{")]
+
+
+KMEM_LIMIT_WRITER = r"""
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(15, b"kmemwriter", 0, 0, 0)   # PR_SET_NAME
+fd = os.open(sys.argv[1] + "/memory.kmem.limit_in_bytes", os.O_WRONLY)
+os.write(fd, b"1")
+os.close(fd)
+print(os.getpid(), flush=True)
+"""
+
+
+def write_kmem_limit(cgroup_dir: str) -> int:
+    """A process named kmemwriter writes "1" to CGROUP_DIR's memory.kmem.limit_in_bytes; its pid."""
+    return int(subprocess.check_output([sys.executable, "-c", KMEM_LIMIT_WRITER, cgroup_dir],
+                                       universal_newlines=True))

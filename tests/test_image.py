@@ -25,20 +25,14 @@ import urllib.request
 
 import pytest
 
+from incident1_workloads import write_kmem_limit
+
 yaml = pytest.importorskip("yaml")
 
 pytestmark = pytest.mark.root
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.normpath(os.path.join(ROOT, "..", "shared", "corpus", "dmesg"))
 MEMCG = "/sys/fs/cgroup/memory"
-WRITER = r"""
-import ctypes, os, sys
-ctypes.CDLL(None).prctl(15, b"kmemwriter", 0, 0, 0)   # PR_SET_NAME
-fd = os.open(sys.argv[1] + "/memory.kmem.limit_in_bytes", os.O_WRONLY)
-os.write(fd, b"1")
-os.close(fd)
-print(os.getpid(), flush=True)
-"""
 
 
 def _need(*tools):
@@ -297,7 +291,7 @@ def test_watch_pod_from_the_daemonset_sees_a_host_kmem_write_and_prometheus_scra
         started = time.monotonic()
         pod.wait_until(lambda: (state / "ready").exists(), timeout=240)
         attached = time.monotonic() - started
-        writer = int(subprocess.check_output([sys.executable, "-c", WRITER, cgroup_dir], universal_newlines=True))
+        writer = write_kmem_limit(cgroup_dir)
         path = cgroup_dir + "/memory.kmem.limit_in_bytes"
         seen = pod.wait_for(lambda o: o.get("type") == "kmem_file" and o.get("tgid") == writer, timeout=30)
         assert (seen["op"], seen["value"], seen["path"], seen["comm"]) == ("write", "1", path, "kmemwriter")

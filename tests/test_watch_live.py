@@ -20,6 +20,7 @@ import urllib.request
 import pytest
 
 from bpftools.recording import read_recording
+from incident1_workloads import write_kmem_limit
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 sys.path.insert(0, BENCH)
@@ -27,14 +28,6 @@ import benchlib  # noqa: E402  (bench/: a process's BPF program ids from its fdi
 
 pytestmark = pytest.mark.root
 MEMCG = "/sys/fs/cgroup/memory"
-WRITER = r"""
-import ctypes, os, sys
-ctypes.CDLL(None).prctl(15, b"kmemwriter", 0, 0, 0)   # PR_SET_NAME
-fd = os.open(sys.argv[1] + "/memory.kmem.limit_in_bytes", os.O_WRONLY)
-os.write(fd, b"1")
-os.close(fd)
-print(os.getpid(), flush=True)
-"""
 
 
 class Watch(object):
@@ -116,7 +109,7 @@ def test_a_kmem_write_then_a_slub_failure_make_one_bundle_with_the_evidence(tmp_
     try:
         assert not leftover.exists()
         assert "removed %s, a bundle a killed run left half-written" % leftover in watch.err
-        writer = int(subprocess.check_output([sys.executable, "-c", WRITER, cgroup_dir], universal_newlines=True))
+        writer = write_kmem_limit(cgroup_dir)
         path = cgroup_dir + "/memory.kmem.limit_in_bytes"
         seen = watch.wait_for(lambda o: o.get("type") == "kmem_file" and o["tgid"] == writer)
         assert (seen["op"], seen["value"], seen["ret"], seen["path"], seen["comm"]) == ("write", "1", 1, path, "kmemwriter")
