@@ -32,6 +32,8 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from .records import JsonRecord
+
 GLOBAL, NETNS = "global", "netns"
 CHAIN_ORDER = (NETNS, GLOBAL)          # call_netdevice_notifiers_info(): the namespace's chain first
 LEAK_ROUNDS = 3                        # rounds with a flat count before a wait is called a leak
@@ -59,7 +61,7 @@ def label(symbol: Optional[str], module: Optional[str], call: str) -> str:
 
 
 @dataclass
-class Link:
+class Link(JsonRecord):
     """One notifier block of a chain walk (one walk: one ``ts_ns``); ``truncated``: the walk stopped there."""
 
     dev: str
@@ -73,16 +75,9 @@ class Link:
     module: Optional[str] = None
     truncated: bool = False
 
-    def to_json(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: Dict[str, Any]) -> "Link":
-        return cls(**dict((k, obj.get(k)) for k in cls.__dataclass_fields__))  # type: ignore
-
 
 @dataclass
-class Call:
+class Call(JsonRecord):
     """One callback call for a waiting device: from ``ts_ns`` for ``dur_ns``, its return value and the
     device's reference count when it was called and when it returned."""
 
@@ -97,13 +92,6 @@ class Call:
     count_after: int
     symbol: Optional[str] = None
     module: Optional[str] = None
-
-    def to_json(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: Dict[str, Any]) -> "Call":
-        return cls(**dict((k, obj.get(k)) for k in cls.__dataclass_fields__))  # type: ignore
 
 
 @dataclass

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .kernel_log import usage_count_meaning, find_incidents, parse_line
+from .records import JsonRecord
 
 ROUND, FREED, MESSAGE = "round", "freed", "message"
 # The wait loop rebroadcasts at most once a second (``rebroadcast_time + 1 * HZ`` in
@@ -37,7 +38,7 @@ _WAIT_MESSAGE = "unregister_netdevice: waiting for"
 
 
 @dataclass
-class Observation:
+class Observation(JsonRecord):
     """One thing seen about a device in unregistration.
 
     ``dev`` identifies the device: the ``struct net_device`` address (``0x...``) from the probes, the
@@ -54,13 +55,6 @@ class Observation:
     pid: Optional[int] = None       # the task that waits (a kworker running netdev_run_todo)
     comm: Optional[str] = None
     stamp: Optional[str] = None     # MESSAGE: the log stamp as printed
-
-    def to_json(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: Dict[str, Any]) -> "Observation":
-        return cls(**dict((k, obj.get(k)) for k in cls.__dataclass_fields__))  # type: ignore
 
 
 @dataclass

@@ -1,22 +1,16 @@
 """Typed event records: a dataclass with a ``TYPE`` name that round-trips through a recording's JSON."""
-from typing import Any, Dict, Type, TypeVar
+from typing import Any, Dict
 
-from dataclasses import asdict
-
-T = TypeVar("T", bound="JsonEvent")
+from .analyses.records import JsonRecord
 
 
-class JsonEvent(object):
-    """Mixin for a dataclass event: ``to_json`` adds ``"type": TYPE``; ``from_json`` ignores unknown keys
-    and takes missing ones as None, so recordings from other versions still load."""
+class JsonEvent(JsonRecord):
+    """Mixin for a dataclass event: ``to_json`` adds ``"type": TYPE`` to the fields (``from_json`` as
+    :class:`JsonRecord`'s)."""
 
     TYPE = ""
 
     def to_json(self) -> Dict[str, Any]:
-        out = asdict(self)
+        out = JsonRecord.to_json(self)
         out["type"] = self.TYPE
         return out
-
-    @classmethod
-    def from_json(cls: Type[T], obj: Dict[str, Any]) -> T:
-        return cls(**dict((k, obj.get(k)) for k in cls.__dataclass_fields__))  # type: ignore
