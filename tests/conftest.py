@@ -37,3 +37,18 @@ def bpftools_cli():
                               timeout=kw.pop("timeout", 120), **kw)
         return Result(proc.returncode, proc.stdout, proc.stderr)
     return run
+
+
+MEMCG_V1 = "/sys/fs/cgroup/memory"
+
+
+@pytest.fixture
+def cgroup_dir(request):
+    """A new cgroup v1 memory cgroup (bpftools-MODULE-PID), removed after; skips without the v1 controller.
+    A module may define its own (kmemsnoop's lets its writer create it)."""
+    if not os.path.isdir(MEMCG_V1):
+        pytest.skip("no cgroup v1 memory controller at %s" % MEMCG_V1)
+    path = os.path.join(MEMCG_V1, "bpftools-%s-%d" % (request.module.__name__.replace("test_", ""), os.getpid()))
+    os.mkdir(path)
+    yield path
+    os.rmdir(path)

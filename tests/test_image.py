@@ -32,7 +32,6 @@ yaml = pytest.importorskip("yaml")
 pytestmark = pytest.mark.root
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.normpath(os.path.join(ROOT, "..", "shared", "corpus", "dmesg"))
-MEMCG = "/sys/fs/cgroup/memory"
 
 
 def _need(*tools):
@@ -266,16 +265,6 @@ class Prometheus(object):
         self.proc.terminate()
         self.proc.wait(timeout=30)
         self.log.close()
-
-
-@pytest.fixture
-def cgroup_dir():
-    if not os.path.isdir(MEMCG):
-        pytest.skip("no cgroup v1 memory controller at %s" % MEMCG)
-    path = os.path.join(MEMCG, "bpftools-image-%d" % os.getpid())
-    os.mkdir(path)
-    yield path
-    os.rmdir(path)
 
 
 def test_watch_pod_from_the_daemonset_sees_a_host_kmem_write_and_prometheus_scrapes_it(

@@ -27,7 +27,6 @@ sys.path.insert(0, BENCH)
 import benchlib  # noqa: E402  (bench/: a process's BPF program ids from its fdinfo)
 
 pytestmark = pytest.mark.root
-MEMCG = "/sys/fs/cgroup/memory"
 
 
 class Watch(object):
@@ -86,16 +85,6 @@ def _kmsg(*lines):
             os.write(fd, line.encode())
     finally:
         os.close(fd)
-
-
-@pytest.fixture
-def cgroup_dir():
-    if not os.path.isdir(MEMCG):
-        pytest.skip("no cgroup v1 memory controller at %s" % MEMCG)
-    path = os.path.join(MEMCG, "bpftools-watch-%d" % os.getpid())
-    os.mkdir(path)
-    yield path
-    os.rmdir(path)
 
 
 def test_a_kmem_write_then_a_slub_failure_make_one_bundle_with_the_evidence(tmp_path, cgroup_dir):
