@@ -12,7 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional
 
 from bpftools.kernel.log import available
 from kerneltier import kernel_version, skip_or_fail
@@ -117,6 +118,27 @@ class Injector(object):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+UNREGISTER_TIMEOUT = "/proc/sys/net/core/netdev_unregister_timeout_secs"   # v5.12+
+
+
+@contextmanager
+def unregister_warnings_every_second() -> Iterator[int]:
+    """The kernel's "waiting for DEV to become free" message every second while inside, where the sysctl
+    exists (v5.12+; restored after); yields the seconds between messages: 1, else the fixed 10."""
+    if not os.path.exists(UNREGISTER_TIMEOUT):
+        yield 10
+        return
+    with open(UNREGISTER_TIMEOUT) as f:
+        old = f.read().strip()
+    with open(UNREGISTER_TIMEOUT, "w") as f:
+        f.write("1\n")
+    try:
+        yield 1
+    finally:
+        with open(UNREGISTER_TIMEOUT, "w") as f:
+            f.write(old + "\n")
 
 
 class KernelLog(object):

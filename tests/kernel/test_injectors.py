@@ -24,7 +24,8 @@ import pytest
 
 from bpftools.analyses.kernel_log import find_incidents
 from bpftools.analyses.stacks import base_name
-from injectors import Injector, KernelLog, bvec_caller, run_slabfail_writer, tasks_in, wait_until
+from injectors import (Injector, KernelLog, bvec_caller, run_slabfail_writer, tasks_in,
+                       unregister_warnings_every_second, wait_until)
 from kerneltier import kernel_version, modprobe
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: incident1_workloads
@@ -33,7 +34,6 @@ pytestmark = pytest.mark.kernel
 
 NETNS = "bpftools-devref"
 HOST_IF, NETNS_IF = "bpfdrhost", "bpfdrns"
-TIMEOUT_SYSCTL = "/proc/sys/net/core/netdev_unregister_timeout_secs"
 WAITING = "unregister_netdevice: waiting for %s to become free" % NETNS_IF
 
 
@@ -53,18 +53,8 @@ def devref() -> Iterator[Injector]:
 def warn_every() -> Iterator[int]:
     """Seconds between the kernel's "waiting for" messages: 1 where the sysctl exists (v5.12+),
     else the fixed 10."""
-    if not os.path.exists(TIMEOUT_SYSCTL):
-        yield 10
-        return
-    with open(TIMEOUT_SYSCTL) as f:
-        old = f.read().strip()
-    with open(TIMEOUT_SYSCTL, "w") as f:
-        f.write("1\n")
-    try:
-        yield 1
-    finally:
-        with open(TIMEOUT_SYSCTL, "w") as f:
-            f.write(old + "\n")
+    with unregister_warnings_every_second() as every:
+        yield every
 
 
 def _quiet(*argv: str) -> None:

@@ -26,14 +26,13 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from injectors import Injector, wait_until
+from injectors import Injector, unregister_warnings_every_second, wait_until
 from kerneltier import modprobe
 
 pytestmark = pytest.mark.kernel
 
 NETNS, HOST_IF, NETNS_IF = "bpftools-ndw", "ndwh", "ndwn"
 CLEAN_NETNS, CLEAN_HOST_IF, CLEAN_NETNS_IF = "bpftools-ndwc", "ndwch", "ndwcn"
-TIMEOUT_SYSCTL = "/proc/sys/net/core/netdev_unregister_timeout_secs"
 
 
 def kernel_version() -> tuple:
@@ -145,16 +144,10 @@ def delete_netns(netns: str, facts: Dict[str, int]) -> None:
 def leak() -> Iterator[Dict[str, Any]]:
     """Both runs over one clean namespace deletion and one leaked one; their objects and the ground truth."""
     modprobe("veth")
-    old_timeout = None
-    if os.path.exists(TIMEOUT_SYSCTL):               # v5.12+; 5.10 warns every 10 s
-        with open(TIMEOUT_SYSCTL) as f:
-            old_timeout = f.read().strip()
-        with open(TIMEOUT_SYSCTL, "w") as f:
-            f.write("1\n")
     workdir = tempfile.mkdtemp(prefix="bpftools-ndw-")
     runs = []  # type: List[Run]
     try:
-        with Injector("bpftools_devref") as devref:
+        with unregister_warnings_every_second(), Injector("bpftools_devref") as devref:
             clean = veth_into_netns(CLEAN_NETNS, CLEAN_HOST_IF, CLEAN_NETNS_IF)
             facts = veth_into_netns(NETNS, HOST_IF, NETNS_IF)
             subprocess.check_call(["ip", "netns", "exec", NETNS, "sh", "-c",
@@ -186,9 +179,6 @@ def leak() -> Iterator[Dict[str, Any]]:
         for netns, host_if in ((NETNS, HOST_IF), (CLEAN_NETNS, CLEAN_HOST_IF)):
             _quiet("ip", "netns", "del", netns)
             _quiet("ip", "link", "del", host_if)
-        if old_timeout is not None:
-            with open(TIMEOUT_SYSCTL, "w") as f:
-                f.write(old_timeout + "\n")
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -35,7 +35,6 @@ K = 5                                      # the module drops its reference in i
 SLOW = ("bpftools-ndws", "ndwsh", "ndwsn")
 LEAK = ("bpftools-ndwl", "ndwlh", "ndwln")
 MARKED = "bpftools_notifier_event [bpftools_notifier]"
-TIMEOUT_SYSCTL = "/proc/sys/net/core/netdev_unregister_timeout_secs"
 _PS = re.compile(r"^chain (\S+?)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[(\S+)\])? (-?\d+)$")
 
 
@@ -59,10 +58,6 @@ def chain_of(summary: Dict[str, Any], name: str) -> Dict[str, Any]:
 def waits() -> Iterator[Dict[str, Any]]:
     """One netdevwait run over the slow release, then the leak; its objects, recording and the modules' views."""
     modprobe("veth")
-    old_timeout = None
-    if os.path.exists(TIMEOUT_SYSCTL):
-        with open(TIMEOUT_SYSCTL) as f:
-            old_timeout = f.read().strip()
     workdir = tempfile.mkdtemp(prefix="bpftools-ndwn-")
     run = None  # type: Optional[Run]
     try:
@@ -97,9 +92,6 @@ def waits() -> Iterator[Dict[str, Any]]:
         for netns, host_if, _ in (SLOW, LEAK):
             _quiet("ip", "netns", "del", netns)
             _quiet("ip", "link", "del", host_if)
-        if old_timeout is not None:
-            with open(TIMEOUT_SYSCTL, "w") as f:
-                f.write(old_timeout + "\n")
         shutil.rmtree(workdir, ignore_errors=True)
 
 
