@@ -20,7 +20,6 @@ are reported exactly as printed; a syslog line that also carries the dmesg stamp
 (``"Mar  5 03:41:22 [732240.608081]"``), a ``/dev/kmsg`` record its microseconds field.
 """
 import calendar
-import copy
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -1217,18 +1216,13 @@ class LogAnalyser(object):
 
     def finish(self) -> "LogAnalysis":
         """The findings of everything fed, in KINDS order, with the line counts. Ends the input:
-        feed nothing after it (a follower analyses a copy, see :meth:`snapshot`)."""
-        self._take(self.joiner.flush())
+        feed nothing after it."""
+        self.end_of_record()
         release, source = ((self.kernel_release, "given") if self.kernel_release is not None
                            else (self.printed, "printed in the log"))
         found = [self.slub.finding(release), self.netdev.finding(release, source)] + self.tasks.findings()
         by_kind = {finding.kind: finding for finding in found if finding is not None}
-        out = replace(self.counts, findings=[by_kind[kind] for kind in KINDS if kind in by_kind])
-        return out
-
-    def snapshot(self) -> "LogAnalysis":
-        """The findings so far, leaving this analyser able to go on (it analyses a copy)."""
-        return copy.deepcopy(self).finish()
+        return replace(self.counts, findings=[by_kind[kind] for kind in KINDS if kind in by_kind])
 
 
 def analyse_log(lines: Iterable[Any], kernel_release: Optional[str] = None) -> LogAnalysis:
