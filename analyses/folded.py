@@ -245,8 +245,15 @@ def to_speedscope(folded: Dict[str, int], name: str, unit: str) -> Dict[str, Any
 def fixed(value: float, digits: int) -> str:
     """``value`` with ``digits`` decimals, ties away from zero: exactly JavaScript's toFixed, so the
     SVG's script and this module print the same numbers."""
+    scaled = value * _TWICE_TENS[digits] if 0 <= digits < len(_TWICE_TENS) else None
+    if scaled is not None and abs(scaled) < 2.0 ** 52 and scaled != int(scaled):
+        # not a tie: "%f" rounds the exact binary value correctly, and only ties round differently
+        return "%.*f" % (digits, value)
     quantum = Decimal(1).scaleb(-digits)
     return str(Decimal(value).quantize(quantum, rounding=ROUND_HALF_UP))
+
+
+_TWICE_TENS = [2.0 * 10 ** d for d in range(10)]    # a tie at D digits is an odd multiple of 1 / (2 * 10^D)
 
 
 def format_weight(value: int, unit: str, count_name: str = "") -> str:

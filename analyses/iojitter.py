@@ -28,6 +28,7 @@ KEEP_EPISODES longest (``episodes_left_out`` counts the rest).
 Pure: no I/O, no clock; the same stream gives the same result.
 """
 import bisect
+import functools
 import heapq
 from array import array
 from collections import Counter, OrderedDict, deque
@@ -209,6 +210,8 @@ def _secs(ns: int) -> str:
 
 def _counted(items: List[str]) -> str:
     """"biovec-64 x2, filp" in first-seen order."""
+    if items.count(items[0]) == len(items):      # one name (the common case)
+        return items[0] if len(items) == 1 else "%s x%d" % (items[0], len(items))
     counts = Counter(items)
     return ", ".join(name if counts[name] == 1 else "%s x%d" % (name, counts[name])
                      for name in OrderedDict.fromkeys(items))
@@ -242,17 +245,58 @@ class _Tree(object):
             open_.append((ev, len(open_)))
 
 
-class _ByTime(object):
-    """One thread's records of one kind sorted by the time field KEY, for range queries by bisection."""
+class _Timed(object):
+    """One thread's records of one kind in stream order with their times (integers), for range queries
+    by time: in time order, ties in stream order. Records usually come in time order, and then the
+    times are the index; else they are sorted when asked."""
 
-    def __init__(self, records: List[Dict[str, Any]], key: str) -> None:
-        self.items = sorted(((int(r[key]), i, r) for i, r in enumerate(records)), key=lambda t: (t[0], t[1]))
-        self.keys = [t[0] for t in self.items]
+    __slots__ = ("records", "times", "in_order", "_order", "_keys")
+
+    def __init__(self, records: List[Dict[str, Any]], times: List[int]) -> None:
+        self.records, self.times = records, times
+        self.in_order = all(a <= b for a, b in zip(times, times[1:]))
+        self._order = None  # type: Optional[List[int]]
+        self._keys = times
+
+    def add(self, record: Dict[str, Any], time: int) -> None:
+        times = self.times
+        if times and time < times[-1]:
+            self.in_order = False
+        self.records.append(record)
+        times.append(time)
+        self._order = None
+
+    def __len__(self) -> int:
+        return len(self.records)
 
     def between(self, start: int, end: int) -> List[Tuple[int, Dict[str, Any]]]:
         """(index, record) of the records whose time is within [START, END], in time order."""
-        lo, hi = bisect.bisect_left(self.keys, start), bisect.bisect_right(self.keys, end)
-        return [(i, r) for _, i, r in self.items[lo:hi]]
+        records = self.records
+        if self.in_order:
+            times = self.times
+            return [(i, records[i]) for i in range(bisect.bisect_left(times, start), bisect.bisect_right(times, end))]
+        if self._order is None:
+            self._order = sorted(range(len(self.times)), key=self.times.__getitem__)
+            self._keys = [self.times[i] for i in self._order]
+        lo, hi = bisect.bisect_left(self._keys, start), bisect.bisect_right(self._keys, end)
+        return [(i, records[i]) for i in self._order[lo:hi]]
+
+    def drop_until(self, until: float) -> List[Tuple[int, Dict[str, Any]]]:
+        """Remove the records at or before UNTIL; (index, record) of each removed."""
+        if self.in_order:
+            n = bisect.bisect_right(self.times, until)
+            gone = list(enumerate(self.records[:n]))
+            del self.records[:n]
+            del self.times[:n]
+            return gone
+        gone = [(i, r) for i, (r, t) in enumerate(zip(self.records, self.times)) if t <= until]
+        self.keep([i for i, t in enumerate(self.times) if t > until])
+        return gone
+
+    def keep(self, indexes: List[int]) -> None:
+        """Keep only the records at INDEXES (ascending)."""
+        records, times = self.records, self.times
+        self.__init__([records[i] for i in indexes], [times[i] for i in indexes])
 
 
 def _innermost(members: List[Tuple[Dict[str, Any], int]], ts: int) -> Optional[str]:
@@ -261,6 +305,9 @@ def _innermost(members: List[Tuple[Dict[str, Any], int]], ts: int) -> Optional[s
         if ev["start_ns"] <= ts <= ev["ts_ns"] and (best is None or depth >= best[0]):
             best = (depth, ev.get("func") or "?")
     return best[1] if best else None
+
+
+_base_name = functools.lru_cache(maxsize=4096)(stacks.base_name)
 
 
 def _slab_label(ev: Dict[str, Any]) -> str:
@@ -278,7 +325,7 @@ class _Losses(object):
     def __init__(self) -> None:
         self.windows = []  # type: List[Tuple[float, float]]
         self.lost = 0
-        self.last = None  # type: Optional[int]
+        self.last = float("-inf")  # type: float    # the latest time of a timed record
         self.pending = []  # type: List[float]
 
     def feed(self, ev: Dict[str, Any]) -> None:
@@ -286,8 +333,7 @@ class _Losses(object):
         if kind == "lost":
             self.lost += int(ev.get("count") or 0)
             start = ev.get("ts_ns")
-            last = self.last
-            self.pending.append(float(start) if start is not None else (float(last) if last is not None else float("-inf")))
+            self.pending.append(float(start) if start is not None else float(self.last))
             return
         ts = ev.get("ts_ns")
         if ts is not None and kind != "mode":
@@ -298,7 +344,7 @@ class _Losses(object):
         if self.pending:
             self.windows.extend((start, float(ts)) for start in self.pending)
             self.pending = []
-        if self.last is None or ts > self.last:
+        if ts > self.last:
             self.last = ts
 
     def hits(self) -> Any:
@@ -339,20 +385,20 @@ class _Thread(object):
 
     def __init__(self) -> None:
         self.calls = []  # type: List[Dict[str, Any]]
-        self.sleeps = []  # type: List[Dict[str, Any]]
-        self.slabs = []  # type: List[Dict[str, Any]]
+        self.sleeps = _Timed([], [])     # by start
+        self.slabs = _Timed([], [])      # by time
         self.clock = -1                  # the latest time in its records
         self.first_end = None  # type: Optional[int]    # the earliest end among its open calls
 
 
 class _Direct(object):
-    """An episode its own mempool waits explain, as another thread's stall on its inode needs it."""
+    """A stall its own mempool waits explain, as another thread's stall on its inode needs it."""
 
     __slots__ = ("tid", "comm", "start_ns", "end_ns", "waits")
 
-    def __init__(self, e: Episode) -> None:
-        self.tid, self.comm, self.start_ns, self.end_ns = e.tid, e.comm, e.start_ns, e.end_ns
-        self.waits = [(w.start_ns, w.end_ns) for w in e.waits if w.in_mempool]
+    def __init__(self, st: "_Stall") -> None:
+        self.tid, self.comm, self.start_ns, self.end_ns = st.tid, st.comm, st.start_ns, st.end_ns
+        self.waits = [(w[0], w[1]) for w in st.waits if w[3]]
 
 
 class Correlator(object):
@@ -367,7 +413,7 @@ class Correlator(object):
         self.malformed = 0
         self.clock = -1                  # the latest time in the stream
         self.fed = 0
-        self.settling = []  # type: List[Tuple[int, int, Episode]]    # (end, n, episode): waiting for collateral
+        self.settling = []  # type: List[Tuple[int, int, _Stall]]    # (end, n, stall): waiting for collateral
         self.direct = {}  # type: Dict[Tuple[Optional[str], int], List[_Direct]]
         self.direct_order = deque()  # type: Deque[Tuple[Tuple[Optional[str], int], _Direct]]   # as indexed
 
@@ -389,7 +435,11 @@ class Correlator(object):
                 type(ev.get("start_ns")) is not int or ev["start_ns"] > ts)):
             self.malformed += 1
             return
-        self.losses.timed(ts)
+        losses = self.losses
+        if losses.pending:
+            losses.timed(ts)
+        elif ts > losses.last:
+            losses.last = ts
         thread = self.threads.get(tid)
         if thread is None:
             thread = self.threads[tid] = _Thread()
@@ -404,11 +454,11 @@ class Correlator(object):
         elif kind == "sleep":
             self.seen_sleep = True
             self.seen_kprobe_sleep = self.seen_kprobe_sleep or ev.get("source") == "kprobe"
-            thread.sleeps.append(ev)
+            thread.sleeps.add(ev, ev["start_ns"])
             if len(thread.sleeps) > MAX_PENDING:
                 self._forget(thread, thread.clock - PENDING_NS, MAX_PENDING // 2)
         else:
-            thread.slabs.append(ev)
+            thread.slabs.add(ev, ts)
             if len(thread.slabs) > MAX_PENDING:
                 self._forget(thread, thread.clock - PENDING_NS, MAX_PENDING // 2)
         if thread.first_end is not None and thread.clock > thread.first_end + SETTLE_NS:
@@ -429,43 +479,31 @@ class Correlator(object):
         thread.first_end = min((root["ts_ns"] for root, _ in roots[len(ready):]), default=None)
         if not ready and not final:
             return
-        indexes = {"sleep": _ByTime(thread.sleeps, "start_ns"), "slab_failure": _ByTime(thread.slabs, "ts_ns")}
         used_sleeps = set()  # type: set
         used_slabs = set()  # type: set
         for root, members in ready:
-            self._settle(_episode(root, members, indexes, used_sleeps, used_slabs))
-        done = set(id(ev) for _, members in ready for ev, _ in members)
-        thread.calls = [c for c in thread.calls if id(c) not in done]
-        until = float("inf") if final else max(int(root["ts_ns"]) for root, _ in ready)
+            self._settle(_stall(root, members, thread, used_sleeps, used_slabs))
+        thread.calls = [ev for _, members in roots[len(ready):] for ev, _ in members]
+        until = float("inf") if final else max(root["ts_ns"] for root, _ in ready)
         self._decide(thread, until, used_sleeps, used_slabs)
 
     def _decide(self, thread: _Thread, until: float, used_sleeps: set, used_slabs: set) -> None:
         """Drop the thread's sleeps starting and slab failures at or before UNTIL; those no episode
         used happened outside slow writebacks."""
-        keep = []
-        for i, s in enumerate(thread.sleeps):
-            if s["start_ns"] > until:
-                keep.append(s)
-            elif i not in used_sleeps and s.get("in_mempool"):
-                self.totals.mempool_elsewhere += 1
-        thread.sleeps = keep
-        kept = [f for f in thread.slabs if f["ts_ns"] > until]
-        self.totals.slab_elsewhere += len(thread.slabs) - len(kept) - len(used_slabs)
-        thread.slabs = kept
+        self.totals.mempool_elsewhere += sum(1 for i, s in thread.sleeps.drop_until(until)
+                                             if i not in used_sleeps and s.get("in_mempool"))
+        self.totals.slab_elsewhere += len(thread.slabs.drop_until(until)) - len(used_slabs)
 
     def _forget(self, thread: _Thread, before: int, keep: int) -> None:
         """Sleeps and slab failures older than BEFORE, and all but the KEEP newest, outside any writeback."""
-        for name in ("sleeps", "slabs"):
-            items = getattr(thread, name)
-            key = "start_ns" if name == "sleeps" else "ts_ns"
-            kept = [x for x in items if x[key] >= before][-keep:]
-            gone = len(items) - len(kept)
-            if name == "sleeps":
-                self.totals.mempool_elsewhere += sum(1 for x in items if x.get("in_mempool")) - sum(
-                    1 for x in kept if x.get("in_mempool"))
+        for timed in (thread.sleeps, thread.slabs):
+            kept = [i for i, t in enumerate(timed.times) if t >= before][-keep:]
+            if timed is thread.sleeps:
+                self.totals.mempool_elsewhere += sum(1 for x in timed.records if x.get("in_mempool")) - sum(
+                    1 for i in kept if timed.records[i].get("in_mempool"))
             else:
-                self.totals.slab_elsewhere += gone
-            setattr(thread, name, kept)
+                self.totals.slab_elsewhere += len(timed) - len(kept)
+            timed.keep(kept)
 
     def _sweep(self) -> None:
         """Finish threads silent for PENDING_NS; decide stalls no other thread's can explain any more."""
@@ -479,7 +517,7 @@ class Correlator(object):
             if not kept:
                 del self.direct[key]
 
-    def _settle(self, e: Episode) -> None:
+    def _settle(self, e: "_Stall") -> None:
         """E waits COLLATERAL_NS (of stream time) for the stalls of other threads on its inode."""
         if e.explained and e.ino is not None:
             direct = _Direct(e)
@@ -490,7 +528,7 @@ class Correlator(object):
         while self.settling and self.settling[0][0] + COLLATERAL_NS < self.clock:
             self._close(heapq.heappop(self.settling)[2])
 
-    def _close(self, e: Episode) -> None:
+    def _close(self, e: "_Stall") -> None:
         """A writeback of an inode that another thread is writing back while that thread sleeps in the
         mempool waits for it (page locks, writeback bits; e.g. the flusher behind a stalled fsync): when
         those waits cover EXPLAINED_SHARE of it, it is explained, ``behind`` that thread."""
@@ -562,31 +600,41 @@ class _Totals(object):
         self.pools = _FirstSeen()
         self.groups = {}  # type: Dict[str, Tuple[Tuple[int, int], Group]]
         self.folded = {}  # type: Dict[str, int]
-        self.first = []  # type: List[Tuple[int, int, int, Episode]]
-        self.longest = []  # type: List[Tuple[int, int, int, int, Episode]]
+        self.fold = _Folder(self.folded).add
+        self.first = []  # type: List[Tuple[int, int, int, _Stall]]
+        self.longest = []  # type: List[Tuple[int, int, int, int, _Stall]]
         self.starts = array("q")
         self.ends = array("q")
 
-    def add(self, e: Episode) -> None:
+    def add(self, e: "_Stall") -> None:
         order = (e.start_ns, e.tid)
         self.n += 1
         self.explained += int(e.explained)
         self.behind += int(bool(e.behind))
         self.stalled_ns += e.duration_ns
         self.mempool_ns += e.mempool_ns
-        self.slab_failures += len(e.slab_failures)
-        for i, w in enumerate(e.waits):
-            if w.in_mempool:
-                self.mempool_waits += 1
-                self.mempool_timeouts += int(bool(w.timed_out))
-                if w.pool_cache:
-                    self.pools.add(w.pool_cache, order + (i,))
+        self.slab_failures += len(e.slabs)
+        mempool_waits = timeouts = no_stack = preceded = 0
+        for i, (_, _, duration, in_mempool, sleep, before, blocked) in enumerate(e.waits):
+            if in_mempool:
+                mempool_waits += 1
+                if sleep.get("timed_out"):
+                    timeouts += 1
+                pool = sleep.get("pool_cache")
+                if pool:
+                    self.pools.add(pool, order + (i,))
             else:
-                self.other[w.blocked_in or "[no stack]"] += w.duration_ns
-            self.no_stack += int(w.kstack is None)
-            self.preceded += int(bool(w.after_slab_failures))
-            for j, cache in enumerate(w.after_slab_failures):
-                self.caches.add(cache.split("(")[0], order + (i, j))
+                self.other[blocked or "[no stack]"] += duration
+            if sleep.get("kstack") is None:
+                no_stack += 1
+            if before:
+                preceded += 1
+                for j, cache in enumerate(before):
+                    self.caches.add(cache.split("(")[0], order + (i, j))
+        self.mempool_waits += mempool_waits
+        self.mempool_timeouts += timeouts
+        self.no_stack += no_stack
+        self.preceded += preceded
         had = self.groups.get(e.group)
         if had is None or order < had[0]:
             g = Group(e.group, e.container, 0, 0, 0, 0, 0) if had is None else had[1]
@@ -597,8 +645,8 @@ class _Totals(object):
         g.explained += int(e.explained)
         g.stalled_ns += e.duration_ns
         g.mempool_ns += e.mempool_ns
-        g.slab_failures += len(e.slab_failures)
-        folded_stacks.add_samples(self.folded, _samples(e))
+        g.slab_failures += len(e.slabs)
+        self.fold(e)
         self.starts.append(e.start_ns)
         self.ends.append(e.end_ns)
         item = (-e.start_ns, -e.tid, self.n, e)
@@ -614,7 +662,7 @@ class _Totals(object):
 
     def result(self, sleeps_from: str, hit: Any, lost: int, malformed: int) -> Result:
         kept = dict((id(t[-1]), t[-1]) for t in self.first + self.longest)
-        episodes = sorted(kept.values(), key=lambda e: (e.start_ns, e.tid))
+        episodes = [st.episode() for st in sorted(kept.values(), key=lambda st: (st.start_ns, st.tid))]
         for e in episodes:
             e.incomplete = hit(e.start_ns, e.end_ns)
         hits = sum(1 for start, end in zip(self.starts, self.ends) if hit(start, end))
@@ -637,46 +685,68 @@ class _Totals(object):
         return result
 
 
-def _episode(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], indexes: Dict[str, "_ByTime"],
-             used_sleeps: set, used_slabs: set) -> Episode:
-    """The episode of ROOT (its nested calls MEMBERS); ``incomplete`` is set once the losses are known."""
-    start, end = int(root["start_ns"]), int(root["ts_ns"])
-    slabs = indexes["slab_failure"].between(start, end)
+class _Stall(object):
+    """A slow writeback as the totals need it: its numbers, and its records for :meth:`episode`, the whole
+    :class:`Episode` (made only for the episodes a result keeps). Each wait is a tuple (start, end,
+    duration, in mempool, the sleep record, the slab failures before it, the function it blocked in)."""
+
+    __slots__ = ("tid", "comm", "start_ns", "end_ns", "duration_ns", "dev", "ino", "root", "members", "waits",
+                 "slabs", "mempool_ns", "other_blocked_ns", "explained", "group", "container", "behind")
+
+    def episode(self) -> Episode:
+        root, members = self.root, self.members
+        waits = [Wait(start_ns=start, end_ns=end, duration_ns=duration, in_mempool=in_mempool,
+                      timed_out=sleep.get("timed_out"), blocked_in=blocked, caller=sleep.get("caller"),
+                      call=_innermost(members, start), kstack=sleep.get("kstack"), after_slab_failures=before,
+                      pool_cache=sleep.get("pool_cache"))
+                 for start, end, duration, in_mempool, sleep, before, blocked in self.waits]
+        calls = [Call(func=ev.get("func") or "?", depth=depth, start_ns=int(ev["start_ns"]), end_ns=int(ev["ts_ns"]),
+                      dev=ev.get("dev"), ino=ev.get("ino")) for ev, depth in members]
+        return Episode(
+            tid=self.tid, tgid=int(root.get("tgid") or root["tid"]), comm=self.comm, start_ns=self.start_ns,
+            end_ns=self.end_ns, duration_ns=self.duration_ns, func=root.get("func") or "?", dev=self.dev, ino=self.ino,
+            calls=calls, waits=waits, slab_failures=[_slab_label(f) for f in self.slabs], mempool_ns=self.mempool_ns,
+            other_blocked_ns=self.other_blocked_ns, explained=self.explained, group=self.group,
+            container=self.container, incomplete=False, kstack=root.get("kstack"), behind=self.behind)
+
+
+def _stall(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], thread: _Thread,
+           used_sleeps: set, used_slabs: set) -> _Stall:
+    """The stall of ROOT (its nested calls MEMBERS)."""
+    start, end = root["start_ns"], root["ts_ns"]      # integers (Correlator.feed checked them)
+    slabs = thread.slabs.between(start, end)
     used_slabs.update(i for i, _ in slabs)
     waits = []
     cursor = start
     slab_i = 0
-    inside = indexes["sleep"].between(start, end)
-    for i, s in inside:
+    mempool_ns = other_ns = 0
+    for i, s in thread.sleeps.between(start, end):
         used_sleeps.add(i)
-        s_start, s_end = int(s["start_ns"]), min(int(s["ts_ns"]), end)
+        s_start, s_end = s["start_ns"], min(s["ts_ns"], end)
+        duration = max(0, s_end - s_start)
         before = []
-        if s.get("in_mempool"):
-            while slab_i < len(slabs) and int(slabs[slab_i][1]["ts_ns"]) <= s_start:
-                if int(slabs[slab_i][1]["ts_ns"]) >= cursor:
+        in_mempool = bool(s.get("in_mempool"))
+        if in_mempool:
+            while slab_i < len(slabs) and slabs[slab_i][1]["ts_ns"] <= s_start:
+                if slabs[slab_i][1]["ts_ns"] >= cursor:
                     before.append(_slab_label(slabs[slab_i][1]))
                 slab_i += 1
             cursor = s_end
+            mempool_ns += duration
+        else:
+            other_ns += duration
         blocked = s.get("blocked_in")
-        waits.append(Wait(start_ns=s_start, end_ns=s_end, duration_ns=max(0, s_end - s_start),
-                          in_mempool=bool(s.get("in_mempool")), timed_out=s.get("timed_out"),
-                          blocked_in=stacks.base_name(blocked) if blocked else None, caller=s.get("caller"),
-                          call=_innermost(members, s_start), kstack=s.get("kstack"),
-                          after_slab_failures=before, pool_cache=s.get("pool_cache")))
-    mempool_ns = sum(w.duration_ns for w in waits if w.in_mempool)
-    other_ns = sum(w.duration_ns for w in waits if not w.in_mempool)
-    duration = end - start
-    container = _episode_container(root, slabs)
-    calls = [Call(func=ev.get("func") or "?", depth=depth, start_ns=int(ev["start_ns"]), end_ns=int(ev["ts_ns"]),
-                  dev=ev.get("dev"), ino=ev.get("ino")) for ev, depth in members]
-    return Episode(
-        tid=int(root["tid"]), tgid=int(root.get("tgid") or root["tid"]), comm=root.get("comm") or "?",
-        start_ns=start, end_ns=end, duration_ns=duration, func=root.get("func") or "?", dev=root.get("dev"),
-        ino=root.get("ino"), calls=calls, waits=waits, slab_failures=[_slab_label(s) for _, s in slabs],
-        mempool_ns=mempool_ns, other_blocked_ns=other_ns,
-        explained=duration > 0 and mempool_ns >= EXPLAINED_SHARE * duration,
-        group=_group_of(container, root.get("wb_cgroup") or root.get("cgroup")), container=container,
-        incomplete=False, kstack=root.get("kstack"))
+        waits.append((s_start, s_end, duration, in_mempool, s, before, _base_name(blocked) if blocked else None))
+    st = _Stall()
+    st.tid, st.comm, st.start_ns, st.end_ns, st.duration_ns = root["tid"], root.get("comm") or "?", start, end, end - start
+    st.dev, st.ino, st.root, st.members, st.waits = root.get("dev"), root.get("ino"), root, members, waits
+    st.slabs = [f for _, f in slabs]
+    st.mempool_ns, st.other_blocked_ns = mempool_ns, other_ns
+    st.explained = st.duration_ns > 0 and mempool_ns >= EXPLAINED_SHARE * st.duration_ns
+    st.container = _episode_container(root, slabs)
+    st.group = _group_of(st.container, root.get("wb_cgroup") or root.get("cgroup"))
+    st.behind = None
+    return st
 
 
 def _episode_container(root: Dict[str, Any], slabs: List[Tuple[int, Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
@@ -748,22 +818,38 @@ def _verdict(r: Result, totals: _Totals) -> str:
     return "; ".join(parts)
 
 
-def _samples(e: Episode) -> List[Tuple[List[str], int]]:
-    """Time blocked per stack: ``comm;outermost..;[after slab fail X];[mempool wait 5.00s] ns``.
+class _Folder(object):
+    """Time blocked per stack, folded as stalls come: ``comm;outermost..;[after slab fail X];[mempool wait
+    5.00s] ns``. Sleeps use their own stack (taken at the sleep); time of a stall not spent asleep is
+    charged to the writeback's entry stack as ``[writeback other time]`` (running, or asleep unmeasured).
+    The folded text of each (comm, stack) is kept (at most CACHE of them) as the same stacks recur."""
 
-    Sleeps use their own stack (taken at the sleep); time of a stall not spent asleep is charged to
-    the writeback's entry stack as ``[writeback other time]`` (running, or asleep unmeasured).
-    """
-    samples = []  # type: List[Tuple[List[str], int]]
-    for w in e.waits:
-        frames = [e.comm] + stacks.root_first(w.kstack)
-        if w.after_slab_failures:
-            frames.append(folded_stacks.annotation("after slab fail %s" % _counted(w.after_slab_failures)))
-        label = ("mempool wait %ss" if w.in_mempool else "blocked %ss") % _secs(w.duration_ns)
-        samples.append((frames + [folded_stacks.annotation(label)], w.duration_ns))
-    rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
-    if rest > 0:
-        samples.append(([e.comm] + stacks.root_first(e.kstack) + [folded_stacks.annotation("writeback other time")],
-                        rest))
-    return samples
+    CACHE = 4096
 
+    def __init__(self, totals: Dict[str, int]) -> None:
+        self.totals = totals
+        self.prefixes = {}  # type: Dict[Tuple[str, Tuple[Any, ...]], str]
+
+    def _prefix(self, comm: str, kstack: Optional[List[str]]) -> str:
+        key = (comm, tuple(kstack) if kstack else ())
+        text = self.prefixes.get(key)
+        if text is None:
+            if len(self.prefixes) >= self.CACHE:
+                self.prefixes.clear()
+            text = self.prefixes[key] = ";".join(
+                folded_stacks.sanitize_frame(f) for f in [comm] + stacks.root_first(kstack))
+        return text
+
+    def add(self, e: _Stall) -> None:
+        totals = self.totals
+        for _, _, duration, in_mempool, sleep, before, _ in e.waits:
+            key = self._prefix(e.comm, sleep.get("kstack"))
+            if before:
+                key += ";" + folded_stacks.annotation("after slab fail %s" % _counted(before))
+            # folded_stacks.annotation of a label with nothing to sanitise
+            key += (";[mempool wait %ss]" if in_mempool else ";[blocked %ss]") % _secs(duration)
+            totals[key] = totals.get(key, 0) + duration
+        rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
+        if rest > 0:
+            key = self._prefix(e.comm, e.root.get("kstack")) + ";" + folded_stacks.annotation("writeback other time")
+            totals[key] = totals.get(key, 0) + rest

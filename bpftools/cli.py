@@ -21,7 +21,7 @@ from .kernel import hostroot
 from .kernel.capabilities import detect
 from .options import CONTEXT, PATH
 from .planner import command as plan_command
-from .recording import MergedRecording, read_recording, stream_recording, whole
+from .recording import CountedRecording, MergedRecording, collector_paused, stream_recording, whole
 from .registry import TOOLS, build_report, tool_named
 from .render import one_line
 from .repro.cli import repro
@@ -141,6 +141,7 @@ prints a JSON list of their objects; --html and --report make one report of all 
 @click.option("--svg", type=PATH, metavar="FILE", help="Write an interactive SVG flame graph.")
 @click.option("--html", type=PATH, metavar="FILE", help="Write the self-contained HTML incident report.")
 @click.option("--report", "out_dir", type=PATH, metavar="DIR", help="Write all of the above into DIR.")
+@collector_paused()
 def report(recordings: Tuple[str, ...], as_json: bool, folded: Optional[str], speedscope: Optional[str],
            svg: Optional[str], html: Optional[str], out_dir: Optional[str]) -> None:
     """Re-render recordings made with --record, or export them (several: one report)."""
@@ -148,12 +149,7 @@ def report(recordings: Tuple[str, ...], as_json: bool, folded: Optional[str], sp
         raise click.UsageError("--json prints the recordings: it cannot be combined with --folded, --speedscope, "
                                "--svg, --html or --report")
     if as_json:
-        docs = []
-        for path in recordings:
-            rec = read_recording(path)
-            docs.append({"header": rec.header, "events": rec.events, "trailer": rec.trailer,
-                         "damaged_lines": rec.damaged_lines})
-        _print_json(docs[0] if len(docs) == 1 else docs)
+        _print_recordings_json(recordings)
         return
     streams = []  # type: List[Any]
     try:
@@ -182,6 +178,49 @@ def report(recordings: Tuple[str, ...], as_json: bool, folded: Optional[str], sp
     finally:
         for stream in streams:
             stream.close()
+
+
+def _print_recordings_json(paths: Tuple[str, ...]) -> None:
+    """``report --json``: each recording as :func:`_print_json` lays out its header, events, trailer and
+    damaged lines (a list of them for several), written event by event. Every recording is read through
+    first, so that a file that is not one prints nothing, and to count its damaged lines (they come first)."""
+    counted = []  # type: List[CountedRecording]
+    try:
+        for path in paths:
+            counted.append(CountedRecording(path))
+        write = sys.stdout.write
+        if len(counted) == 1:
+            _write_recording_json(counted[0], "", write)
+        else:
+            for i, rec in enumerate(counted):
+                write(",\n  " if i else "[\n  ")
+                _write_recording_json(rec, "  ", write)
+            write("\n]")
+        write("\n")
+    finally:
+        for rec in counted:
+            rec.close()
+
+
+_EVENTS = "\0events\0"          # where the events go in the document's text (the first string in it)
+
+
+def _write_recording_json(rec: CountedRecording, indent: str, write: Any) -> None:
+    """WRITE the text json.dumps(indent=2) makes of REC's document, INDENT before each line but the first."""
+    def dumps(obj: Any, prefix: str) -> str:
+        return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).replace("\n", "\n" + prefix)
+
+    doc = {"damaged_lines": rec.damaged_lines, "events": _EVENTS, "header": rec.header, "trailer": rec.trailer}
+    before, after = dumps(doc, indent).split(dumps(_EVENTS, ""), 1)
+    write(before)
+    item = indent + "    "
+    separator = "[\n" + item
+    for event in rec.events():
+        write(separator)
+        write(dumps(event, item))
+        separator = ",\n" + item
+    write("[]" if separator.startswith("[") else "\n" + indent + "  ]")
+    write(after)
 
 
 def _merged_by_tool(paths: Tuple[str, ...], streams: List[Any]) -> List[Tuple[str, Any]]:

@@ -2,18 +2,26 @@
 
 Whatever ends the run (duration, SIGTERM, Ctrl-C), the recording gets its trailer and the report
 directory its files: nothing recorded is lost.
+
+The report is built at the end by reading the events back, as a stream, from the recording, or without
+``--record`` from a spool: a compressed recording in a private temp directory, whose name and directory
+are removed as soon as it is open (nothing is left behind, however the run ends). Memory does not grow
+with the events.
 """
 import contextlib
+import os
 import sys
-from typing import Any, Callable, Dict, Iterator, List, Optional
+import tempfile
+from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from .errors import BadInput
 from .exports import export, now_iso
 from .kernel.capabilities import detect
 from .outfiles import write_text
 from .pointers import PointerHider, Settings
-from .recording import Recorder, make_header
+from .recording import Recorder, RecordingStream, make_header
 
-MAX_REPORT_EVENTS = 1000000
+SPOOL = "events.jsonl.gz"
 
 
 class LiveRun(object):
@@ -21,17 +29,17 @@ class LiveRun(object):
 
     def __init__(self, tool: str, record_path: Optional[str], report_dir: Optional[str] = None,
                  argv: Optional[List[str]] = None,
-                 incident_report: Optional[Callable[[Dict[str, Any], List[Dict[str, Any]], str], Any]] = None
+                 incident_report: Optional[Callable[[Dict[str, Any], Iterable[Dict[str, Any]], str], Any]] = None
                  ) -> None:
-        """REPORT_DIR gets, at the end, the files of INCIDENT_REPORT(header, events, generated)."""
+        """REPORT_DIR gets, at the end, the files of INCIDENT_REPORT(header, events read once, generated)."""
         if report_dir and incident_report is None:
             raise ValueError("a report directory needs the tool's incident report function")
         self.tool = tool
         self.incident_report = incident_report
         self.lost = 0
         self.report_dir = report_dir
-        self.events = []  # type: List[Dict[str, Any]]
         self.recorder = None  # type: Optional[Recorder]
+        self._readback = None  # type: Optional[IO[bytes]]     # the events for the report, read at the end
         self.header = {}  # type: Dict[str, Any]
         self.pointers = PointerHider(Settings.show)
         if record_path or report_dir:
@@ -41,19 +49,18 @@ class LiveRun(object):
                 tool, ["bpftools"] + sys.argv[1:] if argv is None else list(argv), {"capabilities": caps.to_json()}))
         if record_path:
             self.recorder = Recorder(record_path, self.header)
+            if report_dir:
+                self._readback = _open_again(record_path)
+        elif report_dir:
+            self.recorder, self._readback = _spool(self.header)
 
     def add_lost(self, count: int) -> None:
         self.lost += count
 
     def record(self, event: Dict[str, Any]) -> None:
-        """Keep EVENT (kernel pointers hidden: bpftools.pointers) in the recording and for the report."""
-        if self.recorder is None and not self.report_dir:
-            return
-        event = self.pointers.hide(event)
+        """Write EVENT (kernel pointers hidden: bpftools.pointers) to the recording, or the report's spool."""
         if self.recorder is not None:
-            self.recorder.write(event)
-        if self.report_dir and len(self.events) < MAX_REPORT_EVENTS:
-            self.events.append(event)
+            self.recorder.write(self.pointers.hide(event))
 
     @staticmethod
     def ready_callback(path: Optional[str]) -> Optional[Callable[[], None]]:
@@ -72,13 +79,49 @@ class LiveRun(object):
         interrupted = exc_type is KeyboardInterrupt
         if self.lost:
             sys.stderr.write("bpftools: %d events lost (perf buffer overflow or full maps)\n" % self.lost)
-        if self.recorder is not None:
-            self.recorder.close({"lost_events": self.lost, "interrupted": interrupted,
-                                 "events": self.recorder.events})
-        if self.report_dir and exc_type in (None, KeyboardInterrupt):
-            report = self.incident_report(self.header, self.events, now_iso())
-            for path in export(report, out_dir=self.report_dir):
-                sys.stderr.write("wrote %s\n" % path)
+        try:
+            if self.recorder is not None:
+                self.recorder.close({"lost_events": self.lost, "interrupted": interrupted,
+                                     "events": self.recorder.events})
+            if self.report_dir and self.recorder is not None and exc_type in (None, KeyboardInterrupt):
+                readback, self._readback = self._readback, None
+                with RecordingStream(self.recorder.path, readback) as events:
+                    report = self.incident_report(self.header, events.events, now_iso())
+                for path in export(report, out_dir=self.report_dir):
+                    sys.stderr.write("wrote %s\n" % path)
+        finally:
+            if self._readback is not None:
+                self._readback.close()
+
+
+def _open_again(path: str) -> IO[bytes]:
+    """The file PATH, just created, open for reading (not through a link put in its place)."""
+    try:
+        return open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW))
+    except OSError as err:
+        raise BadInput("cannot read back %s: %s" % (path, err.strerror))
+
+
+def _spool(header: Dict[str, Any]) -> Tuple[Recorder, IO[bytes]]:
+    """A compressed recording (HEADER first) in a new private temp directory, and the same file open for
+    reading; its name and directory are gone when this returns."""
+    try:
+        directory = tempfile.mkdtemp(prefix="bpftools-spool-")
+    except OSError as err:
+        raise BadInput("cannot make a temp directory for the report's events in %s: %s"
+                       % (tempfile.gettempdir(), err.strerror))
+    path = os.path.join(directory, SPOOL)
+    try:
+        recorder = Recorder(path, header)
+        try:
+            return recorder, _open_again(path)
+        except BaseException:
+            recorder.close()
+            raise
+    finally:
+        if os.path.lexists(path):
+            os.unlink(path)
+        os.rmdir(directory)
 
 
 def warn(message: str) -> None:

@@ -26,7 +26,7 @@ class Tool:
     render_recording: Renderer
     outline: Callable[[Any], Any]       # (kernel.target.Target) -> capture.Outline: the default plan there
     incident_report: Optional[ReportBuilder] = None
-    streams_recording: bool = False     # render_recording reads the events once (a stream), not a list
+    streams_recording: bool = False     # render_recording and incident_report read the events once (a stream)
 
     @property
     def name(self) -> str:
@@ -52,8 +52,8 @@ def tool_named(name: Any) -> Optional[Tool]:
 
 def build_report(header: Dict[str, Any], events: Iterable[Dict[str, Any]], generated: Optional[str] = None) -> Any:
     """The IncidentReport of a recording made by any tool that has one; EVENTS (a list, or a stream of any
-    length) are read once."""
+    length) are read once (into a list for a tool whose report reads them more than once)."""
     tool = tool_named(header.get("tool"))
     if tool is None or tool.incident_report is None:
         raise BadInput("no report exporter for recordings of %r" % str(header.get("tool", "")))
-    return tool.incident_report(header, events, generated or now_iso())
+    return tool.incident_report(header, events if tool.streams_recording else list(events), generated or now_iso())
