@@ -9,6 +9,7 @@ failures outside writebacks between them, and a perf-buffer loss marker now and 
 those ``bpftools iojitter --record`` writes. Figures, each events/s:
 
 - ``read``: the recording read as a stream (``bpftools.recording.stream_recording``: JSON lines parsed),
+  with the cyclic garbage collector paused as ``bpftools report`` pauses it (and for ``correlate``),
 - ``correlate``: ``bpftools.analyses.iojitter.correlate`` on that stream; the rate of the analysis
   alone is the events over (that time - the read's),
 - ``report``: ``bpftools report FILE`` end to end in a fresh process (read, correlate, render), with
@@ -226,14 +227,14 @@ def _rate(events: int, seconds: Optional[float], finished: bool) -> Optional[flo
 
 
 def _count(path: str) -> int:
-    from bpftools.recording import stream_recording
-    with stream_recording(path) as stream:
+    from bpftools.recording import collector_paused, stream_recording
+    with collector_paused(), stream_recording(path) as stream:
         return sum(1 for _ in stream.events)
 
 
 def _analysed(analysis: Any, path: str) -> Any:
-    from bpftools.recording import stream_recording
-    with stream_recording(path) as stream:
+    from bpftools.recording import collector_paused, stream_recording
+    with collector_paused(), stream_recording(path) as stream:
         return analysis(stream.events)
 
 

@@ -76,8 +76,8 @@ def render(result: Result, console: Any, max_episodes: int = MAX_EPISODES) -> No
 
 def render_recording(rec: Any, console: Any) -> None:
     """``bpftools report`` of an iojitter recording: the same analysis and tables as the live run, its
-    events read once (a list or a stream)."""
-    correlator = Correlator()
+    events read once (a list or a stream); no stacks are folded, as the text shows none."""
+    correlator = Correlator(fold=False)
     marked = 0
     for e in rec.events:
         correlator.feed(e)
