@@ -179,7 +179,7 @@ def _load(raw: bytes) -> Any:
     marked = raw.translate(_DIGITS_AND_OPENINGS)
     try:
         try:
-            if _fast_loads is None or _LONG_NUMBER in marked:
+            if _fast_loads is None or marked.find(_LONG_NUMBER) >= 0:     # not "in": it tries an integer first
                 raise ValueError("for the strict decoder")
             obj = _fast_loads(raw)
         except ValueError:
