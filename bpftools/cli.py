@@ -21,7 +21,7 @@ from .kernel import hostroot
 from .kernel.capabilities import detect
 from .options import CONTEXT, PATH
 from .planner import command as plan_command
-from .recording import CountedRecording, MergedRecording, collector_paused, stream_recording, whole
+from .recording import CountedRecording, MergedRecording, collector_paused, stream_recording
 from .registry import TOOLS, build_report, tool_named
 from .render import one_line
 from .repro.cli import repro
@@ -172,8 +172,6 @@ def report(recordings: Tuple[str, ...], as_json: bool, folded: Optional[str], sp
             if i:
                 console.print()
             tool = tool_named(rec.tool)
-            if tool is None or not tool.streams_recording:
-                rec = whole(rec)
             _typed(what, render.recording, rec, console, tool.render_recording if tool else None)
     finally:
         for stream in streams:

@@ -52,7 +52,7 @@ class LiveRun(object):
             if report_dir:
                 self._readback = _open_again(record_path)
         elif report_dir:
-            self.recorder, self._readback = _spool(self.header)
+            self.recorder, self._readback = spool(self.header)
 
     def add_lost(self, count: int) -> None:
         self.lost += count
@@ -102,7 +102,7 @@ def _open_again(path: str) -> IO[bytes]:
         raise BadInput("cannot read back %s: %s" % (path, err.strerror))
 
 
-def _spool(header: Dict[str, Any]) -> Tuple[Recorder, IO[bytes]]:
+def spool(header: Dict[str, Any]) -> Tuple[Recorder, IO[bytes]]:
     """A compressed recording (HEADER first) in a new private temp directory, and the same file open for
     reading; its name and directory are gone when this returns."""
     try:

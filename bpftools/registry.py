@@ -13,20 +13,20 @@ from .errors import BadInput
 from .exports import now_iso
 from .tools import iojitter, kmemsnoop, mempoolwait, netdevwait, refleak, slabfail, watch, writeslow
 
-Renderer = Callable[[Any, Any], None]                                  # (recording, console)
+Renderer = Callable[[Any, Any], None]                                  # (recording: its events read once, console)
 ReportBuilder = Callable[[Dict[str, Any], Iterable[Dict[str, Any]], str], Any]  # (header, events read once, generated)
 
 
 @dataclass(frozen=True)
 class Tool:
     """One tool: the click command (its name is the tool's), how `bpftools report` shows a recording
-    of it, and (tools with exports) the incident report built from a recording."""
+    of it, and (tools with exports) the incident report built from a recording. Both read the events
+    once, as a stream of any length, in bounded memory."""
 
     command: Any
     render_recording: Renderer
     outline: Callable[[Any], Any]       # (kernel.target.Target) -> capture.Outline: the default plan there
     incident_report: Optional[ReportBuilder] = None
-    streams_recording: bool = False     # render_recording and incident_report read the events once (a stream)
 
     @property
     def name(self) -> str:
@@ -38,9 +38,9 @@ TOOLS = OrderedDict((t.name, t) for t in (
     Tool(slabfail.command, slabfail.render_recording, slabfail.outline),
     Tool(mempoolwait.command, mempoolwait.render_recording, mempoolwait.outline),
     Tool(writeslow.command, writeslow.render_recording, writeslow.outline),
-    Tool(iojitter.command, iojitter.render_recording, iojitter.outline, iojitter.incident_report, True),
+    Tool(iojitter.command, iojitter.render_recording, iojitter.outline, iojitter.incident_report),
     Tool(netdevwait.command, netdevwait.render_recording, netdevwait.outline, netdevwait.incident_report),
-    Tool(refleak.command, refleak.render_recording, refleak.outline, refleak.incident_report, True),
+    Tool(refleak.command, refleak.render_recording, refleak.outline, refleak.incident_report),
     Tool(*watch.tool_parts(iojitter=iojitter, kmemsnoop=kmemsnoop, netdevwait=netdevwait)),
 ))
 
@@ -52,8 +52,8 @@ def tool_named(name: Any) -> Optional[Tool]:
 
 def build_report(header: Dict[str, Any], events: Iterable[Dict[str, Any]], generated: Optional[str] = None) -> Any:
     """The IncidentReport of a recording made by any tool that has one; EVENTS (a list, or a stream of any
-    length) are read once (into a list for a tool whose report reads them more than once)."""
+    length) are read once."""
     tool = tool_named(header.get("tool"))
     if tool is None or tool.incident_report is None:
         raise BadInput("no report exporter for recordings of %r" % str(header.get("tool", "")))
-    return tool.incident_report(header, events if tool.streams_recording else list(events), generated or now_iso())
+    return tool.incident_report(header, events, generated or now_iso())

@@ -191,6 +191,8 @@ for name in sys.argv[2:]:
         os.close(os.open(name, os.O_RDONLY))
     except OSError:
         pass
+print("done", flush=True)
+sys.stdin.read()     # alive until told: the tool reads a relative name's directory from /proc/PID/cwd
 """
 KMEM_NAMES = ["memory.kmem.failcnt", "memory.kmem.slabinfo", "memory.kmem.tcp.failcnt",
               "memory.kmem.limit_in_bytes", "memory.kmem.usage_in_bytes", "memory.kmem.max_usage_in_bytes",
@@ -210,13 +212,17 @@ def test_the_path_matcher_sees_every_kmem_file_name_and_nothing_else(tmp_path):
     (work / "memory.kmem.limit_in_bytez" / "x").write_text("0\n")
     tool = _start(tmp_path, "--json", "-d", "30")
     names = KMEM_NAMES + [str(work / n) for n in KMEM_NAMES] + others + [str(work / n) for n in others]
-    child = subprocess.run([sys.executable, "-c", OPENER, str(work)] + names, stdout=subprocess.PIPE,
-                           universal_newlines=True, check=True)
-    pid = int(child.stdout.strip())
-    time.sleep(1)
-    tool.send_signal(signal.SIGINT)
-    out, err = tool.communicate(timeout=60)
+    child = subprocess.Popen([sys.executable, "-c", OPENER, str(work)] + names, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        pid = int(child.stdout.readline())
+        assert child.stdout.readline() == "done\n"
+        time.sleep(1)
+        tool.send_signal(signal.SIGINT)
+        out, err = tool.communicate(timeout=60)
+    finally:
+        child.communicate(timeout=60)
     seen = [json.loads(line)["path"] for line in out.splitlines() if line.startswith("{")
             and json.loads(line).get("tgid") == pid]
-    # relative names are reported resolved against the opener's working directory
+    # relative names are reported resolved against the opener's working directory (while it runs)
     assert sorted(seen) == sorted([str(work / n) for n in KMEM_NAMES] * 2), err

@@ -1,6 +1,7 @@
 """A live run with --report and no --record: its events go to a compressed spool (a private temp file whose
 name is removed at once), and the report is built at the end by reading that file back, so memory does not
 grow with the events and nothing is left behind."""
+import io
 import os
 import signal
 import subprocess
@@ -9,10 +10,11 @@ import time
 import tracemalloc
 
 import pytest
+from rich.console import Console
 
 from bpftools import live
-from bpftools.recording import read_recording
-from bpftools.registry import build_report
+from bpftools.recording import Recording, read_recording
+from bpftools.registry import TOOLS, build_report
 from bpftools.tools import kmemsnoop
 
 MEMCG = "/sys/fs/cgroup/memory"
@@ -163,17 +165,38 @@ def _facts(report):
     return (report.verdicts, [(t.title, t.rows) for t in report.tables], [f.folded for f in report.flame_graphs])
 
 
-@pytest.mark.parametrize("source", ["iojitter/lab-6.1-injector.jsonl", "refleak/6.1.0-56-amd64/refleak-leak-new.jsonl",
-                                    "kmemsnoop", "watch"])
-def test_every_incident_report_gives_from_a_stream_what_it_gives_from_a_list(source):
+SOURCES = {"iojitter": "iojitter/lab-6.1-injector.jsonl", "refleak": "refleak/6.1.0-56-amd64/refleak-leak-new.jsonl",
+           "kmemsnoop": "kmemsnoop", "netdevwait": "reports/netdevwait-kprobe.jsonl", "watch": "watch",
+           "watch bundle": "reports/watch.jsonl", "slabfail": "iojitter/synthetic-rhel7-incident.jsonl",
+           "mempoolwait": "iojitter/synthetic-rhel7-incident.jsonl", "writeslow": "iojitter/synthetic-rhel7-incident.jsonl"}
+
+
+def _rendered(header, events, trailer):
+    buf = io.StringIO()
+    TOOLS[header["tool"]].render_recording(Recording(header, events, trailer, 0), Console(file=buf, width=200))
+    return buf.getvalue()
+
+
+def test_every_tool_is_checked_here():
+    assert set(TOOLS) <= set(name.split()[0] for name in SOURCES)
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_every_tool_reports_and_renders_from_a_stream_what_it_does_from_a_list(name):
     """What a live run's report is handed (the spool read back) and what `bpftools report` hands it."""
+    source, trailer = SOURCES[name], None
+    tool = name.split()[0]
     if source == "kmemsnoop":
         header, events = {"tool": "kmemsnoop", "argv": []}, [_kmem_event(i) for i in range(40)]
     elif source == "watch":
         header, events = {"tool": "watch", "argv": []}, WATCH_EVENTS
     else:
         rec = read_recording(os.path.join(FIXTURES, source))
-        header, events = rec.header, rec.events
+        header, events, trailer = dict(rec.header, tool=tool), rec.events, rec.trailer
+    text = _rendered(header, events, trailer)
+    assert text == _rendered(header, iter(events), trailer) and text.count("\n") > 1
+    if TOOLS[tool].incident_report is None:
+        return
     from_list = _facts(build_report(header, events, "2026-12-07T00:00:00Z"))
     assert from_list == _facts(build_report(header, iter(events), "2026-12-07T00:00:00Z"))
     assert any(rows for _, rows in from_list[1])       # not an empty report

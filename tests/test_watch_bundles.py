@@ -111,6 +111,10 @@ def test_both_incidents_make_a_bundle_each_that_names_the_pool_the_frames_and_th
 
     rec = read_recording(os.path.join(kmem_dir, "recording.jsonl"))
     report = incident_report(REUSED, rec.header, rec.events, "2026-01-01T00:00:00Z")
+    streamed = incident_report(REUSED, rec.header, iter(rec.events), "2026-01-01T00:00:00Z")    # read once
+    assert [(t.title, t.rows) for t in streamed.tables] == [(t.title, t.rows) for t in report.tables]
+    assert streamed.verdicts == report.verdicts and [t.title for t in report.tables][:2] == [
+        "watch: Triggers", "iojitter: Slow writebacks"]
     verdict = next(v for v in report.verdicts if v["title"] == "Slow writebacks stalled in mempool_alloc")
     assert verdict["summary"] == "2 of 2 slow writebacks (>= 1.00 s) explained by mempool waits; pools: biovec-max"
     assert verdict["evidence"][0].startswith("tid 413 (python3): do_writepages stalled 6.21 s, explained; "

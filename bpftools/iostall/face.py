@@ -55,7 +55,8 @@ def print_folded(samples: List[Any]) -> None:
 
 def render_events(rec: Any, console: Any, header: str, kinds: Dict[str, Callable[[Dict[str, Any]], Any]],
                   line: Callable[[Any], str]) -> None:
-    """``bpftools report``: HEADER, then LINE of each event whose type is in KINDS (type -> from_json), and gaps."""
+    """``bpftools report``: HEADER, then LINE of each event whose type is in KINDS (type -> from_json), and
+    gaps; the events read once, nothing kept."""
     def plain(text: str) -> None:
         console.print(text, markup=False, soft_wrap=True, highlight=False)
     plain(header)

@@ -13,14 +13,14 @@ import errno
 import json
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 import click
 from dataclasses import dataclass, field
 
-from ..analyses.folded import annotation, fold
+from ..analyses.folded import add_samples, annotation
 from ..event import JsonEvent
-from ..html_report import FlameGraph, IncidentReport, Table
+from ..html_report import MAX_TABLE_ROWS, Activity, FlameGraph, IncidentReport, Table
 from ..live import LiveRun
 from ..kernel.cgroups import (cgroup2_mount, cgroup2_path_of_id, cgroup_dir_under, kernfs_id_is,
                               memory_cgroup_mount, memory_cgroup_of_pid, named)
@@ -37,6 +37,7 @@ from ..kernel.target import SYSCALL_BPF_SYMBOLS, Running, Target
 OPS = {1: "open", 2: "write", 3: "kernel"}
 TOOL = "kmemsnoop"
 LIMIT_FILE = "memory.kmem.limit_in_bytes"
+MAX_EVIDENCE = 20            # enabling writes quoted in the report's verdict (all are counted)
 # The kernel function that handles a write to memory.kmem.limit_in_bytes, by preference, with its
 # HOOK_* value in probes/kmemsnoop.h. Only exact names: a clone's arguments may be rearranged.
 KERNEL_HOOKS = (("memcg_update_kmem_limit", 1),   # 3.10: (struct cgroup *, u64 bytes)
@@ -368,35 +369,55 @@ def trace(the_plan: Plan, cgroup: Optional[str], duration: Optional[float],
     poll_events(bpf, "events", _on_raw, duration=duration, ready=ready, on_lost=on_lost)
 
 
-def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], generated: str) -> Any:
-    """The HTML/flame-graph report of a kmemsnoop recording: who wrote which kmem file, with what."""
-    records = [KmemFileEvent.from_json(e) for e in events]
-    enabling = [r for r in records if r.op == "write" and r.ret >= 0
-                and os.path.basename(r.path) == "memory.kmem.limit_in_bytes"]
-    rows = [[r.ts_ns / 1e9, r.tgid, r.comm, r.op, r.error or r.ret, r.value if r.value is not None else "",
-             r.path, r.cgroup or ""] for r in records]
-    stacks = [([annotation("pid %d %s" % (r.tgid, r.comm)), r.cgroup or "?",
-                r.op, os.path.dirname(r.path), os.path.basename(r.path),
-                annotation("%s -> %s" % (r.value.strip() if r.value else "open", r.error or r.ret))], 1)
-              for r in records]
+def incident_report(header: Dict[str, Any], events: Iterable[Dict[str, Any]], generated: str) -> Any:
+    """The HTML/flame-graph report of a kmemsnoop recording (EVENTS read once, in bounded memory): who
+    wrote which kmem file, with what. The table and the timeline's markers keep the first MAX_TABLE_ROWS
+    events; every event is counted in the activity timeline, the flame graph and the verdict."""
+    rows = []  # type: List[List[Any]]
+    timeline = []  # type: List[Tuple[int, str, str]]
+    folded = {}  # type: Dict[str, int]
+    activity = Activity()
+    enabling = []  # type: List[KmemFileEvent]      # the first MAX_EVIDENCE successful limit writes
+    writers = set()  # type: Set[int]                # the tgids of all of them
+    enabled = seen = 0
+    for e in events:
+        r = KmemFileEvent.from_json(e)
+        seen += 1
+        if r.op == "write" and r.ret >= 0 and os.path.basename(r.path) == LIMIT_FILE:
+            enabled += 1
+            writers.add(r.tgid)
+            if len(enabling) < MAX_EVIDENCE:
+                enabling.append(r)
+        if len(rows) < MAX_TABLE_ROWS:
+            rows.append([r.ts_ns / 1e9, r.tgid, r.comm, r.op, r.error or r.ret, r.value if r.value is not None else "",
+                         r.path, r.cgroup or ""])
+            timeline.append((r.ts_ns, "%s %s %s" % (r.comm, r.op, os.path.basename(r.path)), r.op))
+        activity.add(r.ts_ns, r.op)
+        add_samples(folded, [([annotation("pid %d %s" % (r.tgid, r.comm)), r.cgroup or "?",
+                               r.op, os.path.dirname(r.path), os.path.basename(r.path),
+                               annotation("%s -> %s" % (r.value.strip() if r.value else "open", r.error or r.ret))], 1)])
     verdict = {
         "incident": "kmem_io_jitter", "title": "Who turns on kmem accounting",
-        "status": "detected" if enabling else "clear",
+        "status": "detected" if enabled else "clear",
         "summary": ("%d successful write(s) to memory.kmem.limit_in_bytes by %d process(es)"
-                    % (len(enabling), len(set(r.tgid for r in enabling)))) if enabling
+                    % (enabled, len(writers))) if enabled
         else "no successful write to memory.kmem.limit_in_bytes was seen",
         "evidence": ["pid %d (%s) wrote %r to %s: %s" % (r.tgid, r.comm, r.value, r.path, r.error or "ok")
-                     for r in enabling[:20]],
+                     for r in enabling],
         "remediation": [],
     }
+    left_out = seen - len(rows)
     return IncidentReport(
         title="kmemsnoop: writes to memory.kmem.* files", command=list(header.get("argv", [])),
         generated=generated, kernel_release=str(header.get("kernel_release", "")),
         verdicts=[verdict],
         tables=[Table("Opens and writes of memory.kmem.* files",
-                      ["time (s)", "pid", "comm", "op", "result", "value", "path", "writer cgroup"], rows)],
-        timeline=[(r.ts_ns, "%s %s %s" % (r.comm, r.op, os.path.basename(r.path)), r.op) for r in records],
-        flame_graphs=[FlameGraph("kmem file accesses by writer", fold(stacks), unit="events", name="kmemsnoop")],
+                      ["time (s)", "pid", "comm", "op", "result", "value", "path", "writer cgroup"], rows,
+                      note="the first %d of %d events: %d left out (counted in the verdict, the activity timeline "
+                           "and the flame graph)" % (len(rows), seen, left_out) if left_out else "")],
+        timeline=timeline, activity=activity,
+        flame_graphs=[FlameGraph("kmem file accesses by writer", dict(sorted(folded.items())), unit="events",
+                                 name="kmemsnoop")],
         capabilities=header.get("capabilities"), tool_version=str(header.get("version", "")))
 
 

@@ -32,7 +32,7 @@ import signal
 import stat
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import click
 from dataclasses import dataclass, field
@@ -51,7 +51,7 @@ from ..kernel.symbols import read_kallsyms, symbol_address, text_addresses
 from ..kernel.target import Running, Target
 from ..live import LiveRun, then, warn
 from ..options import CONTEXT as CLI_CONTEXT, PATH, POSITIVE
-from ..html_report import FlameGraph, IncidentReport, Table
+from ..html_report import MAX_TIMELINE_MARKERS, FlameGraph, IncidentReport, Table
 from ..pointers import PointerHider, Settings
 from ..render import one_line
 from ..signals import StopSignals
@@ -736,50 +736,88 @@ def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, lo
 
 
 def render_recording(rec: Any, console: Any) -> None:
-    """``bpftools report`` of a netdevwait recording: the observations replayed through the same
-    analysis, so the same lines as the live run."""
+    """``bpftools report`` of a netdevwait recording (its events read once): the observations replayed
+    through the same analysis, so the same lines as the live run."""
     def say(text: str) -> None:
         console.print(text, markup=False, soft_wrap=True, highlight=False)
 
-    mode = next((e for e in rec.events if e.get("type") == "mode"), {})
-    for note in mode.get("notes", []):
-        say(one_line("# %s" % note))
-    summaries = [e for e in rec.events if e.get("type") == SUMMARY]
-    if mode.get("mode") == "log file":
-        for summary in summaries:
-            say("\n".join(summary_lines(summary)))
-        return
-    session = Session(mode.get("mode", "?"), mode.get("meaning") or {})
-    session.contexts = dict((e["key"], e.get("context")) for e in rec.events if e.get("type") == CONTEXT)
-    say(HEADER)
-    replay(session, rec.events, lambda update: say(update_line(update)))
-    say("\n".join(summary_lines(session.summary_json())))
+    log_file = False
+    for kind, obj in replayed(rec.events):
+        if kind == "mode":
+            for note in obj.get("notes", []):
+                say(one_line("# %s" % note))
+            log_file = obj.get("mode") == "log file"
+            if not log_file:
+                say(HEADER)
+        elif kind == "update" and not log_file:
+            say(update_line(obj))
+        elif kind == ("summary" if log_file else "end"):       # a --log run's own summary, else the replay's
+            say("\n".join(summary_lines(obj)))
 
 
-def replay(session: Session, events: List[Dict[str, Any]], on_update: Callable[[Dict[str, Any]], None]) -> None:
-    """Feed a recording's observations, chain links and calls to SESSION; ON_UPDATE gets each update."""
+def replayed(events: Iterable[Dict[str, Any]]) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """A recording's EVENTS (read once) replayed through a Session: ("mode", the run's mode record, its
+    first; {} when it has none), ("update", ...) per update of the episodes (with its device's context,
+    recorded right after the observation that first updated that device), ("summary", ...) per summary
+    a --log run recorded, and last ("end", the session's summary)."""
+    session = None  # type: Optional[Session]
+    pending = []  # type: List[Tuple[str, Dict[str, Any]]]     # (context key, update) awaiting its context
     for obj in events:
         kind = obj.get("type")
+        if session is None:
+            mode = obj if kind == "mode" else {}
+            session = Session(mode.get("mode", "?"), mode.get("meaning") or {})
+            yield "mode", mode
+        if kind == CONTEXT:
+            session.contexts[obj["key"]] = obj.get("context")
+            for key, update in pending:
+                if key == obj["key"]:
+                    update["context"] = obj.get("context")
+            continue
+        for _, update in pending:
+            yield "update", update
+        pending = []
         if kind == OBS:
-            update = session.feed(Observation.from_json(obj))
-            if update is not None:
-                on_update(session.update_json(update))
+            found = session.feed(Observation.from_json(obj))
+            if found is not None:
+                pending.append((Session.context_key(found.episode.netns, found.episode.ifindex),
+                                session.update_json(found)))
         elif kind == LINK:
             session.chain_item(Link.from_json(obj))
         elif kind == CALL:
             session.chain_item(Call.from_json(obj))
+        elif kind == SUMMARY:
+            yield "summary", obj
+    if session is None:
+        session = Session("?", {})
+        yield "mode", {}
+    for _, update in pending:
+        yield "update", update
+    yield "end", session.summary_json()
 
 
-def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], generated: str) -> Any:
-    """The HTML/flame-graph report of a netdevwait recording: the verdict per device, each device's
-    subscribers, and a flame graph of the time spent in them across the rounds."""
-    mode = next((e for e in events if e.get("type") == "mode"), {})
-    session = Session(mode.get("mode", "?"), mode.get("meaning") or {})
-    updates = []  # type: List[Dict[str, Any]]
-    replay(session, events, updates.append)
-    summary = session.summary_json()
-    if mode.get("mode") == "log file":
-        summary = next((e for e in events if e.get("type") == SUMMARY), summary)
+def incident_report(header: Dict[str, Any], events: Iterable[Dict[str, Any]], generated: str) -> Any:
+    """The HTML/flame-graph report of a netdevwait recording (EVENTS read once): the verdict per device,
+    each device's subscribers, and a flame graph of the time spent in them across the rounds. The
+    timeline marks the first MAX_TIMELINE_MARKERS updates."""
+    mode = {}  # type: Dict[str, Any]
+    timeline = []  # type: List[Tuple[int, str, str]]
+    unmarked = 0
+    recorded = None  # type: Optional[Dict[str, Any]]     # the summary a --log run recorded
+    for kind, obj in replayed(events):
+        if kind == "mode":
+            mode = obj
+        elif kind == "update" and obj.get("ts_ns") is not None:
+            if len(timeline) < MAX_TIMELINE_MARKERS:
+                timeline.append((obj["ts_ns"], "%s %s" % (obj["update"], obj.get("name") or obj["dev"]), obj["update"]))
+            else:
+                unmarked += 1
+        elif kind == "summary" and recorded is None:
+            recorded = obj
+        elif kind == "end":
+            summary = obj
+    if mode.get("mode") == "log file" and recorded is not None:
+        summary = recorded
     chains = summary.get("chains", [])
     leaks = [c for c in chains if c["verdict"] == "leak"]
     verdict = {
@@ -805,9 +843,10 @@ def incident_report(header: Dict[str, Any], events: List[Dict[str, Any]], genera
                 Table("Notifier subscribers per device", ["device", "verdict", "#", "chain", "priority", "subscriber",
                                                           "calls", "total (us)", "max (us)", "returns",
                                                           "count changes"], rows)],
-        timeline=[(u["ts_ns"], "%s %s" % (u["update"], u.get("name") or u["dev"]), u["update"]) for u in updates
-                  if u.get("ts_ns") is not None],
+        timeline=timeline,
         flame_graphs=[FlameGraph("Time in notifier subscribers across the rounds", folded_time(chains),
                                  unit="us", name="netdevwait-subscribers")],
-        notes=list(mode.get("notes", [])), capabilities=header.get("capabilities"),
+        notes=list(mode.get("notes", [])) + (["the timeline marks the first %d updates: %d more not marked"
+                                              % (MAX_TIMELINE_MARKERS, unmarked)] if unmarked else []),
+        capabilities=header.get("capabilities"),
         tool_version=str(header.get("version", "")))

@@ -1,79 +1,135 @@
 """A watch recording (a bundle's) as a report: the triggers and doctor's verdict, then each detector's
-part as its own tool reports it (iojitter, netdevwait, kmemsnoop), combined into one page."""
-from typing import Any, Dict, List, Tuple
+part as its own tool reports it (iojitter, netdevwait, kmemsnoop), combined into one page.
+
+The recording is read once (:class:`Split`): each detector's events go, as they pass, to a spool of their
+own (a compressed temp file without a name, :func:`bpftools.live.spool`), the first MAX_TRIGGERS triggers
+and doctor's verdicts are kept; then each part reads its spool once, in the order the page shows them.
+Memory does not grow with the events."""
+from collections import OrderedDict
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from ..exports import combine
 from ..html_report import IncidentReport, Table
-from ..recording import Recording
+from ..live import spool
+from ..recording import Recorder, Recording, RecordingStream
 from ..render import one_line
-from .detectors import IO, KMEM_FILES, NETDEV as NETDEV_DETECTOR, Reused
+from .detectors import IO as IO_DETECTOR, KMEM_FILES, NETDEV as NETDEV_DETECTOR, Reused
 from .triggers import Trigger
 
 DOCTOR = "doctor_verdicts"
+MAX_TRIGGERS = 1000          # triggers listed (all are counted)
+PARTS = (("iojitter", IO_DETECTOR), ("netdevwait", NETDEV_DETECTOR), ("kmemsnoop", KMEM_FILES))   # in page order
 
 
-def by_detector(events: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
-    """The events of each detector (its mode record first), in recording order."""
-    out = {}  # type: Dict[str, List[Dict[str, Any]]]
-    for event in events:
-        if isinstance(event, dict) and event.get("detector"):
-            out.setdefault(str(event["detector"]), []).append(event)
-    return out
+class Split(object):
+    """A watch recording's events, read once: each detector's in its spool (recording order), whether it saw
+    anything but its mode record and gaps, the first MAX_TRIGGERS triggers (and how many more) and the
+    first doctor's verdicts record. Close it when done (or use ``with``)."""
+
+    def __init__(self, header: Dict[str, Any], events: Iterable[Dict[str, Any]]) -> None:
+        self.header = header
+        self.triggers = []  # type: List[Dict[str, Any]]
+        self.more_triggers = 0
+        self.doctor = None  # type: Optional[Dict[str, Any]]
+        self.seen = set()  # type: Set[str]      # detectors with events other than mode and lost records
+        self._spools = OrderedDict()  # type: Dict[str, Tuple[Recorder, IO[bytes]]]
+        try:
+            for event in events:
+                self._route(event)
+        except BaseException:
+            self.close()
+            raise
+
+    def _route(self, event: Dict[str, Any]) -> None:
+        detector, kind = event.get("detector"), event.get("type")
+        if detector in (IO_DETECTOR, NETDEV_DETECTOR, KMEM_FILES):
+            if kind not in ("mode", "lost"):
+                self.seen.add(detector)
+            if detector not in self._spools:
+                self._spools[detector] = spool(self.header)
+            self._spools[detector][0].write(event)
+        elif kind == Trigger.TYPE:
+            if len(self.triggers) < MAX_TRIGGERS:
+                self.triggers.append(event)
+            else:
+                self.more_triggers += 1
+        elif kind == DOCTOR and self.doctor is None:
+            self.doctor = event
+
+    def events(self, detector: str) -> Iterator[Dict[str, Any]]:
+        """The events of DETECTOR, read back once."""
+        if detector not in self._spools:
+            return
+        recorder, readback = self._spools[detector]
+        recorder.close()
+        with RecordingStream(recorder.path, readback) as stream:
+            for event in stream.events:
+                yield event
+
+    def close(self) -> None:
+        for recorder, readback in self._spools.values():
+            recorder.close()
+            readback.close()
+
+    def __enter__(self) -> "Split":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
-def _has_events(events: List[Dict[str, Any]]) -> bool:
-    return any(e.get("type") not in ("mode", "lost") for e in events)
-
-
-def watch_report(header: Dict[str, Any], events: List[Dict[str, Any]], generated: str) -> Any:
+def watch_report(split: Split, generated: str) -> Any:
     """The triggers of the bundle and doctor's verdicts on its kernel log excerpt."""
-    triggers = [e for e in events if e.get("type") == Trigger.TYPE]
-    doctor = next((e for e in events if e.get("type") == DOCTOR), {})
+    header, triggers, doctor = split.header, split.triggers, split.doctor or {}
     return IncidentReport(
         title="bpftools watch: evidence bundle", command=list(header.get("argv", [])), generated=generated,
         kernel_release=str(header.get("kernel_release", "")), verdicts=list(doctor.get("verdicts", [])),
         tables=[Table("Triggers", ["incident", "source", "what"],
-                      [[t.get("incident"), t.get("source"), t.get("what")] for t in triggers])],
+                      [[t.get("incident"), t.get("source"), t.get("what")] for t in triggers],
+                      note="the first %d triggers: %d more left out" % (MAX_TRIGGERS, split.more_triggers)
+                      if split.more_triggers else "")],
         timeline=[(t["ts_ns"], t.get("what", ""), "trigger") for t in triggers if t.get("ts_ns") is not None],
         capabilities=header.get("capabilities"), tool_version=str(header.get("version", "")),
-        notes=["verdicts: bpftools doctor on the bundle's kernel log excerpt"] if doctor else [])
+        notes=["verdicts: bpftools doctor on the bundle's kernel log excerpt"] if split.doctor else [])
 
 
-def parts(reused: Reused, header: Dict[str, Any], events: List[Dict[str, Any]], generated: str
+def parts(reused: Reused, header: Dict[str, Any], events: Iterable[Dict[str, Any]], generated: str
           ) -> List[Tuple[str, Any]]:
-    """(tool, IncidentReport) of the watch part and of each detector that saw something."""
-    split = by_detector(events)
-    out = [("watch", watch_report(header, events, generated))]
-    if _has_events(split.get(IO, [])):
-        out.append(("iojitter", reused.iojitter.incident_report(header, split[IO], generated)))
-    if _has_events(split.get(NETDEV_DETECTOR, [])):
-        out.append(("netdevwait", reused.netdevwait.incident_report(header, split[NETDEV_DETECTOR], generated)))
-    if _has_events(split.get(KMEM_FILES, [])):
-        kmem = [e for e in split[KMEM_FILES] if e.get("type") == "kmem_file"]
-        out.append(("kmemsnoop", reused.kmemsnoop.incident_report(header, kmem, generated)))
+    """(tool, IncidentReport) of the watch part and of each detector that saw something (EVENTS read once)."""
+    with Split(header, events) as split:
+        out = [("watch", watch_report(split, generated))]
+        for tool, detector in PARTS:
+            if detector in split.seen:
+                mine = split.events(detector)
+                if detector == KMEM_FILES:
+                    mine = (e for e in mine if e.get("type") == "kmem_file")
+                out.append((tool, getattr(reused, tool).incident_report(header, mine, generated)))
     return out
 
 
-def incident_report(reused: Reused, header: Dict[str, Any], events: List[Dict[str, Any]], generated: str) -> Any:
+def incident_report(reused: Reused, header: Dict[str, Any], events: Iterable[Dict[str, Any]], generated: str) -> Any:
     """The one report of a watch recording (``bpftools report --html`` and the bundle's report.html)."""
     return combine(parts(reused, header, events, generated))
 
 
 def render_recording(reused: Reused, rec: Any, console: Any) -> None:
-    """``bpftools report`` of a watch recording: its triggers, then each detector's part as its tool shows it."""
+    """``bpftools report`` of a watch recording (its events read once): its triggers, then each detector's
+    part as its tool shows it."""
     def say(text: str) -> None:
         console.print(one_line(text), markup=False, soft_wrap=True, highlight=False)
 
-    for trigger in (e for e in rec.events if e.get("type") == Trigger.TYPE):
-        say("trigger: [%s] %s" % (trigger.get("incident"), trigger.get("what")))
-    for verdict in next((e for e in rec.events if e.get("type") == DOCTOR), {}).get("verdicts", []):
-        say("doctor: %s: %s: %s" % (verdict.get("incident"), verdict.get("status"), verdict.get("summary")))
-    split = by_detector(rec.events)
-    for name, tool in ((IO, reused.iojitter), (NETDEV_DETECTOR, reused.netdevwait), (KMEM_FILES, reused.kmemsnoop)):
-        if _has_events(split.get(name, [])):
-            say("--- %s detector ---" % name)
-            tool.render_recording(Recording(rec.header, split[name], rec.trailer, 0), console)
+    with Split(rec.header, rec.events) as split:
+        for trigger in split.triggers:
+            say("trigger: [%s] %s" % (trigger.get("incident"), trigger.get("what")))
+        if split.more_triggers:
+            say("(%d more triggers)" % split.more_triggers)
+        for verdict in (split.doctor or {}).get("verdicts", []):
+            say("doctor: %s: %s: %s" % (verdict.get("incident"), verdict.get("status"), verdict.get("summary")))
+        for tool, detector in PARTS:
+            if detector in split.seen:
+                say("--- %s detector ---" % detector)
+                getattr(reused, tool).render_recording(Recording(rec.header, split.events(detector), rec.trailer, 0),
+                                                       console)
 
 
-
-__all__ = ["incident_report", "render_recording", "by_detector", "DOCTOR"]
+__all__ = ["incident_report", "render_recording", "DOCTOR"]
