@@ -34,7 +34,9 @@ A freed device is balanced by definition: the kernel freed it at its base level.
 strategy with debug info of modules only (no vmlinux) sees a part of the holds and puts: it has no
 level and no older references, and its puts of holds it did not see are just counted.
 
-Pure: no I/O, no clock; the same events give the same result.
+Pure: no I/O, no clock; the same events give the same result. A stream of any length is read once,
+in bounded memory beyond the holds outstanding (which the rules may still match): per device and
+strategy the counts, per distinct stack its facts (:class:`StackCache`), and the holder objects alive.
 
 >>> r = analyze([{"type": "device", "dev": "0x1", "name": "veth1", "ifindex": 7, "ts_ns": 1,
 ...               "level": 3, "base_refs": 1},
@@ -50,7 +52,7 @@ import functools
 import heapq
 import re
 from collections import OrderedDict
-from typing import Any, Deque, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, Iterator, List, Optional, Set, Tuple
 
 from dataclasses import dataclass, field
 
@@ -83,19 +85,49 @@ def is_generic(frame: str) -> bool:
     return GENERIC_FRAME.match(base_name(frame)) is not None
 
 
-def specific_functions(stack: Optional[List[str]]) -> Set[str]:
+def specific_functions(stack: Optional[Iterable[str]]) -> Set[str]:
     """The functions of STACK that say which operation it was (generic frames left out)."""
     return set(base_name(f) for f in stack or () if not is_generic(f))
 
 
-@dataclass
-class _Hold:
-    ts_ns: int
-    stack: Tuple[str, ...]
-    functions: Set[str]
-    tracker: Optional[str]
-    task: str
-    cgroup: Optional[str]
+class StackFacts(object):
+    """What the matching rules and the stitching need of one stack, worked out once per distinct stack
+    (records repeat a few stacks: see :class:`StackCache`)."""
+
+    __slots__ = ("frames", "context", "in_kprobe_slot", "cut", "cut_function")
+
+    def __init__(self, frames: Tuple[str, ...]) -> None:
+        self.frames = frames                                        # innermost first
+        self.context = frozenset(specific_functions(frames))       # the functions that name the operation
+        self.in_kprobe_slot = bool(frames) and base_name(frames[0]) in KPROBE_SLOTS
+        # where a kretprobe cut the stack (the first trampoline frame, not the innermost) and the function below it
+        self.cut = next((i for i, f in enumerate(frames) if base_name(f) in KRETPROBE_TRAMPOLINES), None)
+        self.cut_function = base_name(frames[self.cut - 1]) if self.cut else None
+
+
+# Distinct stacks whose facts one analysis keeps: the cache starts over when it is full.
+MAX_STACK_FACTS = 1 << 14
+
+
+class StackCache(object):
+    """The facts of the stacks seen, keyed by their frames (at most MAX_STACK_FACTS)."""
+
+    def __init__(self) -> None:
+        self.known = {}  # type: Dict[Tuple[str, ...], StackFacts]
+
+    def facts(self, stack: Optional[Iterable[str]]) -> StackFacts:
+        """The facts of STACK (a list of frames, or None)."""
+        frames = tuple(stack) if stack else ()
+        facts = self.known.get(frames)
+        if facts is None:
+            if len(self.known) >= MAX_STACK_FACTS:
+                self.known.clear()
+            facts = self.known[frames] = StackFacts(frames)
+        return facts
+
+
+# An outstanding hold: (ts_ns, frames, comm, tgid, cgroup); its task is "comm[tgid]" (as _task makes it).
+Hold = Tuple[int, Tuple[str, ...], Any, Any, Optional[str]]
 
 
 @dataclass
@@ -297,6 +329,9 @@ def count(event: Dict[str, Any], name: str, default: Any = None) -> Any:
 # Distinct stacks (function sets) of outstanding holds the context rule compares a put with: the
 # cost of one put is bounded by them. Holds from stacks beyond are matched by the other rules.
 MAX_CONTEXTS = 256
+# Reasons of uncertainty kept per strategy and device (the others are counted): lost records, gaps and
+# unbalanced puts repeat through a long recording.
+MAX_REASONS = 100
 
 
 class _Holds(object):
@@ -308,7 +343,7 @@ class _Holds(object):
         self.clear()
 
     def clear(self) -> None:
-        self.alive = OrderedDict()  # type: Dict[int, _Hold]    # by sequence number, oldest first
+        self.alive = OrderedDict()  # type: Dict[int, Hold]     # by sequence number, oldest first
         self.seq = 0
         self.by_tracker = {}  # type: Dict[str, List[int]]        # lazily cleaned: dead ids skipped
         self.by_context = {}  # type: Dict[FrozenSet[str], List[int]]
@@ -318,22 +353,25 @@ class _Holds(object):
     def __len__(self) -> int:
         return len(self.alive)
 
-    def add(self, hold: _Hold) -> None:
-        seq, self.seq = self.seq, self.seq + 1
-        self.alive[seq] = hold
-        if hold.tracker:
-            self.by_tracker.setdefault(hold.tracker, []).append(seq)
-        elif hold.functions:
-            context = frozenset(hold.functions)
-            if context not in self.by_context and not self._room():
-                self.unindexed += 1
-                return
-            if context not in self.by_context:
-                self.by_context[context] = []
+    def add(self, hold: Hold, tracker: Optional[str], context: FrozenSet[str]) -> None:
+        """HOLD, taken with TRACKER (if any) from a stack whose specific functions are CONTEXT."""
+        seq = self.seq
+        self.seq = seq + 1
+        alive = self.alive
+        alive[seq] = hold
+        if tracker:
+            self.by_tracker.setdefault(tracker, []).append(seq)
+        elif context:
+            ids = self.by_context.get(context)
+            if ids is None:
+                if not self._room():
+                    self.unindexed += 1
+                    return
+                ids = self.by_context[context] = []
                 for function in context:
                     self.contexts.setdefault(function, set()).add(context)
-            ids = self.by_context[context]
-            self._top(ids)          # drop the holds the other rules took since: the list stays as long as the alive
+            while ids and ids[-1] not in alive:      # drop the holds the other rules took since: the list
+                ids.pop()                              # stays as long as the alive
             ids.append(seq)
 
     def _top(self, ids: List[int]) -> Optional[int]:
@@ -351,12 +389,15 @@ class _Holds(object):
             del self.by_tracker[tracker]      # a tracker per object: keep none of those gone
         return seq is not None
 
-    def take_context(self, functions: Set[str]) -> bool:
+    def take_context(self, functions: FrozenSet[str]) -> bool:
         """The hold whose functions share the most with FUNCTIONS, the most recent among equals."""
         shared = {}  # type: Dict[FrozenSet[str], int]
+        contexts = self.contexts
         for function in functions:
-            for context in self.contexts.get(function, ()):
+            for context in contexts.get(function, ()):
                 shared[context] = shared.get(context, 0) + 1
+        if not shared:
+            return False
         best = None  # type: Optional[Tuple[int, int]]
         for context, n in shared.items():
             seq = self._top(self.by_context[context])
@@ -388,8 +429,8 @@ class _Holds(object):
             self.alive.popitem(last=True)
         return taken
 
-    def in_order(self) -> List[_Hold]:
-        return list(self.alive.values())
+    def in_order(self) -> Iterable[Hold]:
+        return self.alive.values()
 
 
 class _Ledger(object):
@@ -403,6 +444,13 @@ class _Ledger(object):
         self.holds = _Holds()
         self.ended = False
         self._noted_contexts = False
+        self.more_reasons = 0                     # reasons of uncertainty beyond the MAX_REASONS kept
+
+    def _uncertain(self, reason: str) -> None:
+        if len(self.out.uncertain) < MAX_REASONS:
+            self.out.uncertain.append(reason)
+        else:
+            self.more_reasons += 1
 
     def activate(self) -> None:
         self.active = True
@@ -418,44 +466,48 @@ class _Ledger(object):
         if level is not None and self.base_refs is not None:
             self.out.older = max(0, level - self.base_refs)
         if level is None:
-            self.out.uncertain.append("the counter's level is unknown: older references cannot be told apart")
+            self._uncertain("the counter's level is unknown: older references cannot be told apart")
 
     def _matched(self, rule: str, times: int = 1) -> None:
         if times:
-            self.out.matched[rule] = self.out.matched.get(rule, 0) + times
+            matched = self.out.matched
+            matched[rule] = matched.get(rule, 0) + times
 
-    def ref(self, event: Dict[str, Any]) -> None:
+    def ref(self, event: Dict[str, Any], facts: StackFacts) -> None:
+        """A hold or put (a ``ref`` record) whose stack's facts are FACTS."""
         if self.ended:
             return
+        out = self.out
         if not self.synced:
-            self.out.presync += 1
+            out.presync += 1
             return
-        delta = count(event, "delta", 0)
-        stack = tuple(event.get("stack") or ())
+        delta = event.get("delta")
+        if type(delta) is not int or not -MAX_COUNT <= delta <= MAX_COUNT:
+            delta = count(event, "delta", 0)
         if delta == 0:
-            self.out.unchanged += 1       # a trap that changed nothing: no reference taken or dropped
+            out.unchanged += 1       # a trap that changed nothing: no reference taken or dropped
             return
-        if self.out.level_end is not None:
-            self.out.level_end += delta
-        if abs(delta) > 1:
+        if out.level_end is not None:
+            out.level_end += delta
+        if delta > 1 or delta < -1:
             self._gap(event, delta)
         if delta > 0:
-            self.out.holds += 1
-            self.holds.add(_Hold(int(event["ts_ns"]), stack, specific_functions(list(stack)),
-                                 event.get("tracker"), _task(event), event.get("cgroup")))
-            if self.holds.unindexed == 1 and self.out.holds and not self._noted_contexts:
+            out.holds += 1
+            ts = event["ts_ns"]
+            self.holds.add((ts if type(ts) is int else int(ts), facts.frames, event.get("comm"),
+                            event.get("tgid", "?"), event.get("cgroup")), event.get("tracker"), facts.context)
+            if self.holds.unindexed == 1 and not self._noted_contexts:
                 self._noted_contexts = True
-                self.out.uncertain.append("%s: more than %d distinct hold stacks outstanding at once: holds "
-                                          "from further stacks are matched by order only"
-                                          % (self.out.strategy, MAX_CONTEXTS))
-        elif delta < 0:
-            self.out.puts += 1
-            self._put(event, stack)
+                self._uncertain("%s: more than %d distinct hold stacks outstanding at once: holds "
+                                "from further stacks are matched by order only" % (out.strategy, MAX_CONTEXTS))
+        else:
+            out.puts += 1
+            self._put(event, facts)
 
     def _gap(self, event: Dict[str, Any], delta: int) -> None:
         """A watchpoint slot that moved by DELTA in one hit: the writes between were not seen."""
-        self.out.uncertain.append("%s: the counter moved by %+d at one write (cpu %s): %d write(s) not seen"
-                                  % (self.out.strategy, delta, event.get("cpu"), abs(delta) - 1))
+        self._uncertain("%s: the counter moved by %+d at one write (cpu %s): %d write(s) not seen"
+                        % (self.out.strategy, delta, event.get("cpu"), abs(delta) - 1))
         self.out.missed += abs(delta) - 1
         unseen = delta - (1 if delta > 0 else -1)
         if unseen > 0 and self.out.older is not None:
@@ -463,16 +515,19 @@ class _Ledger(object):
         if unseen < 0:
             self._consume_unseen(-unseen)
 
-    def _put(self, event: Dict[str, Any], stack: Tuple[str, ...]) -> None:
+    def _put(self, event: Dict[str, Any], facts: StackFacts) -> None:
         tracker = event.get("tracker")
         if tracker and self.holds.take_tracker(tracker):
             self._matched("tracker")
             return
-        functions = specific_functions(list(stack))
-        if functions and self.holds.take_context(functions):
+        if facts.context and self.holds.take_context(facts.context):
             self._matched("context")
             return
-        self._consume_unseen(1, stack)
+        if not self.out.older and self.holds.alive:        # the usual case of what follows, in short
+            self.holds.alive.popitem(last=True)
+            self._matched("order")
+            return
+        self._consume_unseen(1, facts.frames)
 
     def _consume_unseen(self, puts: int, stack: Tuple[str, ...] = ()) -> None:
         """PUTS puts matched by the rules that need no stack: older references first, then the most
@@ -491,11 +546,11 @@ class _Ledger(object):
             return
         what = stack[0] if stack else "[no stack]"
         if left == 1:
-            self.out.uncertain.append("%s: a put with no hold to balance (a hold was not seen): %s"
-                                      % (self.out.strategy, what))
+            self._uncertain("%s: a put with no hold to balance (a hold was not seen): %s"
+                            % (self.out.strategy, what))
         else:
-            self.out.uncertain.append("%s: %d puts with no hold to balance (holds were not seen): %s"
-                                      % (self.out.strategy, left, what))
+            self._uncertain("%s: %d puts with no hold to balance (holds were not seen): %s"
+                            % (self.out.strategy, left, what))
 
     def check(self, level: Optional[int], where: str) -> None:
         """The kernel's own count at WHERE against ours. A difference is writes this strategy missed
@@ -506,8 +561,8 @@ class _Ledger(object):
         diff = level - self.out.level_end
         if diff == 0:
             return
-        self.out.uncertain.append("%s: the counter was %d at %s, %d by the changes seen (%+d not seen)"
-                                  % (self.out.strategy, level, where, self.out.level_end, diff))
+        self._uncertain("%s: the counter was %d at %s, %d by the changes seen (%+d not seen)"
+                        % (self.out.strategy, level, where, self.out.level_end, diff))
         self.out.missed += abs(diff)
         self.out.level_end = level
         if diff > 0 and self.out.older is not None:
@@ -524,7 +579,7 @@ class _Ledger(object):
 
     def lost(self, count: int, source: str) -> None:
         if self.synced and not self.ended:
-            self.out.uncertain.append("%d record(s) lost (%s) while this device was counted" % (count, source))
+            self._uncertain("%d record(s) lost (%s) while this device was counted" % (count, source))
 
     def freed(self) -> None:
         """free_netdev: every reference was dropped, whatever the attribution said."""
@@ -537,18 +592,29 @@ class _Ledger(object):
         self.ended = True
 
     def finish(self) -> StrategyBalance:
-        by_stack = {}  # type: Dict[Tuple[str, ...], List[_Hold]]
-        for hold in self.holds.in_order():
-            by_stack.setdefault(hold.stack, []).append(hold)
-        rows = []
-        for stack, holds in by_stack.items():
-            rows.append(StackBalance(
-                stack=list(stack), count=len(holds), first_ns=min(h.ts_ns for h in holds),
-                last_ns=max(h.ts_ns for h in holds), processes=sorted(set(h.task for h in holds)),
-                cgroups=sorted(set(h.cgroup for h in holds if h.cgroup))))
+        by_stack = {}  # type: Dict[Tuple[str, ...], List[Any]]   # frames -> [count, first, last, tasks, cgroups]
+        for ts, frames, comm, tgid, cgroup in self.holds.in_order():
+            row = by_stack.get(frames)
+            if row is None:
+                row = by_stack[frames] = [0, ts, ts, set(), set()]
+            row[0] += 1
+            row[1] = min(row[1], ts)
+            row[2] = max(row[2], ts)
+            row[3].add("%s[%s]" % (comm or "?", tgid))
+            if cgroup:
+                row[4].add(cgroup)
+        rows = [StackBalance(stack=list(frames), count=n, first_ns=first, last_ns=last, processes=sorted(tasks),
+                             cgroups=sorted(cgroups))
+                for frames, (n, first, last, tasks, cgroups) in by_stack.items()]
         rows.sort(key=lambda r: (-r.count, r.first_ns, r.stack))
-        self.out.unbalanced = rows
-        return self.out
+        out = StrategyBalance(**dict((k, getattr(self.out, k))
+                                     for k in StrategyBalance.__dataclass_fields__))  # type: ignore
+        out.unbalanced = rows
+        out.matched = dict(self.out.matched)
+        out.uncertain = list(self.out.uncertain)
+        if self.more_reasons:
+            out.uncertain.append("and %d more reason(s)" % self.more_reasons)
+        return out
 
 
 class _Device(object):
@@ -561,7 +627,8 @@ class _Device(object):
         self.partial = partial
         self.ledgers = dict((s, _Ledger(s, self.out.base_refs, s in partial)) for s in strategies)
         self.holders = {}  # type: Dict[str, Holder]
-        self.ended = []  # type: List[Holder]
+        self.ended = []  # type: List[Holder]      # holders alive at unregister that ended since
+        self.at_unregister = set()  # type: Set[Tuple[str, int]]    # (obj, created_ns) of those alive then
 
     def ledger(self, strategy: str) -> "_Ledger":
         if strategy not in self.ledgers:
@@ -573,7 +640,7 @@ class _Device(object):
         old = self.holders.pop(obj, None)
         if old is not None:
             old.ended_by = "unknown (the address was reused)"
-            self.ended.append(old)
+            self._ended(old)
         self.holders[obj] = Holder(kind=str(event.get("kind")), obj=obj, created_ns=int(event["ts_ns"]),
                                    stack=event.get("stack"), process=_task(event), cgroup=event.get("cgroup"))
         self.out.holders_seen += 1
@@ -585,7 +652,17 @@ class _Device(object):
         holder.ended_ns = int(event["ts_ns"])
         holder.ended_by = event.get("func")
         holder.end_stack = event.get("stack")
-        self.ended.append(holder)
+        self._ended(holder)
+
+    def _ended(self, holder: Holder) -> None:
+        """Keeps HOLDER, which just ended, if it was alive at unregister (the others are not shown)."""
+        if (holder.obj, holder.created_ns) in self.at_unregister:
+            self.ended.append(holder)
+
+    def unregistered(self) -> None:
+        """The device was unregistered: the holders alive now are those that may be holding it."""
+        self.out.holders_at_unregister = self.alive()
+        self.at_unregister.update((h.obj, h.created_ns) for h in self.out.holders_at_unregister)
 
     def fnhe(self, event: Dict[str, Any]) -> None:
         holder = self.holders.get(str(event["obj"]))
@@ -617,15 +694,25 @@ class Balancer(object):
         self.order = []  # type: List[_Device]
         self.lost = 0
         self.dropped = 0
-        self.last_inline = {}  # type: Dict[Any, Dict[str, Any]]
+        self.last_inline = OrderedDict()  # type: Dict[Any, Dict[str, Any]]   # tid -> its last inline record
         self.partial = set()  # type: Set[str]
         self.planned = None  # type: Optional[List[str]]
+        self.stacks = StackCache()
 
     def _strategies(self) -> List[str]:
         return self.strategies if self.strategies is not None else ["watch"]
 
-    def feed(self, event: Dict[str, Any]) -> None:
+    def feed(self, event: Dict[str, Any], facts: Optional[StackFacts] = None) -> None:
+        """EVENT, in time order; FACTS: those of its stack when a ref's are known."""
         kind = event.get("type")
+        if kind == "ref":                       # nearly every record: first, in short
+            dev = event.get("dev")
+            if dev is None and "dev" not in event:
+                return
+            device = self.devices.get(dev if type(dev) is str else _dev_key(dev))
+            if device is not None:
+                self._ref(device, event, facts or self.stacks.facts(event.get("stack")))
+            return
         if kind == "plan":
             self.planned = list(event.get("strategies") or [])
             self.strategies = [s for s in STRATEGIES if s in self.planned]
@@ -668,13 +755,6 @@ class Balancer(object):
         elif kind == "sync":
             for ledger in device.ledgers.values():
                 ledger.sync(count(event, "level"))
-        elif kind == "ref":
-            strategy = str(event.get("strategy", "watch"))
-            if strategy == "inline":
-                self.last_inline[event.get("tid")] = event
-            elif strategy == "watch":
-                event = self._unwound(event)
-            device.ledger(strategy).ref(event)
         elif kind == "holder_new":
             device.holder_new(event)
         elif kind == "holder_end":
@@ -685,7 +765,7 @@ class Balancer(object):
             out.state = "unregistered"
             out.unregistered_ns = int(event["ts_ns"])
             out.level_at_unregister = count(event, "level")
-            out.holders_at_unregister = device.alive()
+            device.unregistered()
             for ledger in device.ledgers.values():
                 ledger.check(out.level_at_unregister, "unregister")
         elif kind == "free":
@@ -698,13 +778,31 @@ class Balancer(object):
                 ledger.check(out.level_at_free, "free")
                 ledger.freed()
 
+    def _ref(self, device: "_Device", event: Dict[str, Any], facts: StackFacts) -> None:
+        strategy = event.get("strategy", "watch")
+        if type(strategy) is not str:
+            strategy = str(strategy)
+        if strategy == "inline":
+            self._last_inline(event)
+        elif strategy == "watch" and facts.in_kprobe_slot:
+            event = self._unwound(event)
+            facts = self.stacks.facts(event.get("stack"))
+        ledger = device.ledgers.get(strategy)
+        (ledger or device.ledger(strategy)).ref(event, facts)
+
+    def _last_inline(self, event: Dict[str, Any]) -> None:
+        """EVENT is the last inline record of its thread; the threads are the REORDER_EVENTS most recent
+        (a watchpoint trap follows its kprobe's record at once)."""
+        tid = event.get("tid")
+        self.last_inline.pop(tid, None)
+        self.last_inline[tid] = event
+        if len(self.last_inline) > REORDER_EVENTS:
+            self.last_inline.popitem(last=False)  # type: ignore
+
     def _unwound(self, event: Dict[str, Any]) -> Dict[str, Any]:
         """A watchpoint trap inside a kprobe's out-of-line copy of the instruction (the inline
         strategy's kprobe sits on that very hold/put) has a one-frame stack; the kprobe's own record,
         just before on the same thread, has the real one."""
-        stack = event.get("stack") or []
-        if not stack or base_name(stack[0]) not in KPROBE_SLOTS:
-            return event
         site = self.last_inline.get(event.get("tid"))
         if site is None or site.get("delta") != event.get("delta") or site.get("dev") != event.get("dev"):
             return event
@@ -714,7 +812,7 @@ class Balancer(object):
         devices = []
         for device in self.order:
             out = _copy_device(device.out)
-            out.strategies = [_copy_strategy(device.ledgers[s]) for s in STRATEGIES
+            out.strategies = [device.ledgers[s].finish() for s in STRATEGIES
                               if s in device.ledgers and device.ledgers[s].synced]
             out.holders_alive = device.alive()
             out.holders_at_unregister = [device.later(h) for h in out.holders_at_unregister]
@@ -727,35 +825,80 @@ def _copy_device(d: DeviceBalance) -> DeviceBalance:
     return DeviceBalance(**dict((k, getattr(d, k)) for k in DeviceBalance.__dataclass_fields__))  # type: ignore
 
 
-def _copy_strategy(ledger: "_Ledger") -> StrategyBalance:
-    out = ledger.finish()
-    return StrategyBalance(**dict((k, getattr(out, k)) for k in StrategyBalance.__dataclass_fields__))  # type: ignore
-
-
 # The perf buffer is per CPU, so records arrive grouped by CPU, not in time order: they are put in
 # order through a window of the REORDER_EVENTS latest records (and at most REORDER_NS of time).
 REORDER_EVENTS = 16384
 REORDER_NS = 5 * 1000 ** 3
 
 
-def in_time_order(events: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
-    """EVENTS by ``ts_ns`` (stable), through a window of REORDER_EVENTS records. A record without a
-    time (a lost-records marker) keeps its place after the record before it; the plan comes first."""
-    window = []  # type: List[Tuple[int, int, Dict[str, Any]]]
-    last = -1
-    for i, event in enumerate(events):
+class _TimeOrder(object):
+    """Records by ``ts_ns`` (stable), through a window of REORDER_EVENTS records: EMIT gets each as it
+    leaves. A record without a time (a lost-records marker) keeps its place after the record before it;
+    the plan comes first. The window is two sorted queues: the records that came in order (most, in
+    O(1)) and a heap of the others."""
+
+    def __init__(self, emit: Callable[[Dict[str, Any]], None]) -> None:
+        self.emit = emit
+        self.ordered = collections.deque()  # type: Deque[Tuple[int, int, Dict[str, Any]]]
+        self.heap = []  # type: List[Tuple[int, int, Dict[str, Any]]]
+        self.size = REORDER_EVENTS
+        self.last = -1          # the latest time seen
+        self.newest = -1        # the time of the newest record in order
+        self.fed = 0
+
+    def feed(self, event: Dict[str, Any]) -> None:
         ts = event.get("ts_ns")
         if event.get("type") == "plan":
             ts = -1
         elif ts is None:
-            ts = last
-        ts = int(ts)
-        last = max(last, ts)
-        heapq.heappush(window, (ts, i, event))
-        while len(window) > REORDER_EVENTS or window[0][0] < last - REORDER_NS:
-            yield heapq.heappop(window)[2]
-    while window:
-        yield heapq.heappop(window)[2]
+            ts = self.last
+        elif type(ts) is not int:
+            ts = int(ts)
+        if ts > self.last:
+            self.last = ts
+        i = self.fed
+        self.fed = i + 1
+        ordered, heap = self.ordered, self.heap
+        if ts >= self.newest or not ordered:
+            ordered.append((ts, i, event))
+            self.newest = ts
+        else:
+            heapq.heappush(heap, (ts, i, event))
+        oldest = self.last - REORDER_NS
+        if not heap:
+            while ordered and (len(ordered) > self.size or ordered[0][0] < oldest):
+                self.emit(ordered.popleft()[2])
+            return
+        while heap or ordered:
+            if heap and (not ordered or heap[0] < ordered[0]):
+                if len(ordered) + len(heap) <= self.size and heap[0][0] >= oldest:
+                    break
+                self.emit(heapq.heappop(heap)[2])
+            else:
+                if len(ordered) + len(heap) <= self.size and ordered[0][0] >= oldest:
+                    break
+                self.emit(ordered.popleft()[2])
+
+    def flush(self) -> None:
+        ordered, heap = self.ordered, self.heap
+        while heap or ordered:
+            if heap and (not ordered or heap[0] < ordered[0]):
+                self.emit(heapq.heappop(heap)[2])
+            else:
+                self.emit(ordered.popleft()[2])
+
+
+def in_time_order(events: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+    """EVENTS by ``ts_ns`` (stable), through a window of REORDER_EVENTS records (see :class:`_TimeOrder`)."""
+    out = collections.deque()  # type: Deque[Dict[str, Any]]
+    order = _TimeOrder(out.append)
+    for event in events:
+        order.feed(event)
+        while out:
+            yield out.popleft()
+    order.flush()
+    while out:
+        yield out.popleft()
 
 
 class _Stitcher(object):
@@ -764,62 +907,92 @@ class _Stitcher(object):
     Before v5.15 the unwinder stops at ``kretprobe_trampoline``: a hold taken inside a function that
     refleak's holder strategy return-probes (dst_alloc, ___neigh_create, fib_check_nh...) has a stack
     ending there. The holder record of that call, on the same thread right after, carries the stack
-    taken at the function's entry: its callers replace the trampoline. Records wait in a window of
-    REORDER_EVENTS for that holder record."""
+    taken at the function's entry: its callers replace the trampoline. Such a record waits for the
+    REORDER_EVENTS records after it to find that holder record; the others go through at once unless
+    they come behind one that waits."""
 
-    def __init__(self) -> None:
-        self.window = collections.deque()  # type: Deque[Dict[str, Any]]
+    def __init__(self, stacks: StackCache, emit: Callable[[Dict[str, Any], Optional[StackFacts]], None]) -> None:
+        self.stacks = stacks
+        self.emit = emit                     # called with each record in order, and the facts of a ref's stack
+        self.window = collections.deque()  # type: Deque[Tuple[int, Dict[str, Any], Optional[StackFacts]]]
         self.entries = {}  # type: Dict[Any, List[Tuple[int, List[str]]]]   # tid -> holder entries in the window
+        self.fed = 0
 
-    def feed(self, event: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
-        """EVENT in; the records that left the window out."""
-        if event.get("type") == "holder_new" and event.get("stack"):
+    def feed(self, event: Dict[str, Any]) -> None:
+        """EVENT in; out go the records that wait for nothing: a ref whose stack a kretprobe cut waits
+        for the REORDER_EVENTS records after it, and the records after it wait behind it."""
+        position = self.fed
+        self.fed += 1
+        kind = event.get("type")
+        facts = self.stacks.facts(event.get("stack")) if kind == "ref" else None
+        window = self.window
+        if not window:
+            if facts is None or not facts.cut:
+                self.emit(event, facts)
+                return
+        elif kind == "holder_new" and event.get("stack"):
             self.entries.setdefault(event.get("tid"), []).append((int(event["ts_ns"]), event["stack"]))
-        self.window.append(event)
-        while len(self.window) > REORDER_EVENTS:
-            yield self._leave()
+        window.append((position, event, facts))
+        while window:
+            first, _, waits = window[0]
+            if waits is not None and waits.cut and first + REORDER_EVENTS > position:
+                break
+            self._leave()
 
-    def flush(self) -> Iterator[Dict[str, Any]]:
+    def flush(self) -> None:
         while self.window:
-            yield self._leave()
+            self._leave()
 
-    def _leave(self) -> Dict[str, Any]:
-        event = self.window.popleft()
-        if event.get("type") == "holder_new" and event.get("stack"):
+    def _leave(self) -> None:
+        _, event, facts = self.window.popleft()
+        if facts is not None:
+            if facts.cut and self.entries:
+                whole = self._stitched(event, facts)
+                if whole is not event:
+                    event, facts = whole, None
+        elif event.get("type") == "holder_new" and event.get("stack"):
             entries = self.entries[event.get("tid")]
             entries.pop(0)
             if not entries:
                 del self.entries[event.get("tid")]
-        stack = event.get("stack") or []
-        if event.get("type") != "ref" or not stack:
+        self.emit(event, facts)
+
+    def _stitched(self, event: Dict[str, Any], facts: StackFacts) -> Dict[str, Any]:
+        """EVENT with its stack whole again, if a holder entry on its thread fits where the kretprobe cut it."""
+        function = facts.cut_function
+        # the function itself, or its helper it tail-called (fib_check_nh -> fib_check_nh_v4_gw)
+        entry = next((frames for ts, frames in self.entries.get(event.get("tid"), ())
+                      if ts >= event["ts_ns"] and function.startswith(base_name(frames[0]))), None)
+        if entry is None:
             return event
-        cut = next((i for i, f in enumerate(stack) if base_name(f) in KRETPROBE_TRAMPOLINES), None)
-        if cut:
-            function = base_name(stack[cut - 1])
-            # the function itself, or its helper it tail-called (fib_check_nh -> fib_check_nh_v4_gw)
-            entry = next((frames for ts, frames in self.entries.get(event.get("tid"), ())
-                          if ts >= event["ts_ns"] and function.startswith(base_name(frames[0]))), None)
-            if entry is not None:
-                event = dict(event, stack=list(stack[:cut]) + list(entry[1:]), stack_from="holder entry")
-        return event
+        return dict(event, stack=list(facts.frames[:facts.cut]) + list(entry[1:]), stack_from="holder entry")
 
 
-def stitched(events: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
-    """EVENTS (in time order) with the stacks cut by a kretprobe made whole again (see :class:`_Stitcher`)."""
-    stitcher = _Stitcher()
-    for event in events:
-        for out in stitcher.feed(event):
-            yield out
-    for out in stitcher.flush():
-        yield out
+class Analysis(object):
+    """The balances of records fed one at a time (a live capture) or all at once (:func:`analyze`):
+    put in time order (:class:`_TimeOrder`), the stacks cut by a kretprobe made whole again
+    (:class:`_Stitcher`), balanced (:class:`Balancer`). ``result()`` once, at the end."""
+
+    def __init__(self, strategies: Optional[List[str]] = None) -> None:
+        self.balancer = Balancer(strategies)
+        self.stitcher = _Stitcher(self.balancer.stacks, self.balancer.feed)
+        self.order = _TimeOrder(self.stitcher.feed)
+        self.feed = self.order.feed
+
+    def result(self) -> RefleakResult:
+        """The balances of every record fed (the windows are emptied: feed nothing after)."""
+        self.order.flush()
+        self.stitcher.flush()
+        return self.balancer.result()
 
 
 def analyze(events: Iterable[Dict[str, Any]], strategies: Optional[List[str]] = None) -> RefleakResult:
-    """The balances of a whole recording (or a live run's events so far), read once, fed in time order."""
-    balancer = Balancer(strategies)
-    for event in stitched(in_time_order(events)):
-        balancer.feed(event)
-    return balancer.result()
+    """The balances of a whole recording, read once."""
+    analysis = Analysis(strategies)
+    feed = analysis.feed
+    for event in events:
+        feed(event)
+    return analysis.result()
 
 
 def folded_samples(result: RefleakResult) -> List[Tuple[List[str], int]]:

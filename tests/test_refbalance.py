@@ -364,3 +364,94 @@ def test_records_later_than_the_reorder_window_are_counted_where_they_arrive(mon
     monkeypatch.setattr(refbalance, "REORDER_EVENTS", 3)
     events = [{"ts_ns": t} for t in (5, 1, 6, 7, 8, 9, 2)]     # 1 is within the window of 5, 2 is not
     assert [e["ts_ns"] for e in in_time_order(events)] == [1, 5, 6, 2, 7, 8, 9]   # 2 after what had left
+
+
+def test_records_in_any_order_leave_the_window_as_one_sorted_window_gives_them(monkeypatch):
+    """Records that arrive in order go through a queue, the others through a heap: together they give
+    what one heap over the whole window gives (stable by arrival, REORDER_EVENTS and REORDER_NS)."""
+    import heapq
+    import random
+
+    def one_heap(events):
+        window, last = [], -1
+        for i, e in enumerate(events):
+            ts = -1 if e.get("type") == "plan" else (last if e.get("ts_ns") is None else e["ts_ns"])
+            last = max(last, ts)
+            heapq.heappush(window, (ts, i, e))
+            while len(window) > refbalance.REORDER_EVENTS or window[0][0] < last - refbalance.REORDER_NS:
+                yield heapq.heappop(window)[2]
+        while window:
+            yield heapq.heappop(window)[2]
+
+    monkeypatch.setattr(refbalance, "REORDER_EVENTS", 50)
+    monkeypatch.setattr(refbalance, "REORDER_NS", 1000)
+    rnd = random.Random(7)
+    events, ts = [], 0
+    for i in range(5000):
+        ts += rnd.randint(0, 30)
+        late = rnd.random() < 0.2
+        events.append({"n": i, "ts_ns": None if rnd.random() < 0.02 else ts - (rnd.randint(0, 2000) if late else 0)})
+    events.insert(2500, {"type": "plan", "n": -1})
+    got = [e["n"] for e in in_time_order(events)]
+    assert got == [e["n"] for e in one_heap(events)]
+    assert sorted(got) == sorted(e["n"] for e in events) and got != sorted(got)
+
+
+def test_the_reasons_of_uncertainty_kept_are_bounded_and_the_others_counted(monkeypatch):
+    monkeypatch.setattr(refbalance, "MAX_REASONS", 2)
+    events = leak_stream()[:5] + [{"type": "lost", "count": i + 1, "source": "perf_buffer", "ts_ns": 12 + i}
+                                  for i in range(5)]
+    (watch,) = analyze(events).device("rln").strategies
+    assert watch.uncertain == ["1 record(s) lost (perf_buffer) while this device was counted",
+                               "2 record(s) lost (perf_buffer) while this device was counted",
+                               "and 3 more reason(s)"]
+
+
+def test_only_the_holders_alive_at_unregister_are_kept_once_ended():
+    """Holder objects come and go all along: those that ended before the unregister are forgotten."""
+    balancer = Balancer()
+    events = [{"type": "plan", "strategies": ["watch", "holders"]}, device(), armed(), sync()]
+    for i in range(1000):
+        events += [{"type": "holder_new", "dev": "0xd1", "obj": "0x%x" % (i % 7), "kind": "dst", "ts_ns": 10 + 2 * i,
+                    "stack": HOLD, "comm": "curl", "tgid": 9},
+                   {"type": "holder_end", "dev": "0xd1", "obj": "0x%x" % (i % 7), "ts_ns": 11 + 2 * i,
+                    "func": "dst_destroy"}]
+    events += [{"type": "holder_new", "dev": "0xd1", "obj": "0xa", "kind": "neigh", "ts_ns": 3000, "stack": HOLD},
+               {"type": "holder_new", "dev": "0xd1", "obj": "0xb", "kind": "dst", "ts_ns": 3001, "stack": HOLD},
+               {"type": "unregister", "dev": "0xd1", "ts_ns": 3002, "level": 5},
+               {"type": "holder_end", "dev": "0xd1", "obj": "0xa", "ts_ns": 3003, "func": "neigh_destroy"},
+               {"type": "holder_new", "dev": "0xd1", "obj": "0xc", "kind": "dst", "ts_ns": 3004, "stack": HOLD},
+               {"type": "holder_end", "dev": "0xd1", "obj": "0xc", "ts_ns": 3005, "func": "dst_destroy"}]
+    for event in events:
+        balancer.feed(event)
+    assert [h.obj for h in balancer.devices["0xd1"].ended] == ["0xa"]
+    d = balancer.result().device("rln")
+    assert [(h.obj, h.ended_ns, h.ended_by) for h in d.holders_at_unregister] == [
+        ("0xa", 3003, "neigh_destroy"), ("0xb", None, None)]
+    assert (d.holders_seen, [h.obj for h in d.holders_alive]) == (1003, ["0xb"])
+
+
+def test_the_last_inline_record_is_kept_for_the_most_recent_threads_only(monkeypatch):
+    monkeypatch.setattr(refbalance, "REORDER_EVENTS", 3)
+    balancer = Balancer()
+    for event in [{"type": "plan", "strategies": ["watch", "inline"]}, device(), armed(), sync()]:
+        balancer.feed(event)
+    for tid in range(10):
+        balancer.feed(ref(10 + tid, +1, TAKE, tid=tid, strategy="inline"))
+    balancer.feed(ref(30, +1, TAKE, tid=8, strategy="inline"))
+    assert list(balancer.last_inline) == [7, 9, 8]
+    # a watchpoint trap in the kprobe's slot takes the stack of its thread's inline record
+    balancer.feed(ref(31, +1, ["kprobe_insn_page+0x4"], tid=8))
+    (watch, inline) = balancer.result().device("rln").strategies
+    assert [(r.stack, r.count) for r in watch.unbalanced] == [(TAKE, 1)]
+
+
+def test_the_facts_of_distinct_stacks_kept_are_bounded(monkeypatch):
+    monkeypatch.setattr(refbalance, "MAX_STACK_FACTS", 2)
+    cache = refbalance.StackCache()
+    facts = [cache.facts(["f%d+0x1" % i, "do_syscall_64+0x5"]) for i in range(5)]
+    assert len(cache.known) <= 2
+    assert [(f.frames[0], sorted(f.context)) for f in facts[3:]] == [("f3+0x1", ["f3"]), ("f4+0x1", ["f4"])]
+    assert cache.facts(["f4+0x1", "do_syscall_64+0x5"]) is facts[4]
+    cut = cache.facts(["dst_alloc+0x60", "kretprobe_trampoline+0x0", "x+0x1"])
+    assert (cut.cut, cut.cut_function, cut.in_kprobe_slot) == (1, "dst_alloc", False)

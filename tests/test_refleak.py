@@ -21,6 +21,9 @@ from bpftools.refleak.plan import MissingHook, MissingOffsets, make_plan, base_r
 from bpftools.kernel.symbols import text_addresses
 from bpftools.refleak.sites import site_entries
 from bpftools.kernel.symbols import SymbolTable
+from bpftools.html_report import render_html
+from bpftools.tools import refleak
+from test_html_report import embedded_json
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "refleak")
 ALL = ["watch", "holders", "ref_tracker", "inline"]
@@ -515,6 +518,70 @@ def test_the_report_while_the_device_waits_names_the_leak(path):
     assert folded_text(result).splitlines() == [
         "[rln ifindex %d];[%s];entry_SYSCALL_64_after_hwframe;do_syscall_64;ksys_write;vfs_write;proc_reg_write;"
         "devref_write;bpftools_devref_take 1" % (device.ifindex, s) for s in ("inline", "watch")]
+
+
+def test_the_report_counts_every_record_in_the_activity_timeline_and_marks_the_device_records():
+    path = os.path.join(os.path.dirname(FIXTURES), "streaming", "synthetic-refleak.jsonl.gz")
+    rec = read_recording(path)
+    report = refleak.incident_report(rec.header, iter(rec.events), "2026-01-01T00:00:00Z")
+    data = report.activity.to_json()
+    refs = [e for e in rec.events if e["type"] == "ref"]
+    assert dict((kind, sum(row)) for kind, row in data["counts"].items()) == {
+        "device": 20, "hold": sum(1 for e in refs if e["delta"] > 0), "put": sum(1 for e in refs if e["delta"] < 0)}
+    assert len(data["counts"]["hold"]) <= 240 and data["start_ns"] <= 1
+    assert report.timeline == [(1 + d, "device 0x%x" % (0xffff888000000000 + d * 0x1000), "device") for d in range(20)]
+    assert report.notes == []
+    html = render_html(report)
+    assert "All {:,} event(s) of the recording, counted in spans of".format(len(refs) + 20) in html
+    assert sorted(json.loads(embedded_json(html))["activity"]["counts"]) == ["device", "hold", "put"]
+
+
+def test_the_report_marks_the_first_device_records_and_counts_the_others(monkeypatch):
+    monkeypatch.setattr(refleak, "MAX_TIMELINE_MARKERS", 3)
+    events = [{"type": "plan", "strategies": ["watch"]}]
+    for i in range(5):
+        dev = "0x%x" % (i + 1)
+        events += [{"type": "device", "dev": dev, "name": "veth%d" % i, "ifindex": i, "ts_ns": 10 * i, "level": 1,
+                    "base_refs": 1},
+                   {"type": "unregister", "dev": dev, "ts_ns": 10 * i + 1, "level": 1},
+                   {"type": "free", "dev": dev, "ts_ns": 10 * i + 2, "level": 1},
+                   {"type": "lost", "count": 4, "source": "perf_buffer", "ts_ns": 10 * i + 3}]
+    report = refleak.incident_report({"tool": "refleak"}, iter(events), "2026-01-01T00:00:00Z")
+    assert [label for _, label, _ in report.timeline] == ["device 0x1", "unregister 0x1", "free 0x1"]
+    assert report.notes == ["the timeline marks the first 3 device records: 12 more are counted in its lanes only"]
+    counts = dict((kind, sum(row)) for kind, row in report.activity.to_json()["counts"].items())
+    assert counts == {"device": 5, "unregister": 5, "free": 5, "records lost": 20}
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_live_run_balances_the_records_as_they_come_not_kept(monkeypatch, capsys, interrupted):
+    """The capture's records go through the analysis one by one: the end (or Ctrl-C) reports what the
+    recording's analysis reports."""
+    events = read_recording(LEAK[-1]).events
+    fed = []
+
+    class FakeSession(object):
+        def __init__(self, plan, selector, emit, say, sites=()):
+            self.emit = emit
+
+    def fake_run(session, duration, ready):
+        for event in events[1:]:
+            session.emit(event)
+            fed.append(event)
+        if interrupted:
+            raise KeyboardInterrupt()
+
+    monkeypatch.setattr(refleak, "Session", FakeSession)
+    monkeypatch.setattr(refleak, "run", fake_run)
+    plan = types.SimpleNamespace(to_json=lambda: events[0])
+    assert events[0]["type"] == "plan" and len(events) > 10
+    if interrupted:
+        with pytest.raises(KeyboardInterrupt):
+            refleak._run(plan, None, [], None, True, None, None, None, None, None)
+    else:
+        refleak._run(plan, None, [], None, True, None, None, None, None, None)
+    assert fed == events[1:]
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(refleak.analyze(events).to_json()))
 
 
 def test_on_rhel76_the_neigh_holder_follows_the_310_constructor():

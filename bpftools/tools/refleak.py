@@ -24,10 +24,10 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from ..analyses.folded import fold, folded_lines
-from ..analyses.refbalance import analyze, folded_samples
+from ..analyses.refbalance import Analysis, analyze, folded_samples
 from ..errors import BadInput, MissingKernelFeature
 from ..flamegraph import render_svg
-from ..html_report import FlameGraph, IncidentReport, Table
+from ..html_report import MAX_TIMELINE_MARKERS, Activity, FlameGraph, IncidentReport, Table
 from ..capture import Outline
 from ..kernel.target import Running, Target
 from ..kernel.tracefs import tracing_ready
@@ -199,16 +199,40 @@ def render_recording(rec: Any, console: Any) -> None:
     render_result(analyze(rec.events), console)
 
 
+# Timeline lanes of the records counted over time (holds and puts by the sign of their delta).
+ACTIVITY_LANES = {"device": "device", "unregister": "unregister", "free": "free", "holder_new": "holder created",
+                  "holder_end": "holder released", "lost": "records lost", "dropped": "records dropped"}
+MARKED = frozenset(["device", "unregister", "free"])   # drawn one by one too (the first MAX_TIMELINE_MARKERS)
+
+
+def _activity_lane(e: Dict[str, Any]) -> Optional[str]:
+    """The timeline lane of a timed record, None for the others."""
+    kind = e.get("type")
+    if type(e.get("ts_ns")) is not int or type(kind) is not str:
+        return None
+    if kind == "ref":
+        delta = e.get("delta")
+        return ("hold" if delta > 0 else "put") if type(delta) is int and delta else None
+    return ACTIVITY_LANES.get(kind)
+
+
 def incident_report(header: Dict[str, Any], events: Iterable[Dict[str, Any]], generated: str) -> Any:
-    """The HTML/flame-graph report of a refleak recording (EVENTS read once)."""
+    """The HTML/flame-graph report of a refleak recording (EVENTS read once): every timed record counted
+    in the activity timeline, the device lifecycle records marked one by one (the first ones)."""
+    activity = Activity()
     timeline = []  # type: List[Tuple[int, str, str]]
 
     def marking(stream: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
         for e in stream:
-            if e.get("type") in ("device", "unregister", "free") and e.get("ts_ns") is not None:
-                timeline.append((e["ts_ns"], "%s %s" % (e["type"], e.get("dev")), e["type"]))
+            lane = _activity_lane(e)
+            if lane is not None:
+                n = e.get("count") if e["type"] in ("lost", "dropped") else 1
+                activity.add(e["ts_ns"], lane, n if type(n) is int and n > 0 else 1)
+                if e["type"] in MARKED and len(timeline) < MAX_TIMELINE_MARKERS:
+                    timeline.append((e["ts_ns"], "%s %s" % (e["type"], e.get("dev")), e["type"]))
             yield e
     result = analyze(marking(events))
+    unmarked = sum(sum(row) for kind, row in activity.to_json()["counts"].items() if kind in MARKED) - len(timeline)
     leaking = [d for d in result.devices if d.verdict == "leak"]
     rows = []
     for d in result.devices:
@@ -242,7 +266,9 @@ def incident_report(header: Dict[str, Any], events: Iterable[Dict[str, Any]], ge
         timeline=timeline,
         flame_graphs=[FlameGraph("References not dropped, by stack", fold(folded_samples(result)),
                                  unit="references", name="refleak")],
-        capabilities=header.get("capabilities"), tool_version=str(header.get("version", "")))
+        capabilities=header.get("capabilities"), tool_version=str(header.get("version", "")), activity=activity,
+        notes=["the timeline marks the first %d device records: %d more are counted in its lanes only"
+               % (MAX_TIMELINE_MARKERS, unmarked)] if unmarked else [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,11 +339,11 @@ def _say(line: str) -> None:
 def _run(plan: Any, selector: Any, sites: List[Any], duration: Optional[float], as_json: bool,
          record: Optional[str], report_dir: Optional[str], folded: Optional[str], svg: Optional[str],
          ready_file: Optional[str]) -> None:
-    events = []  # type: List[Dict[str, Any]]
+    analysis = Analysis()                 # counts, not the records: a capture of any length
     progress = _progress()
     with LiveRun(TOOL, record, report_dir, incident_report=incident_report) as liverun:
         def emit(event: Dict[str, Any]) -> None:
-            events.append(event)
+            analysis.feed(event)
             liverun.record(event)
             progress(event)
 
@@ -326,9 +352,9 @@ def _run(plan: Any, selector: Any, sites: List[Any], duration: Optional[float], 
         try:
             run(session, duration, liverun.ready_callback(ready_file))
         except KeyboardInterrupt:
-            _finish(analyze(events), as_json, folded, svg)     # the report is what Ctrl-C asks for
+            _finish(analysis.result(), as_json, folded, svg)     # the report is what Ctrl-C asks for
             raise
-        _finish(analyze(events), as_json, folded, svg)
+        _finish(analysis.result(), as_json, folded, svg)
 
 
 def _progress() -> Callable[[Dict[str, Any]], None]:
