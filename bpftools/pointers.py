@@ -16,10 +16,11 @@ Example::
 import hashlib
 import re
 import secrets
-from typing import Any
+from typing import Any, Dict
 
 KERNEL_HALF = 0xffff800000000000          # x86-64 (and arm64 with 48-bit VA): kernel addresses start here
 U64 = 1 << 64
+TOKEN_CACHE = 1 << 16                    # tokens and texts kept per run (the same objects and frames recur)
 SIGNED_FLOOR = 1 << 30                   # -0x40000000 is 0xffffffffc0000000, where modules start
 _HEX_POINTER = re.compile(r"0x(?:ffff[89a-f][0-9a-f]{11})\b", re.IGNORECASE)
 
@@ -44,23 +45,49 @@ class PointerHider(object):
     def __init__(self, show: bool = False) -> None:
         self.show = show
         self._key = secrets.token_bytes(16)
+        self._tokens = {}  # type: Dict[int, str]
+        self._texts = {}  # type: Dict[str, str]
 
     def token(self, address: int) -> str:
-        digest = hashlib.blake2b((address % U64).to_bytes(8, "little"), key=self._key, digest_size=6)
-        return "kptr-" + digest.hexdigest()
+        token = self._tokens.get(address)
+        if token is None:
+            if len(self._tokens) >= TOKEN_CACHE:
+                self._tokens.clear()
+            digest = hashlib.blake2b((address % U64).to_bytes(8, "little"), key=self._key, digest_size=6)
+            token = self._tokens[address] = "kptr-" + digest.hexdigest()
+        return token
 
     def hide(self, obj: Any) -> Any:
         if self.show:
             return obj
+        kind = type(obj)       # the common exact types first: every event of a recording goes through here
+        if kind is str:
+            if "0x" not in obj and "0X" not in obj:
+                return obj
+            hidden = self._texts.get(obj)       # stack frames ("dst_alloc+0x60") recur
+            if hidden is None:
+                if len(self._texts) >= TOKEN_CACHE:
+                    self._texts.clear()
+                hidden = self._texts[obj] = _HEX_POINTER.sub(self._token_of, obj)
+            return hidden
+        if kind is dict:
+            return {self.hide(k): self.hide(v) for k, v in obj.items()}
+        if kind is list:
+            return [self.hide(v) for v in obj]
+        if kind is int:
+            return self.token(obj) if is_kernel_pointer(obj) else obj
         if isinstance(obj, dict):
             return dict((self.hide(k), self.hide(v)) for k, v in obj.items())
         if isinstance(obj, list):
             return [self.hide(v) for v in obj]
         if isinstance(obj, str):
-            return _HEX_POINTER.sub(lambda m: self.token(int(m.group(0), 16)), obj)
+            return _HEX_POINTER.sub(self._token_of, obj)
         if is_kernel_pointer(obj):
             return self.token(obj)
         return obj
+
+    def _token_of(self, match: Any) -> str:
+        return self.token(int(match.group(0), 16))
 
 
 def pointer_text(value: Any) -> str:
