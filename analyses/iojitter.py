@@ -286,17 +286,18 @@ class _Timed(object):
         lo, hi = bisect.bisect_left(self._keys, start), bisect.bisect_right(self._keys, end)
         return [(i, records[i]) for i in self._order[lo:hi]]
 
-    def drop_until(self, until: float) -> List[Tuple[int, Dict[str, Any]]]:
-        """Remove the records at or before UNTIL; (index, record) of each removed."""
+    def drop_until(self, until: float) -> Tuple[Iterable[int], List[Dict[str, Any]]]:
+        """Remove the records at or before UNTIL: the indexes they had, and they."""
         if self.in_order:
             n = bisect.bisect_right(self.times, until)
-            gone = list(enumerate(self.records[:n]))
+            gone = self.records[:n]
             del self.records[:n]
             del self.times[:n]
-            return gone
-        gone = [(i, r) for i, (r, t) in enumerate(zip(self.records, self.times)) if t <= until]
+            return range(n), gone
+        indexes = [i for i, t in enumerate(self.times) if t <= until]
+        gone = [self.records[i] for i in indexes]
         self.keep([i for i, t in enumerate(self.times) if t > until])
-        return gone
+        return indexes, gone
 
     def keep(self, indexes: List[int]) -> None:
         """Keep only the records at INDEXES (ascending)."""
@@ -317,7 +318,9 @@ _base_name = functools.lru_cache(maxsize=4096)(stacks.base_name)
 
 def _slab_label(ev: Dict[str, Any]) -> str:
     """The cache of a failure (a 3.10 per-memcg cache with its cgroup cut to 12 characters), else its caller."""
-    memcg = ev.get("memcg_cache") or {}
+    memcg = ev.get("memcg_cache")
+    if not memcg:
+        return ev.get("cache") or ev.get("call_site") or "?"
     if memcg.get("base") and memcg.get("cgroup") is not None:
         return "%s(%s:%s)" % (memcg["base"], memcg.get("memcg_id"), memcg["cgroup"][:12])
     return ev.get("cache") or ev.get("call_site") or "?"
@@ -496,9 +499,11 @@ class Correlator(object):
     def _decide(self, thread: _Thread, until: float, used_sleeps: set, used_slabs: set) -> None:
         """Drop the thread's sleeps starting and slab failures at or before UNTIL; those no episode
         used happened outside slow writebacks."""
-        self.totals.mempool_elsewhere += sum(1 for i, s in thread.sleeps.drop_until(until)
-                                             if i not in used_sleeps and s.get("in_mempool"))
-        self.totals.slab_elsewhere += len(thread.slabs.drop_until(until)) - len(used_slabs)
+        indexes, sleeps = thread.sleeps.drop_until(until)
+        if len(used_sleeps) < len(sleeps):      # else every one was in a stall
+            self.totals.mempool_elsewhere += sum(1 for i, s in zip(indexes, sleeps)
+                                                 if i not in used_sleeps and s.get("in_mempool"))
+        self.totals.slab_elsewhere += len(thread.slabs.drop_until(until)[1]) - len(used_slabs)
 
     def _forget(self, thread: _Thread, before: int, keep: int) -> None:
         """Sleeps and slab failures older than BEFORE, and all but the KEEP newest, outside any writeback."""
@@ -642,11 +647,14 @@ class _Totals(object):
         self.no_stack += no_stack
         self.preceded += preceded
         had = self.groups.get(e.group)
-        if had is None or order < had[0]:
-            g = Group(e.group, e.container, 0, 0, 0, 0, 0) if had is None else had[1]
-            g.container = e.container
+        if had is None:
+            g = Group(e.group, e.container, 0, 0, 0, 0, 0)
             self.groups[e.group] = (order, g)
-        g = self.groups[e.group][1]
+        else:
+            g = had[1]
+            if order < had[0]:       # the group's container as its first stall in time gave it
+                g.container = e.container
+                self.groups[e.group] = (order, g)
         g.episodes += 1
         g.explained += int(e.explained)
         g.stalled_ns += e.duration_ns
@@ -656,16 +664,15 @@ class _Totals(object):
             self.folder.add(e)
         self.starts.append(e.start_ns)
         self.ends.append(e.end_ns)
-        item = (-e.start_ns, -e.tid, self.n, e)
-        if len(self.first) < KEEP_EPISODES:
-            heapq.heappush(self.first, item)
-        elif item[:2] > self.first[0][:2]:
-            heapq.heapreplace(self.first, item)
-        long_item = (e.duration_ns, -e.start_ns, -e.tid, self.n, e)
-        if len(self.longest) < KEEP_EPISODES:
-            heapq.heappush(self.longest, long_item)
-        elif long_item[:3] > self.longest[0][:3]:
-            heapq.heapreplace(self.longest, long_item)
+        first, longest = self.first, self.longest
+        if len(first) < KEEP_EPISODES:
+            heapq.heappush(first, (-e.start_ns, -e.tid, self.n, e))
+        elif (-e.start_ns, -e.tid) > first[0][:2]:       # earlier than the latest kept
+            heapq.heapreplace(first, (-e.start_ns, -e.tid, self.n, e))
+        if len(longest) < KEEP_EPISODES:
+            heapq.heappush(longest, (e.duration_ns, -e.start_ns, -e.tid, self.n, e))
+        elif e.duration_ns >= longest[0][0] and (e.duration_ns, -e.start_ns, -e.tid) > longest[0][:3]:
+            heapq.heapreplace(longest, (e.duration_ns, -e.start_ns, -e.tid, self.n, e))
 
     def result(self, sleeps_from: str, hit: Any, lost: int, malformed: int) -> Result:
         kept = dict((id(t[-1]), t[-1]) for t in self.first + self.longest)

@@ -109,6 +109,13 @@ def flood(disk: Disk, seconds: float, chunk: int, mode: str) -> Dict[str, Any]:
             "peak_rss_mib": round(peak_kib / 1024.0, 1)}
 
 
+def clocksource() -> str:
+    """The kernel's clocksource: every bpf_ktime_get_ns() reads it (under QEMU's TCG, hpet: a device
+    access that costs a probe far more than its own instructions)."""
+    with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
+        return f.read().strip()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="rounds (5)")
@@ -122,7 +129,8 @@ def main() -> int:
     if os.geteuid() != 0:
         parser.error("needs root (loop device, mount, BPF)")
     with Disk() as disk, benchlib.BpfStats():
-        result = {"kernel": os.uname().release, "mode": args.mode, "repeats": args.repeats, "seconds": args.seconds,
+        result = {"kernel": os.uname().release, "clocksource": clocksource(), "mode": args.mode, "repeats": args.repeats,
+                  "seconds": args.seconds,
                   "overhead": overhead(disk, args.repeats, args.seconds, args.chunk, args.settle, args.mode)}
         if args.flood > 0:
             result["flood"] = flood(disk, args.flood, args.chunk, args.mode)
@@ -130,8 +138,8 @@ def main() -> int:
         print(json.dumps(result, sort_keys=True))
         return 0
     o = result["overhead"]
-    print("kernel %s, watch --mode %s, %d rounds x %.0f s per arm" % (result["kernel"], args.mode, args.repeats,
-                                                                    args.seconds))
+    print("kernel %s (clocksource %s), watch --mode %s, %d rounds x %.0f s per arm" % (
+        result["kernel"], result["clocksource"], args.mode, args.repeats, args.seconds))
     print("%-10s %8s %7s %s" % ("arm", "MiB/s", "spread", "ratio to without: geomean [95% interval]"))
     print("%-10s %8.2f %7.3f" % ("without", o["without"]["mib_s"], o["without"]["spread"]))
     for arm in ("control", "with"):

@@ -16,13 +16,15 @@
  *   WANT_SLEEP_SCHED     sched:sched_switch: sleeps in D state (prev_state & DSTATE_MASK) with the stack;
  *   ONLY_IN_WB           only threads inside a traced writeback call (iojitter): their D-state sleeps,
  *                        mempool_alloc calls and allocator entries; any other thread costs a probe one
- *                        map lookup.
+ *                        map lookup. No per-call mempool records (mp_alloc_return is not compiled).
  *   WANT_WB_TP           writeback:writeback_single_inode_start/_ (HAVE_TP_WBSI) and
  *                        ext4:ext4_writepages/_result (HAVE_TP_EXT4) pairs, nested per thread.
  *   WANT_WB_KPROBE       kprobes wb_entry_N / wb_return_N on up to WB_SLOTS writeback functions.
  *   WB_STACK_AT_EXIT     a writeback call's stack is taken when it ends, and only when it was slow (the
  *                        callers are the same as at entry; a stack walk on every call is most of
  *                        writeslow's cost). Not where a kretprobe hides the callers (before 5.15).
+ *   WB_NO_STACK          no stack of the writeback calls (watch before 5.15, where it could only be taken
+ *                        at every call's entry).
  * Tracepoint fields that not every kernel has: HAVE_TP_NAME, HAVE_TP_NODE, HAVE_TP_ACCOUNTED,
  * HAVE_TP_KMALLOC_NODE, HAVE_TP_KMALLOC_ACCOUNTED, HAVE_WB_CGROUP_INO.
  * Parameters (-D integers, validated in Python): FILTER_TGID, SLEEP_MIN_NS, WB_MIN_NS, DSTATE_MASK,
@@ -190,7 +192,7 @@ static __always_inline struct wb_frame *wb_push(void *ctx, u32 func)
     __builtin_memset(f, 0, sizeof(*f));
     f->start_ns = bpf_ktime_get_ns();
     f->func = func;
-#ifdef WB_STACK_AT_EXIT
+#if defined(WB_STACK_AT_EXIT) || defined(WB_NO_STACK)
     f->kstack = -1;
 #else
     /* at entry, outermost calls only: a nested call's stack ends at the outer call's kretprobe trampoline */
@@ -201,7 +203,7 @@ static __always_inline struct wb_frame *wb_push(void *ctx, u32 func)
 
 /* Leave a writeback call: pop its frame; an event when it took WB_MIN_NS or more (NULL otherwise).
  * A frame of another function on top means a return was missed: the thread's stack is dropped. */
-static __always_inline struct iostall_event *wb_pop(void *ctx, u32 func, u64 *wbc)
+static __always_inline struct iostall_event *wb_pop(void *ctx, u32 func, u64 *wbc, u64 *mapping)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct wb_stack *st = wb_stacks.lookup(&tid);
@@ -239,15 +241,25 @@ static __always_inline struct iostall_event *wb_pop(void *ctx, u32 func, u64 *wb
             ev->depth = d;
             __builtin_memcpy(ev->name, f->name, sizeof(f->name));
             *wbc = f->wbc;
+            *mapping = f->mapping;
         }
     }
     if (d == 0) {
-        wb_stacks.delete(&tid);
 #ifdef WANT_SLEEP_KPROBE
         /* without a return probe on mempool_alloc (before 5.15) its record would outlive the call and
          * every later io_schedule_timeout of the thread would take a stack: a call inside a writeback
-         * (ONLY_IN_WB) has ended by the writeback's end */
-        mp_calls.delete(&tid);
+         * (ONLY_IN_WB) has ended by the writeback's end. Only a writeback that made one deletes it
+         * (a map delete takes a bucket lock). */
+#ifdef ONLY_IN_WB
+        int made_mp_call = st->marks & WB_S_MP_CALL;
+#else
+        int made_mp_call = 1;
+#endif
+#endif
+        wb_stacks.delete(&tid);
+#ifdef WANT_SLEEP_KPROBE
+        if (made_mp_call)
+            mp_calls.delete(&tid);
 #endif
     }
     return ev;
@@ -272,8 +284,8 @@ TRACEPOINT_PROBE(writeback, writeback_single_inode_start)
 
 TRACEPOINT_PROBE(writeback, writeback_single_inode)
 {
-    u64 wbc = 0;
-    struct iostall_event *ev = wb_pop(args, WB_SRC_SINGLE_INODE, &wbc);
+    u64 wbc = 0, mapping = 0;
+    struct iostall_event *ev = wb_pop(args, WB_SRC_SINGLE_INODE, &wbc, &mapping);
     if (!ev)
         return 0;
     ev->written = args->wrote;
@@ -298,8 +310,8 @@ TRACEPOINT_PROBE(ext4, ext4_writepages)
 
 TRACEPOINT_PROBE(ext4, ext4_writepages_result)
 {
-    u64 wbc = 0;
-    struct iostall_event *ev = wb_pop(args, WB_SRC_EXT4, &wbc);
+    u64 wbc = 0, mapping = 0;
+    struct iostall_event *ev = wb_pop(args, WB_SRC_EXT4, &wbc, &mapping);
     if (!ev)
         return 0;
     ev->written = args->pages_written;
@@ -312,24 +324,38 @@ TRACEPOINT_PROBE(ext4, ext4_writepages_result)
 #endif /* WANT_WB_TP */
 
 #ifdef WANT_WB_KPROBE
-/* UNTESTED on this machine (no kprobes): exercised by tests/kernel/test_incident1_kprobes.py. */
+#if defined(OFF_PAGE_MAPPING) && defined(OFF_MAPPING_HOST) && defined(OFF_INODE_INO) && defined(OFF_INODE_SB) \
+    && defined(OFF_SB_DEV) && defined(OFF_WBC_NR_TO_WRITE)
+#define WB_READ_ARGS
+#endif
+
+/* UNTESTED on this machine (no kprobes): exercised by tests/kernel/test_incident1_kprobes.py.
+ * At entry only what changes during the call is read (the pages asked for); the inode is read at the
+ * end of a slow call (the mapping and its inode live through the call). */
 static __always_inline int wb_entry(struct pt_regs *ctx, u32 slot, int argkind)
 {
     struct wb_frame *f = wb_push(ctx, slot);
     if (!f)
         return 0;
     f->arg = PT_REGS_PARM1(ctx);
-#if defined(OFF_PAGE_MAPPING) && defined(OFF_MAPPING_HOST) && defined(OFF_INODE_INO) && defined(OFF_INODE_SB) \
-    && defined(OFF_SB_DEV) && defined(OFF_WBC_NR_TO_WRITE)
-    u64 mapping = 0, host = 0, sb = 0;
+#ifdef WB_READ_ARGS
     if (argkind == WB_ARG_MAPPING)
-        mapping = f->arg;
-    else if (argkind == WB_ARG_PAGE)
-        bpf_probe_read(&mapping, sizeof(mapping), (void *)(f->arg + OFF_PAGE_MAPPING));
+        f->mapping = f->arg;
+    else if (argkind == WB_ARG_PAGE)   /* a page's mapping can be cleared once the call unlocks it */
+        bpf_probe_read(&f->mapping, sizeof(f->mapping), (void *)(f->arg + OFF_PAGE_MAPPING));
     if (argkind != WB_ARG_NONE) {
         f->wbc = PT_REGS_PARM2(ctx);
         bpf_probe_read(&f->nr_to_write, sizeof(f->nr_to_write), (void *)(f->wbc + OFF_WBC_NR_TO_WRITE));
     }
+#endif
+    return 0;
+}
+
+/* The inode (number, device) behind MAPPING into EV. */
+static __always_inline void read_inode(struct iostall_event *ev, u64 mapping)
+{
+#ifdef WB_READ_ARGS
+    u64 host = 0, sb = 0;
     if (mapping)
         bpf_probe_read(&host, sizeof(host), (void *)(mapping + OFF_MAPPING_HOST));
     if (host) {
@@ -339,20 +365,20 @@ static __always_inline int wb_entry(struct pt_regs *ctx, u32 slot, int argkind)
         bpf_probe_read(&sb, sizeof(sb), (void *)(host + OFF_INODE_SB));
         if (sb)
             bpf_probe_read(&dev, sizeof(dev), (void *)(sb + OFF_SB_DEV));
-        f->ino = ino;
-        f->dev = dev;
-        f->flags |= WB_F_INODE;
+        ev->ino = ino;
+        ev->dev = dev;
+        ev->flags |= WB_F_INODE;
     }
 #endif
-    return 0;
 }
 
 static __always_inline int wb_return(struct pt_regs *ctx, u32 slot)
 {
-    u64 wbc = 0;
-    struct iostall_event *ev = wb_pop(ctx, slot, &wbc);
+    u64 wbc = 0, mapping = 0;
+    struct iostall_event *ev = wb_pop(ctx, slot, &wbc, &mapping);
     if (!ev)
         return 0;
+    read_inode(ev, mapping);
 #ifdef OFF_WBC_NR_TO_WRITE
     if (wbc) {
         long left = 0;
@@ -410,12 +436,20 @@ int wb_return_7(struct pt_regs *ctx) { return wb_return(ctx, 7); }
 #endif /* WANT_WB_KPROBE */
 #endif /* writeback */
 
+#ifdef ONLY_IN_WB
+/* Thread TID's writeback stack while it is inside a traced writeback call, else NULL. */
+static __always_inline struct wb_stack *wb_stack_of(u32 tid)
+{
+    struct wb_stack *st = wb_stacks.lookup(&tid);
+    return st && st->depth > 0 ? st : 0;
+}
+#endif
+
 /* Does thread TID matter? With ONLY_IN_WB, only while it is inside a traced writeback call. */
 static __always_inline int thread_wanted(u32 tid)
 {
 #ifdef ONLY_IN_WB
-    struct wb_stack *st = wb_stacks.lookup(&tid);
-    return st && st->depth > 0;
+    return wb_stack_of(tid) != 0;
 #else
     return 1;
 #endif
@@ -489,19 +523,28 @@ int mp_alloc_entry(struct pt_regs *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
-    if (filtered(id >> 32) || !thread_wanted(tid))
+    if (filtered(id >> 32))
         return 0;
+    struct mp_call *old = 0;
+#ifdef ONLY_IN_WB
+    struct wb_stack *st = wb_stack_of(tid);
+    if (!st)
+        return 0;
+    /* an earlier call of this writeback left its record: rewritten in place (a map update costs more) */
+    if (st->marks & WB_S_MP_CALL)
+        old = mp_calls.lookup(&tid);
+    st->marks |= WB_S_MP_CALL;   /* the writeback's end drops this record (wb_pop) */
+#endif
     struct mp_call c = {};
     c.pool = PT_REGS_PARM1(ctx);
     c.gfp = PT_REGS_PARM2(ctx);
-#ifdef OFF_MEMPOOL_ALLOC
-    /* what the pool is: its element allocator (mempool_alloc_slab: pool_data is the kmem_cache) */
-    bpf_probe_read(&c.pool_alloc, sizeof(c.pool_alloc), (void *)(c.pool + OFF_MEMPOOL_ALLOC));
-    bpf_probe_read(&c.pool_data, sizeof(c.pool_data), (void *)(c.pool + OFF_MEMPOOL_POOL_DATA));
+#ifndef ONLY_IN_WB
+    c.entry_ns = bpf_ktime_get_ns();   /* for mp_alloc_return, which ONLY_IN_WB plans never attach */
 #endif
-    c.entry_ns = bpf_ktime_get_ns();
     c.kstack = -1;
-    if (mp_calls.update(&tid, &c))
+    if (old)
+        __builtin_memcpy(old, &c, sizeof(c));
+    else if (mp_calls.update(&tid, &c))
         count_drop(ctx);
     return 0;
 }
@@ -561,9 +604,14 @@ int mp_finish_wait_entry(struct pt_regs *ctx)
             ev->jiffies = bpftools_jiffies64() - c->sleep_jiffies;
             ev->flags |= SLEEP_F_JIFFIES;
 #endif
-            ev->call_site = c->pool_alloc;      /* Python names it; the cache name counts only for */
-            ev->cache = c->pool_data;           /* mempool_alloc_slab pools */
-            read_cache_name(ev, c->pool_data);
+#ifdef OFF_MEMPOOL_ALLOC
+            /* what the pool is, read only now that a sleep is reported (the pool lives while mempool_alloc runs):
+             * its element allocator, which Python names, and pool_data, the kmem_cache of a
+             * mempool_alloc_slab pool (the cache name counts only for those) */
+            bpf_probe_read(&ev->call_site, sizeof(ev->call_site), (void *)(c->pool + OFF_MEMPOOL_ALLOC));
+            bpf_probe_read(&ev->cache, sizeof(ev->cache), (void *)(c->pool + OFF_MEMPOOL_POOL_DATA));
+            read_cache_name(ev, ev->cache);
+#endif
             submit(ctx, ev);
         }
     }
@@ -571,6 +619,7 @@ int mp_finish_wait_entry(struct pt_regs *ctx)
     return 0;
 }
 
+#ifndef ONLY_IN_WB
 int mp_alloc_return(struct pt_regs *ctx)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
@@ -595,6 +644,7 @@ int mp_alloc_return(struct pt_regs *ctx)
     mp_calls.delete(&tid);
     return 0;
 }
+#endif /* !ONLY_IN_WB */
 #endif /* WANT_SLEEP_KPROBE */
 
 /* ---------------------------------------------------------------- slab failures (slabfail) ------ */

@@ -226,10 +226,18 @@ static __always_inline int on_write_enter(u32 fd, const char *ubuf, u64 count)
     return 0;
 }
 
+/* Forget KEY's open kmem file, if it is one: a lookup first, as almost no fd is (a delete takes the
+ * bucket's lock, a lookup does not). */
+static __always_inline void forget_fd(u64 *key)
+{
+    if (kmem_fds.lookup(key))
+        kmem_fds.delete(key);
+}
+
 static __always_inline int on_close(u32 fd)
 {
     u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | fd;
-    kmem_fds.delete(&key);
+    forget_fd(&key);
     return 0;
 }
 
@@ -240,7 +248,7 @@ static __always_inline int on_dup(u32 oldfd, u32 newfd)
     u64 oldkey = tg | oldfd, newkey = tg | newfd;
     struct pending *open = kmem_fds.lookup(&oldkey);
     if (!open) {
-        kmem_fds.delete(&newkey);   /* newfd now refers to something else */
+        forget_fd(&newkey);   /* newfd now refers to something else */
         return 0;
     }
     if (kmem_fds.update(&newkey, open))

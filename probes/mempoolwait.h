@@ -20,8 +20,6 @@ struct mp_call {
     s64 sleeps;
     s32 kstack;          /* stack at the first sleep */
     s32 pad;
-    u64 pool_alloc;      /* pool->alloc (mempool_alloc_slab, mempool_kmalloc, ...); 0 when unread */
-    u64 pool_data;       /* pool->pool_data: the kmem_cache of a slab pool */
     u64 sleep_jiffies;   /* jiffies at the start of the current sleep (HAVE_JIFFIES64) */
 };
 

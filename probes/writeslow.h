@@ -18,6 +18,9 @@
 #define WB_ARG_MAPPING 1      /* (struct address_space *mapping, struct writeback_control *wbc, ...) */
 #define WB_ARG_PAGE 2         /* (struct page *page, struct writeback_control *wbc, ...) */
 
+/* wb_stack.marks */
+#define WB_S_MP_CALL 1        /* a mempool_alloc inside made an mp_calls record (ONLY_IN_WB) */
+
 #define WB_MAX_DEPTH 8        /* a power of two: the index is masked with WB_MAX_DEPTH - 1 */
 #define BDI_NAME_LEN 32       /* a writeback frame's bdi name (the writeback tracepoints' name[32]) */
 
@@ -25,6 +28,7 @@ struct wb_frame {
     u64 start_ns;
     u64 ino;
     u64 wbc;              /* kprobe mode: the writeback_control, read again at return */
+    u64 mapping;          /* kprobe mode: the address_space, whose inode a slow call reports */
     u64 arg;
     u64 cgroup_ino;
     s64 nr_to_write;
@@ -38,7 +42,7 @@ struct wb_frame {
 /* the writeback calls a thread is inside, outermost first */
 struct wb_stack {
     u32 depth;            /* may exceed WB_MAX_DEPTH: frames past it are counted, not stored */
-    u32 pad;
+    u32 marks;            /* WB_S_* */
     struct wb_frame f[WB_MAX_DEPTH];
 };
 

@@ -152,3 +152,17 @@ def test_save_kernel_does_not_write_through_a_planted_link(tmp_path):
 
 def test_the_running_target_needs_no_argument():
     assert Running().release == os.uname().release
+
+
+@pytest.mark.parametrize("kernel,stacks", [("5.10", "WB_NO_STACK"), ("6.1", "WB_STACK_AT_EXIT"),
+                                           ("6.12", "WB_STACK_AT_EXIT")])
+def test_watch_times_the_outermost_writebacks_and_walks_no_stack_at_every_entry(kernel, stacks):
+    """Always on: do_writepages (and reclaim's ->writepage) only, and before 5.15, where a writeback's
+    stack could only be taken at each call's entry, none; iojitter keeps the nested calls and the stacks."""
+    from bpftools.watch.detectors import Settings, io_plan
+    from bpftools.iostall import sections
+    target = Described.from_dir(os.path.join(KERNELS, LAB[kernel]))
+    watch = io_plan(target, Settings())
+    assert watch.mode == "kprobe" and stacks in watch.flags
+    assert list(watch.slots.values()) == ["do_writepages"]      # ext4_writepage: gone or inlined in 5.10+
+    assert "WB_NO_STACK" not in sections.plan(target, "auto", None, 10 ** 8, 10 ** 6).flags

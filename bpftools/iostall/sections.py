@@ -10,12 +10,13 @@ DECODERS = {EV_SLAB_FAIL: slab.decode, EV_SLUB_OOM: slab.decode, EV_SLEEP: mempo
 
 
 def plan(target: Target, mode: str, pid: Optional[int], min_ns: int, wait_min_ns: int,
-         functions: Tuple[str, ...] = ()) -> Plan:
+         functions: Tuple[str, ...] = (), always_on: bool = False) -> Plan:
     """writeslow's plan (the slow-write threshold) + mempoolwait's + slabfail's, the sleeps followed only
     in threads inside a traced writeback call (ONLY_IN_WB): the rest of the node costs one map lookup.
     No allocator is kprobed (a probe on every allocation of the node): a failure's cache is named by the
-    tracepoint where it has ``name``, and the cache behind a mempool by the pool itself."""
-    wb = writeback.plan(target, mode, pid, min_ns, functions)
+    tracepoint where it has ``name``, and the cache behind a mempool by the pool itself. ALWAYS_ON: the
+    writebacks as watch times them (see writeback.plan)."""
+    wb = writeback.plan(target, mode, pid, min_ns, functions, always_on)
     sleeps = mempool.plan(target, mode, pid, wait_min_ns, only_in_writeback=True)
     slabs = slab.plan(target, mode, pid, follow_allocators=False)
     return sleeps.merge(wb).merge(slabs)
