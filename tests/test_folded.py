@@ -1,5 +1,7 @@
 """Folded stacks: folding, sanitising, reading back, frame kinds, speedscope and weight formatting."""
 import json
+import random
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
@@ -171,3 +173,16 @@ def test_fixed_rounds_ties_up_like_javascript_tofixed():
     assert fixed(1.005, 2) == "1.00"        # the double is 1.00499999999999989...: JS says 1.00
     assert fixed(100.0, 2) == "100.00"
     assert fixed(1 / 3.0 * 100, 2) == "33.33"
+
+
+def test_fixed_takes_the_fast_path_only_where_it_gives_decimals_answer():
+    """fixed() formats with %f except at exact ties: on durations, random reals, eighths (ties at two
+    digits), negatives and zeros it gives what Decimal's ROUND_HALF_UP gives."""
+    rnd = random.Random(7)
+    values = ([rnd.randint(0, 10 ** 13) / 1e9 for _ in range(20000)] + [rnd.uniform(-1e6, 1e6) for _ in range(5000)]
+              + [k / 8.0 for k in range(-2000, 2000)] + [k / 1000.0 for k in range(0, 20000, 7)]
+              + [0.0, -0.0, 0.005, 0.015, 0.125, 2.5, -2.5, 1e20, 123456789.125])
+    for digits in (0, 1, 2, 3, 6):
+        quantum = Decimal(1).scaleb(-digits)
+        wrong = [v for v in values if fixed(v, digits) != str(Decimal(v).quantize(quantum, rounding=ROUND_HALF_UP))]
+        assert wrong == [], (digits, wrong[:5])
