@@ -280,29 +280,12 @@ class RecordingStream(object):
         raise BadInput("%s is empty: not a bpftools recording" % self.path)
 
     def _events(self) -> Iterator[Dict[str, Any]]:
-        """What _objects gives past the header, the trailer kept aside: one loop, the common line (an
-        object orjson reads, no long number, not deep) taken without a call, for it runs per event."""
-        count = self.count
         try:
-            for number, line in self._lines:
-                marked = line.translate(_DIGITS_AND_OPENINGS)
-                if (_fast_loads is not None and marked.find(_LONG_NUMBER) < 0
-                        and len(marked) - len(marked.replace(b"[", b"")) <= MAX_DEPTH):
-                    try:
-                        obj = _fast_loads(line)
-                    except ValueError:
-                        obj = None
-                    if type(obj) is not dict:
-                        obj = self._object(number, line)
-                else:
-                    obj = self._object(number, line)
-                if obj is None:
-                    continue
+            for obj in self._objects():
                 if obj.get("trailer"):
                     self.trailer = obj
                 else:
-                    count += 1
-                    self.count = count
+                    self.count += 1
                     yield obj
         except OSError as err:
             raise BadInput("cannot read %s: %s" % (self.path, err.strerror))
