@@ -28,7 +28,6 @@ KEEP_EPISODES longest (``episodes_left_out`` counts the rest).
 Pure: no I/O, no clock; the same stream gives the same result.
 """
 import bisect
-import functools
 import heapq
 import operator
 from array import array
@@ -311,9 +310,6 @@ def _innermost(members: List[Tuple[Dict[str, Any], int]], ts: int) -> Optional[s
         if ev["start_ns"] <= ts <= ev["ts_ns"] and (best is None or depth >= best[0]):
             best = (depth, ev.get("func") or "?")
     return best[1] if best else None
-
-
-_base_name = functools.lru_cache(maxsize=4096)(stacks.base_name)
 
 
 def _slab_label(ev: Dict[str, Any]) -> str:
@@ -750,7 +746,7 @@ def _stall(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], thre
         else:
             other_ns += duration
         blocked = s.get("blocked_in")
-        waits.append((s_start, s_end, duration, in_mempool, s, before, _base_name(blocked) if blocked else None))
+        waits.append((s_start, s_end, duration, in_mempool, s, before, stacks.base_name(blocked) if blocked else None))
     st = _Stall()
     st.tid, st.comm, st.start_ns, st.end_ns, st.duration_ns = root["tid"], root.get("comm") or "?", start, end, end - start
     st.dev, st.ino, st.root, st.members, st.waits = root.get("dev"), root.get("ino"), root, members, waits
