@@ -60,31 +60,25 @@ class PointerHider(object):
     def hide(self, obj: Any) -> Any:
         if self.show:
             return obj
-        kind = type(obj)       # the common exact types first: every event of a recording goes through here
-        if kind is str:
-            if "0x" not in obj and "0X" not in obj:
-                return obj
-            hidden = self._texts.get(obj)       # stack frames ("dst_alloc+0x60") recur
-            if hidden is None:
-                if len(self._texts) >= TOKEN_CACHE:
-                    self._texts.clear()
-                hidden = self._texts[obj] = _HEX_POINTER.sub(self._token_of, obj)
-            return hidden
-        if kind is dict:
-            return {self.hide(k): self.hide(v) for k, v in obj.items()}
-        if kind is list:
-            return [self.hide(v) for v in obj]
-        if kind is int:
-            return self.token(obj) if is_kernel_pointer(obj) else obj
+        if isinstance(obj, str):
+            return self._hide_text(obj)
         if isinstance(obj, dict):
-            return dict((self.hide(k), self.hide(v)) for k, v in obj.items())
+            return {self.hide(k): self.hide(v) for k, v in obj.items()}
         if isinstance(obj, list):
             return [self.hide(v) for v in obj]
-        if isinstance(obj, str):
-            return _HEX_POINTER.sub(self._token_of, obj)
         if is_kernel_pointer(obj):
             return self.token(obj)
         return obj
+
+    def _hide_text(self, text: str) -> str:
+        if "0x" not in text and "0X" not in text:
+            return text
+        hidden = self._texts.get(text)       # stack frames ("dst_alloc+0x60") recur
+        if hidden is None:
+            if len(self._texts) >= TOKEN_CACHE:
+                self._texts.clear()
+            hidden = self._texts[text] = _HEX_POINTER.sub(self._token_of, text)
+        return hidden
 
     def _token_of(self, match: Any) -> str:
         return self.token(int(match.group(0), 16))
