@@ -117,6 +117,12 @@ def fold(samples: Iterable[Tuple[Sequence[Union[str, bytes]], int]]) -> Dict[str
     """
     totals = {}  # type: Dict[str, int]
     add_samples(totals, samples)
+    return finished(totals)
+
+
+def finished(totals: Dict[str, int]) -> Dict[str, int]:
+    """Folded stacks added to as a stream went (:func:`add_samples`) as :func:`fold` gives them: sorted by
+    stack, without the stacks whose total is 0."""
     return dict((k, totals[k]) for k in sorted(totals) if totals[k])
 
 

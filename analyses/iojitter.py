@@ -689,7 +689,7 @@ class _Totals(object):
             slab_failures=self.slab_failures + self.slab_elsewhere, slab_failures_elsewhere=self.slab_elsewhere,
             other_blocking=sorted(self.other.items(), key=lambda kv: (-kv[1], kv[0])), lost_records=lost,
             skipped_records=malformed, confidence=confidence, reasons=reasons, verdict="",
-            folded=dict((k, self.folded[k]) for k in sorted(self.folded) if self.folded[k]),
+            folded=folded_stacks.finished(self.folded),
             episodes_left_out=n - len(episodes), pool_caches=self.pools.names())
         result.verdict = _verdict(result, self)
         return result

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 import click
 from dataclasses import dataclass, field
 
-from ..analyses.folded import add_samples, annotation
+from ..analyses.folded import add_samples, annotation, finished
 from ..event import JsonEvent
 from ..html_report import MAX_TABLE_ROWS, Activity, FlameGraph, IncidentReport, Table
 from ..live import LiveRun
@@ -416,7 +416,7 @@ def incident_report(header: Dict[str, Any], events: Iterable[Dict[str, Any]], ge
                       note="the first %d of %d events: %d left out (counted in the verdict, the activity timeline "
                            "and the flame graph)" % (len(rows), seen, left_out) if left_out else "")],
         timeline=timeline, activity=activity,
-        flame_graphs=[FlameGraph("kmem file accesses by writer", dict(sorted(folded.items())), unit="events",
+        flame_graphs=[FlameGraph("kmem file accesses by writer", finished(folded), unit="events",
                                  name="kmemsnoop")],
         capabilities=header.get("capabilities"), tool_version=str(header.get("version", "")))
 
