@@ -12,6 +12,8 @@
  *                        pointer, so the cache name can be read where the tracepoint lacks `name`.
  *     WANT_SLUB_OOM      + a kprobe on slab_out_of_memory (slub_oom_entry); SLUB_OOM_ARGS when the
  *                        attach point is the real function (not a clone with other arguments).
+ *     SLAB_REPORTS_ONLY  only slub_oom_entry: no tracepoint (a BPF run on every slab allocation of
+ *                        the node); watch's always-on mode where slab_out_of_memory can be probed.
  *   WANT_SLEEP_KPROBE    kprobes: mempool_alloc entry/return, io_schedule_timeout and finish_wait entry.
  *   WANT_SLEEP_SCHED     sched:sched_switch: sleeps in D state (prev_state & DSTATE_MASK) with the stack;
  *   ONLY_IN_WB           only threads inside a traced writeback call (iojitter): their D-state sleeps,
@@ -649,6 +651,7 @@ int mp_alloc_return(struct pt_regs *ctx)
 
 /* ---------------------------------------------------------------- slab failures (slabfail) ------ */
 #ifdef WANT_SLAB
+#ifndef SLAB_REPORTS_ONLY
 #ifdef WANT_SLAB_KPROBE
 /* UNTESTED on this machine (no kprobes): exercised by tests/kernel/test_incident1_kprobes.py. */
 BPF_HASH(slab_calls, u32, struct slab_calls, 10240);   /* only threads inside an allocator */
@@ -790,12 +793,15 @@ TRACEPOINT_PROBE(kmem, kmalloc)
     return 0;
 }
 #endif /* HAVE_TP_KMALLOC */
+#endif /* !SLAB_REPORTS_ONLY */
 
 #ifdef WANT_SLUB_OOM
-/* UNTESTED anywhere here. slab_out_of_memory runs when SLUB cannot get a page for a new slab: on 3.10
- * a memcg kmem charge failure gets there (the incident's "SLUB: Unable to allocate memory on node -1"),
- * but since 5.9 a charge failure returns before it (per-object accounting), and Debian's lab kernels
- * have no fail_page_alloc to force a page failure. Only the attach is checked (symbol resolution). */
+/* slab_out_of_memory runs when SLUB cannot get a page for a new slab. On 3.10 a memcg kmem charge
+ * failure gets there (the incident's "SLUB: Unable to allocate memory on node -1"), but only where the
+ * caller may warn: __slab_alloc checks __GFP_NOWARN and printk_ratelimit() before the call (later
+ * kernels check both inside it, so every failure of a new slab enters it). Since 5.9 a per-object charge
+ * failure returns before it. Exercised in the lab by bpftools_slabfail's "slub_oom" command (a new
+ * cache whose page allocation fails): tests/kernel/test_watch.py. */
 int slub_oom_entry(struct pt_regs *ctx)
 {
     if (filtered(bpf_get_current_pid_tgid() >> 32))

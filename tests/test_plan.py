@@ -166,3 +166,28 @@ def test_watch_times_the_outermost_writebacks_and_walks_no_stack_at_every_entry(
     assert watch.mode == "kprobe" and stacks in watch.flags
     assert list(watch.slots.values()) == ["do_writepages"]      # ext4_writepage: gone or inlined in 5.10+
     assert "WB_NO_STACK" not in sections.plan(target, "auto", None, 10 ** 8, 10 ** 6).flags
+
+
+@pytest.mark.parametrize("kernel", sorted(LAB))
+def test_watch_takes_the_slab_failures_slub_reports_not_a_run_per_allocation(kernel):
+    """Always on where kprobes exist: the slab_out_of_memory kprobe alone (SLAB_REPORTS_ONLY compiles the
+    kmem tracepoints out); --every-slab-allocation brings the tracepoints back, as iojitter has them."""
+    from bpftools.watch.detectors import Settings, io_plan
+    target = Described.from_dir(os.path.join(KERNELS, LAB[kernel]))
+    watch = io_plan(target, Settings())
+    assert {"WANT_SLAB", "SLAB_REPORTS_ONLY", "WANT_SLUB_OOM", "SLUB_OOM_ARGS"} <= set(watch.flags)
+    assert [a.fn_name for a in watch.kprobes if a.event == "slab_out_of_memory"] == ["slub_oom_entry"]
+    assert "OFF_CACHE_NAME" in watch.params
+    every = io_plan(target, Settings(every_slab_allocation=True))
+    assert "SLAB_REPORTS_ONLY" not in every.flags and "WANT_SLUB_OOM" in every.flags
+
+
+def test_watch_on_el7_and_without_kprobes():
+    """3.10 from its kallsyms: the SLUB report kprobe (slab_out_of_memory is a local noinline symbol there);
+    this machine (no kprobes): the kmem tracepoints, the only way left."""
+    _, el7 = _el7()
+    assert "io: kprobe slab_out_of_memory -> slub_oom_entry" in el7["watch"]["attaches"]
+    assert any("the failures SLUB reports" in n for n in el7["watch"]["notes"])
+    _, host = _described(HOST)
+    assert not any("slab_out_of_memory" in a for a in host["watch"]["attaches"])
+    assert any("slabfail: tracepoint mode" in n for n in host["watch"]["notes"])

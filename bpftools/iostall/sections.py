@@ -10,15 +10,17 @@ DECODERS = {EV_SLAB_FAIL: slab.decode, EV_SLUB_OOM: slab.decode, EV_SLEEP: mempo
 
 
 def plan(target: Target, mode: str, pid: Optional[int], min_ns: int, wait_min_ns: int,
-         functions: Tuple[str, ...] = (), always_on: bool = False) -> Plan:
+         functions: Tuple[str, ...] = (), always_on: bool = False, every_slab_allocation: bool = False) -> Plan:
     """writeslow's plan (the slow-write threshold) + mempoolwait's + slabfail's, the sleeps followed only
     in threads inside a traced writeback call (ONLY_IN_WB): the rest of the node costs one map lookup.
     No allocator is kprobed (a probe on every allocation of the node): a failure's cache is named by the
     tracepoint where it has ``name``, and the cache behind a mempool by the pool itself. ALWAYS_ON: the
-    writebacks as watch times them (see writeback.plan)."""
+    writebacks as watch times them (see writeback.plan), and the slab failures SLUB reports where that can
+    be probed, unless EVERY_SLAB_ALLOCATION (see slab.reports_plan)."""
     wb = writeback.plan(target, mode, pid, min_ns, functions, always_on)
     sleeps = mempool.plan(target, mode, pid, wait_min_ns, only_in_writeback=True)
-    slabs = slab.plan(target, mode, pid, follow_allocators=False)
+    slabs = slab.plan(target, mode, pid, follow_allocators=False,
+                      reports_only=always_on and not every_slab_allocation)
     return sleeps.merge(wb).merge(slabs)
 
 

@@ -116,10 +116,16 @@ def decode(raw: Any, decoder: Decoder) -> Optional[SlabFailure]:
         memcg_cache=parse_memcg_cache(name), kstack=frames, cgroup=proc["cgroup"], container=proc["container"])
 
 
-def plan(target: Target, mode: str, pid: Optional[int], follow_allocators: bool = True) -> Plan:
+def plan(target: Target, mode: str, pid: Optional[int], follow_allocators: bool = True,
+         reports_only: bool = False) -> Plan:
     """Which tracepoints and kprobes this kernel allows for slab failures, and what they can tell.
-    Without FOLLOW_ALLOCATORS no allocator is kprobed (a kprobe per allocation): names as in tracepoint mode."""
+    Without FOLLOW_ALLOCATORS no allocator is kprobed (a kprobe per allocation): names as in tracepoint mode.
+    REPORTS_ONLY (watch): where slab_out_of_memory can be kprobed, only it (see reports_plan)."""
     target.prepare()
+    if reports_only and mode != "tracepoint":
+        reports = reports_plan(target, pid)
+        if reports is not None:
+            return reports
     fields = target.tracepoint_fields("kmem", "kmem_cache_alloc")
     if fields is None:
         raise MissingKernelFeature("tracepoint kmem:kmem_cache_alloc")
@@ -163,10 +169,35 @@ def plan(target: Target, mode: str, pid: Optional[int], follow_allocators: bool 
                  "call sites only")
         out.notes.append("slabfail: %s; %s" % (how, names))
     if table is not None:
-        oom = table.resolve("slab_out_of_memory")
-        if oom.attach:
-            out.flags.append("WANT_SLUB_OOM")
-            if oom.how in ("exact", "noprof"):
-                out.flags.append("SLUB_OOM_ARGS")
-            out.kprobes.append(Attach(oom.attach, "slub_oom_entry"))
+        _add_slub_oom(out, table)
     return out
+
+
+def reports_plan(target: Target, pid: Optional[int]) -> Optional[Plan]:
+    """Only the failures SLUB reports, from a kprobe on slab_out_of_memory: no BPF run per slab allocation
+    of the node (a tracepoint's cost grows with the allocation rate). None where it cannot be probed (no
+    kprobes, or no CONFIG_SLUB_DEBUG: then it is an empty inline stub)."""
+    if not target.kprobes().ok:
+        return None
+    out = Plan(mode="kprobe", flags=["WANT_SLAB", "SLAB_REPORTS_ONLY"], params={"FILTER_TGID": pid} if pid else {})
+    if not _add_slub_oom(out, target.symbols()):
+        return None
+    names = out.read_structs(target, ["OFF_CACHE_NAME"], slub_def=True) if "SLUB_OOM_ARGS" in out.flags else None
+    out.notes.append("slabfail: the failures SLUB reports (kprobe on slab_out_of_memory%s), no tracepoint on every "
+                     "allocation: a failure the kernel does not report (__GFP_NOWARN; on 3.10 also past "
+                     "printk_ratelimit), a per-object memcg charge failure (5.9+) or an injected one is not seen"
+                     % ("; cache names read from struct kmem_cache" if names else ""))
+    return out
+
+
+def _add_slub_oom(out: Plan, table: Any) -> bool:
+    """The slab_out_of_memory kprobe added to OUT where TABLE resolves it (its arguments read where the
+    attach point is the real function); whether it was."""
+    oom = table.resolve("slab_out_of_memory")
+    if not oom.attach:
+        return False
+    out.flags.append("WANT_SLUB_OOM")
+    if oom.how in ("exact", "noprof"):
+        out.flags.append("SLUB_OOM_ARGS")
+    out.kprobes.append(Attach(oom.attach, "slub_oom_entry"))
+    return True

@@ -82,6 +82,10 @@ Examples:
                   help="A mempool wait this long writes a bundle.")
     @click.option("--slow-ms", type=NON_NEGATIVE, default=100.0, show_default=True,
                   help="A writeback call this slow is recorded (and counted as a slow writeback).")
+    @click.option("--every-slab-allocation", is_flag=True,
+                  help="Also follow every slab allocation (kmem tracepoints): sees the failures SLUB does not "
+                       "report (__GFP_NOWARN, per-object memcg charges), at one BPF run per allocation of the node. "
+                       "Default where kprobes exist: only the failures SLUB reports (slab_out_of_memory).")
     @click.option("--after", type=NON_NEGATIVE, default=15.0, show_default=True, metavar="SECONDS",
                   help="Keep recording this long after a trigger before the bundle is written (the kernel "
                        "logs 'waiting for DEV' 10 s into a wait).")
@@ -103,7 +107,8 @@ Examples:
     @click.option("-d", "--duration", type=POSITIVE, metavar="SECONDS", help="Stop after SECONDS (tests, benches).")
     @click.option("--ready-file", type=PATH, metavar="FILE", hidden=True, help="Touch FILE once attached (for tests).")
     @click.option("--kmsg", "kmsg_path", metavar="FILE", hidden=True, help="The kernel log to follow (tests).")
-    def command(bundle_dir: str, mode: str, wait_trigger: float, slow_ms: float, after: float, min_interval: float,
+    def command(bundle_dir: str, mode: str, wait_trigger: float, slow_ms: float, every_slab_allocation: bool,
+                after: float, min_interval: float,
                 ring_seconds: float, ring_events: int, max_mb: float, max_bundles: int, metrics_addr: str,
                 textfile: Optional[str], as_json: bool, duration: Optional[float], ready_file: Optional[str],
                 kmsg_path: Optional[str]) -> None:
@@ -121,7 +126,8 @@ Examples:
                 metrics.write_textfile(textfile)        # a directory it cannot write is said now, not later
             if metrics_addr != "off":
                 warn("metrics on http://%s/metrics" % metrics.serve(metrics_addr))
-            settings = det.Settings(mode=mode, slow_writeback_ns=int(slow_ms * 1e6))
+            settings = det.Settings(mode=mode, slow_writeback_ns=int(slow_ms * 1e6),
+                                    every_slab_allocation=every_slab_allocation)
             detectors = det.start(reused, Running(), settings, warn)
             hider = PointerHider(PointerSettings.show)
             header = hider.hide(make_header(TOOL, ["bpftools"] + sys.argv[1:],

@@ -44,6 +44,7 @@ class Settings:
     mode: str = "auto"              # auto | tracepoint (kprobe modes only where kprobes exist)
     slow_writeback_ns: int = 100 * 10 ** 6
     wait_min_ns: int = 10 ** 6
+    every_slab_allocation: bool = False   # the kmem tracepoints too, not only the failures SLUB reports
 
 
 class Detector(object):
@@ -87,9 +88,10 @@ def _tagged(detector: str, event: Dict[str, Any]) -> Dict[str, Any]:
 def io_plan(target: Target, settings: Settings) -> program.Plan:
     """iojitter's plan: sleeps followed only inside traced writebacks, no allocator kprobed, and in kprobe
     mode only the outermost writeback calls timed (the nested ones doubled the probes' cost; metrics and
-    triggers count outermost calls only), with no stack walk at every call's entry (before 5.15)."""
+    triggers count outermost calls only), with no stack walk at every call's entry (before 5.15), and only
+    the slab failures SLUB reports where kprobes exist (no BPF run per slab allocation), unless asked."""
     return sections.plan(target, settings.mode, None, settings.slow_writeback_ns, settings.wait_min_ns,
-                         always_on=True)
+                         always_on=True, every_slab_allocation=settings.every_slab_allocation)
 
 
 def kmem_plan(reused: Reused, target: Target, settings: Settings) -> Any:

@@ -21,9 +21,16 @@
  *              them until enable goes back to 0 (or unload): then the target's first failed bvec
  *              allocation sleeps in mempool_alloc, without needing other bios in flight
  * /proc/bpftools_slabfail: "<cache> <failures injected>" per learned cache, "active 0|1",
- * "hoarded N" (reserved elements held), then "site <cache> <call site>" lines.
+ * "hoarded N" (reserved elements held), "slub_oom N" (see below), then "site <cache> <call site>" lines.
+ *
+ * Writing "slub_oom" to /proc/bpftools_slabfail makes one allocation from a cache of the module's own
+ * (SLUB_OOM_CACHE, never merged: it has a constructor) fail where SLUB reports it: while a kretprobe on
+ * the page allocator fails the writing thread's page allocations, kmem_cache_alloc(GFP_KERNEL) needs a
+ * new slab, gets no page, calls slab_out_of_memory ("SLUB: Unable to allocate memory on node -1") and
+ * returns NULL. The write fails with EIO if the allocation did not fail; "slub_oom N" counts those that did.
  */
 #include <linux/module.h>
+#include <linux/gfp.h>
 #include <linux/kprobes.h>
 #include <linux/mempool.h>
 #include <linux/mutex.h>
@@ -35,6 +42,8 @@
 #include <linux/seq_file.h>
 #include <linux/sched.h>
 #include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
 #include <linux/version.h>
 
 struct target {
@@ -252,6 +261,87 @@ static void return_reserve(void)
 	mutex_unlock(&hoard_lock);
 }
 
+#define SLUB_OOM_CACHE "bpftools_slub_oom"
+static struct task_struct *page_failer;
+static atomic_long_t slub_ooms;
+
+/* At the page allocator's entry: fail this call when the thread is the one running slub_oom. */
+static int page_entry(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	if (likely(READ_ONCE(page_failer) != current))
+		return 1;
+	*(unsigned int *)ri->data = (unsigned int)regs->si;	/* x86-64: order, the second argument */
+	return 0;
+}
+
+static int page_return(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	struct page *page = (struct page *)regs_return_value(regs);
+
+	if (page) {
+		__free_pages(page, *(unsigned int *)ri->data);
+		regs_set_return_value(regs, 0);
+	}
+	return 0;
+}
+
+static struct kretprobe page_probe = {
+	.entry_handler = page_entry,
+	.handler = page_return,
+	.data_size = sizeof(unsigned int),
+	.maxactive = 64,
+};
+
+static void oom_ctor(void *object)
+{
+}
+
+static int slub_oom(void)
+{
+	static const char *const symbols[] = { "__alloc_pages_noprof", "__alloc_pages", "__alloc_pages_nodemask" };
+	struct kmem_cache *cache;
+	void *object;
+	int i, ret = -ENOENT;
+
+	cache = kmem_cache_create(SLUB_OOM_CACHE, 64, 0, 0, oom_ctor);
+	if (!cache)
+		return -ENOMEM;
+	for (i = 0; i < ARRAY_SIZE(symbols) && ret; i++) {
+		memset(&page_probe.kp, 0, sizeof(page_probe.kp));
+		page_probe.kp.symbol_name = symbols[i];
+		ret = register_kretprobe(&page_probe);
+	}
+	if (!ret) {
+		WRITE_ONCE(page_failer, current);
+		object = kmem_cache_alloc(cache, GFP_KERNEL);
+		WRITE_ONCE(page_failer, NULL);
+		unregister_kretprobe(&page_probe);
+		if (object) {
+			kmem_cache_free(cache, object);
+			ret = -EIO;
+		} else {
+			atomic_long_inc(&slub_ooms);
+		}
+	}
+	kmem_cache_destroy(cache);
+	return ret;
+}
+
+static ssize_t slabfail_write(struct file *file, const char __user *buf, size_t count, loff_t *ppos)
+{
+	char cmd[16];
+	size_t n = min(count, sizeof(cmd) - 1);
+	int ret;
+
+	if (copy_from_user(cmd, buf, n))
+		return -EFAULT;
+	cmd[n] = 0;
+	if (strcmp(strim(cmd), "slub_oom"))
+		return -EINVAL;
+	ret = slub_oom();
+	return ret ? ret : count;
+}
+
 static bool selected(const char *name)
 {
 	if (!strcmp(cache, "biovec-256"))
@@ -268,6 +358,7 @@ static int slabfail_show(struct seq_file *m, void *v)
 			seq_printf(m, "%s %ld\n", targets[i].name, atomic_long_read(&targets[i].injected));
 	seq_printf(m, "active %d\n", active());
 	seq_printf(m, "hoarded %d\n", READ_ONCE(hoarded));
+	seq_printf(m, "slub_oom %ld\n", atomic_long_read(&slub_ooms));
 	for (i = 0; i < ARRAY_SIZE(targets); i++)
 		if (targets[i].selected)
 			seq_printf(m, "site %s %pS\n", targets[i].name, (void *)targets[i].site);
@@ -284,6 +375,7 @@ static const struct proc_ops slabfail_ops = {
 	.proc_read = seq_read,
 	.proc_lseek = seq_lseek,
 	.proc_release = single_release,
+	.proc_write = slabfail_write,
 };
 
 static int __init slabfail_init(void)
@@ -311,7 +403,7 @@ static int __init slabfail_init(void)
 			ret = -ENOENT;
 		}
 	}
-	if (!ret && !proc_create("bpftools_slabfail", 0444, NULL, &slabfail_ops))
+	if (!ret && !proc_create("bpftools_slabfail", 0644, NULL, &slabfail_ops))
 		ret = -ENOMEM;
 	if (ret)
 		unregister_kretprobe(&alloc_probe);

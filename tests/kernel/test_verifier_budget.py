@@ -25,6 +25,7 @@ def plans():
     out = [
         ("iojitter kprobe", sections.plan(node, "kprobe", None, 100000000, 1000000).probe()),
         ("iojitter tracepoint", sections.plan(node, "tracepoint", None, 100000000, 1000000).probe()),
+        ("watch io (always on)", sections.plan(node, "kprobe", None, 100000000, 1000000, always_on=True).probe()),
         ("slabfail kprobe", slab.plan(node, "kprobe", None).probe()),
         ("mempoolwait kprobe", mempool.plan(node, "kprobe", None, 1000000).probe()),
         ("mempoolwait all-dstate", mempool.plan(node, "tracepoint", None, 1000000, all_dstate=True).probe()),

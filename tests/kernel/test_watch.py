@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -89,6 +90,10 @@ def watched(tmp_path_factory, ext4_mount):
         with Injector("bpftools_slabfail") as injector:
             facts["writer"] = run_slabfail_writer(os.path.join(ext4_mount, "watch-io"), injector, True,
                                                   lambda pid: pid in tasks_in("mempool_alloc"))
+            # within the bundle's 12 s after the wait: one allocation SLUB reports as failed, from this thread
+            injector.command("slub_oom")
+            facts["slub_oom_tid"] = threading.get_native_id()
+            assert injector.counters()["slub_oom"] == 1
         facts["kmem"] = _bundle_of(tool, top, KMEM, 60)
         with Injector("bpftools_devref") as devref:
             try:
@@ -131,6 +136,23 @@ def test_the_io_bundle_names_biovec_max_and_mempool_alloc_with_the_writers_wait(
     assert "pool biovec-max; mempool_alloc called from %s" % (
         "bvec_alloc" if kernel_version() < (5, 12) else "bio_alloc_bioset") in html
     assert any(";mempool_alloc" in line for line in open(os.path.join(bundle, "iojitter.folded")))
+
+
+def test_the_io_bundle_holds_the_slub_report_from_its_kprobe_and_the_kernel_log(watched):
+    """watch takes slab failures from slab_out_of_memory (no tracepoint on every allocation): the
+    injector's failure, SLUB-reported, with its cache, thread, gfp and caller; the log line too."""
+    bundle = watched["kmem"]
+    assert "slabfail: the failures SLUB reports (kprobe on slab_out_of_memory" in watched["tool"].err
+    rec = read_recording(os.path.join(bundle, "recording.jsonl"))
+    reports = [e for e in rec.events if e.get("type") == "slab_failure"]
+    assert [(e["kind"], e["source"], e["cache"], e["tid"], e["gfp"], e["node"]) for e in reports] == [
+        ("slub_oom", "slab_out_of_memory", "bpftools_slub_oom", watched["slub_oom_tid"], 0xcc0, None)]
+    assert holds(reports[0]["kstack"], "slabfail_write"), reports[0]["kstack"]
+    sources = [t["source"] for t in json.load(open(os.path.join(bundle, "bundle.json")))["triggers"]]
+    assert sources[0] == "mempool_wait" and "slub_alloc_failure" in sources, sources
+    log = open(os.path.join(bundle, "kernel-log.txt")).read()
+    assert "SLUB: Unable to allocate memory on node -1, gfp=0xcc0(GFP_KERNEL)" in log
+    assert "cache: bpftools_slub_oom" in log
 
 
 def test_the_netdev_bundle_names_the_leaked_device(watched):
