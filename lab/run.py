@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Dict, Iterable, List, Optional, Tuple
+from typing import IO, Dict, Iterable, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import build  # noqa: E402  (lab/ is a folder of scripts, not a package)
@@ -190,11 +190,11 @@ def prune_logs(log_dir: str, suite: str, keep: int = 30) -> None:
         os.remove(os.path.join(log_dir, name))
 
 
-def qemu_command(vmlinuz: str, initrd: str, memory_mb: int, cpus: int) -> List[str]:
+def qemu_command(vmlinuz: str, initrd: str, memory_mb: int, cpus: int, kernel_args: Sequence[str] = ()) -> List[str]:
     """Software emulation only: /dev/kvm here is a PVM hypervisor on which Debian kernels hang."""
     return ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-smp", str(cpus), "-m", str(memory_mb),
             "-nographic", "-no-reboot", "-nic", "none", "-kernel", vmlinuz, "-initrd", initrd,
-            "-append", "console=ttyS0 panic=-1 rdinit=/init quiet"]
+            "-append", " ".join(["console=ttyS0 panic=-1 rdinit=/init quiet"] + list(kernel_args))]
 
 
 class ConsoleState(object):
@@ -266,9 +266,9 @@ class Console(ConsoleState):
 
 
 def boot(image: "build.Image", initrd: str, log_path: str, timeout: float, memory_mb: int, cpus: int,
-         echo: Optional[IO[str]]) -> Tuple[int, Console]:
+         echo: Optional[IO[str]], kernel_args: Sequence[str] = ()) -> Tuple[int, Console]:
     """Run the VM to its end; returns (exit status, console)."""
-    cmd = qemu_command(image.vmlinuz, initrd, memory_mb, cpus)
+    cmd = qemu_command(image.vmlinuz, initrd, memory_mb, cpus, kernel_args)
     with open(log_path, "w") as logf:
         logf.write("# %s\n" % " ".join(cmd))
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -325,6 +325,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "result); e.g. a benchmark or the demo")
     parser.add_argument("--bcc", metavar="TAG", help="the image with bcc built from this release tag (e.g. v0.10.0) "
                                                    "instead of the suite's python3-bpfcc (bullseye only)")
+    parser.add_argument("--kernel-arg", dest="kernel_args", action="append", default=[], metavar="ARG",
+                        help="one more kernel command-line argument (repeatable), e.g. tsc=reliable for a "
+                             "benchmark that reads the clock (under TCG the kernel otherwise falls back to hpet)")
     parser.add_argument("--out", metavar="DIR", help="where the files the tests left in $BPFTOOLS_LAB_OUT go "
                                                      "(default <cache>/out/<suite>-<time>)")
     args = parser.parse_args(argv)
@@ -352,7 +355,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write("lab-run: %s kernel %s, %d project files, console log %s\n"
                          % (name, image.kernel_release, count, log_path))
         code, console = boot(image, initrd, log_path, args.timeout, args.memory, args.cpus,
-                             None if args.quiet else sys.stdout)
+                             None if args.quiet else sys.stdout, args.kernel_args)
     finally:
         for path in (project, initrd):
             if os.path.exists(path):
