@@ -12,6 +12,7 @@ Runs inside ``python3 lab/run.py SUITE -- tests/kernel/test_watch.py``.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -151,7 +152,9 @@ def test_the_io_bundle_holds_the_slub_report_from_its_kprobe_and_the_kernel_log(
     sources = [t["source"] for t in json.load(open(os.path.join(bundle, "bundle.json")))["triggers"]]
     assert sources[0] == "mempool_wait" and "slub_alloc_failure" in sources, sources
     log = open(os.path.join(bundle, "kernel-log.txt")).read()
-    assert "SLUB: Unable to allocate memory on node -1, gfp=0xcc0(GFP_KERNEL)" in log
+    # 6.12+ names the CPU too: "on CPU 0 (of node 0) on node -1"
+    assert re.search(r"SLUB: Unable to allocate memory on (CPU \d+ \(of node \d+\) on )?node -1, "
+                     r"gfp=0xcc0\(GFP_KERNEL\)", log), log[-2000:]
     assert "cache: bpftools_slub_oom" in log
 
 
