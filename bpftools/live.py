@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 import tempfile
-from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 from .errors import BadInput
 from .exports import export, now_iso
@@ -39,7 +39,7 @@ class LiveRun(object):
         self.lost = 0
         self.report_dir = report_dir
         self.recorder = None  # type: Optional[Recorder]
-        self._readback = None  # type: Optional[IO[bytes]]     # the events for the report, read at the end
+        self._readback = None  # type: Optional[ReadBack]     # the events for the report, read at the end
         self.header = {}  # type: Dict[str, Any]
         self.pointers = PointerHider(Settings.show)
         if record_path or report_dir:
@@ -50,9 +50,10 @@ class LiveRun(object):
         if record_path:
             self.recorder = Recorder(record_path, self.header)
             if report_dir:
-                self._readback = _open_again(record_path)
+                self._readback = ReadBack(self.recorder, _open_again(record_path))
         elif report_dir:
-            self.recorder, self._readback = spool(self.header)
+            self._readback = spool(self.header)
+            self.recorder = self._readback.recorder
 
     def add_lost(self, count: int) -> None:
         self.lost += count
@@ -83,15 +84,36 @@ class LiveRun(object):
             if self.recorder is not None:
                 self.recorder.close({"lost_events": self.lost, "interrupted": interrupted,
                                      "events": self.recorder.events})
-            if self.report_dir and self.recorder is not None and exc_type in (None, KeyboardInterrupt):
-                readback, self._readback = self._readback, None
-                with RecordingStream(self.recorder.path, readback) as events:
-                    report = self.incident_report(self.header, events.events, now_iso())
+            if self._readback is not None and exc_type in (None, KeyboardInterrupt):
+                report = self.incident_report(self.header, self._readback.events(), now_iso())
                 for path in export(report, out_dir=self.report_dir):
                     sys.stderr.write("wrote %s\n" % path)
         finally:
             if self._readback is not None:
                 self._readback.close()
+
+
+class ReadBack(object):
+    """A recording being written (RECORDER) and the same file open for reading: written first, then read
+    back once, as a stream."""
+
+    def __init__(self, recorder: Recorder, readback: IO[bytes]) -> None:
+        self.recorder = recorder
+        self._readback = readback
+
+    def write(self, event: Dict[str, Any]) -> None:
+        self.recorder.write(event)
+
+    def events(self) -> Iterator[Dict[str, Any]]:
+        """The events written, read back once (the recorder is closed first, if it is not yet)."""
+        self.recorder.close()
+        with RecordingStream(self.recorder.path, self._readback) as stream:
+            for event in stream.events:
+                yield event
+
+    def close(self) -> None:
+        self.recorder.close()
+        self._readback.close()
 
 
 def _open_again(path: str) -> IO[bytes]:
@@ -102,9 +124,9 @@ def _open_again(path: str) -> IO[bytes]:
         raise BadInput("cannot read back %s: %s" % (path, err.strerror))
 
 
-def spool(header: Dict[str, Any]) -> Tuple[Recorder, IO[bytes]]:
-    """A compressed recording (HEADER first) in a new private temp directory, and the same file open for
-    reading; its name and directory are gone when this returns."""
+def spool(header: Dict[str, Any]) -> ReadBack:
+    """A compressed recording (HEADER first) in a new private temp directory, open for writing and for
+    reading back; its name and directory are gone when this returns."""
     try:
         directory = tempfile.mkdtemp(prefix="bpftools-spool-")
     except OSError as err:
@@ -114,7 +136,7 @@ def spool(header: Dict[str, Any]) -> Tuple[Recorder, IO[bytes]]:
     try:
         recorder = Recorder(path, header)
         try:
-            return recorder, _open_again(path)
+            return ReadBack(recorder, _open_again(path))
         except BaseException:
             recorder.close()
             raise

@@ -6,12 +6,12 @@ own (a compressed temp file without a name, :func:`bpftools.live.spool`), the fi
 and doctor's verdicts are kept; then each part reads its spool once, in the order the page shows them.
 Memory does not grow with the events."""
 from collections import OrderedDict
-from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from ..exports import combine
 from ..html_report import IncidentReport, Table
-from ..live import spool
-from ..recording import Recorder, Recording, RecordingStream
+from ..live import ReadBack, spool
+from ..recording import Recording
 from ..render import one_line
 from .detectors import IO as IO_DETECTOR, KMEM_FILES, NETDEV as NETDEV_DETECTOR, Reused
 from .triggers import Trigger
@@ -32,7 +32,7 @@ class Split(object):
         self.more_triggers = 0
         self.doctor = None  # type: Optional[Dict[str, Any]]
         self.seen = set()  # type: Set[str]      # detectors with events other than mode and lost records
-        self._spools = OrderedDict()  # type: Dict[str, Tuple[Recorder, IO[bytes]]]
+        self._spools = OrderedDict()  # type: Dict[str, ReadBack]
         try:
             for event in events:
                 self._route(event)
@@ -47,7 +47,7 @@ class Split(object):
                 self.seen.add(detector)
             if detector not in self._spools:
                 self._spools[detector] = spool(self.header)
-            self._spools[detector][0].write(event)
+            self._spools[detector].write(event)
         elif kind == Trigger.TYPE:
             if len(self.triggers) < MAX_TRIGGERS:
                 self.triggers.append(event)
@@ -58,18 +58,13 @@ class Split(object):
 
     def events(self, detector: str) -> Iterator[Dict[str, Any]]:
         """The events of DETECTOR, read back once."""
-        if detector not in self._spools:
-            return
-        recorder, readback = self._spools[detector]
-        recorder.close()
-        with RecordingStream(recorder.path, readback) as stream:
-            for event in stream.events:
+        if detector in self._spools:
+            for event in self._spools[detector].events():
                 yield event
 
     def close(self) -> None:
-        for recorder, readback in self._spools.values():
-            recorder.close()
-            readback.close()
+        for spooled in self._spools.values():
+            spooled.close()
 
     def __enter__(self) -> "Split":
         return self
