@@ -71,6 +71,7 @@ Examples:
   bpftools watch --bundle-dir /data/bundles --max-mb 200 --textfile /var/lib/node_exporter
   bpftools watch --metrics-addr 0.0.0.0:9862 --json    # metrics for a scraper; JSON lines on stdout
   bpftools watch --mode tracepoint -d 600              # no kprobes, ten minutes
+  bpftools watch --every-slab-allocation               # also slab failures SLUB does not report (costs more)
   kill -USR1 $(pidof -s bpftools)      # ask a running watch for a bundle now
   bpftools report /var/lib/bpftools/bundles/*/recording.jsonl   # a bundle again, in the terminal
 """ % BUNDLE_DIR)
