@@ -27,6 +27,8 @@
  *                        writeslow's cost). Not where a kretprobe hides the callers (before 5.15).
  *   WB_NO_STACK          no stack of the writeback calls (watch before 5.15, where it could only be taken
  *                        at every call's entry).
+ *   WB_KEEP_STACKS       a thread's writeback stack stays in wb_stacks when its outermost call ends (watch:
+ *                        no map insert and delete per call); user space deletes those of dead threads.
  * Tracepoint fields that not every kernel has: HAVE_TP_NAME, HAVE_TP_NODE, HAVE_TP_ACCOUNTED,
  * HAVE_TP_KMALLOC_NODE, HAVE_TP_KMALLOC_ACCOUNTED, HAVE_WB_CGROUP_INO.
  * Parameters (-D integers, validated in Python): FILTER_TGID, SLEEP_MIN_NS, WB_MIN_NS, DSTATE_MASK,
@@ -258,7 +260,11 @@ static __always_inline struct iostall_event *wb_pop(void *ctx, u32 func, u64 *wb
         int made_mp_call = 1;
 #endif
 #endif
+#ifdef WB_KEEP_STACKS
+        st->marks = 0;            /* the entry stays for the thread's next call; user space sweeps the dead */
+#else
         wb_stacks.delete(&tid);
+#endif
 #ifdef WANT_SLEEP_KPROBE
         if (made_mp_call)
             mp_calls.delete(&tid);

@@ -3,6 +3,7 @@
 Each thread keeps a stack of the writeback calls it is inside, so an outer ``do_writepages`` and the
 ``ext4_writepages`` in it are both reported, each with its nesting depth.
 """
+import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -13,6 +14,7 @@ from ..analyses import stacks
 from ..capture import Attach, c_text
 from ..errors import BadInput, MissingKernelFeature
 from ..event import JsonEvent
+from ..kernel.hostroot import host_path
 from ..kernel.pods import container_named
 from ..kernel.target import Target
 from .program import EV_WRITEBACK, Decoder, Plan, new_plan, unwinder_sees_through_kretprobes
@@ -125,12 +127,26 @@ def _entry_stack(frames: Optional[List[str]], func: str, at_kretprobe: bool) -> 
     return frames
 
 
+def forget_dead_threads(bpf: Any) -> int:
+    """Delete the writeback stacks (WB_KEEP_STACKS) of threads that no longer exist; how many. (A new
+    thread given a dead one's id between the check and the delete would lose the call it is in.)"""
+    table = bpf["wb_stacks"]
+    dead = [key for key in table.keys() if not os.path.exists(host_path("/proc/%d" % key.value))]
+    for key in dead:
+        try:
+            del table[key]
+        except KeyError:
+            pass
+    return len(dead)
+
+
 def plan(target: Target, mode: str, pid: Optional[int], min_ns: int, functions: Tuple[str, ...] = (),
          always_on: bool = False) -> Plan:
     """kprobes on this kernel's writeback functions (or FUNCTIONS), or the tracepoint pairs. ALWAYS_ON
-    (watch): only the functions no other of them calls, and no stack walk at the entry of every call
+    (watch): only the functions no other of them calls, no stack walk at the entry of every call
     where the stack cannot wait for the end of a slow one (before 5.15: 87 µs per call under the lab's
-    emulation, the largest part of watch's cost there); its sleeps keep their own stacks."""
+    emulation, the largest part of watch's cost there; its sleeps keep their own stacks), and each
+    thread's writeback stack kept in the map between calls (forget_dead_threads sweeps it)."""
     if functions and mode == "tracepoint":
         raise click.BadParameter("-F/--function needs kprobes: use it without --mode tracepoint")
     # Without kretprobe maxactive (before 4.12) a kretprobe follows about one call per CPU: the returns
@@ -142,6 +158,8 @@ def plan(target: Target, mode: str, pid: Optional[int], min_ns: int, functions: 
         out.notes.append("writeslow: this kernel's kretprobes have no maxactive (before 4.12): %s" % (
             "slow calls' returns may be missed (counted as lost records)" if out.mode == "kprobe" else
             "writebacks timed by the tracepoint pairs"))
+    if always_on:
+        out.flags.append("WB_KEEP_STACKS")
     if out.mode == "kprobe":
         table = target.symbols()
         kinds = dict(WRITEBACK_FUNCTIONS)

@@ -18,13 +18,14 @@ from typing import Any, Callable, Dict, List, Optional
 from dataclasses import dataclass
 
 from ..errors import BpftoolsError
-from ..iostall import program, sections
+from ..iostall import program, sections, writeback
 from ..kernel.cpus import online_cpus
 from ..kernel.target import Target
 from ..capture import Outline, table_sum
 
 IO, KMEM_FILES, NETDEV = "io", "kmem", "netdev"
 STACKS_EVERY = 600.0            # seconds between clearings of the io program's stack map
+SWEEP_EVERY = 10.0              # seconds between sweeps of dead threads' writeback stacks
 
 
 @dataclass(frozen=True)
@@ -121,13 +122,14 @@ def outline(reused: Reused, target: Target, settings: Settings) -> Outline:
 
 
 class IoDetector(Detector):
-    """The I/O-stall program, loaded; its stack map is emptied every STACKS_EVERY seconds."""
+    """The I/O-stall program, loaded; its stack map is emptied every STACKS_EVERY seconds, and the writeback
+    stacks of dead threads deleted every SWEEP_EVERY (watch keeps each thread's between its calls)."""
 
     def __init__(self, target: Target, settings: Settings) -> None:
         plan = io_plan(target, settings)
         bpf = program.load(plan)
         self.decoder = program.Decoder(bpf, plan)
-        self._cleared = time.monotonic()
+        self._cleared = self._swept = time.monotonic()
         Detector.__init__(self, IO, dict(plan.to_json(), notes=list(plan.notes)), bpf, self._decode)
 
     def _decode(self, raw: Any) -> List[Dict[str, Any]]:
@@ -140,8 +142,12 @@ class IoDetector(Detector):
         return [_tagged(IO, event.to_json())]
 
     def tick(self) -> List[Dict[str, Any]]:
-        if time.monotonic() - self._cleared >= STACKS_EVERY:
-            self._cleared = time.monotonic()
+        now = time.monotonic()
+        if now - self._swept >= SWEEP_EVERY:
+            self._swept = now
+            writeback.forget_dead_threads(self.bpf)
+        if now - self._cleared >= STACKS_EVERY:
+            self._cleared = now
             self.decoder.forget_stacks()
         return []
 
