@@ -165,7 +165,9 @@ def test_watch_times_the_outermost_writebacks_and_walks_no_stack_at_every_entry(
     watch = io_plan(target, Settings())
     assert watch.mode == "kprobe" and stacks in watch.flags
     assert list(watch.slots.values()) == ["do_writepages"]      # ext4_writepage: gone or inlined in 5.10+
-    assert "WB_NO_STACK" not in sections.plan(target, "auto", None, 10 ** 8, 10 ** 6).flags
+    assert "WB_KEEP_STACKS" in watch.flags
+    iojitter = sections.plan(target, "auto", None, 10 ** 8, 10 ** 6)
+    assert "WB_NO_STACK" not in iojitter.flags and "WB_KEEP_STACKS" not in iojitter.flags
 
 
 @pytest.mark.parametrize("kernel", sorted(LAB))
