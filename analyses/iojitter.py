@@ -49,7 +49,6 @@ PENDING_NS = 600 * 1000 ** 3        # sleeps and slab failures outside any write
 MAX_PENDING = 20000                 # ... and at most this many per thread (the oldest are decided first)
 SWEEP_EVENTS = 1 << 16              # idle threads and stale stalls are swept this often
 KEEP_EPISODES = 500                 # the first and the longest episodes kept whole (each)
-NEVER = 1 << 100                    # a time past any (integer, unlike inf: compared faster with times)
 
 
 def timed_out(duration_ns: int) -> bool:
@@ -206,15 +205,6 @@ class Result:
 
 
 def _secs(ns: int) -> str:
-    """NS in seconds with 2 decimals, as ``folded_stacks.fixed(ns / 1e9, 2)``: in integers, unless NS is
-    within a microsecond of a tie (where the float's rounding decides) or past 2**53.
-
-    >>> _secs(1234567890), _secs(5 * 10 ** 9), _secs(15 * 10 ** 6)      # the last: 0.015 is a tie
-    ('1.23', '5.00', '0.01')
-    """
-    centis, rest = divmod(ns, 10 ** 7)
-    if 0 <= ns < 1 << 53 and abs(rest - 5 * 10 ** 6) > 1000:
-        return "%d.%02d" % divmod(centis + (rest > 5 * 10 ** 6), 100)
     return folded_stacks.fixed(ns / 1e9, 2)
 
 
@@ -280,18 +270,20 @@ class _Timed(object):
         times.append(time)
         self._order = None
 
-    def between(self, start: int, end: int) -> Tuple[Iterable[int], List[Dict[str, Any]]]:
-        """The indexes and the records whose time is within [START, END], in time order."""
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def between(self, start: int, end: int) -> List[Tuple[int, Dict[str, Any]]]:
+        """(index, record) of the records whose time is within [START, END], in time order."""
         records = self.records
         if self.in_order:
             times = self.times
-            lo, hi = bisect.bisect_left(times, start), bisect.bisect_right(times, end)
-            return range(lo, hi), records[lo:hi]
+            return [(i, records[i]) for i in range(bisect.bisect_left(times, start), bisect.bisect_right(times, end))]
         if self._order is None:
             self._order = sorted(range(len(self.times)), key=self.times.__getitem__)
             self._keys = [self.times[i] for i in self._order]
-        indexes = self._order[bisect.bisect_left(self._keys, start):bisect.bisect_right(self._keys, end)]
-        return indexes, [records[i] for i in indexes]
+        lo, hi = bisect.bisect_left(self._keys, start), bisect.bisect_right(self._keys, end)
+        return [(i, records[i]) for i in self._order[lo:hi]]
 
     def drop_until(self, until: float) -> Tuple[Iterable[int], List[Dict[str, Any]]]:
         """Remove the records at or before UNTIL: the indexes they had, and they."""
@@ -393,14 +385,14 @@ def correlate(events: Iterable[Any], extra_lost: int = 0) -> Result:
 class _Thread(object):
     """One thread's open window: writeback calls not finished yet, sleeps and slab failures not decided."""
 
-    __slots__ = ("calls", "sleeps", "slabs", "clock", "due")
+    __slots__ = ("calls", "sleeps", "slabs", "clock", "first_end")
 
     def __init__(self) -> None:
         self.calls = []  # type: List[Dict[str, Any]]
         self.sleeps = _Timed([], [])     # by start
         self.slabs = _Timed([], [])      # by time
         self.clock = -1                  # the latest time in its records
-        self.due = NEVER                 # past this time its earliest open call is finished (SETTLE_NS)
+        self.first_end = None  # type: Optional[int]    # the earliest end among its open calls
 
 
 class _Direct(object):
@@ -443,9 +435,9 @@ class Correlator(object):
                 self.losses.feed(ev)
             return
         tid, ts = ev.get("tid"), ev.get("ts_ns")
-        start = ts if kind == "slab_failure" else ev.get("start_ns")
         # usable: integer ids and times, start before end (else skipped, and the confidence drops)
-        if type(tid) is not int or type(ts) is not int or type(start) is not int or start > ts:
+        if type(tid) is not int or type(ts) is not int or (kind != "slab_failure" and (
+                type(ev.get("start_ns")) is not int or ev["start_ns"] > ts)):
             self.malformed += 1
             return
         losses = self.losses
@@ -462,20 +454,19 @@ class Correlator(object):
             self.clock = ts
         if kind == "writeback":
             thread.calls.append(ev)
-            if ts + SETTLE_NS < thread.due:
-                thread.due = ts + SETTLE_NS
-        else:
-            if kind == "sleep":
-                self.seen_sleep = True
-                if ev.get("source") == "kprobe":
-                    self.seen_kprobe_sleep = True
-                timed = thread.sleeps
-            else:
-                timed = thread.slabs
-            timed.add(ev, start)
-            if len(timed.records) > MAX_PENDING:
+            if thread.first_end is None or ts < thread.first_end:
+                thread.first_end = ts
+        elif kind == "sleep":
+            self.seen_sleep = True
+            self.seen_kprobe_sleep = self.seen_kprobe_sleep or ev.get("source") == "kprobe"
+            thread.sleeps.add(ev, ev["start_ns"])
+            if len(thread.sleeps) > MAX_PENDING:
                 self._forget(thread, thread.clock - PENDING_NS, MAX_PENDING // 2)
-        if thread.clock > thread.due:
+        else:
+            thread.slabs.add(ev, ts)
+            if len(thread.slabs) > MAX_PENDING:
+                self._forget(thread, thread.clock - PENDING_NS, MAX_PENDING // 2)
+        if thread.first_end is not None and thread.clock > thread.first_end + SETTLE_NS:
             self._finish(thread, False)
         self.fed += 1
         if self.fed % SWEEP_EVENTS == 0:
@@ -490,7 +481,7 @@ class Correlator(object):
             if not final and root["ts_ns"] + SETTLE_NS >= thread.clock:
                 break
             ready.append((root, members))
-        thread.due = min((root["ts_ns"] + SETTLE_NS for root, _ in roots[len(ready):]), default=NEVER)
+        thread.first_end = min((root["ts_ns"] for root, _ in roots[len(ready):]), default=None)
         if not ready and not final:
             return
         used_sleeps = set()  # type: set
@@ -518,7 +509,7 @@ class Correlator(object):
                 self.totals.mempool_elsewhere += sum(1 for x in timed.records if x.get("in_mempool")) - sum(
                     1 for i in kept if timed.records[i].get("in_mempool"))
             else:
-                self.totals.slab_elsewhere += len(timed.records) - len(kept)
+                self.totals.slab_elsewhere += len(timed) - len(kept)
             timed.keep(kept)
 
     def _sweep(self) -> None:
@@ -733,23 +724,22 @@ def _stall(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], thre
            used_sleeps: set, used_slabs: set) -> _Stall:
     """The stall of ROOT (its nested calls MEMBERS)."""
     start, end = root["start_ns"], root["ts_ns"]      # integers (Correlator.feed checked them)
-    indexes, slabs = thread.slabs.between(start, end)
-    used_slabs.update(indexes)
-    indexes, sleeps = thread.sleeps.between(start, end)
-    used_sleeps.update(indexes)
+    slabs = thread.slabs.between(start, end)
+    used_slabs.update(i for i, _ in slabs)
     waits = []
     cursor = start
     slab_i = 0
     mempool_ns = other_ns = 0
-    for s in sleeps:
+    for i, s in thread.sleeps.between(start, end):
+        used_sleeps.add(i)
         s_start, s_end = s["start_ns"], min(s["ts_ns"], end)
         duration = max(0, s_end - s_start)
         before = []
         in_mempool = bool(s.get("in_mempool"))
         if in_mempool:
-            while slab_i < len(slabs) and slabs[slab_i]["ts_ns"] <= s_start:
-                if slabs[slab_i]["ts_ns"] >= cursor:
-                    before.append(_slab_label(slabs[slab_i]))
+            while slab_i < len(slabs) and slabs[slab_i][1]["ts_ns"] <= s_start:
+                if slabs[slab_i][1]["ts_ns"] >= cursor:
+                    before.append(_slab_label(slabs[slab_i][1]))
                 slab_i += 1
             cursor = s_end
             mempool_ns += duration
@@ -760,7 +750,7 @@ def _stall(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], thre
     st = _Stall()
     st.tid, st.comm, st.start_ns, st.end_ns, st.duration_ns = root["tid"], root.get("comm") or "?", start, end, end - start
     st.dev, st.ino, st.root, st.members, st.waits = root.get("dev"), root.get("ino"), root, members, waits
-    st.slabs = slabs
+    st.slabs = [f for _, f in slabs]
     st.mempool_ns, st.other_blocked_ns = mempool_ns, other_ns
     st.explained = st.duration_ns > 0 and mempool_ns >= EXPLAINED_SHARE * st.duration_ns
     st.container = _episode_container(root, slabs)
@@ -769,14 +759,14 @@ def _stall(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], thre
     return st
 
 
-def _episode_container(root: Dict[str, Any], slabs: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+def _episode_container(root: Dict[str, Any], slabs: List[Tuple[int, Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
     """Whose stall it is: the bdi_writeback's cgroup (cgroup writeback), else the container a 3.10
     per-memcg cache of the failures names (the charge went there; the writer's own record of the same
     container is preferred, it carries the pod), else the writer's container."""
     if root.get("wb_container"):
         return root["wb_container"]
     task = root.get("container")
-    for s in slabs:
+    for _, s in slabs:
         charged = (s.get("memcg_cache") or {}).get("container")
         if charged:
             same = task and task.get("container_id") == charged.get("container_id")
@@ -845,12 +835,10 @@ class _Folder(object):
     The folded text of each (comm, stack) is kept (at most CACHE of them) as the same stacks recur."""
 
     CACHE = 4096
-    OTHER_TIME = ";" + folded_stacks.annotation("writeback other time")
 
     def __init__(self, totals: Dict[str, int]) -> None:
         self.totals = totals
         self.prefixes = {}  # type: Dict[Tuple[str, Tuple[Any, ...]], str]
-        self.afters = {}  # type: Dict[Tuple[str, ...], str]
 
     def _prefix(self, comm: str, kstack: Optional[List[str]]) -> str:
         key = (comm, tuple(kstack) if kstack else ())
@@ -862,26 +850,16 @@ class _Folder(object):
                 folded_stacks.sanitize_frame(f) for f in [comm] + stacks.root_first(kstack))
         return text
 
-    def _after(self, failures: List[str]) -> str:
-        """The frame of the slab FAILURES before a sleep, with its ``;``."""
-        key = tuple(failures)
-        text = self.afters.get(key)
-        if text is None:
-            if len(self.afters) >= self.CACHE:
-                self.afters.clear()
-            text = self.afters[key] = ";" + folded_stacks.annotation("after slab fail %s" % _counted(failures))
-        return text
-
     def add(self, e: _Stall) -> None:
         totals = self.totals
         for _, _, duration, in_mempool, sleep, before, _ in e.waits:
             key = self._prefix(e.comm, sleep.get("kstack"))
             if before:
-                key += self._after(before)
+                key += ";" + folded_stacks.annotation("after slab fail %s" % _counted(before))
             # folded_stacks.annotation of a label with nothing to sanitise
             key += (";[mempool wait %ss]" if in_mempool else ";[blocked %ss]") % _secs(duration)
             totals[key] = totals.get(key, 0) + duration
         rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
         if rest > 0:
-            key = self._prefix(e.comm, e.root.get("kstack")) + self.OTHER_TIME
+            key = self._prefix(e.comm, e.root.get("kstack")) + ";" + folded_stacks.annotation("writeback other time")
             totals[key] = totals.get(key, 0) + rest
