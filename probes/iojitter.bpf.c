@@ -18,7 +18,8 @@
  *   WANT_SLEEP_SCHED     sched:sched_switch: sleeps in D state (prev_state & DSTATE_MASK) with the stack;
  *   ONLY_IN_WB           only threads inside a traced writeback call (iojitter): their D-state sleeps,
  *                        mempool_alloc calls and allocator entries; any other thread costs a probe one
- *                        map lookup. No per-call mempool records (mp_alloc_return is not compiled).
+ *                        map lookup. No per-call mempool records (mp_alloc_return is not compiled);
+ *                        the mempool_alloc call in progress is kept in the thread's wb_stack (mp).
  *   WANT_WB_TP           writeback:writeback_single_inode_start/_ (HAVE_TP_WBSI) and
  *                        ext4:ext4_writepages/_result (HAVE_TP_EXT4) pairs, nested per thread.
  *   WANT_WB_KPROBE       kprobes wb_entry_N / wb_return_N on up to WB_SLOTS writeback functions.
@@ -100,8 +101,8 @@ BPF_STACK_TRACE(stacks, 16384);
 BPF_PERCPU_ARRAY(scratch, struct iostall_event, 2);   /* slot 0: the event being built; slot 1: drop reports */
 BPF_ARRAY(drops, u64, 1);
 BPF_ARRAY(unsent, u64, 1);   /* events perf_submit() could not write (ring full): counted exactly here */
-#ifdef WANT_SLEEP_KPROBE
-BPF_HASH(mp_calls, u32, struct mp_call, 10240);   /* threads inside mempool_alloc */
+#if defined(WANT_SLEEP_KPROBE) && !defined(ONLY_IN_WB)
+BPF_HASH(mp_calls, u32, struct mp_call, 10240);   /* threads inside mempool_alloc (ONLY_IN_WB: in wb_stack) */
 #endif
 
 static __always_inline int filtered(u32 tgid)
@@ -249,25 +250,16 @@ static __always_inline struct iostall_event *wb_pop(void *ctx, u32 func, u64 *wb
         }
     }
     if (d == 0) {
-#ifdef WANT_SLEEP_KPROBE
-        /* without a return probe on mempool_alloc (before 5.15) its record would outlive the call and
-         * every later io_schedule_timeout of the thread would take a stack: a call inside a writeback
-         * (ONLY_IN_WB) has ended by the writeback's end. Only a writeback that made one deletes it
-         * (a map delete takes a bucket lock). */
-#ifdef ONLY_IN_WB
-        int made_mp_call = st->marks & WB_S_MP_CALL;
-#else
-        int made_mp_call = 1;
-#endif
-#endif
+        /* the outermost call ended, and with it any mempool_alloc call inside (ONLY_IN_WB: st->mp) */
 #ifdef WB_KEEP_STACKS
         st->marks = 0;            /* the entry stays for the thread's next call; user space sweeps the dead */
 #else
         wb_stacks.delete(&tid);
 #endif
-#ifdef WANT_SLEEP_KPROBE
-        if (made_mp_call)
-            mp_calls.delete(&tid);
+#if defined(WANT_SLEEP_KPROBE) && !defined(ONLY_IN_WB)
+        /* without a return probe on mempool_alloc (before 5.15) its record would outlive the call and
+         * every later io_schedule_timeout of the thread would take a stack */
+        mp_calls.delete(&tid);
 #endif
     }
     return ev;
@@ -527,33 +519,46 @@ TRACEPOINT_PROBE(sched, sched_switch)
  * The sequence measured (mm/mempool.c, the same in 3.10 and 6.x): mempool_alloc entry marks the
  * thread; io_schedule_timeout(5*HZ) entry while marked starts a sleep; finish_wait(&pool->wait)
  * ends it; mempool_alloc return reports the whole call. */
+#ifdef ONLY_IN_WB
+/* Thread TID's mempool_alloc call, kept in its writeback stack while it is inside a traced writeback
+ * (no map of its own: no insert or delete per call; it ends with the outermost writeback call). */
+static __always_inline struct mp_call *mp_call_of(u32 tid)
+{
+    struct wb_stack *st = wb_stack_of(tid);
+    return st && (st->marks & WB_S_MP_CALL) ? &st->mp : 0;
+}
+#else
+static __always_inline struct mp_call *mp_call_of(u32 tid)
+{
+    return mp_calls.lookup(&tid);
+}
+#endif
+
 int mp_alloc_entry(struct pt_regs *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
     if (filtered(id >> 32))
         return 0;
-    struct mp_call *old = 0;
 #ifdef ONLY_IN_WB
     struct wb_stack *st = wb_stack_of(tid);
     if (!st)
         return 0;
-    /* an earlier call of this writeback left its record: rewritten in place (a map update costs more) */
-    if (st->marks & WB_S_MP_CALL)
-        old = mp_calls.lookup(&tid);
-    st->marks |= WB_S_MP_CALL;   /* the writeback's end drops this record (wb_pop) */
-#endif
+    struct mp_call *c = &st->mp;
+    __builtin_memset(c, 0, sizeof(*c));
+    c->pool = PT_REGS_PARM1(ctx);
+    c->gfp = PT_REGS_PARM2(ctx);
+    c->kstack = -1;
+    st->marks |= WB_S_MP_CALL;
+#else
     struct mp_call c = {};
     c.pool = PT_REGS_PARM1(ctx);
     c.gfp = PT_REGS_PARM2(ctx);
-#ifndef ONLY_IN_WB
     c.entry_ns = bpf_ktime_get_ns();   /* for mp_alloc_return, which ONLY_IN_WB plans never attach */
-#endif
     c.kstack = -1;
-    if (old)
-        __builtin_memcpy(old, &c, sizeof(c));
-    else if (mp_calls.update(&tid, &c))
+    if (mp_calls.update(&tid, &c))
         count_drop(ctx);
+#endif
     return 0;
 }
 
@@ -563,7 +568,7 @@ int mp_alloc_entry(struct pt_regs *ctx)
 int mp_sleep_entry(struct pt_regs *ctx)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct mp_call *c = mp_calls.lookup(&tid);
+    struct mp_call *c = mp_call_of(tid);
     if (!c)
         return 0;
     c->sleep_ns = bpf_ktime_get_ns();
@@ -581,7 +586,7 @@ int mp_sleep_entry(struct pt_regs *ctx)
 int mp_finish_wait_entry(struct pt_regs *ctx)
 {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct mp_call *c = mp_calls.lookup(&tid);
+    struct mp_call *c = mp_call_of(tid);
     if (!c || c->sleep_ns == 0)
         return 0;
     u64 q = PT_REGS_PARM1(ctx);

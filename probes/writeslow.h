@@ -19,7 +19,7 @@
 #define WB_ARG_PAGE 2         /* (struct page *page, struct writeback_control *wbc, ...) */
 
 /* wb_stack.marks */
-#define WB_S_MP_CALL 1        /* a mempool_alloc inside made an mp_calls record (ONLY_IN_WB) */
+#define WB_S_MP_CALL 1        /* mp holds a mempool_alloc call made inside this writeback (ONLY_IN_WB) */
 
 #define WB_MAX_DEPTH 8        /* a power of two: the index is masked with WB_MAX_DEPTH - 1 */
 #define BDI_NAME_LEN 32       /* a writeback frame's bdi name (the writeback tracepoints' name[32]) */
@@ -44,6 +44,9 @@ struct wb_stack {
     u32 depth;            /* may exceed WB_MAX_DEPTH: frames past it are counted, not stored */
     u32 marks;            /* WB_S_* */
     struct wb_frame f[WB_MAX_DEPTH];
+#ifdef ONLY_IN_WB
+    struct mp_call mp;    /* the thread's mempool_alloc call inside the writeback (mempoolwait.h) */
+#endif
 };
 
 #endif
