@@ -28,6 +28,7 @@ KEEP_EPISODES longest (``episodes_left_out`` counts the rest).
 Pure: no I/O, no clock; the same stream gives the same result.
 """
 import bisect
+import functools
 import heapq
 import operator
 from array import array
@@ -49,6 +50,7 @@ PENDING_NS = 600 * 1000 ** 3        # sleeps and slab failures outside any write
 MAX_PENDING = 20000                 # ... and at most this many per thread (the oldest are decided first)
 SWEEP_EVENTS = 1 << 16              # idle threads and stale stalls are swept this often
 KEEP_EPISODES = 500                 # the first and the longest episodes kept whole (each)
+NEVER = 1 << 100                    # a time past any (integer, unlike inf: compared faster with times)
 
 
 def timed_out(duration_ns: int) -> bool:
@@ -205,7 +207,21 @@ class Result:
 
 
 def _secs(ns: int) -> str:
+    """NS in seconds with 2 decimals, as ``folded_stacks.fixed(ns / 1e9, 2)``: in integers, unless NS is
+    within a microsecond of a tie (where the float's rounding decides) or past 2**53.
+
+    >>> _secs(1234567890), _secs(5 * 10 ** 9), _secs(15 * 10 ** 6)      # the last: 0.015 is a tie
+    ('1.23', '5.00', '0.01')
+    """
+    centis, rest = divmod(ns, 10 ** 7)
+    if 0 <= ns < 1 << 53 and abs(rest - 5 * 10 ** 6) > 1000:
+        return _centis(centis + (rest > 5 * 10 ** 6))
     return folded_stacks.fixed(ns / 1e9, 2)
+
+
+@functools.lru_cache(maxsize=1 << 14)       # sleeps of a stream last few distinct hundredths of a second
+def _centis(centis: int) -> str:
+    return "%d.%02d" % divmod(centis, 100)
 
 
 def _counted(items: List[str]) -> str:
@@ -219,11 +235,11 @@ def _counted(items: List[str]) -> str:
 
 def _group_of(container: Optional[Dict[str, Any]], cgroup: Optional[str]) -> str:
     if container:
-        if container.get("container_id"):
-            label = "container %s" % container["container_id"][:12]
-            return label + (" pod %s" % container["pod_uid"] if container.get("pod_uid") else "")
-        if container.get("pod_uid"):
-            return "pod %s" % container["pod_uid"]
+        cid, pod = container.get("container_id"), container.get("pod_uid")
+        if cid:     # joined: cheaper than %-formatting, for every stall
+            return "container " + str(cid[:12]) + (" pod " + str(pod) if pod else "")
+        if pod:
+            return "pod %s" % pod
     return "cgroup %s" % cgroup if cgroup and cgroup != "/" else "host"
 
 
@@ -235,18 +251,18 @@ class _Tree(object):
 
     def __init__(self, calls: List[Dict[str, Any]]) -> None:
         self.roots = []  # type: List[Tuple[Dict[str, Any], List[Tuple[Dict[str, Any], int]]]]
-        open_ = []  # type: List[Tuple[Dict[str, Any], int]]
+        ends = []  # type: List[int]     # of the calls open around the next, innermost last
         by_end = sorted(calls, key=_END, reverse=True)        # two stable sorts: by start, then latest end
         for ev in sorted(by_end, key=_START):
-            while open_ and open_[-1][0]["ts_ns"] < ev["start_ns"]:
-                open_.pop()
-            while open_ and ev["ts_ns"] > open_[-1][0]["ts_ns"]:   # overlaps but is not inside: not nested
-                open_.pop()
-            if open_:
-                self.roots[-1][1].append((ev, len(open_)))
+            end = ev["ts_ns"]
+            # not around it: ended before it started, or overlaps it (feed checked start <= end)
+            while ends and end > ends[-1]:
+                ends.pop()
+            if ends:
+                self.roots[-1][1].append((ev, len(ends)))
             else:
                 self.roots.append((ev, [(ev, 0)]))
-            open_.append((ev, len(open_)))
+            ends.append(end)
 
 
 class _Timed(object):
@@ -259,7 +275,7 @@ class _Timed(object):
     def __init__(self, records: List[Dict[str, Any]], times: List[int]) -> None:
         self.records, self.times = records, times
         self.in_order = all(a <= b for a, b in zip(times, times[1:]))
-        self._order = None  # type: Optional[List[int]]
+        self._order = None  # type: Optional[List[int]]    # (out of order) indexes in time order, once asked
         self._keys = times
 
     def add(self, record: Dict[str, Any], time: int) -> None:
@@ -268,22 +284,22 @@ class _Timed(object):
             self.in_order = False
         self.records.append(record)
         times.append(time)
-        self._order = None
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def between(self, start: int, end: int) -> List[Tuple[int, Dict[str, Any]]]:
-        """(index, record) of the records whose time is within [START, END], in time order."""
+    def between(self, start: int, end: int) -> Tuple[Iterable[int], List[Dict[str, Any]]]:
+        """The indexes and the records whose time is within [START, END], in time order."""
         records = self.records
         if self.in_order:
             times = self.times
-            return [(i, records[i]) for i in range(bisect.bisect_left(times, start), bisect.bisect_right(times, end))]
-        if self._order is None:
+            lo, hi = bisect.bisect_left(times, start), bisect.bisect_right(times, end)
+            return range(lo, hi), records[lo:hi]
+        if self._order is None or len(self._order) < len(self.times):     # records came since
             self._order = sorted(range(len(self.times)), key=self.times.__getitem__)
             self._keys = [self.times[i] for i in self._order]
-        lo, hi = bisect.bisect_left(self._keys, start), bisect.bisect_right(self._keys, end)
-        return [(i, records[i]) for i in self._order[lo:hi]]
+        indexes = self._order[bisect.bisect_left(self._keys, start):bisect.bisect_right(self._keys, end)]
+        return indexes, [records[i] for i in indexes]
 
     def drop_until(self, until: float) -> Tuple[Iterable[int], List[Dict[str, Any]]]:
         """Remove the records at or before UNTIL: the indexes they had, and they."""
@@ -385,14 +401,14 @@ def correlate(events: Iterable[Any], extra_lost: int = 0) -> Result:
 class _Thread(object):
     """One thread's open window: writeback calls not finished yet, sleeps and slab failures not decided."""
 
-    __slots__ = ("calls", "sleeps", "slabs", "clock", "first_end")
+    __slots__ = ("calls", "sleeps", "slabs", "clock", "due")
 
     def __init__(self) -> None:
         self.calls = []  # type: List[Dict[str, Any]]
         self.sleeps = _Timed([], [])     # by start
         self.slabs = _Timed([], [])      # by time
         self.clock = -1                  # the latest time in its records
-        self.first_end = None  # type: Optional[int]    # the earliest end among its open calls
+        self.due = NEVER                 # past this time its earliest open call is finished (SETTLE_NS)
 
 
 class _Direct(object):
@@ -407,7 +423,7 @@ class _Direct(object):
 
 class Correlator(object):
     """:func:`correlate` fed one record at a time; ``result()`` once the stream ended. Without FOLD the
-    result's ``folded`` is empty (for outputs that show no stacks: folding is a tenth of the work)."""
+    result's ``folded`` is empty (for outputs that show no stacks: folding is a sixth of the work)."""
 
     def __init__(self, fold: bool = True) -> None:
         self.threads = {}  # type: Dict[int, _Thread]
@@ -417,7 +433,7 @@ class Correlator(object):
         self.seen_sleep = self.seen_kprobe_sleep = False
         self.malformed = 0
         self.clock = -1                  # the latest time in the stream
-        self.fed = 0
+        self.to_sweep = SWEEP_EVENTS     # usable records until the next sweep
         self.settling = []  # type: List[Tuple[int, int, _Stall]]    # (end, n, stall): waiting for collateral
         self.direct = {}  # type: Dict[Tuple[Optional[str], int], List[_Direct]]
         self.direct_order = deque()  # type: Deque[Tuple[Tuple[Optional[str], int], _Direct]]   # as indexed
@@ -435,9 +451,9 @@ class Correlator(object):
                 self.losses.feed(ev)
             return
         tid, ts = ev.get("tid"), ev.get("ts_ns")
+        start = ts if kind == "slab_failure" else ev.get("start_ns")
         # usable: integer ids and times, start before end (else skipped, and the confidence drops)
-        if type(tid) is not int or type(ts) is not int or (kind != "slab_failure" and (
-                type(ev.get("start_ns")) is not int or ev["start_ns"] > ts)):
+        if type(tid) is not int or type(ts) is not int or type(start) is not int or start > ts:
             self.malformed += 1
             return
         losses = self.losses
@@ -454,22 +470,24 @@ class Correlator(object):
             self.clock = ts
         if kind == "writeback":
             thread.calls.append(ev)
-            if thread.first_end is None or ts < thread.first_end:
-                thread.first_end = ts
-        elif kind == "sleep":
-            self.seen_sleep = True
-            self.seen_kprobe_sleep = self.seen_kprobe_sleep or ev.get("source") == "kprobe"
-            thread.sleeps.add(ev, ev["start_ns"])
-            if len(thread.sleeps) > MAX_PENDING:
-                self._forget(thread, thread.clock - PENDING_NS, MAX_PENDING // 2)
+            if ts + SETTLE_NS < thread.due:
+                thread.due = ts + SETTLE_NS
         else:
-            thread.slabs.add(ev, ts)
-            if len(thread.slabs) > MAX_PENDING:
+            if kind == "sleep":
+                self.seen_sleep = True
+                if ev.get("source") == "kprobe":
+                    self.seen_kprobe_sleep = True
+                timed = thread.sleeps
+            else:
+                timed = thread.slabs
+            timed.add(ev, start)
+            if len(timed.records) > MAX_PENDING:
                 self._forget(thread, thread.clock - PENDING_NS, MAX_PENDING // 2)
-        if thread.first_end is not None and thread.clock > thread.first_end + SETTLE_NS:
+        if thread.clock > thread.due:
             self._finish(thread, False)
-        self.fed += 1
-        if self.fed % SWEEP_EVENTS == 0:
+        self.to_sweep -= 1
+        if not self.to_sweep:
+            self.to_sweep = SWEEP_EVENTS
             self._sweep()
 
     def _finish(self, thread: _Thread, final: bool) -> None:
@@ -481,7 +499,7 @@ class Correlator(object):
             if not final and root["ts_ns"] + SETTLE_NS >= thread.clock:
                 break
             ready.append((root, members))
-        thread.first_end = min((root["ts_ns"] for root, _ in roots[len(ready):]), default=None)
+        thread.due = min((root["ts_ns"] + SETTLE_NS for root, _ in roots[len(ready):]), default=NEVER)
         if not ready and not final:
             return
         used_sleeps = set()  # type: set
@@ -525,12 +543,16 @@ class Correlator(object):
                 del self.direct[key]
 
     def _settle(self, e: "_Stall") -> None:
-        """E waits COLLATERAL_NS (of stream time) for the stalls of other threads on its inode."""
+        """E, unless its own waits explain it, waits COLLATERAL_NS (of stream time) for the stalls of other
+        threads on its inode."""
         if e.explained and e.ino is not None:
             direct = _Direct(e)
             self.direct.setdefault((e.dev, e.ino), []).append(direct)
             self.direct_order.append(((e.dev, e.ino), direct))
-        heapq.heappush(self.settling, (e.end_ns, self.totals.episodes, e))
+        if e.may_be_behind():
+            heapq.heappush(self.settling, (e.end_ns, self.totals.episodes, e))
+        else:
+            self.totals.add(e)
         self.totals.episodes += 1
         while self.settling and self.settling[0][0] + COLLATERAL_NS < self.clock:
             self._close(heapq.heappop(self.settling)[2])
@@ -539,7 +561,7 @@ class Correlator(object):
         """A writeback of an inode that another thread is writing back while that thread sleeps in the
         mempool waits for it (page locks, writeback bits; e.g. the flusher behind a stalled fsync): when
         those waits cover EXPLAINED_SHARE of it, it is explained, ``behind`` that thread."""
-        if not e.explained and e.ino is not None and e.duration_ns > 0:
+        if e.may_be_behind():
             best = None  # type: Optional[Tuple[int, int, int, _Direct]]
             for other in self.direct.get((e.dev, e.ino), ()):
                 if other.tid == e.tid:
@@ -637,7 +659,7 @@ class _Totals(object):
             if before:
                 preceded += 1
                 for j, cache in enumerate(before):
-                    self.caches.add(cache.split("(")[0], order + (i, j))
+                    self.caches.add(cache.partition("(")[0], order + (i, j))
         self.mempool_waits += mempool_waits
         self.mempool_timeouts += timeouts
         self.no_stack += no_stack
@@ -703,6 +725,10 @@ class _Stall(object):
     __slots__ = ("tid", "comm", "start_ns", "end_ns", "duration_ns", "dev", "ino", "root", "members", "waits",
                  "slabs", "mempool_ns", "other_blocked_ns", "explained", "group", "container", "behind")
 
+    def may_be_behind(self) -> bool:
+        """True when another thread's stall on its inode may explain it (:meth:`Correlator._close`)."""
+        return not self.explained and self.ino is not None and self.duration_ns > 0
+
     def episode(self) -> Episode:
         root, members = self.root, self.members
         waits = [Wait(start_ns=start, end_ns=end, duration_ns=duration, in_mempool=in_mempool,
@@ -724,22 +750,23 @@ def _stall(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], thre
            used_sleeps: set, used_slabs: set) -> _Stall:
     """The stall of ROOT (its nested calls MEMBERS)."""
     start, end = root["start_ns"], root["ts_ns"]      # integers (Correlator.feed checked them)
-    slabs = thread.slabs.between(start, end)
-    used_slabs.update(i for i, _ in slabs)
+    indexes, slabs = thread.slabs.between(start, end)
+    used_slabs.update(indexes)
+    indexes, sleeps = thread.sleeps.between(start, end)
+    used_sleeps.update(indexes)
     waits = []
     cursor = start
     slab_i = 0
     mempool_ns = other_ns = 0
-    for i, s in thread.sleeps.between(start, end):
-        used_sleeps.add(i)
+    for s in sleeps:
         s_start, s_end = s["start_ns"], min(s["ts_ns"], end)
         duration = max(0, s_end - s_start)
         before = []
         in_mempool = bool(s.get("in_mempool"))
         if in_mempool:
-            while slab_i < len(slabs) and slabs[slab_i][1]["ts_ns"] <= s_start:
-                if slabs[slab_i][1]["ts_ns"] >= cursor:
-                    before.append(_slab_label(slabs[slab_i][1]))
+            while slab_i < len(slabs) and slabs[slab_i]["ts_ns"] <= s_start:
+                if slabs[slab_i]["ts_ns"] >= cursor:
+                    before.append(_slab_label(slabs[slab_i]))
                 slab_i += 1
             cursor = s_end
             mempool_ns += duration
@@ -750,7 +777,7 @@ def _stall(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], thre
     st = _Stall()
     st.tid, st.comm, st.start_ns, st.end_ns, st.duration_ns = root["tid"], root.get("comm") or "?", start, end, end - start
     st.dev, st.ino, st.root, st.members, st.waits = root.get("dev"), root.get("ino"), root, members, waits
-    st.slabs = [f for _, f in slabs]
+    st.slabs = slabs
     st.mempool_ns, st.other_blocked_ns = mempool_ns, other_ns
     st.explained = st.duration_ns > 0 and mempool_ns >= EXPLAINED_SHARE * st.duration_ns
     st.container = _episode_container(root, slabs)
@@ -759,15 +786,16 @@ def _stall(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], thre
     return st
 
 
-def _episode_container(root: Dict[str, Any], slabs: List[Tuple[int, Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
+def _episode_container(root: Dict[str, Any], slabs: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     """Whose stall it is: the bdi_writeback's cgroup (cgroup writeback), else the container a 3.10
     per-memcg cache of the failures names (the charge went there; the writer's own record of the same
     container is preferred, it carries the pod), else the writer's container."""
     if root.get("wb_container"):
         return root["wb_container"]
     task = root.get("container")
-    for _, s in slabs:
-        charged = (s.get("memcg_cache") or {}).get("container")
+    for s in slabs:
+        memcg = s.get("memcg_cache")
+        charged = memcg.get("container") if memcg else None
         if charged:
             same = task and task.get("container_id") == charged.get("container_id")
             return task if same else charged
@@ -832,13 +860,16 @@ class _Folder(object):
     """Time blocked per stack, folded as stalls come: ``comm;outermost..;[after slab fail X];[mempool wait
     5.00s] ns``. Sleeps use their own stack (taken at the sleep); time of a stall not spent asleep is
     charged to the writeback's entry stack as ``[writeback other time]`` (running, or asleep unmeasured).
-    The folded text of each (comm, stack) is kept (at most CACHE of them) as the same stacks recur."""
+    The folded text of each (comm, stack) and of each slab failure frame is kept (at most CACHE of each)
+    as the same stacks recur."""
 
     CACHE = 4096
+    OTHER_TIME = ";" + folded_stacks.annotation("writeback other time")
 
     def __init__(self, totals: Dict[str, int]) -> None:
         self.totals = totals
         self.prefixes = {}  # type: Dict[Tuple[str, Tuple[Any, ...]], str]
+        self.afters = {}  # type: Dict[Tuple[str, ...], str]
 
     def _prefix(self, comm: str, kstack: Optional[List[str]]) -> str:
         key = (comm, tuple(kstack) if kstack else ())
@@ -850,16 +881,26 @@ class _Folder(object):
                 folded_stacks.sanitize_frame(f) for f in [comm] + stacks.root_first(kstack))
         return text
 
+    def _after(self, failures: List[str]) -> str:
+        """The frame of the slab FAILURES before a sleep, with its ``;`` ("" for none)."""
+        if not failures:
+            return ""
+        key = tuple(failures)
+        text = self.afters.get(key)
+        if text is None:
+            if len(self.afters) >= self.CACHE:
+                self.afters.clear()
+            text = self.afters[key] = ";" + folded_stacks.annotation("after slab fail %s" % _counted(failures))
+        return text
+
     def add(self, e: _Stall) -> None:
         totals = self.totals
         for _, _, duration, in_mempool, sleep, before, _ in e.waits:
-            key = self._prefix(e.comm, sleep.get("kstack"))
-            if before:
-                key += ";" + folded_stacks.annotation("after slab fail %s" % _counted(before))
             # folded_stacks.annotation of a label with nothing to sanitise
-            key += (";[mempool wait %ss]" if in_mempool else ";[blocked %ss]") % _secs(duration)
+            key = self._prefix(e.comm, sleep.get("kstack")) + self._after(before) + (
+                ";[mempool wait %ss]" if in_mempool else ";[blocked %ss]") % _secs(duration)
             totals[key] = totals.get(key, 0) + duration
         rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
         if rest > 0:
-            key = self._prefix(e.comm, e.root.get("kstack")) + ";" + folded_stacks.annotation("writeback other time")
+            key = self._prefix(e.comm, e.root.get("kstack")) + self.OTHER_TIME
             totals[key] = totals.get(key, 0) + rest
