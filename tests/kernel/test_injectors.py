@@ -288,7 +288,7 @@ def write_and_fsync(mnt: str, injector: Injector, bpf, inject: bool) -> dict:
 def test_slabfail_learns_the_biovec_allocations(slabfail):
     counts = slabfail.counters()
     assert counts == {"biovec-16": 0, "biovec-64": 0, "biovec-128": 0, "biovec-max": 0, "active": 0,
-                      "hoarded": 0}
+                      "hoarded": 0, "slub_oom": 0}
     sites = dict(line.split()[1:3] for line in slabfail.read().splitlines() if line.startswith("site "))
     assert sorted(sites) == ["biovec-128", "biovec-16", "biovec-64", "biovec-max"]
     assert all(sites[name].startswith("bvec_alloc") for name in ("biovec-16", "biovec-64", "biovec-128")), sites
