@@ -196,6 +196,21 @@ static int alloc_return(struct kretprobe_instance *ri, struct pt_regs *regs)
 	return 0;
 }
 
+/* Register RP on the first of SYMBOLS this kernel has (the names change between releases). RP may have
+ * been registered and unregistered before: its kprobe is reset. */
+static int register_on_first(struct kretprobe *rp, const char *const *symbols, size_t count)
+{
+	int ret = -ENOENT;
+	size_t i;
+
+	for (i = 0; i < count && ret; i++) {
+		memset(&rp->kp, 0, sizeof(rp->kp));
+		rp->kp.symbol_name = symbols[i];
+		ret = register_kretprobe(rp);
+	}
+	return ret;
+}
+
 static struct kretprobe alloc_probe = {
 	.entry_handler = alloc_entry,
 	.handler = alloc_return,
@@ -301,16 +316,12 @@ static int slub_oom(void)
 	static const char *const symbols[] = { "__alloc_pages_noprof", "__alloc_pages", "__alloc_pages_nodemask" };
 	struct kmem_cache *cache;
 	void *object;
-	int i, ret = -ENOENT;
+	int ret;
 
 	cache = kmem_cache_create(SLUB_OOM_CACHE, 64, 0, 0, oom_ctor);
 	if (!cache)
 		return -ENOMEM;
-	for (i = 0; i < ARRAY_SIZE(symbols) && ret; i++) {
-		memset(&page_probe.kp, 0, sizeof(page_probe.kp));
-		page_probe.kp.symbol_name = symbols[i];
-		ret = register_kretprobe(&page_probe);
-	}
+	ret = register_on_first(&page_probe, symbols, ARRAY_SIZE(symbols));
 	if (!ret) {
 		WRITE_ONCE(page_failer, current);
 		object = kmem_cache_alloc(cache, GFP_KERNEL);
@@ -381,7 +392,7 @@ static const struct proc_ops slabfail_ops = {
 static int __init slabfail_init(void)
 {
 	static const char *const symbols[] = { "kmem_cache_alloc_noprof", "kmem_cache_alloc" };
-	int i, ret = -ENOENT, any = 0;
+	int i, ret, any = 0;
 
 	for (i = 0; i < ARRAY_SIZE(targets); i++) {
 		targets[i].selected = selected(targets[i].name);
@@ -389,11 +400,7 @@ static int __init slabfail_init(void)
 	}
 	if (!any)
 		return -EINVAL;
-	for (i = 0; i < ARRAY_SIZE(symbols) && ret; i++) {
-		alloc_probe.kp.symbol_name = symbols[i];
-		alloc_probe.kp.addr = NULL;
-		ret = register_kretprobe(&alloc_probe);
-	}
+	ret = register_on_first(&alloc_probe, symbols, ARRAY_SIZE(symbols));
 	if (ret)
 		return ret;
 	learn();
