@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from . import btf
 from .breakpoints import open_breakpoint
+from .cpus import online_cpus
 from .headers import header_text, headers_release
 from .cgroups import cgroup_layout
 from .distro import distro_name
@@ -103,10 +104,13 @@ def _check_headers(release: str) -> Check:
 
 
 def _check_hw_breakpoint() -> Check:
-    """Try it: a write watchpoint on a variable of our own process."""
+    """Try it the way refleak arms them: a disabled watchpoint bound to one CPU, every task (pid -1).
+
+    Not one bound to this process: a task-bound perf event flips the perf_sched_events static key in
+    ``__schedule`` on open and again a second after close, two live patches of the scheduler per check."""
     target = ctypes.c_uint32(0)
     try:
-        fd = open_breakpoint(ctypes.addressof(target), cpu=-1, pid=0)
+        fd = open_breakpoint(ctypes.addressof(target), cpu=online_cpus()[0])
     except OSError as e:
         return Check("hw_breakpoints", False, "perf_event_open(BREAKPOINT): %s" % errno.errorcode.get(e.errno, e))
     os.close(fd)
