@@ -224,6 +224,9 @@ def _centis(centis: int) -> str:
     return "%d.%02d" % divmod(centis, 100)
 
 
+_base_name = functools.lru_cache(maxsize=1 << 12)(stacks.base_name)   # a stream's sleeps block in few functions
+
+
 def _counted(items: List[str]) -> str:
     """"biovec-64 x2, filp" in first-seen order."""
     if items.count(items[0]) == len(items):      # one name (the common case)
@@ -277,13 +280,6 @@ class _Timed(object):
         self.in_order = all(a <= b for a, b in zip(times, times[1:]))
         self._order = None  # type: Optional[List[int]]    # (out of order) indexes in time order, once asked
         self._keys = times
-
-    def add(self, record: Dict[str, Any], time: int) -> None:
-        times = self.times
-        if times and time < times[-1]:
-            self.in_order = False
-        self.records.append(record)
-        times.append(time)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -439,7 +435,10 @@ class Correlator(object):
         self.direct_order = deque()  # type: Deque[Tuple[Tuple[Optional[str], int], _Direct]]   # as indexed
 
     def feed(self, ev: Any) -> None:
-        kind = ev.get("type") if isinstance(ev, dict) else None
+        try:
+            kind = ev["type"] if type(ev) is dict else ev.get("type") if isinstance(ev, dict) else None
+        except KeyError:
+            kind = None
         if kind not in _REQUIRED:
             if not isinstance(ev, dict):
                 self.malformed += 1
@@ -461,27 +460,33 @@ class Correlator(object):
             losses.timed(ts)
         elif ts > losses.last:
             losses.last = ts
-        thread = self.threads.get(tid)
-        if thread is None:
+        try:
+            thread = self.threads[tid]
+        except KeyError:
             thread = self.threads[tid] = _Thread()
         if ts > thread.clock:
             thread.clock = ts
-        if ts > self.clock:
-            self.clock = ts
+            if ts > self.clock:
+                self.clock = ts
         if kind == "writeback":
             thread.calls.append(ev)
             if ts + SETTLE_NS < thread.due:
                 thread.due = ts + SETTLE_NS
         else:
             if kind == "sleep":
-                self.seen_sleep = True
-                if ev.get("source") == "kprobe":
-                    self.seen_kprobe_sleep = True
+                if not self.seen_kprobe_sleep:
+                    self.seen_sleep = True
+                    if ev.get("source") == "kprobe":
+                        self.seen_kprobe_sleep = True
                 timed = thread.sleeps
             else:
                 timed = thread.slabs
-            timed.add(ev, start)
-            if len(timed.records) > MAX_PENDING:
+            records, times = timed.records, timed.times
+            if times and start < times[-1]:
+                timed.in_order = False
+            records.append(ev)
+            times.append(start)
+            if len(records) > MAX_PENDING:
                 self._forget(thread, thread.clock - PENDING_NS, MAX_PENDING // 2)
         if thread.clock > thread.due:
             self._finish(thread, False)
@@ -628,8 +633,7 @@ class _Totals(object):
         self.caches = _FirstSeen()
         self.pools = _FirstSeen()
         self.groups = {}  # type: Dict[str, Tuple[Tuple[int, int], Group]]
-        self.folded = {}  # type: Dict[str, int]
-        self.folder = _Folder(self.folded) if fold else None
+        self.folder = _Folder() if fold else None
         self.first = []  # type: List[Tuple[int, int, int, _Stall]]
         self.longest = []  # type: List[Tuple[int, int, int, int, _Stall]]
         self.starts = array("q")
@@ -711,7 +715,7 @@ class _Totals(object):
             slab_failures=self.slab_failures + self.slab_elsewhere, slab_failures_elsewhere=self.slab_elsewhere,
             other_blocking=sorted(self.other.items(), key=lambda kv: (-kv[1], kv[0])), lost_records=lost,
             skipped_records=malformed, confidence=confidence, reasons=reasons, verdict="",
-            folded=folded_stacks.finished(self.folded),
+            folded=folded_stacks.finished(self.folder.folded() if self.folder else {}),
             episodes_left_out=n - len(episodes), pool_caches=self.pools.names())
         result.verdict = _verdict(result, self)
         return result
@@ -773,7 +777,7 @@ def _stall(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], thre
         else:
             other_ns += duration
         blocked = s.get("blocked_in")
-        waits.append((s_start, s_end, duration, in_mempool, s, before, stacks.base_name(blocked) if blocked else None))
+        waits.append((s_start, s_end, duration, in_mempool, s, before, _base_name(blocked) if blocked else None))
     st = _Stall()
     st.tid, st.comm, st.start_ns, st.end_ns, st.duration_ns = root["tid"], root.get("comm") or "?", start, end, end - start
     st.dev, st.ino, st.root, st.members, st.waits = root.get("dev"), root.get("ino"), root, members, waits
@@ -861,13 +865,14 @@ class _Folder(object):
     5.00s] ns``. Sleeps use their own stack (taken at the sleep); time of a stall not spent asleep is
     charged to the writeback's entry stack as ``[writeback other time]`` (running, or asleep unmeasured).
     The folded text of each (comm, stack) and of each slab failure frame is kept (at most CACHE of each)
-    as the same stacks recur."""
+    as the same stacks recur. Time is added up per line's parts (those texts, the sleep's kind and
+    seconds: a tuple of strings whose hashes are kept), and the lines are joined once, by :meth:`folded`."""
 
     CACHE = 4096
     OTHER_TIME = ";" + folded_stacks.annotation("writeback other time")
 
-    def __init__(self, totals: Dict[str, int]) -> None:
-        self.totals = totals
+    def __init__(self) -> None:
+        self.parts = {}  # type: Dict[Tuple[str, Optional[str], Optional[bool], Optional[str]], int]
         self.prefixes = {}  # type: Dict[Tuple[str, Tuple[Any, ...]], str]
         self.afters = {}  # type: Dict[Tuple[str, ...], str]
 
@@ -894,13 +899,21 @@ class _Folder(object):
         return text
 
     def add(self, e: _Stall) -> None:
-        totals = self.totals
+        parts = self.parts
         for _, _, duration, in_mempool, sleep, before, _ in e.waits:
-            # folded_stacks.annotation of a label with nothing to sanitise
-            key = self._prefix(e.comm, sleep.get("kstack")) + self._after(before) + (
-                ";[mempool wait %ss]" if in_mempool else ";[blocked %ss]") % _secs(duration)
-            totals[key] = totals.get(key, 0) + duration
+            key = (self._prefix(e.comm, sleep.get("kstack")), self._after(before), in_mempool, _secs(duration))
+            parts[key] = parts.get(key, 0) + duration
         rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
         if rest > 0:
-            key = self._prefix(e.comm, e.root.get("kstack")) + self.OTHER_TIME
-            totals[key] = totals.get(key, 0) + rest
+            key = (self._prefix(e.comm, e.root.get("kstack")), None, None, None)
+            parts[key] = parts.get(key, 0) + rest
+
+    def folded(self) -> Dict[str, int]:
+        """The folded lines and their time (unsorted)."""
+        lines = {}  # type: Dict[str, int]
+        for (prefix, after, in_mempool, secs), ns in self.parts.items():
+            # folded_stacks.annotation of a label with nothing to sanitise
+            line = prefix + (self.OTHER_TIME if after is None else after + (
+                ";[mempool wait %ss]" if in_mempool else ";[blocked %ss]") % secs)
+            lines[line] = lines.get(line, 0) + ns
+        return lines

@@ -11,7 +11,9 @@ those ``bpftools iojitter --record`` writes. Figures, each events/s:
 - ``read``: the recording read as a stream (``bpftools.recording.stream_recording``: JSON lines parsed),
   with the cyclic garbage collector paused as ``bpftools report`` pauses it (and for ``correlate``),
 - ``correlate``: ``bpftools.analyses.iojitter.correlate`` on that stream; the rate of the analysis
-  alone is the events over (that time - the read's),
+  alone is the events over (that time - the read's). The read and the read + correlate run REPEATS
+  times in turn and the least time of each counts (as ``timeit`` does: the run the rest of a noisy
+  machine disturbed least); the alone rate of each pair is reported too, as the spread,
 - ``report``: ``bpftools report FILE`` end to end in a fresh process (read, correlate, render), with
   that process's peak RSS; once with orjson (where installed) and once with it hidden (the json module),
 - the size of the recording, plain and gzip-compressed (written by ``bpftools.recording.Recorder``,
@@ -25,7 +27,7 @@ refleak recording of DEVICES watched devices, each a stream of holds (``dst_allo
 puts (``dst_destroy`` from RCU), one hold in 1000 never put.
 
     .venv/bin/python bench/analysis_throughput.py [--events 1000000] [--threads 64] [--devices 200]
-         [--no-orjson-up-to N] [--json]
+         [--repeats 3] [--no-orjson-up-to N] [--json]
 """
 import argparse
 import json
@@ -259,13 +261,31 @@ def _analysis_rate(events: int, both_s: float, read_s: float, finished: bool) ->
     return events / (both_s - read_s) if finished and both_s > read_s else None
 
 
-def run(events: int, threads: int, workdir: str, budget: float = 0, no_orjson: bool = True) -> Dict[str, Any]:
+def _read_and_analysed(analysis: Any, path: str, events: int, budget: float,
+                       repeats: int) -> Tuple[Any, float, float, List[float]]:
+    """Read PATH (EVENTS), then read it through ANALYSIS, REPEATS times in turn: the analysis's value, the
+    least read and read + analysis seconds (the runs least disturbed by the rest of a noisy machine), and
+    the analysis-alone rate of each pair, for the spread. Stops after a run past BUDGET (value None)."""
+    reads, boths, pairs = [], [], []
+    result = None
+    for _ in range(repeats):
+        _, read_s = _timed(lambda: _count(path))
+        result, both_s = _timed(lambda: _analysed(analysis, path), budget)
+        reads.append(read_s)
+        boths.append(both_s)
+        if result is None:
+            break
+        pairs.append(_analysis_rate(events, both_s, read_s, True) or 0.0)
+    return result, min(reads), min(boths), pairs
+
+
+def run(events: int, threads: int, workdir: str, budget: float = 0, no_orjson: bool = True,
+        repeats: int = 3) -> Dict[str, Any]:
     """Write the iojitter recording, then time reading, correlating and ``bpftools report`` on it."""
     from bpftools.analyses.iojitter import correlate
     path = os.path.join(workdir, "iojitter-%d.jsonl" % events)
     written, episodes = write_recording(path, events, threads)
-    _, read_s = _timed(lambda: _count(path))
-    result, corr_s = _timed(lambda: _analysed(correlate, path), budget)
+    result, read_s, corr_s, pairs = _read_and_analysed(correlate, path, written, budget, repeats)
     report_s, report_rss = report_process(path, -1 if result is None else budget)
     report_cpu = CPU_S.get(path)
     json_s, json_rss = report_process(path, -1 if result is None or not no_orjson else budget, orjson=False)
@@ -281,12 +301,14 @@ def run(events: int, threads: int, workdir: str, budget: float = 0, no_orjson: b
         "read_s": read_s, "correlate_s": corr_s, "report_s": report_s, "report_json_s": json_s,
         "read_events_per_s": written / read_s, "correlate_events_per_s": _rate(written, corr_s, result is not None),
         "correlate_alone_events_per_s": _analysis_rate(written, corr_s, read_s, result is not None),
+        "correlate_alone_each_events_per_s": pairs, "repeats": repeats,
         "report_events_per_s": _rate(written, report_s, report_rss is not None), "report_peak_rss_mib": report_rss,
         "report_json_peak_rss_mib": json_rss, "report_cpu_s": report_cpu, "load_average": os.getloadavg()[0],
     }
 
 
-def run_refleak(events: int, devices: int, workdir: str, budget: float = 0) -> Optional[Dict[str, Any]]:
+def run_refleak(events: int, devices: int, workdir: str, budget: float = 0,
+                repeats: int = 3) -> Optional[Dict[str, Any]]:
     """The same for refleak's attribution; None when analyses/refbalance.py is not there."""
     try:
         from bpftools.analyses.refbalance import analyze
@@ -294,8 +316,7 @@ def run_refleak(events: int, devices: int, workdir: str, budget: float = 0) -> O
         return None
     path = os.path.join(workdir, "refleak-%d.jsonl" % events)
     written, leaked = write_refleak_recording(path, events, devices)
-    _, read_s = _timed(lambda: _count(path))
-    result, analyze_s = _timed(lambda: _analysed(analyze, path), budget)
+    result, read_s, analyze_s, pairs = _read_and_analysed(analyze, path, written, budget, repeats)
     unbalanced = (sum(row.count for d in result.devices for s in d.strategies for row in s.unbalanced)
                   if result is not None else None)
     report_s, report_rss = report_process(path, -1 if result is None else budget)
@@ -307,6 +328,7 @@ def run_refleak(events: int, devices: int, workdir: str, budget: float = 0) -> O
         "read_s": read_s, "analyze_s": analyze_s, "report_s": report_s,
         "read_events_per_s": written / read_s, "analyze_events_per_s": _rate(written, analyze_s, result is not None),
         "analyze_alone_events_per_s": _analysis_rate(written, analyze_s, read_s, result is not None),
+        "analyze_alone_each_events_per_s": pairs, "repeats": repeats,
         "report_events_per_s": _rate(written, report_s, report_rss is not None), "report_peak_rss_mib": report_rss,
         "report_cpu_s": report_cpu,
     }
@@ -316,6 +338,13 @@ def _speed(rate: Optional[float], seconds: Optional[float], budget: float) -> st
     if rate is not None:
         return "{:,.0f} events/s".format(rate)
     return "not finished in %.0f s" % budget if seconds is not None else "skipped"
+
+
+def _spread(rates: List[float]) -> str:
+    """" (each run: 183k-205k events/s)" when there were several runs."""
+    if len(rates) < 2:
+        return ""
+    return " (each run: {:,.0f}-{:,.0f} events/s)".format(min(rates), max(rates))
 
 
 def table(r: Dict[str, Any], ref: Optional[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
@@ -328,9 +357,9 @@ def table(r: Dict[str, Any], ref: Optional[Dict[str, Any]]) -> List[Tuple[str, s
              "{:,}".format(r["episodes_written"]))),
         ("analysis: iojitter read + correlate (streamed), %s events" % n,
          _speed(r["correlate_events_per_s"], r["correlate_s"], r["budget_s"]),
-         "%.1f s; %s of %s explained; correlate alone %s" % (
+         "%.1f s; %s of %s explained; correlate alone %s%s" % (
              r["correlate_s"], "{:,}".format(r["explained"]), "{:,}".format(r["episodes"]),
-             _speed(r["correlate_alone_events_per_s"], r["correlate_s"], 0))
+             _speed(r["correlate_alone_events_per_s"], r["correlate_s"], 0), _spread(r["correlate_alone_each_events_per_s"]))
          if r["correlate_finished"] else "so below %.0f events/s" % (r["events"] / r["budget_s"])),
         ("analysis: `bpftools report` end to end, %s events" % n, _speed(r["report_events_per_s"], r["report_s"], r["budget_s"]),
          "%.1f s (CPU %.1f s; load average %.1f), peak RSS %.0f MiB%s" % (
@@ -343,9 +372,10 @@ def table(r: Dict[str, Any], ref: Optional[Dict[str, Any]]) -> List[Tuple[str, s
         rows += [
             ("analysis: refleak read + attribution (refbalance.analyze, streamed), %s events" % n,
              _speed(ref["analyze_events_per_s"], ref["analyze_s"], ref["budget_s"]),
-             "%.1f s, %d devices; %s unbalanced holds found of %s written; attribution alone %s" % (
+             "%.1f s, %d devices; %s unbalanced holds found of %s written; attribution alone %s%s" % (
                  ref["analyze_s"], ref["devices"], "{:,}".format(ref["unbalanced"]), "{:,}".format(ref["leaked_written"]),
-                 _speed(ref["analyze_alone_events_per_s"], ref["analyze_s"], 0))
+                 _speed(ref["analyze_alone_events_per_s"], ref["analyze_s"], 0),
+                 _spread(ref["analyze_alone_each_events_per_s"]))
              if ref["analyze_finished"] else "so below %.0f events/s" % (ref["events"] / ref["budget_s"])),
             ("analysis: `bpftools report` of a refleak recording, %s events" % n,
              _speed(ref["report_events_per_s"], ref["report_s"], ref["budget_s"]),
@@ -364,18 +394,20 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=0, help="seconds one step may take (0: no limit)")
     parser.add_argument("--no-orjson-up-to", type=int, default=1000000, metavar="N",
                         help="time `bpftools report` without orjson too on recordings of up to N events (1000000)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the read and of each analysis, in turn; "
+                        "the least time of each is reported (3)")
     parser.add_argument("--json", action="store_true", help="one JSON object")
     args = parser.parse_args()
     sizes = args.events or [1000000]
-    if min(sizes) < 10 or args.threads < 1 or args.devices < 1 or args.budget < 0:
-        parser.error("--events >= 10, --threads >= 1, --devices >= 1 and --budget >= 0")
+    if min(sizes) < 10 or args.threads < 1 or args.devices < 1 or args.budget < 0 or args.repeats < 1:
+        parser.error("--events >= 10, --threads >= 1, --devices >= 1, --budget >= 0 and --repeats >= 1")
     workdir = tempfile.mkdtemp(prefix="bpftools-bench-")
     runs = []
     try:
         for events in sizes:
             runs.append((run(events, args.threads, workdir, args.budget,
-                             events <= args.no_orjson_up_to),
-                         run_refleak(events, args.devices, workdir, args.budget)))
+                             events <= args.no_orjson_up_to, args.repeats),
+                         run_refleak(events, args.devices, workdir, args.budget, args.repeats)))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     rows = [row for r, ref in runs for row in table(r, ref)]

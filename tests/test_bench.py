@@ -148,12 +148,15 @@ def test_analysis_throughput_counts_every_episode_and_leak():
     for step in ("read", "correlate", "report"):
         assert r["%s_events_per_s" % step] == pytest.approx(r["events"] / r["%s_s" % step])
     assert r["correlate_alone_events_per_s"] == pytest.approx(r["events"] / (r["correlate_s"] - r["read_s"]))
+    assert r["repeats"] == 3 and len(r["correlate_alone_each_events_per_s"]) == 3      # the least times count
+    assert "correlate alone" in out["table"][1][2] and "(each run: " in out["table"][1][2]
     assert 0 < r["report_peak_rss_mib"] < REPORT_RSS_CEILING_MIB
     assert 0 < r["report_json_peak_rss_mib"] < REPORT_RSS_CEILING_MIB and r["report_json_s"] > 0   # orjson hidden
     assert 0 < r["gz_bytes_per_event"] < r["bytes_per_event"]   # compressed, each line flushed
     if ref is not None:                                         # analyses/refbalance.py exists
         assert ref["unbalanced"] == ref["leaked_written"] == 1  # one hold in 1000 never put
         assert ref["analyze_events_per_s"] == pytest.approx(ref["events"] / ref["analyze_s"])
+        assert len(ref["analyze_alone_each_events_per_s"]) == 3
         assert 0 < ref["report_peak_rss_mib"] < REPORT_RSS_CEILING_MIB
 
 
