@@ -16,19 +16,11 @@ import pytest
 
 from bpftools.kernel import capabilities
 from bpftools.kernel.breakpoints import open_breakpoint
+from bpftools.kernel.symbols import read_kallsyms, symbol_address
 
 pytestmark = pytest.mark.kernel
 
 PT_LOAD = 1
-
-
-def kernel_symbol(name: str) -> int:
-    with open("/proc/kallsyms") as f:
-        for line in f:
-            fields = line.split()
-            if fields[2] == name:
-                return int(fields[0], 16)
-    raise LookupError(name)
 
 
 def read_kernel(addr: int, size: int) -> bytes:
@@ -48,7 +40,9 @@ def read_kernel(addr: int, size: int) -> bytes:
 
 def perf_sched_events() -> int:
     """The key's ``enabled`` count (struct static_key starts with it, an atomic_t)."""
-    return struct.unpack("<i", read_kernel(kernel_symbol("perf_sched_events"), 4))[0]
+    addr = symbol_address(read_kallsyms(), "perf_sched_events")
+    assert addr is not None, "perf_sched_events is not in kallsyms"
+    return struct.unpack("<i", read_kernel(addr, 4))[0]
 
 
 def test_the_checks_leave_perf_sched_events_alone_and_a_task_bound_event_would_not():
