@@ -435,10 +435,7 @@ class Correlator(object):
         self.direct_order = deque()  # type: Deque[Tuple[Tuple[Optional[str], int], _Direct]]   # as indexed
 
     def feed(self, ev: Any) -> None:
-        try:
-            kind = ev["type"] if type(ev) is dict else ev.get("type") if isinstance(ev, dict) else None
-        except KeyError:
-            kind = None
+        kind = ev.get("type") if isinstance(ev, dict) else None
         if kind not in _REQUIRED:
             if not isinstance(ev, dict):
                 self.malformed += 1
