@@ -701,6 +701,15 @@ def test_subscribers_are_named_from_kallsyms_and_probed_once_each():
     assert len(attached) == 4
 
 
+def test_subscribers_given_the_plans_kallsyms_name_the_first_walk_without_reading_it_again():
+    reads, attached = [], []
+    subs = ndw.Subscribers(lambda probe: attached.append(probe.event) or None, lambda: reads.append(1) or [],
+                           lambda: 100.0, lines=KALLSYMS_MOD.splitlines())
+    link = subs.named(Link(DEV, 0, GLOBAL, 0, "0xb1", "0xffffffffc09ff000", 7))
+    assert (link.symbol, link.module, reads) == ("bpftools_notifier_event", "bpftools_notifier", [])
+    assert attached == ["bpftools_notifier_event", "bpftools_notifier_event"]
+
+
 
 def chain_recording(path, put_in_round=None):
     """A kprobe-mode recording of one device over 4 rounds, its chain and calls; the first subscriber

@@ -252,11 +252,12 @@ class InOrder(object):
 class Subscribers(object):
     """The callbacks the chain walks find: named from /proc/kallsyms (modules included; read again, at
     most every KALLSYMS_EVERY seconds, for an address it does not name yet) and, once each, kprobed at
-    entry and return (on_sub_entry/on_sub_return) through ATTACH(Attach) -> None or why not."""
+    entry and return (on_sub_entry/on_sub_return) through ATTACH(Attach) -> None or why not. LINES: kallsyms
+    as already read, indexed at once so that the first walk's callbacks are probed in its own round."""
 
     def __init__(self, attach: Optional[Callable[[Attach], Optional[str]]],
-                 kallsyms: Callable[[], List[str]] = read_kallsyms, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 kallsyms: Callable[[], List[str]] = read_kallsyms, clock: Callable[[], float] = time.monotonic,
+                 lines: Optional[List[str]] = None) -> None:
         self._attach = attach
         self._kallsyms = kallsyms
         self._clock = clock
@@ -264,11 +265,16 @@ class Subscribers(object):
         self._counts = {}  # type: Dict[str, int]            # name -> text symbols of that name
         self._read_at = None  # type: Optional[float]
         self.attached = OrderedDict()  # type: Dict[str, Optional[str]]   # label -> None or why not timed
+        if lines is not None:
+            self._index(lines)
 
     def _read(self) -> None:
+        self._index(self._kallsyms())
+
+    def _index(self, lines: List[str]) -> None:
         self._read_at = self._clock()
         self._names, self._counts = {}, {}
-        for (name, module), addrs in text_addresses(self._kallsyms()).items():
+        for (name, module), addrs in text_addresses(lines).items():
             self._counts[name] = self._counts.get(name, 0) + len(addrs)
             for addr in addrs:
                 self._names[addr] = (name, module)
@@ -671,7 +677,8 @@ def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, lo
         return
     if release:
         raise click.UsageError("--release goes with --log (live modes use the running kernel's release)")
-    plan = target_plan(mode, Running(), subscribers)
+    target = Running()
+    plan = target_plan(mode, target, subscribers)
     if ebpf:
         click.echo(plan.describe(), nl=False)
         return
@@ -711,7 +718,8 @@ def command(dev_pattern: Optional[str], duration: Optional[float], mode: str, lo
             if plan.mode == KPROBE:
                 users.refresh()
                 bpf = plan.probe().load(plan.kprobes)
-                callbacks = Subscribers(lambda probe: try_attach(bpf, probe))
+                callbacks = Subscribers(lambda probe: try_attach(bpf, probe), lines=target.kallsyms()
+                                        if "subscribers" in plan.hooks else None)
                 ordered = InOrder(observe)
 
                 def receive(raw: Any) -> None:
