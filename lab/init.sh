@@ -36,6 +36,24 @@ chmod 755 /usr/local/bin/bpftools
 hostname bpftools-lab
 
 [ -r /opt/bpftools-lab/env ] && . /opt/bpftools-lab/env
+
+# Shortly before the host kills the VM (BPFTOOLS_LAB_TIMEOUT s after its start), show what a hung tier
+# is doing: every task's state, CPU time (utime stime, ticks) and command line, the kernel stack of the
+# user tasks, and the CPUs' backtraces (sysrq l). Pytest's faulthandler_timeout gives the Python side.
+watchdog() {
+    sleep "$1"
+    dmesg -n 7 2>/dev/null
+    echo "lab-init: watchdog: $1 s after boot, near the VM's timeout: tasks (pid state utime stime command)"
+    for d in /proc/[0-9]*; do
+        stat=$(cat "$d/stat" 2>/dev/null) || continue
+        set -- ${stat##*) }
+        cmd=$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null | cut -c1-160)
+        echo "lab-init: task ${d#/proc/} $1 ${12} ${13} ${cmd:-[$(cat "$d/comm" 2>/dev/null)]}"
+        [ -n "$cmd" ] && sed 's/^/lab-init:     /' "$d/stack" 2>/dev/null
+    done
+    echo l > /proc/sysrq-trigger 2>/dev/null
+}
+[ "${BPFTOOLS_LAB_TIMEOUT:-0}" -gt 240 ] && watchdog $((BPFTOOLS_LAB_TIMEOUT - 180)) &
 set --
 if [ -r /opt/bpftools-lab/pytest-args ]; then
     while IFS= read -r arg; do set -- "$@" "$arg"; done < /opt/bpftools-lab/pytest-args
@@ -51,7 +69,7 @@ if [ -r /opt/bpftools-lab/command ]; then     # lab/run.py --exec CMD: a benchma
     sh -c "$(cat /opt/bpftools-lab/command)"
 else
     python3 -c 'import sys; del sys.path[0]; import pytest; sys.exit(pytest.main(sys.argv[1:]))' \
-        -p no:cacheprovider -m kernel -q -rfEs "$@"
+        -p no:cacheprovider -m kernel -q -rfEs -o faulthandler_timeout=900 "$@"
 fi
 rc=$?
 # Files the tests left in $BPFTOOLS_LAB_OUT go to the host through the console (lab/run.py --out);

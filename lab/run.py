@@ -145,9 +145,10 @@ def pytest_arguments(extra: List[str], repo: str) -> List[str]:
 
 
 def write_project_cpio(path: str, repo: str, suite: str, pytest_args: List[str],
-                       command: Optional[str] = None) -> int:
+                       command: Optional[str] = None, timeout: float = 1800) -> int:
     """The project tree, its installed layout, /init and the run's settings (the pytest arguments, or a
-    shell COMMAND to run instead of pytest); returns the file count."""
+    shell COMMAND to run instead of pytest; the seconds before the host kills the VM, TIMEOUT, for the
+    watchdog of /init); returns the file count."""
     files = project_files(repo)
     for arg in pytest_args:
         if "\n" in arg:
@@ -166,7 +167,8 @@ def write_project_cpio(path: str, repo: str, suite: str, pytest_args: List[str],
         cpio.data("opt/bpftools-lab/pytest-args", "".join(a + "\n" for a in pytest_args).encode())
         if command is not None:
             cpio.data("opt/bpftools-lab/command", (command + "\n").encode())
-        cpio.data("opt/bpftools-lab/env", ("BPFTOOLS_LAB_SUITE=%s\nexport BPFTOOLS_LAB_SUITE\n" % suite).encode())
+        cpio.data("opt/bpftools-lab/env", ("BPFTOOLS_LAB_SUITE=%s\nBPFTOOLS_LAB_TIMEOUT=%d\n"
+                                           "export BPFTOOLS_LAB_SUITE BPFTOOLS_LAB_TIMEOUT\n" % (suite, timeout)).encode())
         cpio.close()
     return len(files)
 
@@ -350,7 +352,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     project = run_base + ".project.cpio"
     initrd = run_base + ".initrd"
     try:
-        count = write_project_cpio(project, REPO, args.suite, pytest_arguments(pytest_args, REPO), args.command)
+        count = write_project_cpio(project, REPO, args.suite, pytest_arguments(pytest_args, REPO), args.command,
+                                   args.timeout)
         concatenate([image.base_cpio, project], initrd)
         sys.stderr.write("lab-run: %s kernel %s, %d project files, console log %s\n"
                          % (name, image.kernel_release, count, log_path))

@@ -328,7 +328,7 @@ def test_project_cpio_holds_init_tree_installed_layout_and_arguments(tmp_path):
         (repo / name).write_text(name)
     archive = str(tmp_path / "project.cpio")
     count = lab_run.write_project_cpio(archive, str(repo), "bookworm", ["tests/kernel", "-k", "a b"],
-                                       command="bpftools doctor --json > $BPFTOOLS_LAB_OUT/doctor.json")
+                                       command="bpftools doctor --json > $BPFTOOLS_LAB_OUT/doctor.json", timeout=3300)
     assert count == 3
     out = tmp_path / "out"
     out.mkdir()
@@ -340,6 +340,8 @@ def test_project_cpio_holds_init_tree_installed_layout_and_arguments(tmp_path):
     assert not (out / "opt/site/tests").exists()
     assert (out / "opt/bpftools-lab/pytest-args").read_text() == "tests/kernel\n-k\na b\n"
     assert (out / "opt/bpftools-lab/command").read_text() == "bpftools doctor --json > $BPFTOOLS_LAB_OUT/doctor.json\n"
+    env = (out / "opt/bpftools-lab/env").read_text()
+    assert "BPFTOOLS_LAB_SUITE=bookworm\n" in env and "BPFTOOLS_LAB_TIMEOUT=3300\n" in env
     with open(lab_run.INIT) as f:
         assert (out / "init").read_text() == f.read()
     assert os.stat(str(out / "init")).st_mode & 0o777 == 0o755
