@@ -246,25 +246,29 @@ def _group_of(container: Optional[Dict[str, Any]], cgroup: Optional[str]) -> str
     return "cgroup %s" % cgroup if cgroup and cgroup != "/" else "host"
 
 
-_START, _END = operator.itemgetter("start_ns"), operator.itemgetter("ts_ns")
+# Records as Correlator.feed keeps them (tuples, made while the event is fresh; the fields read later):
+# a writeback call (start, end, event); a sleep (start, end, in mempool, blocked in (base name), timed out,
+# caller, pool cache, kstack); a slab failure (time, label, container its memcg cache names).
+_CallRec = Tuple[int, int, Dict[str, Any]]
+_START, _END = operator.itemgetter(0), operator.itemgetter(1)
 
 
 class _Tree(object):
     """Writeback calls of one thread nested by time: roots are the episodes."""
 
-    def __init__(self, calls: List[Dict[str, Any]]) -> None:
-        self.roots = []  # type: List[Tuple[Dict[str, Any], List[Tuple[Dict[str, Any], int]]]]
+    def __init__(self, calls: List[_CallRec]) -> None:
+        self.roots = []  # type: List[Tuple[_CallRec, List[Tuple[_CallRec, int]]]]
         ends = []  # type: List[int]     # of the calls open around the next, innermost last
         by_end = sorted(calls, key=_END, reverse=True)        # two stable sorts: by start, then latest end
-        for ev in sorted(by_end, key=_START):
-            end = ev["ts_ns"]
+        for call in sorted(by_end, key=_START):
+            end = call[1]
             # not around it: ended before it started, or overlaps it (feed checked start <= end)
             while ends and end > ends[-1]:
                 ends.pop()
             if ends:
-                self.roots[-1][1].append((ev, len(ends)))
+                self.roots[-1][1].append((call, len(ends)))
             else:
-                self.roots.append((ev, [(ev, 0)]))
+                self.roots.append((call, [(call, 0)]))
             ends.append(end)
 
 
@@ -316,10 +320,10 @@ class _Timed(object):
         self.__init__([records[i] for i in indexes], [times[i] for i in indexes])
 
 
-def _innermost(members: List[Tuple[Dict[str, Any], int]], ts: int) -> Optional[str]:
+def _innermost(members: List[Tuple[_CallRec, int]], ts: int) -> Optional[str]:
     best = None  # type: Optional[Tuple[int, str]]
-    for ev, depth in members:
-        if ev["start_ns"] <= ts <= ev["ts_ns"] and (best is None or depth >= best[0]):
+    for (start, end, ev), depth in members:
+        if start <= ts <= end and (best is None or depth >= best[0]):
             best = (depth, ev.get("func") or "?")
     return best[1] if best else None
 
@@ -400,7 +404,7 @@ class _Thread(object):
     __slots__ = ("calls", "sleeps", "slabs", "clock", "due")
 
     def __init__(self) -> None:
-        self.calls = []  # type: List[Dict[str, Any]]
+        self.calls = []  # type: List[_CallRec]
         self.sleeps = _Timed([], [])     # by start
         self.slabs = _Timed([], [])      # by time
         self.clock = -1                  # the latest time in its records
@@ -466,7 +470,7 @@ class Correlator(object):
             if ts > self.clock:
                 self.clock = ts
         if kind == "writeback":
-            thread.calls.append(ev)
+            thread.calls.append((start, ts, ev))
             if ts + SETTLE_NS < thread.due:
                 thread.due = ts + SETTLE_NS
         else:
@@ -476,12 +480,18 @@ class Correlator(object):
                     if ev.get("source") == "kprobe":
                         self.seen_kprobe_sleep = True
                 timed = thread.sleeps
+                blocked = ev.get("blocked_in")
+                record = (start, ts, bool(ev.get("in_mempool")), _base_name(blocked) if blocked else None,
+                          ev.get("timed_out"), ev.get("caller"), ev.get("pool_cache"), ev.get("kstack"))
             else:
                 timed = thread.slabs
+                label = _slab_label(ev)
+                memcg = ev.get("memcg_cache")
+                record = (ts, label, memcg.get("container") if memcg else None)
             records, times = timed.records, timed.times
             if times and start < times[-1]:
                 timed.in_order = False
-            records.append(ev)
+            records.append(record)
             times.append(start)
             if len(records) > MAX_PENDING:
                 self._forget(thread, thread.clock - PENDING_NS, MAX_PENDING // 2)
@@ -498,18 +508,18 @@ class Correlator(object):
         roots = _Tree(thread.calls).roots
         ready = []
         for root, members in roots:
-            if not final and root["ts_ns"] + SETTLE_NS >= thread.clock:
+            if not final and root[1] + SETTLE_NS >= thread.clock:
                 break
             ready.append((root, members))
-        thread.due = min((root["ts_ns"] + SETTLE_NS for root, _ in roots[len(ready):]), default=NEVER)
+        thread.due = min((root[1] + SETTLE_NS for root, _ in roots[len(ready):]), default=NEVER)
         if not ready and not final:
             return
         used_sleeps = set()  # type: set
         used_slabs = set()  # type: set
         for root, members in ready:
             self._settle(_stall(root, members, thread, used_sleeps, used_slabs))
-        thread.calls = [ev for _, members in roots[len(ready):] for ev, _ in members]
-        until = float("inf") if final else max(root["ts_ns"] for root, _ in ready)
+        thread.calls = [call for _, members in roots[len(ready):] for call, _ in members]
+        until = float("inf") if final else max(root[1] for root, _ in ready)
         self._decide(thread, until, used_sleeps, used_slabs)
 
     def _decide(self, thread: _Thread, until: float, used_sleeps: set, used_slabs: set) -> None:
@@ -518,7 +528,7 @@ class Correlator(object):
         indexes, sleeps = thread.sleeps.drop_until(until)
         if len(used_sleeps) < len(sleeps):      # else every one was in a stall
             self.totals.mempool_elsewhere += sum(1 for i, s in zip(indexes, sleeps)
-                                                 if i not in used_sleeps and s.get("in_mempool"))
+                                                 if i not in used_sleeps and s[2])
         self.totals.slab_elsewhere += len(thread.slabs.drop_until(until)[1]) - len(used_slabs)
 
     def _forget(self, thread: _Thread, before: int, keep: int) -> None:
@@ -526,8 +536,8 @@ class Correlator(object):
         for timed in (thread.sleeps, thread.slabs):
             kept = [i for i, t in enumerate(timed.times) if t >= before][-keep:]
             if timed is thread.sleeps:
-                self.totals.mempool_elsewhere += sum(1 for x in timed.records if x.get("in_mempool")) - sum(
-                    1 for i in kept if timed.records[i].get("in_mempool"))
+                self.totals.mempool_elsewhere += sum(1 for x in timed.records if x[2]) - sum(
+                    1 for i in kept if timed.records[i][2])
             else:
                 self.totals.slab_elsewhere += len(timed) - len(kept)
             timed.keep(kept)
@@ -648,14 +658,14 @@ class _Totals(object):
         for i, (_, _, duration, in_mempool, sleep, before, blocked) in enumerate(e.waits):
             if in_mempool:
                 mempool_waits += 1
-                if sleep.get("timed_out"):
+                if sleep[4]:
                     timeouts += 1
-                pool = sleep.get("pool_cache")
+                pool = sleep[6]
                 if pool:
                     self.pools.add(pool, order + (i,))
             else:
                 self.other[blocked or "[no stack]"] += duration
-            if sleep.get("kstack") is None:
+            if sleep[7] is None:
                 no_stack += 1
             if before:
                 preceded += 1
@@ -732,25 +742,24 @@ class _Stall(object):
 
     def episode(self) -> Episode:
         root, members = self.root, self.members
-        waits = [Wait(start_ns=start, end_ns=end, duration_ns=duration, in_mempool=in_mempool,
-                      timed_out=sleep.get("timed_out"), blocked_in=blocked, caller=sleep.get("caller"),
-                      call=_innermost(members, start), kstack=sleep.get("kstack"), after_slab_failures=before,
-                      pool_cache=sleep.get("pool_cache"))
+        waits = [Wait(start_ns=start, end_ns=end, duration_ns=duration, in_mempool=in_mempool, timed_out=sleep[4],
+                      blocked_in=blocked, caller=sleep[5], call=_innermost(members, start), kstack=sleep[7],
+                      after_slab_failures=before, pool_cache=sleep[6])
                  for start, end, duration, in_mempool, sleep, before, blocked in self.waits]
-        calls = [Call(func=ev.get("func") or "?", depth=depth, start_ns=int(ev["start_ns"]), end_ns=int(ev["ts_ns"]),
-                      dev=ev.get("dev"), ino=ev.get("ino")) for ev, depth in members]
+        calls = [Call(func=ev.get("func") or "?", depth=depth, start_ns=start, end_ns=end, dev=ev.get("dev"),
+                      ino=ev.get("ino")) for (start, end, ev), depth in members]
         return Episode(
             tid=self.tid, tgid=int(root.get("tgid") or root["tid"]), comm=self.comm, start_ns=self.start_ns,
             end_ns=self.end_ns, duration_ns=self.duration_ns, func=root.get("func") or "?", dev=self.dev, ino=self.ino,
-            calls=calls, waits=waits, slab_failures=[_slab_label(f) for f in self.slabs], mempool_ns=self.mempool_ns,
+            calls=calls, waits=waits, slab_failures=[f[1] for f in self.slabs], mempool_ns=self.mempool_ns,
             other_blocked_ns=self.other_blocked_ns, explained=self.explained, group=self.group,
             container=self.container, incomplete=False, kstack=root.get("kstack"), behind=self.behind)
 
 
-def _stall(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], thread: _Thread,
-           used_sleeps: set, used_slabs: set) -> _Stall:
-    """The stall of ROOT (its nested calls MEMBERS)."""
-    start, end = root["start_ns"], root["ts_ns"]      # integers (Correlator.feed checked them)
+def _stall(call: _CallRec, members: List[Tuple[_CallRec, int]], thread: _Thread, used_sleeps: set,
+           used_slabs: set) -> _Stall:
+    """The stall of CALL (its nested calls MEMBERS)."""
+    start, end, root = call
     indexes, slabs = thread.slabs.between(start, end)
     used_slabs.update(indexes)
     indexes, sleeps = thread.sleeps.between(start, end)
@@ -760,21 +769,21 @@ def _stall(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], thre
     slab_i = 0
     mempool_ns = other_ns = 0
     for s in sleeps:
-        s_start, s_end = s["start_ns"], min(s["ts_ns"], end)
+        s_start, s_end, in_mempool, blocked = s[:4]
+        if s_end > end:
+            s_end = end
         duration = max(0, s_end - s_start)
         before = []
-        in_mempool = bool(s.get("in_mempool"))
         if in_mempool:
-            while slab_i < len(slabs) and slabs[slab_i]["ts_ns"] <= s_start:
-                if slabs[slab_i]["ts_ns"] >= cursor:
-                    before.append(_slab_label(slabs[slab_i]))
+            while slab_i < len(slabs) and slabs[slab_i][0] <= s_start:
+                if slabs[slab_i][0] >= cursor:
+                    before.append(slabs[slab_i][1])
                 slab_i += 1
             cursor = s_end
             mempool_ns += duration
         else:
             other_ns += duration
-        blocked = s.get("blocked_in")
-        waits.append((s_start, s_end, duration, in_mempool, s, before, _base_name(blocked) if blocked else None))
+        waits.append((s_start, s_end, duration, in_mempool, s, before, blocked))
     st = _Stall()
     st.tid, st.comm, st.start_ns, st.end_ns, st.duration_ns = root["tid"], root.get("comm") or "?", start, end, end - start
     st.dev, st.ino, st.root, st.members, st.waits = root.get("dev"), root.get("ino"), root, members, waits
@@ -787,16 +796,14 @@ def _stall(root: Dict[str, Any], members: List[Tuple[Dict[str, Any], int]], thre
     return st
 
 
-def _episode_container(root: Dict[str, Any], slabs: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+def _episode_container(root: Dict[str, Any], slabs: List[Tuple[int, str, Any]]) -> Optional[Dict[str, Any]]:
     """Whose stall it is: the bdi_writeback's cgroup (cgroup writeback), else the container a 3.10
     per-memcg cache of the failures names (the charge went there; the writer's own record of the same
     container is preferred, it carries the pod), else the writer's container."""
     if root.get("wb_container"):
         return root["wb_container"]
     task = root.get("container")
-    for s in slabs:
-        memcg = s.get("memcg_cache")
-        charged = memcg.get("container") if memcg else None
+    for _, _, charged in slabs:
         if charged:
             same = task and task.get("container_id") == charged.get("container_id")
             return task if same else charged
@@ -898,7 +905,7 @@ class _Folder(object):
     def add(self, e: _Stall) -> None:
         parts = self.parts
         for _, _, duration, in_mempool, sleep, before, _ in e.waits:
-            key = (self._prefix(e.comm, sleep.get("kstack")), self._after(before), in_mempool, _secs(duration))
+            key = (self._prefix(e.comm, sleep[7]), self._after(before), in_mempool, _secs(duration))
             parts[key] = parts.get(key, 0) + duration
         rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
         if rest > 0:
