@@ -248,7 +248,7 @@ def _group_of(container: Optional[Dict[str, Any]], cgroup: Optional[str]) -> str
 
 # Records as Correlator.feed keeps them (tuples, made while the event is fresh; the fields read later):
 # a writeback call (start, end, event); a sleep (start, end, in mempool, blocked in (base name), timed out,
-# caller, pool cache, kstack); a slab failure (time, label, container its memcg cache names).
+# caller, pool cache, kstack); a slab failure (:func:`_slab_record`).
 _CallRec = Tuple[int, int, Dict[str, Any]]
 _START, _END = operator.itemgetter(0), operator.itemgetter(1)
 
@@ -328,14 +328,15 @@ def _innermost(members: List[Tuple[_CallRec, int]], ts: int) -> Optional[str]:
     return best[1] if best else None
 
 
-def _slab_label(ev: Dict[str, Any]) -> str:
-    """The cache of a failure (a 3.10 per-memcg cache with its cgroup cut to 12 characters), else its caller."""
+def _slab_record(ev: Dict[str, Any], ts: int) -> Tuple[int, str, Any]:
+    """A slab failure as feed keeps it: TS, its label (the cache, a 3.10 per-memcg cache with its cgroup cut to
+    12 characters; else the caller) and the container its per-memcg cache names."""
     memcg = ev.get("memcg_cache")
-    if not memcg:
-        return ev.get("cache") or ev.get("call_site") or "?"
-    if memcg.get("base") and memcg.get("cgroup") is not None:
-        return "%s(%s:%s)" % (memcg["base"], memcg.get("memcg_id"), memcg["cgroup"][:12])
-    return ev.get("cache") or ev.get("call_site") or "?"
+    if memcg and memcg.get("base") and memcg.get("cgroup") is not None:
+        label = "%s(%s:%s)" % (memcg["base"], memcg.get("memcg_id"), memcg["cgroup"][:12])
+    else:
+        label = ev.get("cache") or ev.get("call_site") or "?"
+    return ts, label, memcg.get("container") if memcg else None
 
 
 class _Losses(object):
@@ -475,7 +476,7 @@ class Correlator(object):
                 thread.due = ts + SETTLE_NS
         else:
             if kind == "sleep":
-                if not self.seen_kprobe_sleep:
+                if self.sleeps_from == "none" and not self.seen_kprobe_sleep:    # (else the mode said)
                     self.seen_sleep = True
                     if ev.get("source") == "kprobe":
                         self.seen_kprobe_sleep = True
@@ -485,9 +486,7 @@ class Correlator(object):
                           ev.get("timed_out"), ev.get("caller"), ev.get("pool_cache"), ev.get("kstack"))
             else:
                 timed = thread.slabs
-                label = _slab_label(ev)
-                memcg = ev.get("memcg_cache")
-                record = (ts, label, memcg.get("container") if memcg else None)
+                record = _slab_record(ev, ts)
             records, times = timed.records, timed.times
             if times and start < times[-1]:
                 timed.in_order = False
@@ -868,17 +867,16 @@ class _Folder(object):
     """Time blocked per stack, folded as stalls come: ``comm;outermost..;[after slab fail X];[mempool wait
     5.00s] ns``. Sleeps use their own stack (taken at the sleep); time of a stall not spent asleep is
     charged to the writeback's entry stack as ``[writeback other time]`` (running, or asleep unmeasured).
-    The folded text of each (comm, stack) and of each slab failure frame is kept (at most CACHE of each)
-    as the same stacks recur. Time is added up per line's parts (those texts, the sleep's kind and
-    seconds: a tuple of strings whose hashes are kept), and the lines are joined once, by :meth:`folded`."""
+    The folded text of each (comm, stack) is kept (at most CACHE) as the same stacks recur. Time is added up
+    per line's parts (that text, the slab failures before the sleep, its kind and seconds: strings whose
+    hashes are kept), and the lines are made once, by :meth:`folded`."""
 
     CACHE = 4096
     OTHER_TIME = ";" + folded_stacks.annotation("writeback other time")
 
     def __init__(self) -> None:
-        self.parts = {}  # type: Dict[Tuple[str, Optional[str], Optional[bool], Optional[str]], int]
+        self.parts = {}  # type: Dict[Tuple[str, Optional[Tuple[str, ...]], Optional[bool], Optional[str]], int]
         self.prefixes = {}  # type: Dict[Tuple[str, Tuple[Any, ...]], str]
-        self.afters = {}  # type: Dict[Tuple[str, ...], str]
 
     def _prefix(self, comm: str, kstack: Optional[List[str]]) -> str:
         key = (comm, tuple(kstack) if kstack else ())
@@ -890,22 +888,10 @@ class _Folder(object):
                 folded_stacks.sanitize_frame(f) for f in [comm] + stacks.root_first(kstack))
         return text
 
-    def _after(self, failures: List[str]) -> str:
-        """The frame of the slab FAILURES before a sleep, with its ``;`` ("" for none)."""
-        if not failures:
-            return ""
-        key = tuple(failures)
-        text = self.afters.get(key)
-        if text is None:
-            if len(self.afters) >= self.CACHE:
-                self.afters.clear()
-            text = self.afters[key] = ";" + folded_stacks.annotation("after slab fail %s" % _counted(failures))
-        return text
-
     def add(self, e: _Stall) -> None:
         parts = self.parts
         for _, _, duration, in_mempool, sleep, before, _ in e.waits:
-            key = (self._prefix(e.comm, sleep[7]), self._after(before), in_mempool, _secs(duration))
+            key = (self._prefix(e.comm, sleep[7]), tuple(before), in_mempool, _secs(duration))
             parts[key] = parts.get(key, 0) + duration
         rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
         if rest > 0:
@@ -915,9 +901,16 @@ class _Folder(object):
     def folded(self) -> Dict[str, int]:
         """The folded lines and their time (unsorted)."""
         lines = {}  # type: Dict[str, int]
-        for (prefix, after, in_mempool, secs), ns in self.parts.items():
-            # folded_stacks.annotation of a label with nothing to sanitise
-            line = prefix + (self.OTHER_TIME if after is None else after + (
-                ";[mempool wait %ss]" if in_mempool else ";[blocked %ss]") % secs)
+        afters = {(): ""}  # type: Dict[Tuple[str, ...], str]     # the frame of the slab failures before a sleep
+        for (prefix, failures, in_mempool, secs), ns in self.parts.items():
+            if failures is None:
+                line = prefix + self.OTHER_TIME
+            else:
+                after = afters.get(failures)
+                if after is None:
+                    after = afters[failures] = ";" + folded_stacks.annotation(
+                        "after slab fail %s" % _counted(list(failures)))
+                # folded_stacks.annotation of a label with nothing to sanitise
+                line = prefix + after + (";[mempool wait %ss]" if in_mempool else ";[blocked %ss]") % secs
             lines[line] = lines.get(line, 0) + ns
         return lines
