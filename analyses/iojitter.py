@@ -33,7 +33,7 @@ import heapq
 import operator
 from array import array
 from collections import Counter, OrderedDict, deque
-from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from dataclasses import asdict, dataclass, field
 
@@ -50,6 +50,7 @@ PENDING_NS = 600 * 1000 ** 3        # sleeps and slab failures outside any write
 MAX_PENDING = 20000                 # ... and at most this many per thread (the oldest are decided first)
 SWEEP_EVENTS = 1 << 16              # idle threads and stale stalls are swept this often
 KEEP_EPISODES = 500                 # the first and the longest episodes kept whole (each)
+STACKS = 4096                       # distinct sleeping stacks kept shared (Correlator._stack)
 NEVER = 1 << 100                    # a time past any (integer, unlike inf: compared faster with times)
 
 
@@ -248,7 +249,7 @@ def _group_of(container: Optional[Dict[str, Any]], cgroup: Optional[str]) -> str
 
 # Records as Correlator.feed keeps them (tuples, made while the event is fresh; the fields read later):
 # a writeback call (start, end, event); a sleep (start, end, in mempool, blocked in (base name), timed out,
-# caller, pool cache, kstack); a slab failure (:func:`_slab_record`).
+# caller, pool cache, kstack (:meth:`Correlator._stack`)); a slab failure (:func:`_slab_record`).
 _CallRec = Tuple[int, int, Dict[str, Any]]
 _START, _END = operator.itemgetter(0), operator.itemgetter(1)
 
@@ -438,6 +439,7 @@ class Correlator(object):
         self.settling = []  # type: List[Tuple[int, int, _Stall]]    # (end, n, stall): waiting for collateral
         self.direct = {}  # type: Dict[Tuple[Optional[str], int], List[_Direct]]
         self.direct_order = deque()  # type: Deque[Tuple[Tuple[Optional[str], int], _Direct]]   # as indexed
+        self.stacks = {}  # type: Dict[Tuple[str, ...], Tuple[str, ...]]
 
     def feed(self, ev: Any) -> None:
         kind = ev.get("type") if isinstance(ev, dict) else None
@@ -483,7 +485,7 @@ class Correlator(object):
                 timed = thread.sleeps
                 blocked = ev.get("blocked_in")
                 record = (start, ts, bool(ev.get("in_mempool")), _base_name(blocked) if blocked else None,
-                          ev.get("timed_out"), ev.get("caller"), ev.get("pool_cache"), ev.get("kstack"))
+                          ev.get("timed_out"), ev.get("caller"), ev.get("pool_cache"), self._stack(ev.get("kstack")))
             else:
                 timed = thread.slabs
                 record = _slab_record(ev, ts)
@@ -500,6 +502,22 @@ class Correlator(object):
         if not self.to_sweep:
             self.to_sweep = SWEEP_EVENTS
             self._sweep()
+
+    def _stack(self, kstack: Optional[List[str]]) -> Optional[Sequence[str]]:
+        """KSTACK as one tuple shared by the equal stacks seen lately (at most STACKS): made while the event is
+        fresh, so that a stall, later, compares its stacks by identity and hashes no frame again."""
+        if kstack is None:
+            return None
+        key = tuple(kstack)
+        try:
+            shared = self.stacks.get(key)
+        except TypeError:       # a frame that is not text
+            return kstack
+        if shared is None:
+            if len(self.stacks) >= STACKS:
+                self.stacks.clear()
+            shared = self.stacks[key] = key
+        return shared
 
     def _finish(self, thread: _Thread, final: bool) -> None:
         """Make episodes of the thread's finished writebacks (all of them when FINAL); decide the sleeps
@@ -742,7 +760,7 @@ class _Stall(object):
     def episode(self) -> Episode:
         root, members = self.root, self.members
         waits = [Wait(start_ns=start, end_ns=end, duration_ns=duration, in_mempool=in_mempool, timed_out=sleep[4],
-                      blocked_in=blocked, caller=sleep[5], call=_innermost(members, start), kstack=sleep[7],
+                      blocked_in=blocked, caller=sleep[5], call=_innermost(members, start), kstack=None if sleep[7] is None else list(sleep[7]),
                       after_slab_failures=before, pool_cache=sleep[6])
                  for start, end, duration, in_mempool, sleep, before, blocked in self.waits]
         calls = [Call(func=ev.get("func") or "?", depth=depth, start_ns=start, end_ns=end, dev=ev.get("dev"),
@@ -878,7 +896,7 @@ class _Folder(object):
         self.parts = {}  # type: Dict[Tuple[str, Optional[Tuple[str, ...]], Optional[bool], Optional[str]], int]
         self.prefixes = {}  # type: Dict[Tuple[str, Tuple[Any, ...]], str]
 
-    def _prefix(self, comm: str, kstack: Optional[List[str]]) -> str:
+    def _prefix(self, comm: str, kstack: Optional[Sequence[str]]) -> str:
         key = (comm, tuple(kstack) if kstack else ())
         text = self.prefixes.get(key)
         if text is None:
