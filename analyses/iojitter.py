@@ -248,10 +248,17 @@ def _group_of(container: Optional[Dict[str, Any]], cgroup: Optional[str]) -> str
 
 
 # Records as Correlator.feed keeps them (tuples, made while the event is fresh; the fields read later):
-# a writeback call (start, end, event); a sleep (start, end, in mempool, blocked in (base name), timed out,
-# caller, pool cache, kstack (:meth:`Correlator._stack`)); a slab failure (:func:`_slab_record`).
-_CallRec = Tuple[int, int, Dict[str, Any]]
+# a writeback call (:func:`_call_record`); a sleep (start, end, in mempool, blocked in (base name), timed
+# out, caller, pool cache, kstack (:meth:`Correlator._stack`)); a slab failure (:func:`_slab_record`).
+_CallRec = Tuple[Any, ...]
 _START, _END = operator.itemgetter(0), operator.itemgetter(1)
+
+
+def _call_record(ev: Dict[str, Any], start: int, end: int, tid: int) -> _CallRec:
+    """A writeback call as feed keeps it: (START, END, func, dev, ino, TID, tgid, comm, kstack, cgroup (of the
+    bdi_writeback, else the writer's), wb_container, container)."""
+    return (start, end, ev.get("func"), ev.get("dev"), ev.get("ino"), tid, ev.get("tgid"), ev.get("comm"),
+            ev.get("kstack"), ev.get("wb_cgroup") or ev.get("cgroup"), ev.get("wb_container"), ev.get("container"))
 
 
 class _Tree(object):
@@ -323,9 +330,9 @@ class _Timed(object):
 
 def _innermost(members: List[Tuple[_CallRec, int]], ts: int) -> Optional[str]:
     best = None  # type: Optional[Tuple[int, str]]
-    for (start, end, ev), depth in members:
-        if start <= ts <= end and (best is None or depth >= best[0]):
-            best = (depth, ev.get("func") or "?")
+    for call, depth in members:
+        if call[0] <= ts <= call[1] and (best is None or depth >= best[0]):
+            best = (depth, call[2] or "?")
     return best[1] if best else None
 
 
@@ -473,7 +480,7 @@ class Correlator(object):
             if ts > self.clock:
                 self.clock = ts
         if kind == "writeback":
-            thread.calls.append((start, ts, ev))
+            thread.calls.append(_call_record(ev, start, ts, tid))
             if ts + SETTLE_NS < thread.due:
                 thread.due = ts + SETTLE_NS
         else:
@@ -760,23 +767,24 @@ class _Stall(object):
     def episode(self) -> Episode:
         root, members = self.root, self.members
         waits = [Wait(start_ns=start, end_ns=end, duration_ns=duration, in_mempool=in_mempool, timed_out=sleep[4],
-                      blocked_in=blocked, caller=sleep[5], call=_innermost(members, start), kstack=None if sleep[7] is None else list(sleep[7]),
+                      blocked_in=blocked, caller=sleep[5], call=_innermost(members, start),
+                      kstack=None if sleep[7] is None else list(sleep[7]),
                       after_slab_failures=before, pool_cache=sleep[6])
                  for start, end, duration, in_mempool, sleep, before, blocked in self.waits]
-        calls = [Call(func=ev.get("func") or "?", depth=depth, start_ns=start, end_ns=end, dev=ev.get("dev"),
-                      ino=ev.get("ino")) for (start, end, ev), depth in members]
+        calls = [Call(func=c[2] or "?", depth=depth, start_ns=c[0], end_ns=c[1], dev=c[3], ino=c[4])
+                 for c, depth in members]
         return Episode(
-            tid=self.tid, tgid=int(root.get("tgid") or root["tid"]), comm=self.comm, start_ns=self.start_ns,
-            end_ns=self.end_ns, duration_ns=self.duration_ns, func=root.get("func") or "?", dev=self.dev, ino=self.ino,
+            tid=self.tid, tgid=int(root[6] or root[5]), comm=self.comm, start_ns=self.start_ns,
+            end_ns=self.end_ns, duration_ns=self.duration_ns, func=root[2] or "?", dev=self.dev, ino=self.ino,
             calls=calls, waits=waits, slab_failures=[f[1] for f in self.slabs], mempool_ns=self.mempool_ns,
             other_blocked_ns=self.other_blocked_ns, explained=self.explained, group=self.group,
-            container=self.container, incomplete=False, kstack=root.get("kstack"), behind=self.behind)
+            container=self.container, incomplete=False, kstack=root[8], behind=self.behind)
 
 
 def _stall(call: _CallRec, members: List[Tuple[_CallRec, int]], thread: _Thread, used_sleeps: set,
            used_slabs: set) -> _Stall:
     """The stall of CALL (its nested calls MEMBERS)."""
-    start, end, root = call
+    start, end, _, dev, ino, tid, _, comm, _, cgroup, wb_container, container = call
     indexes, slabs = thread.slabs.between(start, end)
     used_slabs.update(indexes)
     indexes, sleeps = thread.sleeps.between(start, end)
@@ -802,24 +810,24 @@ def _stall(call: _CallRec, members: List[Tuple[_CallRec, int]], thread: _Thread,
             other_ns += duration
         waits.append((s_start, s_end, duration, in_mempool, s, before, blocked))
     st = _Stall()
-    st.tid, st.comm, st.start_ns, st.end_ns, st.duration_ns = root["tid"], root.get("comm") or "?", start, end, end - start
-    st.dev, st.ino, st.root, st.members, st.waits = root.get("dev"), root.get("ino"), root, members, waits
+    st.tid, st.comm, st.start_ns, st.end_ns, st.duration_ns = tid, comm or "?", start, end, end - start
+    st.dev, st.ino, st.root, st.members, st.waits = dev, ino, call, members, waits
     st.slabs = slabs
     st.mempool_ns, st.other_blocked_ns = mempool_ns, other_ns
     st.explained = st.duration_ns > 0 and mempool_ns >= EXPLAINED_SHARE * st.duration_ns
-    st.container = _episode_container(root, slabs)
-    st.group = _group_of(st.container, root.get("wb_cgroup") or root.get("cgroup"))
+    st.container = _episode_container(wb_container, container, slabs)
+    st.group = _group_of(st.container, cgroup)
     st.behind = None
     return st
 
 
-def _episode_container(root: Dict[str, Any], slabs: List[Tuple[int, str, Any]]) -> Optional[Dict[str, Any]]:
+def _episode_container(wb_container: Optional[Dict[str, Any]], task: Optional[Dict[str, Any]],
+                       slabs: List[Tuple[int, str, Any]]) -> Optional[Dict[str, Any]]:
     """Whose stall it is: the bdi_writeback's cgroup (cgroup writeback), else the container a 3.10
     per-memcg cache of the failures names (the charge went there; the writer's own record of the same
     container is preferred, it carries the pod), else the writer's container."""
-    if root.get("wb_container"):
-        return root["wb_container"]
-    task = root.get("container")
+    if wb_container:
+        return wb_container
     for _, _, charged in slabs:
         if charged:
             same = task and task.get("container_id") == charged.get("container_id")
@@ -913,7 +921,7 @@ class _Folder(object):
             parts[key] = parts.get(key, 0) + duration
         rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
         if rest > 0:
-            key = (self._prefix(e.comm, e.root.get("kstack")), None, None, None)
+            key = (self._prefix(e.comm, e.root[8]), None, None, None)
             parts[key] = parts.get(key, 0) + rest
 
     def folded(self) -> Dict[str, int]:
