@@ -510,11 +510,12 @@ class Correlator(object):
             self.to_sweep = SWEEP_EVENTS
             self._sweep()
 
-    def _stack(self, kstack: Optional[List[str]]) -> Optional[Sequence[str]]:
-        """KSTACK as one tuple shared by the equal stacks seen lately (at most STACKS): made while the event is
-        fresh, so that a stall, later, compares its stacks by identity and hashes no frame again."""
-        if kstack is None:
-            return None
+    def _stack(self, kstack: Any) -> Any:
+        """KSTACK (a list) as one tuple shared by the equal stacks seen lately (at most STACKS): made while the
+        event is fresh, so that a stall, later, compares its stacks by identity and hashes no frame again.
+        Anything else (None, malformed) as it is."""
+        if type(kstack) is not list:
+            return kstack
         key = tuple(kstack)
         try:
             shared = self.stacks.get(key)
@@ -768,7 +769,7 @@ class _Stall(object):
         root, members = self.root, self.members
         waits = [Wait(start_ns=start, end_ns=end, duration_ns=duration, in_mempool=in_mempool, timed_out=sleep[4],
                       blocked_in=blocked, caller=sleep[5], call=_innermost(members, start),
-                      kstack=None if sleep[7] is None else list(sleep[7]),
+                      kstack=list(sleep[7]) if type(sleep[7]) is tuple else sleep[7],
                       after_slab_failures=before, pool_cache=sleep[6])
                  for start, end, duration, in_mempool, sleep, before, blocked in self.waits]
         calls = [Call(func=c[2] or "?", depth=depth, start_ns=c[0], end_ns=c[1], dev=c[3], ino=c[4])
