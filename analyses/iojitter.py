@@ -247,18 +247,15 @@ def _group_of(container: Optional[Dict[str, Any]], cgroup: Optional[str]) -> str
     return "cgroup %s" % cgroup if cgroup and cgroup != "/" else "host"
 
 
-# Records as Correlator.feed keeps them (tuples, made while the event is fresh; the fields read later):
-# a writeback call (:func:`_call_record`); a sleep (start, end, in mempool, blocked in (base name), timed
-# out, caller, pool cache, kstack (:meth:`Correlator._stack`)); a slab failure (:func:`_slab_record`).
+# Records as Correlator.feed keeps them: tuples of the fields read later, made while the event is fresh.
+# A writeback call: (start, end, func, dev, ino, tid, tgid, comm, kstack, cgroup (the bdi_writeback's, else
+# the writer's), wb_container, container), read at these places (the hot paths unpack it):
+_C_START, _C_END, _C_FUNC, _C_DEV, _C_INO, _C_TID, _C_TGID, _C_COMM, _C_KSTACK = range(9)
+# A sleep: (start, end, in mempool, blocked in (its base name), timed out, caller, pool cache, kstack (shared,
+# :meth:`Correlator._stack`)); a slab failure: :func:`_slab_record`.
+_S_TIMED_OUT, _S_CALLER, _S_POOL, _S_KSTACK = range(4, 8)
 _CallRec = Tuple[Any, ...]
-_START, _END = operator.itemgetter(0), operator.itemgetter(1)
-
-
-def _call_record(ev: Dict[str, Any], start: int, end: int, tid: int) -> _CallRec:
-    """A writeback call as feed keeps it: (START, END, func, dev, ino, TID, tgid, comm, kstack, cgroup (of the
-    bdi_writeback, else the writer's), wb_container, container)."""
-    return (start, end, ev.get("func"), ev.get("dev"), ev.get("ino"), tid, ev.get("tgid"), ev.get("comm"),
-            ev.get("kstack"), ev.get("wb_cgroup") or ev.get("cgroup"), ev.get("wb_container"), ev.get("container"))
+_START, _END = operator.itemgetter(_C_START), operator.itemgetter(_C_END)
 
 
 class _Tree(object):
@@ -331,8 +328,8 @@ class _Timed(object):
 def _innermost(members: List[Tuple[_CallRec, int]], ts: int) -> Optional[str]:
     best = None  # type: Optional[Tuple[int, str]]
     for call, depth in members:
-        if call[0] <= ts <= call[1] and (best is None or depth >= best[0]):
-            best = (depth, call[2] or "?")
+        if call[_C_START] <= ts <= call[_C_END] and (best is None or depth >= best[0]):
+            best = (depth, call[_C_FUNC] or "?")
     return best[1] if best else None
 
 
@@ -390,8 +387,8 @@ class _Losses(object):
         return hit
 
 
-_REQUIRED = {"writeback": ("tid", "start_ns", "ts_ns"), "sleep": ("tid", "start_ns", "ts_ns"),
-             "slab_failure": ("tid", "ts_ns")}
+_WRITEBACK, _SLEEP, _SLAB = 1, 2, 3
+_KINDS = {"writeback": _WRITEBACK, "sleep": _SLEEP, "slab_failure": _SLAB}   # correlated (by number: compared fast)
 
 
 def correlate(events: Iterable[Any], extra_lost: int = 0) -> Result:
@@ -449,11 +446,11 @@ class Correlator(object):
         self.stacks = {}  # type: Dict[Tuple[str, ...], Tuple[str, ...]]
 
     def feed(self, ev: Any) -> None:
-        kind = ev.get("type") if isinstance(ev, dict) else None
-        if kind not in _REQUIRED:
+        kind = _KINDS.get(ev.get("type")) if isinstance(ev, dict) else None
+        if kind is None:
             if not isinstance(ev, dict):
                 self.malformed += 1
-            elif kind == "mode":
+            elif ev.get("type") == "mode":
                 flags = ev.get("flags") or []
                 self.sleeps_from = "kprobe" if "WANT_SLEEP_KPROBE" in flags else (
                     "sched_switch" if "WANT_SLEEP_SCHED" in flags else self.sleeps_from)
@@ -461,7 +458,7 @@ class Correlator(object):
                 self.losses.feed(ev)
             return
         tid, ts = ev.get("tid"), ev.get("ts_ns")
-        start = ts if kind == "slab_failure" else ev.get("start_ns")
+        start = ts if kind == _SLAB else ev.get("start_ns")
         # usable: integer ids and times, start before end (else skipped, and the confidence drops)
         if type(tid) is not int or type(ts) is not int or type(start) is not int or start > ts:
             self.malformed += 1
@@ -479,20 +476,29 @@ class Correlator(object):
             thread.clock = ts
             if ts > self.clock:
                 self.clock = ts
-        if kind == "writeback":
-            thread.calls.append(_call_record(ev, start, ts, tid))
+        if kind == _WRITEBACK:
+            thread.calls.append((start, ts, ev.get("func"), ev.get("dev"), ev.get("ino"), tid, ev.get("tgid"),
+                                 ev.get("comm"), ev.get("kstack"), ev.get("wb_cgroup") or ev.get("cgroup"),
+                                 ev.get("wb_container"), ev.get("container")))
             if ts + SETTLE_NS < thread.due:
                 thread.due = ts + SETTLE_NS
         else:
-            if kind == "sleep":
+            if kind == _SLEEP:
                 if self.sleeps_from == "none" and not self.seen_kprobe_sleep:    # (else the mode said)
                     self.seen_sleep = True
                     if ev.get("source") == "kprobe":
                         self.seen_kprobe_sleep = True
                 timed = thread.sleeps
-                blocked = ev.get("blocked_in")
+                blocked, kstack = ev.get("blocked_in"), ev.get("kstack")
+                if type(kstack) is list:
+                    try:
+                        kstack = self.stacks[tuple(kstack)]
+                    except KeyError:
+                        kstack = self._stack(kstack)
+                    except TypeError:       # a frame that is not text: kept as it is
+                        pass
                 record = (start, ts, bool(ev.get("in_mempool")), _base_name(blocked) if blocked else None,
-                          ev.get("timed_out"), ev.get("caller"), ev.get("pool_cache"), self._stack(ev.get("kstack")))
+                          ev.get("timed_out"), ev.get("caller"), ev.get("pool_cache"), kstack)
             else:
                 timed = thread.slabs
                 record = _slab_record(ev, ts)
@@ -510,22 +516,15 @@ class Correlator(object):
             self.to_sweep = SWEEP_EVENTS
             self._sweep()
 
-    def _stack(self, kstack: Any) -> Any:
-        """KSTACK (a list) as one tuple shared by the equal stacks seen lately (at most STACKS): made while the
-        event is fresh, so that a stall, later, compares its stacks by identity and hashes no frame again.
-        Anything else (None, malformed) as it is."""
-        if type(kstack) is not list:
-            return kstack
+    def _stack(self, kstack: List[str]) -> Tuple[str, ...]:
+        """KSTACK (a list of text, not seen lately) as the tuple shared from now on by the equal stacks (at most
+        STACKS are kept): made while the event is fresh, so that a stall, later, compares its stacks by
+        identity and hashes no frame again."""
+        if len(self.stacks) >= STACKS:
+            self.stacks.clear()
         key = tuple(kstack)
-        try:
-            shared = self.stacks.get(key)
-        except TypeError:       # a frame that is not text
-            return kstack
-        if shared is None:
-            if len(self.stacks) >= STACKS:
-                self.stacks.clear()
-            shared = self.stacks[key] = key
-        return shared
+        self.stacks[key] = key
+        return key
 
     def _finish(self, thread: _Thread, final: bool) -> None:
         """Make episodes of the thread's finished writebacks (all of them when FINAL); decide the sleeps
@@ -629,22 +628,23 @@ class Correlator(object):
 
 
 class _FirstSeen(object):
-    """Names counted, in the order of the first (episode start, tid, place) each was seen at."""
+    """Names counted, in the order of the first place each was seen at: ORDER (episode start, tid), then
+    the place I, J in the episode."""
 
     def __init__(self) -> None:
-        self.seen = {}  # type: Dict[str, List[Any]]     # name -> [count, first key]
+        self.seen = {}  # type: Dict[str, List[Any]]     # name -> [count, order, i, j] (the first)
 
-    def add(self, name: str, key: Tuple[int, ...]) -> None:
+    def add(self, name: str, order: Tuple[int, int], i: int, j: int = 0) -> None:
         had = self.seen.get(name)
         if had is None:
-            self.seen[name] = [1, key]
+            self.seen[name] = [1, order, i, j]
         else:
             had[0] += 1
-            if key < had[1]:
-                had[1] = key
+            if order <= had[1] and (order, i, j) < (had[1], had[2], had[3]):
+                had[1:] = [order, i, j]
 
     def names(self) -> List[str]:
-        return sorted(self.seen, key=lambda n: self.seen[n][1])
+        return sorted(self.seen, key=lambda n: self.seen[n][1:])
 
     def counted(self) -> str:
         """"biovec-64 x2, filp" in first-seen order."""
@@ -683,19 +683,19 @@ class _Totals(object):
         for i, (_, _, duration, in_mempool, sleep, before, blocked) in enumerate(e.waits):
             if in_mempool:
                 mempool_waits += 1
-                if sleep[4]:
+                if sleep[_S_TIMED_OUT]:
                     timeouts += 1
-                pool = sleep[6]
-                if pool:
-                    self.pools.add(pool, order + (i,))
+                if sleep[_S_POOL]:
+                    self.pools.add(sleep[_S_POOL], order, i)
             else:
                 self.other[blocked or "[no stack]"] += duration
-            if sleep[7] is None:
+            if sleep[_S_KSTACK] is None:
                 no_stack += 1
             if before:
                 preceded += 1
+                add = self.caches.add
                 for j, cache in enumerate(before):
-                    self.caches.add(cache.partition("(")[0], order + (i, j))
+                    add(cache.partition("(")[0] if "(" in cache else cache, order, i, j)
         self.mempool_waits += mempool_waits
         self.mempool_timeouts += timeouts
         self.no_stack += no_stack
@@ -767,19 +767,20 @@ class _Stall(object):
 
     def episode(self) -> Episode:
         root, members = self.root, self.members
-        waits = [Wait(start_ns=start, end_ns=end, duration_ns=duration, in_mempool=in_mempool, timed_out=sleep[4],
-                      blocked_in=blocked, caller=sleep[5], call=_innermost(members, start),
-                      kstack=list(sleep[7]) if type(sleep[7]) is tuple else sleep[7],
-                      after_slab_failures=before, pool_cache=sleep[6])
+        waits = [Wait(start_ns=start, end_ns=end, duration_ns=duration, in_mempool=in_mempool,
+                      timed_out=sleep[_S_TIMED_OUT], blocked_in=blocked, caller=sleep[_S_CALLER],
+                      call=_innermost(members, start),
+                      kstack=list(sleep[_S_KSTACK]) if type(sleep[_S_KSTACK]) is tuple else sleep[_S_KSTACK],
+                      after_slab_failures=list(before), pool_cache=sleep[_S_POOL])
                  for start, end, duration, in_mempool, sleep, before, blocked in self.waits]
-        calls = [Call(func=c[2] or "?", depth=depth, start_ns=c[0], end_ns=c[1], dev=c[3], ino=c[4])
-                 for c, depth in members]
+        calls = [Call(func=c[_C_FUNC] or "?", depth=depth, start_ns=c[_C_START], end_ns=c[_C_END], dev=c[_C_DEV],
+                      ino=c[_C_INO]) for c, depth in members]
         return Episode(
-            tid=self.tid, tgid=int(root[6] or root[5]), comm=self.comm, start_ns=self.start_ns,
-            end_ns=self.end_ns, duration_ns=self.duration_ns, func=root[2] or "?", dev=self.dev, ino=self.ino,
+            tid=self.tid, tgid=int(root[_C_TGID] or root[_C_TID]), comm=self.comm, start_ns=self.start_ns,
+            end_ns=self.end_ns, duration_ns=self.duration_ns, func=root[_C_FUNC] or "?", dev=self.dev, ino=self.ino,
             calls=calls, waits=waits, slab_failures=[f[1] for f in self.slabs], mempool_ns=self.mempool_ns,
             other_blocked_ns=self.other_blocked_ns, explained=self.explained, group=self.group,
-            container=self.container, incomplete=False, kstack=root[8], behind=self.behind)
+            container=self.container, incomplete=False, kstack=root[_C_KSTACK], behind=self.behind)
 
 
 def _stall(call: _CallRec, members: List[Tuple[_CallRec, int]], thread: _Thread, used_sleeps: set,
@@ -799,12 +800,15 @@ def _stall(call: _CallRec, members: List[Tuple[_CallRec, int]], thread: _Thread,
         if s_end > end:
             s_end = end
         duration = max(0, s_end - s_start)
-        before = []
+        before = ()  # type: Tuple[str, ...]
         if in_mempool:
+            failures = []
             while slab_i < len(slabs) and slabs[slab_i][0] <= s_start:
                 if slabs[slab_i][0] >= cursor:
-                    before.append(slabs[slab_i][1])
+                    failures.append(slabs[slab_i][1])
                 slab_i += 1
+            if failures:
+                before = tuple(failures)
             cursor = s_end
             mempool_ns += duration
         else:
@@ -894,42 +898,36 @@ class _Folder(object):
     """Time blocked per stack, folded as stalls come: ``comm;outermost..;[after slab fail X];[mempool wait
     5.00s] ns``. Sleeps use their own stack (taken at the sleep); time of a stall not spent asleep is
     charged to the writeback's entry stack as ``[writeback other time]`` (running, or asleep unmeasured).
-    The folded text of each (comm, stack) is kept (at most CACHE) as the same stacks recur. Time is added up
-    per line's parts (that text, the slab failures before the sleep, its kind and seconds: strings whose
-    hashes are kept), and the lines are made once, by :meth:`folded`."""
+    Time is added up per line's parts (comm, the stack as a tuple (the sleeps' shared ones compare by
+    identity), the slab failures before the sleep, its kind and its seconds), and the lines are made once,
+    by :meth:`folded`."""
 
-    CACHE = 4096
     OTHER_TIME = ";" + folded_stacks.annotation("writeback other time")
 
     def __init__(self) -> None:
-        self.parts = {}  # type: Dict[Tuple[str, Optional[Tuple[str, ...]], Optional[bool], Optional[str]], int]
-        self.prefixes = {}  # type: Dict[Tuple[str, Tuple[Any, ...]], str]
-
-    def _prefix(self, comm: str, kstack: Optional[Sequence[str]]) -> str:
-        key = (comm, tuple(kstack) if kstack else ())
-        text = self.prefixes.get(key)
-        if text is None:
-            if len(self.prefixes) >= self.CACHE:
-                self.prefixes.clear()
-            text = self.prefixes[key] = ";".join(
-                folded_stacks.sanitize_frame(f) for f in [comm] + stacks.root_first(kstack))
-        return text
+        self.parts = {}  # type: Dict[Tuple[str, Tuple[Any, ...], Optional[Tuple[str, ...]], Optional[bool], Optional[str]], int]
 
     def add(self, e: _Stall) -> None:
-        parts = self.parts
+        parts, comm = self.parts, e.comm
         for _, _, duration, in_mempool, sleep, before, _ in e.waits:
-            key = (self._prefix(e.comm, sleep[7]), tuple(before), in_mempool, _secs(duration))
+            kstack = sleep[_S_KSTACK]
+            key = (comm, kstack if type(kstack) is tuple else tuple(kstack or ()), before, in_mempool, _secs(duration))
             parts[key] = parts.get(key, 0) + duration
         rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
         if rest > 0:
-            key = (self._prefix(e.comm, e.root[8]), None, None, None)
+            key = (comm, tuple(e.root[_C_KSTACK] or ()), None, None, None)
             parts[key] = parts.get(key, 0) + rest
 
     def folded(self) -> Dict[str, int]:
         """The folded lines and their time (unsorted)."""
         lines = {}  # type: Dict[str, int]
+        prefixes = {}  # type: Dict[Tuple[str, Tuple[Any, ...]], str]     # comm;outermost;..;innermost
         afters = {(): ""}  # type: Dict[Tuple[str, ...], str]     # the frame of the slab failures before a sleep
-        for (prefix, failures, in_mempool, secs), ns in self.parts.items():
+        for (comm, kstack, failures, in_mempool, secs), ns in self.parts.items():
+            prefix = prefixes.get((comm, kstack))
+            if prefix is None:
+                prefix = prefixes[(comm, kstack)] = ";".join(
+                    folded_stacks.sanitize_frame(f) for f in [comm] + stacks.root_first(kstack))
             if failures is None:
                 line = prefix + self.OTHER_TIME
             else:
