@@ -351,13 +351,17 @@ class _Losses(object):
     def __init__(self) -> None:
         self.windows = []  # type: List[Tuple[float, float]]
         self.lost = 0
+        self.perf_buffer = 0             # of them, those the perf buffer's markers counted
         self.last = float("-inf")  # type: float    # the latest time of a timed record
         self.pending = []  # type: List[float]
 
     def feed(self, ev: Dict[str, Any]) -> None:
         kind = ev.get("type")
         if kind == "lost":
-            self.lost += int(ev.get("count") or 0)
+            count = int(ev.get("count") or 0)
+            self.lost += count
+            if ev.get("source") == "perf_buffer":
+                self.perf_buffer += count
             start = ev.get("ts_ns")
             self.pending.append(float(start) if start is not None else float(self.last))
             return
@@ -399,8 +403,7 @@ def correlate(events: Iterable[Any], extra_lost: int = 0) -> Result:
     non-integer ids and times) are skipped and lower the confidence.
     """
     correlator = Correlator()
-    for ev in events:
-        correlator.feed(ev)
+    correlator.feed_all(events)
     return correlator.result(extra_lost)
 
 
@@ -446,75 +449,85 @@ class Correlator(object):
         self.stacks = {}  # type: Dict[Tuple[str, ...], Tuple[str, ...]]
 
     def feed(self, ev: Any) -> None:
-        kind = _KINDS.get(ev.get("type")) if isinstance(ev, dict) else None
-        if kind is None:
-            if not isinstance(ev, dict):
+        """One record (:meth:`feed_all`)."""
+        self.feed_all((ev,))
+
+    def feed_all(self, events: Iterable[Any]) -> None:
+        """Records in stream order: each one goes to its thread's window (one loop, its lookups made once)."""
+        threads, losses, kinds = self.threads, self.losses, _KINDS
+        for ev in events:
+            kind = kinds.get(ev.get("type")) if isinstance(ev, dict) else None
+            if kind is None:
+                self._not_correlated(ev)
+                continue
+            tid, ts = ev.get("tid"), ev.get("ts_ns")
+            start = ts if kind == _SLAB else ev.get("start_ns")
+            # usable: integer ids and times, start before end (else skipped, and the confidence drops)
+            if type(tid) is not int or type(ts) is not int or type(start) is not int or start > ts:
                 self.malformed += 1
-            elif ev.get("type") == "mode":
-                flags = ev.get("flags") or []
-                self.sleeps_from = "kprobe" if "WANT_SLEEP_KPROBE" in flags else (
-                    "sched_switch" if "WANT_SLEEP_SCHED" in flags else self.sleeps_from)
+                continue
+            if losses.pending:
+                losses.timed(ts)
+            elif ts > losses.last:
+                losses.last = ts
+            try:
+                thread = threads[tid]
+            except KeyError:
+                thread = threads[tid] = _Thread()
+            if ts > thread.clock:
+                thread.clock = ts
+                if ts > self.clock:
+                    self.clock = ts
+            if kind == _WRITEBACK:
+                thread.calls.append((start, ts, ev.get("func"), ev.get("dev"), ev.get("ino"), tid, ev.get("tgid"),
+                                     ev.get("comm"), ev.get("kstack"), ev.get("wb_cgroup") or ev.get("cgroup"),
+                                     ev.get("wb_container"), ev.get("container")))
+                if ts + SETTLE_NS < thread.due:
+                    thread.due = ts + SETTLE_NS
             else:
-                self.losses.feed(ev)
-            return
-        tid, ts = ev.get("tid"), ev.get("ts_ns")
-        start = ts if kind == _SLAB else ev.get("start_ns")
-        # usable: integer ids and times, start before end (else skipped, and the confidence drops)
-        if type(tid) is not int or type(ts) is not int or type(start) is not int or start > ts:
+                if kind == _SLEEP:
+                    if self.sleeps_from == "none" and not self.seen_kprobe_sleep:    # (else the mode said)
+                        self.seen_sleep = True
+                        if ev.get("source") == "kprobe":
+                            self.seen_kprobe_sleep = True
+                    timed = thread.sleeps
+                    blocked, kstack = ev.get("blocked_in"), ev.get("kstack")
+                    if type(kstack) is list:
+                        try:
+                            kstack = self.stacks[tuple(kstack)]
+                        except KeyError:
+                            kstack = self._stack(kstack)
+                        except TypeError:       # a frame that is not text: kept as it is
+                            pass
+                    record = (start, ts, bool(ev.get("in_mempool")), _base_name(blocked) if blocked else None,
+                              ev.get("timed_out"), ev.get("caller"), ev.get("pool_cache"), kstack)
+                else:
+                    timed = thread.slabs
+                    record = _slab_record(ev, ts)
+                records, times = timed.records, timed.times
+                if times and start < times[-1]:
+                    timed.in_order = False
+                records.append(record)
+                times.append(start)
+                if len(records) > MAX_PENDING:
+                    self._forget(thread, thread.clock - PENDING_NS, MAX_PENDING // 2)
+            if thread.clock > thread.due:
+                self._finish(thread, False)
+            self.to_sweep -= 1
+            if not self.to_sweep:
+                self.to_sweep = SWEEP_EVENTS
+                self._sweep()
+
+    def _not_correlated(self, ev: Any) -> None:
+        """A record of no kind :meth:`feed_all` correlates: the plan (``mode``), a loss marker, or malformed."""
+        if not isinstance(ev, dict):
             self.malformed += 1
-            return
-        losses = self.losses
-        if losses.pending:
-            losses.timed(ts)
-        elif ts > losses.last:
-            losses.last = ts
-        try:
-            thread = self.threads[tid]
-        except KeyError:
-            thread = self.threads[tid] = _Thread()
-        if ts > thread.clock:
-            thread.clock = ts
-            if ts > self.clock:
-                self.clock = ts
-        if kind == _WRITEBACK:
-            thread.calls.append((start, ts, ev.get("func"), ev.get("dev"), ev.get("ino"), tid, ev.get("tgid"),
-                                 ev.get("comm"), ev.get("kstack"), ev.get("wb_cgroup") or ev.get("cgroup"),
-                                 ev.get("wb_container"), ev.get("container")))
-            if ts + SETTLE_NS < thread.due:
-                thread.due = ts + SETTLE_NS
+        elif ev.get("type") == "mode":
+            flags = ev.get("flags") or []
+            self.sleeps_from = "kprobe" if "WANT_SLEEP_KPROBE" in flags else (
+                "sched_switch" if "WANT_SLEEP_SCHED" in flags else self.sleeps_from)
         else:
-            if kind == _SLEEP:
-                if self.sleeps_from == "none" and not self.seen_kprobe_sleep:    # (else the mode said)
-                    self.seen_sleep = True
-                    if ev.get("source") == "kprobe":
-                        self.seen_kprobe_sleep = True
-                timed = thread.sleeps
-                blocked, kstack = ev.get("blocked_in"), ev.get("kstack")
-                if type(kstack) is list:
-                    try:
-                        kstack = self.stacks[tuple(kstack)]
-                    except KeyError:
-                        kstack = self._stack(kstack)
-                    except TypeError:       # a frame that is not text: kept as it is
-                        pass
-                record = (start, ts, bool(ev.get("in_mempool")), _base_name(blocked) if blocked else None,
-                          ev.get("timed_out"), ev.get("caller"), ev.get("pool_cache"), kstack)
-            else:
-                timed = thread.slabs
-                record = _slab_record(ev, ts)
-            records, times = timed.records, timed.times
-            if times and start < times[-1]:
-                timed.in_order = False
-            records.append(record)
-            times.append(start)
-            if len(records) > MAX_PENDING:
-                self._forget(thread, thread.clock - PENDING_NS, MAX_PENDING // 2)
-        if thread.clock > thread.due:
-            self._finish(thread, False)
-        self.to_sweep -= 1
-        if not self.to_sweep:
-            self.to_sweep = SWEEP_EVENTS
-            self._sweep()
+            self.losses.feed(ev)
 
     def _stack(self, kstack: List[str]) -> Tuple[str, ...]:
         """KSTACK (a list of text, not seen lately) as the tuple shared from now on by the equal stacks (at most

@@ -11,7 +11,7 @@ recognised as mempool waits by their stack; other sleeps in a stall are shown as
 """
 import json
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import click
 from rich.markup import escape
@@ -78,13 +78,21 @@ def render_recording(rec: Any, console: Any) -> None:
     """``bpftools report`` of an iojitter recording: the same analysis and tables as the live run, its
     events read once (a list or a stream); no stacks are folded, as the text shows none."""
     correlator = Correlator(fold=False)
-    marked = 0
-    for e in rec.events:
-        correlator.feed(e)
-        if isinstance(e, dict) and e.get("type") == "lost" and e.get("source") == "perf_buffer":
-            marked += int(e.get("count") or 0)
+    correlator.feed_all(rec.events)
     trailer_lost = int((rec.trailer or {}).get("lost_events") or 0)
-    render(correlator.result(extra_lost=max(0, trailer_lost - marked)), console)
+    render(correlator.result(extra_lost=max(0, trailer_lost - correlator.losses.perf_buffer)), console)
+
+
+def _tallied(events: Iterable[Any], activity: Activity, modes: List[Dict[str, Any]]) -> Iterator[Any]:
+    """EVENTS as they pass, each counted in ACTIVITY (the timeline); the first plan (``mode``) goes to MODES."""
+    for e in events:
+        if isinstance(e, dict):
+            kind = _activity_kind(e)
+            if kind is not None:
+                activity.add(e["ts_ns"], kind, int(e.get("count") or 1) if kind == "records lost" else 1)
+            elif not modes and e.get("type") == "mode":
+                modes.append(e)
+        yield e
 
 
 def _threshold_ns(mode: Optional[Dict[str, Any]]) -> Optional[int]:
@@ -121,18 +129,11 @@ def incident_report(header: Dict[str, Any], events: Iterable[Dict[str, Any]], ge
     """The HTML/flame-graph report of an iojitter recording (EVENTS read once): the verdict, episodes,
     containers, the timeline and the time blocked per kernel stack (the same folded stacks as ``--folded``)."""
     correlator = Correlator()
-    mode = None  # type: Optional[Dict[str, Any]]
     activity = Activity()
-    for e in events:
-        correlator.feed(e)
-        if isinstance(e, dict):
-            kind = _activity_kind(e)
-            if kind is not None:
-                activity.add(e["ts_ns"], kind, int(e.get("count") or 1) if kind == "records lost" else 1)
-            elif mode is None and e.get("type") == "mode":
-                mode = e
+    modes = []  # type: List[Dict[str, Any]]
+    correlator.feed_all(_tallied(events, activity, modes))
     result = correlator.result()
-    threshold = _threshold_ns(mode)
+    threshold = _threshold_ns(modes[0] if modes else None)
     at_least = " (>= %s s)" % _secs(threshold) if threshold is not None else ""
     pools = result.pool_caches
     if result.slow_writebacks:
