@@ -5,8 +5,10 @@ attribution) on recordings of 1 million events.
 The recording is synthetic and deterministic (a seed): THREADS writer threads, each a run of slow
 writebacks (an outer ``do_writepages`` with ``ext4_writepages`` nested in it) containing slab failures,
 a mempool sleep (every third one timed out at 5 s) and a ``blk_mq_get_tag`` sleep, with sleeps and slab
-failures outside writebacks between them, and a perf-buffer loss marker now and then; the fields are
-those ``bpftools iojitter --record`` writes. Figures, each events/s:
+failures outside writebacks between them, and a perf-buffer loss marker now and then. Each record is made
+by the class ``bpftools iojitter --record`` writes it from (``WritebackCall``, ``Sleep``, ``SlabFailure``:
+every field, as a tracepoint-mode capture on a cgroup v1 node gives them: the writer's cgroup and container
+on each record, kernel stacks on writebacks, sleeps and slab failures). Figures, each events/s:
 
 - ``read``: the recording read as a stream (``bpftools.recording.stream_recording``: JSON lines parsed),
   with the cyclic garbage collector paused as ``bpftools report`` pauses it (and for ``correlate``),
@@ -49,6 +51,11 @@ SLEEP_STACK = ["__schedule", "schedule", "io_schedule_timeout", "mempool_alloc_n
                "do_writepages"]
 TAG_STACK = ["__schedule", "schedule", "io_schedule", "blk_mq_get_tag", "__blk_mq_alloc_requests",
              "blk_mq_submit_bio", "submit_bio_noacct", "ext4_io_submit", "ext4_writepages", "do_writepages"]
+ENTRY_STACK = ["do_writepages", "filemap_fdatawrite_wbc", "__filemap_fdatawrite_range", "file_write_and_wait_range",
+               "ext4_sync_file", "__x64_sys_fsync", "do_syscall_64", "entry_SYSCALL_64_after_hwframe"]
+SLAB_STACK = ["kmem_cache_alloc_noprof", "mempool_alloc_slab", "mempool_alloc_noprof", "bvec_alloc", "bio_alloc_bioset",
+              "ext4_bio_write_folio", "mpage_submit_folio", "ext4_do_writepages", "ext4_writepages"] + ENTRY_STACK
+GFP = 0x2c00                # GFP_NOIO | __GFP_NOWARN in the 6.x layout (bpftools.analyses.gfp)
 CONTAINER = {"container_id": "c8edefa90517e21bc691deef20c17220af0f0ac69962cc51007d372e7dd40256",
              "pod_uid": "0b5c4d1e-6d3f-4a47-9f0e-3c1a2b4d5e6f", "runtime": "containerd"}
 
@@ -65,34 +72,47 @@ class _Writer(object):
         self.events += 1
 
 
+CGROUP = "/kubepods/burstable/pod%s/%s" % (CONTAINER["pod_uid"], CONTAINER["container_id"])
+
+
+def sleep_event(tid: int, start: int, end: int, in_mempool: bool, blocked_in: str, kstack: List[str],
+                caller: Optional[str] = None) -> Dict[str, Any]:
+    """A D-state sleep as a tracepoint-mode capture records it."""
+    from bpftools.iostall.mempool import Sleep
+    return Sleep(ts_ns=end, start_ns=start, duration_ns=end - start, tgid=tid, tid=tid, comm="writer-%d" % tid,
+                 source="sched_switch", in_mempool=in_mempool,
+                 timed_out=(end - start >= 5000 * MS) if in_mempool else None, pool=None, timeout_jiffies=None,
+                 caller=caller, blocked_in=blocked_in, kstack=kstack, cgroup=CGROUP, container=CONTAINER).to_json()
+
+
 def _episode(out: _Writer, rnd: random.Random, tid: int, now: int, n: int) -> int:
     """One slow writeback of thread TID starting at NOW, and what blocked it; returns its end."""
+    from bpftools.iostall.slab import SlabFailure
+    from bpftools.iostall.writeback import WritebackCall
     comm = "writer-%d" % tid
-    cgroup = "/kubepods/burstable/pod%s/%s" % (CONTAINER["pod_uid"], CONTAINER["container_id"])
     start = now
     t = start + rnd.randint(1, 50) * 1000
     for _ in range(rnd.randint(1, 3)):
-        out.write({"type": "slab_failure", "tid": tid, "tgid": tid, "comm": comm, "ts_ns": t, "kind": "slab",
-                   "cache": "biovec-64", "call_site": "bvec_alloc+0x9a", "memcg_cache": None,
-                   "container": CONTAINER})
+        out.write(SlabFailure(ts_ns=t, tgid=tid, tid=tid, comm=comm, kind="alloc", source="kmem_cache_alloc",
+                              cache="biovec-64", call_site="bvec_alloc+0x9a", gfp=GFP,
+                              gfp_flags=["GFP_NOIO", "__GFP_NOWARN"], bytes_req=1024, node=None, accounted=False,
+                              memcg_cache=None, kstack=SLAB_STACK, cgroup=CGROUP, container=CONTAINER).to_json())
         t += rnd.randint(1, 20) * 1000
     wait = 5000 * MS if n % 3 == 0 else rnd.randint(5, 900) * MS
-    out.write({"type": "sleep", "tid": tid, "tgid": tid, "comm": comm, "start_ns": t, "ts_ns": t + wait,
-               "duration_ns": wait, "in_mempool": True, "timed_out": wait >= 5000 * MS, "source": "sched_switch",
-               "blocked_in": "mempool_alloc_noprof", "caller": "bio_alloc_bioset", "pool": None,
-               "kstack": SLEEP_STACK})
+    out.write(sleep_event(tid, t, t + wait, True, "mempool_alloc_noprof", SLEEP_STACK, "bio_alloc_bioset"))
     t += wait + rnd.randint(1, 100) * 1000
     tag = rnd.randint(1, 40) * MS
-    out.write({"type": "sleep", "tid": tid, "tgid": tid, "comm": comm, "start_ns": t, "ts_ns": t + tag,
-               "duration_ns": tag, "in_mempool": False, "timed_out": None, "source": "sched_switch",
-               "blocked_in": "blk_mq_get_tag", "caller": None, "pool": None, "kstack": TAG_STACK})
+    out.write(sleep_event(tid, t, t + tag, False, "blk_mq_get_tag", TAG_STACK))
     t += tag + rnd.randint(1, 100) * 1000
     inner_start = start + 500
     for func, depth, begin in (("ext4_writepages", 1, inner_start), ("do_writepages", 0, start)):
         end = t if depth == 1 else t + 2000
-        out.write({"type": "writeback", "tid": tid, "tgid": tid, "comm": comm, "start_ns": begin, "ts_ns": end,
-                   "duration_ns": end - begin, "func": func, "depth": depth, "dev": "8:16", "ino": 4000 + n,
-                   "kstack": None, "cgroup": cgroup, "container": CONTAINER, "wb_container": None})
+        out.write(WritebackCall(
+            ts_ns=end, start_ns=begin, duration_ns=end - begin, tgid=tid, tid=tid, comm=comm, func=func, depth=depth,
+            dev="8:16", ino=4000 + n, bdi="8:16", nr_to_write=None, written=512, ret=None, deeper=False,
+            wb_cgroup_ino=None, wb_cgroup=None, wb_container=None,
+            kstack=ENTRY_STACK if depth == 0 else ["ext4_writepages"] + ENTRY_STACK,
+            cgroup=CGROUP, container=CONTAINER).to_json())
     return t + 2000
 
 
@@ -114,10 +134,7 @@ def write_recording(path: str, events: int, threads: int, seed: int = 1) -> Tupl
             clocks[i] = _episode(out, rnd, tid, clocks[i], n)
             if n % 5 == 0:   # activity outside any slow writeback
                 ts = clocks[i] + 1000
-                out.write({"type": "sleep", "tid": tid, "tgid": tid, "comm": "writer-%d" % tid, "start_ns": ts,
-                           "ts_ns": ts + 2 * MS, "duration_ns": 2 * MS, "in_mempool": n % 10 == 0,
-                           "timed_out": False, "source": "sched_switch", "blocked_in": "folio_wait_bit",
-                           "caller": None, "pool": None, "kstack": TAG_STACK})
+                out.write(sleep_event(tid, ts, ts + 2 * MS, n % 10 == 0, "folio_wait_bit", TAG_STACK))
                 clocks[i] = ts + 3 * MS
             if n % 1000 == 999:
                 out.write({"type": "lost", "count": 7, "source": "perf_buffer", "ts_ns": clocks[i]})
@@ -144,23 +161,32 @@ def write_refleak_recording(path: str, events: int, devices: int) -> Tuple[int, 
         for d in range(devices):
             dev = "0x%x" % (0xffff888000000000 + d * 0x1000)
             out.write({"type": "device", "dev": dev, "name": "veth%d" % d, "ifindex": 10 + d, "ts_ns": 1 + d,
+                       "tgid": 1, "tid": 1, "cpu": 0, "comm": "systemd", "netns": 4026531840 + d,
+                       "how": "existing", "pcpu": True, "counter": "0x%x" % (0xffffc90000000000 + d * 8),
                        "level": 1, "base_refs": 1})
             out.write({"type": "watch", "dev": dev, "ts_ns": 1 + d, "armed": True, "cpus": [0, 1]})
             out.write({"type": "sync", "dev": dev, "ts_ns": 1 + d, "level": 1})
         n = leaked = 0
         ts = 10 ** 9
+        held = [1] * devices        # each device's count, as the watched counter reads it
+        # the fields bpftools.refleak.session gives a "ref" record of the watch strategy
         while out.events < events:
             d = n % devices
             dev = "0x%x" % (0xffff888000000000 + d * 0x1000)
             ts += 1000
+            addr = "0x%x" % (0xffffc90000000000 + d * 8)
+            held[d] += 1
             out.write({"type": "ref", "dev": dev, "ts_ns": ts, "delta": 1, "strategy": "watch", "stack": HOLD_STACK,
-                       "comm": "curl", "tgid": 4000 + n % 50})
+                       "comm": "curl", "tgid": 4000 + n % 50, "tid": 4000 + n % 50, "cpu": n % 2, "cgroup": CGROUP,
+                       "addr": addr, "value": held[d], "gap": False})
             if n % 1000 == 999:
                 leaked += 1
             else:
                 ts += 1000
+                held[d] -= 1
                 out.write({"type": "ref", "dev": dev, "ts_ns": ts, "delta": -1, "strategy": "watch",
-                           "stack": PUT_STACK, "comm": "ksoftirqd/0", "tgid": 15})
+                           "stack": PUT_STACK, "comm": "ksoftirqd/0", "tgid": 15, "tid": 15, "cpu": 0, "cgroup": "/",
+                           "addr": addr, "value": held[d], "gap": False})
             n += 1
         f.write(json.dumps({"trailer": True, "lost_events": 0, "interrupted": False, "events": out.events}) + "\n")
     return out.events, leaked
