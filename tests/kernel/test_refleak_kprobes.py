@@ -129,6 +129,14 @@ def strategy(device: Any, name: str) -> Any:
     return found
 
 
+def only_skipped_hits(counted: Dict[str, Any]) -> bool:
+    """True when a strategy's uncertainty (its JSON) is only watchpoint writes the kernel did not run our
+    program for (a hit landing while another BPF program runs on that CPU: perf counts it as skipped, see
+    refbalance's module doc): jumps of the counter, every one accounted for by the skipped hits."""
+    return (counted["strategy"] == "watch" and counted["missed"] > 0 and counted["untrapped"] == 0
+            and all("write(s) not seen" in reason for reason in counted["uncertain"]))
+
+
 def leak_scenario(devref: Injector, workdir: str, existing: bool) -> Dict[str, Any]:
     """The leak, watched from before (EXISTING: the device exists when refleak starts) to after put."""
     args = ["--dev", NETNS_IF]
@@ -185,7 +193,7 @@ def test_injected_leak_is_the_only_unbalanced_stack_until_put(devref, workdir, e
     strategies = ["watch", "inline"] if seen["dwarf"] else ["watch"]
     for name in strategies:
         counted = strategy(device, name)
-        assert counted.uncertain == [], counted.uncertain
+        assert counted.uncertain == [] or only_skipped_hits(counted.to_json()), counted.to_json()
         assert [(base_name(r.stack[0]), r.count) for r in counted.unbalanced] == [("bpftools_devref_take", 1)], \
             (name, [(r.stack[:3], r.count) for r in counted.unbalanced])
         (row,) = counted.unbalanced
@@ -196,11 +204,11 @@ def test_injected_leak_is_the_only_unbalanced_stack_until_put(devref, workdir, e
             assert (counted.partial, counted.level_end) == (True, None)
     # after put: freed, every reference accounted for
     (final,) = [d for d in seen["final"]["devices"] if d["name"] == NETNS_IF]
-    assert (final["state"], final["verdict"], final["uncertain"], final["level_at_free"]) == (
-        "freed", "balanced", False, base_references())
+    assert (final["state"], final["verdict"], final["level_at_free"]) == ("freed", "balanced", base_references())
+    assert all(not s["uncertain"] or only_skipped_hits(s) for s in final["strategies"]), final["strategies"]
     for s in final["strategies"]:
         if s["strategy"] in strategies:
-            assert s["outstanding"] == 0 and s["uncertain"] == [], s
+            assert s["outstanding"] == 0, s
     watch = [s for s in final["strategies"] if s["strategy"] == "watch"][0]
     assert watch["holds"] >= 1 and watch["puts"] >= 2, watch
     assert watch["level_end"] == base_references()
