@@ -33,7 +33,7 @@ import heapq
 import operator
 from array import array
 from collections import Counter, OrderedDict, deque
-from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 from dataclasses import asdict, dataclass, field
 
@@ -50,7 +50,7 @@ PENDING_NS = 600 * 1000 ** 3        # sleeps and slab failures outside any write
 MAX_PENDING = 20000                 # ... and at most this many per thread (the oldest are decided first)
 SWEEP_EVENTS = 1 << 16              # idle threads and stale stalls are swept this often
 KEEP_EPISODES = 500                 # the first and the longest episodes kept whole (each)
-STACKS = 4096                       # distinct sleeping stacks kept shared (Correlator._stack)
+STACKS = 4096                       # distinct sleeping stacks kept shared (Correlator._share)
 NEVER = 1 << 100                    # a time past any (integer, unlike inf: compared faster with times)
 
 
@@ -247,13 +247,13 @@ def _group_of(container: Optional[Dict[str, Any]], cgroup: Optional[str]) -> str
     return "cgroup %s" % cgroup if cgroup and cgroup != "/" else "host"
 
 
-# Records as Correlator.feed keeps them: tuples of the fields read later, made while the event is fresh.
+# Records as Correlator.feed_all keeps them: tuples of the fields read later, made while the event is fresh.
 # A writeback call: (start, end, func, dev, ino, tid, tgid, comm, kstack, cgroup (the bdi_writeback's, else
 # the writer's), wb_container, container), read at these places (the hot paths unpack it):
 _C_START, _C_END, _C_FUNC, _C_DEV, _C_INO, _C_TID, _C_TGID, _C_COMM, _C_KSTACK = range(9)
 # A sleep: (start, end, in mempool, blocked in (its base name), timed out, caller, pool cache, kstack (shared,
-# :meth:`Correlator._stack`)); a slab failure: :func:`_slab_record`.
-_S_TIMED_OUT, _S_CALLER, _S_POOL, _S_KSTACK = range(4, 8)
+# :meth:`Correlator._share`)); a slab failure: :func:`_slab_record`.
+_S_IN_MEMPOOL, _S_BLOCKED, _S_TIMED_OUT, _S_CALLER, _S_POOL, _S_KSTACK = range(2, 8)
 _CallRec = Tuple[Any, ...]
 _START, _END = operator.itemgetter(_C_START), operator.itemgetter(_C_END)
 
@@ -266,7 +266,7 @@ class _Tree(object):
         ends = []  # type: List[int]     # of the calls open around the next, innermost last
         by_end = sorted(calls, key=_END, reverse=True)        # two stable sorts: by start, then latest end
         for call in sorted(by_end, key=_START):
-            end = call[1]
+            end = call[_C_END]
             # not around it: ended before it started, or overlaps it (feed checked start <= end)
             while ends and end > ends[-1]:
                 ends.pop()
@@ -392,7 +392,7 @@ class _Losses(object):
 
 
 _WRITEBACK, _SLEEP, _SLAB = 1, 2, 3
-_KINDS = {"writeback": _WRITEBACK, "sleep": _SLEEP, "slab_failure": _SLAB}   # correlated (by number: compared fast)
+_KINDS = {"writeback": _WRITEBACK, "sleep": _SLEEP, "slab_failure": _SLAB}   # the records correlated
 
 
 def correlate(events: Iterable[Any], extra_lost: int = 0) -> Result:
@@ -493,11 +493,12 @@ class Correlator(object):
                     timed = thread.sleeps
                     blocked, kstack = ev.get("blocked_in"), ev.get("kstack")
                     if type(kstack) is list:
+                        key = tuple(kstack)
                         try:
-                            kstack = self.stacks[tuple(kstack)]
+                            kstack = self.stacks[key]
                         except KeyError:
-                            kstack = self._stack(kstack)
-                        except TypeError:       # a frame that is not text: kept as it is
+                            kstack = self._share(key)
+                        except TypeError:       # a frame that is not text: the list kept as it is
                             pass
                     record = (start, ts, bool(ev.get("in_mempool")), _base_name(blocked) if blocked else None,
                               ev.get("timed_out"), ev.get("caller"), ev.get("pool_cache"), kstack)
@@ -529,15 +530,14 @@ class Correlator(object):
         else:
             self.losses.feed(ev)
 
-    def _stack(self, kstack: List[str]) -> Tuple[str, ...]:
-        """KSTACK (a list of text, not seen lately) as the tuple shared from now on by the equal stacks (at most
-        STACKS are kept): made while the event is fresh, so that a stall, later, compares its stacks by
-        identity and hashes no frame again."""
+    def _share(self, stack: Tuple[str, ...]) -> Tuple[str, ...]:
+        """STACK (a sleeping stack as a tuple, not seen lately) kept as the one shared from now on by the equal
+        stacks (at most STACKS are kept): made while the event is fresh, so that a stall, later, compares its
+        stacks by identity and hashes no frame again."""
         if len(self.stacks) >= STACKS:
             self.stacks.clear()
-        key = tuple(kstack)
-        self.stacks[key] = key
-        return key
+        self.stacks[stack] = stack
+        return stack
 
     def _finish(self, thread: _Thread, final: bool) -> None:
         """Make episodes of the thread's finished writebacks (all of them when FINAL); decide the sleeps
@@ -545,10 +545,10 @@ class Correlator(object):
         roots = _Tree(thread.calls).roots
         ready = []
         for root, members in roots:
-            if not final and root[1] + SETTLE_NS >= thread.clock:
+            if not final and root[_C_END] + SETTLE_NS >= thread.clock:
                 break
             ready.append((root, members))
-        thread.due = min((root[1] + SETTLE_NS for root, _ in roots[len(ready):]), default=NEVER)
+        thread.due = min((root[_C_END] + SETTLE_NS for root, _ in roots[len(ready):]), default=NEVER)
         if not ready and not final:
             return
         used_sleeps = set()  # type: set
@@ -556,7 +556,7 @@ class Correlator(object):
         for root, members in ready:
             self._settle(_stall(root, members, thread, used_sleeps, used_slabs))
         thread.calls = [call for _, members in roots[len(ready):] for call, _ in members]
-        until = float("inf") if final else max(root[1] for root, _ in ready)
+        until = float("inf") if final else max(root[_C_END] for root, _ in ready)
         self._decide(thread, until, used_sleeps, used_slabs)
 
     def _decide(self, thread: _Thread, until: float, used_sleeps: set, used_slabs: set) -> None:
@@ -565,7 +565,7 @@ class Correlator(object):
         indexes, sleeps = thread.sleeps.drop_until(until)
         if len(used_sleeps) < len(sleeps):      # else every one was in a stall
             self.totals.mempool_elsewhere += sum(1 for i, s in zip(indexes, sleeps)
-                                                 if i not in used_sleeps and s[2])
+                                                 if i not in used_sleeps and s[_S_IN_MEMPOOL])
         self.totals.slab_elsewhere += len(thread.slabs.drop_until(until)[1]) - len(used_slabs)
 
     def _forget(self, thread: _Thread, before: int, keep: int) -> None:
@@ -573,8 +573,8 @@ class Correlator(object):
         for timed in (thread.sleeps, thread.slabs):
             kept = [i for i, t in enumerate(timed.times) if t >= before][-keep:]
             if timed is thread.sleeps:
-                self.totals.mempool_elsewhere += sum(1 for x in timed.records if x[2]) - sum(
-                    1 for i in kept if timed.records[i][2])
+                self.totals.mempool_elsewhere += sum(1 for x in timed.records if x[_S_IN_MEMPOOL]) - sum(
+                    1 for i in kept if timed.records[i][_S_IN_MEMPOOL])
             else:
                 self.totals.slab_elsewhere += len(timed) - len(kept)
             timed.keep(kept)
@@ -918,7 +918,8 @@ class _Folder(object):
     OTHER_TIME = ";" + folded_stacks.annotation("writeback other time")
 
     def __init__(self) -> None:
-        self.parts = {}  # type: Dict[Tuple[str, Tuple[Any, ...], Optional[Tuple[str, ...]], Optional[bool], Optional[str]], int]
+        # (comm, stack, slab failures before, in mempool, seconds) -> ns; the last three None for other time
+        self.parts = {}  # type: Dict[Tuple[str, Tuple[Any, ...], Any, Optional[bool], Optional[str]], int]
 
     def add(self, e: _Stall) -> None:
         parts, comm = self.parts, e.comm
