@@ -158,23 +158,21 @@ def write_refleak_recording(path: str, events: int, devices: int) -> Tuple[int, 
         out = _Writer(f)
         f.write(json.dumps(make_header("refleak", ["bpftools", "refleak", "--record", path]), sort_keys=True) + "\n")
         out.write({"type": "plan", "strategies": ["watch"]})
-        for d in range(devices):
-            dev = "0x%x" % (0xffff888000000000 + d * 0x1000)
+        devs = ["0x%x" % (0xffff888000000000 + d * 0x1000) for d in range(devices)]
+        counters = ["0x%x" % (0xffffc90000000000 + d * 8) for d in range(devices)]     # the watched refcount
+        for d, dev in enumerate(devs):
             out.write({"type": "device", "dev": dev, "name": "veth%d" % d, "ifindex": 10 + d, "ts_ns": 1 + d,
                        "tgid": 1, "tid": 1, "cpu": 0, "comm": "systemd", "netns": 4026531840 + d,
-                       "how": "existing", "pcpu": True, "counter": "0x%x" % (0xffffc90000000000 + d * 8),
-                       "level": 1, "base_refs": 1})
+                       "how": "existing", "pcpu": True, "counter": counters[d], "level": 1, "base_refs": 1})
             out.write({"type": "watch", "dev": dev, "ts_ns": 1 + d, "armed": True, "cpus": [0, 1]})
             out.write({"type": "sync", "dev": dev, "ts_ns": 1 + d, "level": 1})
         n = leaked = 0
         ts = 10 ** 9
         held = [1] * devices        # each device's count, as the watched counter reads it
-        # the fields bpftools.refleak.session gives a "ref" record of the watch strategy
-        while out.events < events:
+        while out.events < events:    # "ref" records with the fields bpftools.refleak.session gives (watch)
             d = n % devices
-            dev = "0x%x" % (0xffff888000000000 + d * 0x1000)
+            dev, addr = devs[d], counters[d]
             ts += 1000
-            addr = "0x%x" % (0xffffc90000000000 + d * 8)
             held[d] += 1
             out.write({"type": "ref", "dev": dev, "ts_ns": ts, "delta": 1, "strategy": "watch", "stack": HOLD_STACK,
                        "comm": "curl", "tgid": 4000 + n % 50, "tid": 4000 + n % 50, "cpu": n % 2, "cgroup": CGROUP,
