@@ -61,14 +61,17 @@ CONTAINER = {"container_id": "c8edefa90517e21bc691deef20c17220af0f0ac69962cc5100
 
 
 class _Writer(object):
-    """Writes JSON lines and counts them."""
+    """Writes events as ``bpftools.recording.Recorder`` writes them (its shared values; not each line
+    flushed) and counts them."""
 
     def __init__(self, f: IO[str]) -> None:
+        from bpftools.recording import SharedValues
         self.f = f
+        self.shared = SharedValues()
         self.events = 0
 
     def write(self, obj: Dict[str, Any]) -> None:
-        self.f.write(json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n")
+        self.f.write(json.dumps(self.shared.encode(obj), sort_keys=True, ensure_ascii=False) + "\n")
         self.events += 1
 
 

@@ -10,6 +10,10 @@ trailer and the damaged-line count are known once it is exhausted), so an analys
 one event at a time. :func:`merged` interleaves several streams in time order; :func:`read_recording`
 keeps the whole list for callers that want one; :class:`CountedRecording` reads one twice, for an output
 that puts its counts before its events.
+
+A field whose value is a JSON array or object (a kernel stack, a container, a flag list) is written whole
+once and by number after (:class:`SharedValues`): a busy capture records the same few hundred stacks
+millions of times, and reading a number is cheaper than reading the stack again.
 """
 import codecs
 import contextlib
@@ -31,7 +35,8 @@ from . import __version__
 from .errors import BadInput
 from .outfiles import open_stream
 
-FORMAT = "bpftools-recording/1"
+FORMAT = "bpftools-recording/2"         # /2: shared values (SHARED); /1 files, without them, read alike
+FORMATS = (FORMAT, "bpftools-recording/1")
 
 
 def make_header(tool: str, argv: List[str], extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -50,6 +55,63 @@ def make_header(tool: str, argv: List[str], extra: Optional[Dict[str, Any]] = No
 
 GZIP_MAGIC = b"\x1f\x8b"
 
+# An event's shared values: {"@": {FIELD: [NUMBER, VALUE]}} the first time a value is written, {FIELD:
+# NUMBER} after; a reader puts VALUE back in FIELD (one object for all the events that share it: read-only).
+SHARED = "@"
+MAX_SHARED = 1 << 16        # distinct values a recording shares; values past that are written whole each time
+
+
+class SharedValues(object):
+    """The writer's side of shared values: an event with each array or object field replaced by its
+    number under SHARED (and the value, the first time). The first MAX_SHARED distinct values are shared,
+    so a capture of days holds at most that many."""
+
+    def __init__(self) -> None:
+        self._numbers = {}  # type: Dict[str, int]
+
+    def encode(self, event: Dict[str, Any]) -> Dict[str, Any]:
+        """EVENT as written (a new dict when it shares a value; EVENT itself is left as it is)."""
+        refs = None  # type: Optional[Dict[str, Any]]
+        for key, value in event.items():
+            if not value or not isinstance(value, (list, dict)):
+                continue
+            text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+            number = self._numbers.get(text)
+            if number is None:
+                if len(self._numbers) >= MAX_SHARED:
+                    continue
+                number = self._numbers[text] = len(self._numbers)
+                ref = [number, value]  # type: Any
+            else:
+                ref = number
+            if refs is None:
+                refs = {}
+            refs[key] = ref
+        if refs is None:
+            return event
+        out = {key: value for key, value in event.items() if key not in refs}
+        out[SHARED] = refs
+        return out
+
+
+def _share(event: Dict[str, Any], refs: Any, values: Dict[int, Any]) -> bool:
+    """Put the shared values REFS of EVENT back in it, learning the new ones into VALUES; False when REFS
+    is malformed or names a value not defined before (a damaged line carried it)."""
+    if not isinstance(refs, dict):
+        return False
+    for key, ref in refs.items():
+        if type(ref) is list:
+            if len(ref) != 2 or type(ref[0]) is not int or not 0 <= ref[0] < MAX_SHARED or \
+                    not isinstance(ref[1], (list, dict)):
+                return False
+            values[ref[0]] = value = ref[1]
+        else:
+            value = values.get(ref) if type(ref) is int else None
+            if value is None:
+                return False
+        event[key] = value
+    return True
+
 
 def compressed(path: str) -> bool:
     """True when a recording written to PATH is gzip-compressed (its name ends in ``.gz``)."""
@@ -65,6 +127,7 @@ class Recorder:
 
     def __init__(self, path: str, header: Dict[str, Any]) -> None:
         self._file = open_stream(path, "recording")  # type: Optional[IO[str]]
+        self._shared = SharedValues()
         self._gzip = None  # type: Optional[gzip.GzipFile]
         if compressed(path):
             self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._file.buffer, mtime=0)
@@ -85,8 +148,8 @@ class Recorder:
             self._file.flush()
 
     def write(self, event: Dict[str, Any]) -> None:
-        """Append one event (a JSON-serialisable dict)."""
-        self._write(event)
+        """Append one event (a JSON-serialisable dict; its array and object values shared)."""
+        self._write(self._shared.encode(event))
         self.events += 1
 
     def close(self, trailer: Optional[Dict[str, Any]] = None) -> None:
@@ -249,6 +312,7 @@ class RecordingStream(object):
         self.trailer = None  # type: Optional[Dict[str, Any]]
         self.damaged_lines = 0
         self.count = 0            # events read so far
+        self._shared = {}  # type: Dict[int, Any]
         self._raw = _open(path) if raw is None else raw
         self._lines = enumerate(_lines(self._raw, path), 1)
         try:
@@ -272,7 +336,7 @@ class RecordingStream(object):
     def _first(self) -> Dict[str, Any]:
         try:
             for obj in self._objects():
-                if obj.get("format") != FORMAT:
+                if obj.get("format") not in FORMATS:
                     raise BadInput("%s is not a bpftools recording (no header line)" % self.path)
                 return obj
         except OSError as err:
@@ -284,9 +348,13 @@ class RecordingStream(object):
             for obj in self._objects():
                 if obj.get("trailer"):
                     self.trailer = obj
-                else:
-                    self.count += 1
-                    yield obj
+                    continue
+                refs = obj.pop(SHARED, None)
+                if refs is not None and not _share(obj, refs, self._shared):
+                    self.damaged_lines += 1
+                    continue
+                self.count += 1
+                yield obj
         except OSError as err:
             raise BadInput("cannot read %s: %s" % (self.path, err.strerror))
         finally:

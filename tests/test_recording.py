@@ -6,6 +6,7 @@ import zlib
 import pytest
 
 from bpftools.errors import BadInput
+from bpftools import recording
 from bpftools.recording import (FORMAT, MergedRecording, Recorder, make_header, merged, read_recording,
                                 stream_recording)
 
@@ -62,6 +63,74 @@ def test_missing_file_is_bad_input(tmp_path):
         read_recording(str(tmp_path / "nope.jsonl"))
     assert "nope.jsonl" in str(err.value)
 
+
+
+STACK = ["mempool_alloc+0x1", "bio_alloc_bioset+0x2", "do_writepages+0x3"]
+CONTAINER = {"container_id": "c8edefa9", "runtime": "containerd"}
+
+
+def _shared_events():
+    return [{"tid": 1, "kstack": STACK, "container": CONTAINER, "flags": []},
+            {"tid": 2, "kstack": STACK, "container": CONTAINER, "flags": ["GFP_NOIO"]},
+            {"tid": 3, "kstack": ["schedule+0x4"] + STACK, "container": CONTAINER, "flags": ["GFP_NOIO"]}]
+
+
+def test_arrays_and_objects_are_written_once_and_by_number_after(tmp_path):
+    path = tmp_path / "r.jsonl"
+    rec = Recorder(str(path), make_header("iojitter", []))
+    events = _shared_events()
+    for event in events:
+        rec.write(event)
+    rec.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    assert lines[0] == {"tid": 1, "flags": [], "@": {"kstack": [0, STACK], "container": [1, CONTAINER]}}
+    assert lines[1] == {"tid": 2, "@": {"kstack": 0, "container": 1, "flags": [2, ["GFP_NOIO"]]}}
+    assert lines[2] == {"tid": 3, "@": {"kstack": [3, ["schedule+0x4"] + STACK], "container": 1, "flags": 2}}
+    assert events == _shared_events()           # the caller's events are left as they were
+    back = read_recording(str(path))
+    assert back.events == events and back.damaged_lines == 0
+    assert back.events[0]["kstack"] is back.events[1]["kstack"]     # one object for the events sharing it
+
+
+def test_past_the_limit_values_are_written_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(recording, "MAX_SHARED", 2)
+    path = tmp_path / "r.jsonl"
+    rec = Recorder(str(path), make_header("iojitter", []))
+    for event in _shared_events():
+        rec.write(event)
+    rec.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    assert lines[1] == {"tid": 2, "flags": ["GFP_NOIO"], "@": {"kstack": 0, "container": 1}}
+    assert lines[2]["kstack"] == ["schedule+0x4"] + STACK and lines[2]["@"] == {"container": 1}
+    assert read_recording(str(path)).events == _shared_events()
+
+
+def test_a_value_whose_first_line_is_damaged_damages_the_lines_that_share_it(tmp_path):
+    path = tmp_path / "r.jsonl"
+    rec = Recorder(str(path), make_header("iojitter", []))
+    for event in _shared_events():
+        rec.write(event)
+    rec.close()
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1][:30]                    # the line defining the stack and the container, cut
+    path.write_text("\n".join(lines) + "\n")
+    back = read_recording(str(path))
+    assert back.events == [] and back.damaged_lines == 3    # both later lines name the container
+
+
+@pytest.mark.parametrize("refs", ['[0]', '{"kstack": 7}', '{"kstack": [0]}', '{"kstack": [0, 5]}',
+                                  '{"kstack": [-1, []]}', '{"kstack": "0"}', '{"kstack": true}'])
+def test_malformed_shared_values_are_damaged_lines(tmp_path, refs):
+    path = tmp_path / "r.jsonl"
+    path.write_text(HEADER + '{"tid": 1, "@": %s}\n{"tid": 2}\n' % refs)
+    back = read_recording(str(path))
+    assert back.events == [{"tid": 2}] and back.damaged_lines == 1
+
+
+def test_a_first_format_recording_reads_alike(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(HEADER + "".join(json.dumps(e) + "\n" for e in _shared_events()))
+    assert read_recording(str(path)).events == _shared_events()
 
 
 HEADER = '{"format": "bpftools-recording/1", "tool": "kmemsnoop", "argv": ["bpftools", "kmemsnoop"]}\n'
