@@ -215,40 +215,60 @@ def _timed(fn: Any, budget: float = 0) -> Tuple[Any, float]:
     return value, time.perf_counter() - start
 
 
-NO_ORJSON = "import sys, runpy; sys.modules['orjson'] = None; sys.argv[0] = 'bpftools'; " \
-            "runpy.run_module('bpftools.cli', run_name='__main__')"
+# ``bpftools report`` in a fresh process that writes its own peak RSS (VmHWM, KiB) to the file descriptor
+# given first at exit. Not the parent's getrusage: a child made by fork or vfork, then exec, takes the
+# parent's high-water mark as its own (the kernel folds the old address space's into it at exec), and this
+# bench's process is as large as the reports it measures. "no-orjson" second: with orjson hidden.
+REPORT = "\n".join((
+    "import atexit, os, runpy, sys",
+    "fd = int(sys.argv.pop(1))",
+    "def peak():",
+    "    with open('/proc/self/status') as f:",
+    "        os.write(fd, [line.split()[1] for line in f if line.startswith('VmHWM:')][0].encode())",
+    "atexit.register(peak)",
+    "if sys.argv.pop(1) == 'no-orjson':",
+    "    sys.modules['orjson'] = None",
+    "sys.argv[0] = 'bpftools'",
+    "runpy.run_module('bpftools.cli', run_name='__main__')"))
 
 
 CPU_S = {}  # type: Dict[str, float]     # CPU seconds (user + system) of the last report process, per path
 
 
 def report_process(path: str, budget: float, orjson: bool = True) -> Tuple[Optional[float], Optional[float]]:
-    """``bpftools report PATH`` in a fresh process: seconds and peak RSS (MiB); (None, None) when a
-    previous step ran over the budget (BUDGET < 0), (BUDGET, None) when this one does. Not ORJSON: with
-    orjson hidden (the json module parses). Its CPU seconds go to CPU_S[PATH]."""
+    """``bpftools report PATH`` in a fresh process: seconds and peak RSS (MiB, its own: REPORT); (None, None)
+    when a previous step ran over the budget (BUDGET < 0), (BUDGET, None) when this one does. Not ORJSON:
+    with orjson hidden (the json module parses). Its CPU seconds go to CPU_S[PATH]."""
     if budget < 0:
         return None, None
     start = time.perf_counter()
-    argv = benchlib.bpftools("report", path) if orjson else [sys.executable, "-c", NO_ORJSON, "report", path]
-    proc = subprocess.Popen(argv, cwd=benchlib.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if budget and time.perf_counter() - start > budget:
-            proc.kill()
-            os.wait4(proc.pid, 0)
-            proc.stderr.close()
-            return float(budget), None
-        time.sleep(0.1)
+    peak_r, peak_w = os.pipe()
+    argv = [sys.executable, "-c", REPORT, str(peak_w), "orjson" if orjson else "no-orjson", "report", path]
+    try:
+        proc = subprocess.Popen(argv, cwd=benchlib.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                pass_fds=(peak_w,))
+    finally:
+        os.close(peak_w)
+    with os.fdopen(peak_r, "rb") as peak:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if budget and time.perf_counter() - start > budget:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                proc.stderr.close()
+                return float(budget), None
+            time.sleep(0.1)
+        peak_kib = peak.read()
     proc.returncode = status
     report_s = time.perf_counter() - start
     CPU_S[path] = usage.ru_utime + usage.ru_stime
     err = proc.stderr.read().decode("utf-8", "replace")
     proc.stderr.close()
-    if status != 0:
-        raise SystemExit("bpftools report failed (wait status %d): %s" % (status, err))
-    return report_s, usage.ru_maxrss / 1024.0
+    if status != 0 or not peak_kib:
+        raise SystemExit("bpftools report failed (wait status %d): %s" % (status, err or "no peak RSS written"))
+    return report_s, int(peak_kib) / 1024.0
 
 
 def _rate(events: int, seconds: Optional[float], finished: bool) -> Optional[float]:

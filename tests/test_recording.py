@@ -92,6 +92,20 @@ def test_arrays_and_objects_are_written_once_and_by_number_after(tmp_path):
     assert back.events[0]["kstack"] is back.events[1]["kstack"]     # one object for the events sharing it
 
 
+def test_values_equal_in_python_but_written_differently_are_not_shared(tmp_path):
+    path = tmp_path / "r.jsonl"
+    events = [{"a": [1]}, {"a": [True]}, {"a": [1.0]}, {"a": ["1"]}, {"c": {"x": 1}}, {"c": {"x": True}},
+              {"c": {"x": "1"}}, {"c": {"x": None}}, {"c": {"x": [1]}}, {"c": {"x": [True]}}, {"a": [["x"]]},
+              {"a": [["x"]]}]
+    rec = Recorder(str(path), make_header("kmemsnoop", []))
+    for event in events:
+        rec.write(event)
+    rec.close()
+    back = read_recording(str(path)).events
+    assert [json.dumps(e) for e in back] == [json.dumps(e) for e in events]
+    assert back[-1]["a"] is back[-2]["a"]
+
+
 def test_past_the_limit_values_are_written_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(recording, "MAX_SHARED", 2)
     path = tmp_path / "r.jsonl"
