@@ -248,13 +248,17 @@ def _group_of(container: Optional[Dict[str, Any]], cgroup: Optional[str]) -> str
 
 
 # Records as Correlator.feed_all keeps them: tuples of the fields read later, made while the event is fresh.
-# A writeback call: (start, end, func, dev, ino, tid, tgid, comm, kstack, cgroup (the bdi_writeback's, else
-# the writer's), wb_container, container), read at these places (the hot paths unpack it):
+# A writeback call: its fields _CALL_FIELDS (in one C call: _call_record), read at these places (the hot
+# paths unpack it):
+_CALL_FIELDS = ("start_ns", "ts_ns", "func", "dev", "ino", "tid", "tgid", "comm", "kstack", "wb_cgroup", "cgroup",
+                "wb_container", "container")
 _C_START, _C_END, _C_FUNC, _C_DEV, _C_INO, _C_TID, _C_TGID, _C_COMM, _C_KSTACK = range(9)
+_call_record = operator.itemgetter(*_CALL_FIELDS)
 # A sleep: (start, end, in mempool, blocked in (its base name), timed out, caller, pool cache, kstack (shared,
 # :meth:`Correlator._share`)); a slab failure: :func:`_slab_record`.
 _S_IN_MEMPOOL, _S_BLOCKED, _S_TIMED_OUT, _S_CALLER, _S_POOL, _S_KSTACK = range(2, 8)
 _CallRec = Tuple[Any, ...]
+_DirectStall = Tuple[int, int, int, str, List[Tuple[Any, ...]]]     # Correlator.direct
 _START, _END = operator.itemgetter(_C_START), operator.itemgetter(_C_END)
 
 
@@ -420,16 +424,6 @@ class _Thread(object):
         self.due = NEVER                 # past this time its earliest open call is finished (SETTLE_NS)
 
 
-class _Direct(object):
-    """A stall its own mempool waits explain, as another thread's stall on its inode needs it."""
-
-    __slots__ = ("tid", "comm", "start_ns", "end_ns", "waits")
-
-    def __init__(self, st: "_Stall") -> None:
-        self.tid, self.comm, self.start_ns, self.end_ns = st.tid, st.comm, st.start_ns, st.end_ns
-        self.waits = [(w[0], w[1]) for w in st.waits if w[3]]
-
-
 class Correlator(object):
     """:func:`correlate` fed one record at a time; ``result()`` once the stream ended. Without FOLD the
     result's ``folded`` is empty (for outputs that show no stacks: folding is a sixth of the work)."""
@@ -444,8 +438,10 @@ class Correlator(object):
         self.clock = -1                  # the latest time in the stream
         self.to_sweep = SWEEP_EVENTS     # usable records until the next sweep
         self.settling = []  # type: List[Tuple[int, int, _Stall]]    # (end, n, stall): waiting for collateral
-        self.direct = {}  # type: Dict[Tuple[Optional[str], int], List[_Direct]]
-        self.direct_order = deque()  # type: Deque[Tuple[Tuple[Optional[str], int], _Direct]]   # as indexed
+        # the stalls their own mempool waits explain, by inode, for the stalls of other threads on it (_close):
+        # (end, start, tid, comm, waits), not the stall (a tenth of its memory)
+        self.direct = {}  # type: Dict[Tuple[Optional[str], int], List[_DirectStall]]
+        self.direct_order = deque()  # type: Deque[Tuple[Tuple[Optional[str], int], _DirectStall]]   # as indexed
         self.stacks = {}  # type: Dict[Tuple[str, ...], Tuple[str, ...]]
 
     def feed(self, ev: Any) -> None:
@@ -479,9 +475,10 @@ class Correlator(object):
                 if ts > self.clock:
                     self.clock = ts
             if kind == _WRITEBACK:
-                thread.calls.append((start, ts, ev.get("func"), ev.get("dev"), ev.get("ino"), tid, ev.get("tgid"),
-                                     ev.get("comm"), ev.get("kstack"), ev.get("wb_cgroup") or ev.get("cgroup"),
-                                     ev.get("wb_container"), ev.get("container")))
+                try:
+                    thread.calls.append(_call_record(ev))
+                except KeyError:        # a record without some field: None for it
+                    thread.calls.append(tuple(map(ev.get, _CALL_FIELDS)))
                 if ts + SETTLE_NS < thread.due:
                     thread.due = ts + SETTLE_NS
             else:
@@ -584,7 +581,7 @@ class Correlator(object):
         for tid in [t for t, th in self.threads.items() if th.clock < self.clock - PENDING_NS]:
             self._finish(self.threads.pop(tid), True)
         horizon = self.clock - 3 * COLLATERAL_NS
-        while self.direct_order and self.direct_order[0][1].end_ns < horizon:
+        while self.direct_order and self.direct_order[0][1][0] < horizon:
             key, gone = self.direct_order.popleft()
             kept = self.direct[key]
             kept.remove(gone)
@@ -595,9 +592,9 @@ class Correlator(object):
         """E, unless its own waits explain it, waits COLLATERAL_NS (of stream time) for the stalls of other
         threads on its inode."""
         if e.explained and e.ino is not None:
-            direct = _Direct(e)
-            self.direct.setdefault((e.dev, e.ino), []).append(direct)
-            self.direct_order.append(((e.dev, e.ino), direct))
+            inode, direct = (e.dev, e.ino), (e.end_ns, e.start_ns, e.tid, e.comm, e.waits)
+            self.direct.setdefault(inode, []).append(direct)
+            self.direct_order.append((inode, direct))
         if e.may_be_behind():
             heapq.heappush(self.settling, (e.end_ns, self.totals.episodes, e))
         else:
@@ -611,17 +608,17 @@ class Correlator(object):
         mempool waits for it (page locks, writeback bits; e.g. the flusher behind a stalled fsync): when
         those waits cover EXPLAINED_SHARE of it, it is explained, ``behind`` that thread."""
         if e.may_be_behind():
-            best = None  # type: Optional[Tuple[int, int, int, _Direct]]
-            for other in self.direct.get((e.dev, e.ino), ()):
-                if other.tid == e.tid:
+            best = None  # type: Optional[Tuple[int, int, int, str]]
+            for _, start_ns, tid, comm, waits in self.direct.get((e.dev, e.ino), ()):
+                if tid == e.tid:
                     continue
-                overlap = sum(max(0, min(end, e.end_ns) - max(start, e.start_ns)) for start, end in other.waits)
-                key = (overlap, -other.start_ns, -other.tid, other)
+                overlap = sum(max(0, min(w[1], e.end_ns) - max(w[0], e.start_ns)) for w in waits if w[3])
+                key = (overlap, -start_ns, -tid, comm)
                 if best is None or key[:3] > best[:3]:
                     best = key
             if best is not None and best[0] >= EXPLAINED_SHARE * e.duration_ns:
                 e.explained = True
-                e.behind = {"tid": best[3].tid, "comm": best[3].comm, "overlap_ns": best[0]}
+                e.behind = {"tid": -best[2], "comm": best[3], "overlap_ns": best[0]}
         self.totals.add(e)
 
     def result(self, extra_lost: int = 0) -> Result:
@@ -799,7 +796,8 @@ class _Stall(object):
 def _stall(call: _CallRec, members: List[Tuple[_CallRec, int]], thread: _Thread, used_sleeps: set,
            used_slabs: set) -> _Stall:
     """The stall of CALL (its nested calls MEMBERS)."""
-    start, end, _, dev, ino, tid, _, comm, _, cgroup, wb_container, container = call
+    start, end, _, dev, ino, tid, _, comm, _, wb_cgroup, cgroup, wb_container, container = call
+    cgroup = wb_cgroup or cgroup      # the bdi_writeback's, else the writer's
     indexes, slabs = thread.slabs.between(start, end)
     used_slabs.update(indexes)
     indexes, sleeps = thread.sleeps.between(start, end)
@@ -918,26 +916,39 @@ class _Folder(object):
     OTHER_TIME = ";" + folded_stacks.annotation("writeback other time")
 
     def __init__(self) -> None:
-        # (comm, stack, slab failures before, in mempool, seconds) -> ns; the last three None for other time
-        self.parts = {}  # type: Dict[Tuple[str, Tuple[Any, ...], Any, Optional[bool], Optional[str]], int]
+        # comm -> (stack, slab failures before, in mempool, seconds) -> [ns]; the last three None for other
+        # time. By comm first: a stall's parts share it, and its text is new in each record (compared, not
+        # identical); the time in a list, so that adding to a part hashes its key once
+        self.parts = {}  # type: Dict[str, Dict[Tuple[Tuple[Any, ...], Any, Optional[bool], Optional[str]], List[int]]]
 
     def add(self, e: _Stall) -> None:
-        parts, comm = self.parts, e.comm
+        parts = self.parts.get(e.comm)
+        if parts is None:
+            parts = self.parts[e.comm] = {}
         for _, _, duration, in_mempool, sleep, before, _ in e.waits:
             kstack = sleep[_S_KSTACK]
-            key = (comm, kstack if type(kstack) is tuple else tuple(kstack or ()), before, in_mempool, _secs(duration))
-            parts[key] = parts.get(key, 0) + duration
+            key = (kstack if type(kstack) is tuple else tuple(kstack or ()), before, in_mempool, _secs(duration))
+            ns = parts.get(key)
+            if ns is None:
+                parts[key] = [duration]
+            else:
+                ns[0] += duration
         rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
         if rest > 0:
-            key = (comm, tuple(e.root[_C_KSTACK] or ()), None, None, None)
-            parts[key] = parts.get(key, 0) + rest
+            key = (tuple(e.root[_C_KSTACK] or ()), None, None, None)
+            ns = parts.get(key)
+            if ns is None:
+                parts[key] = [rest]
+            else:
+                ns[0] += rest
 
     def folded(self) -> Dict[str, int]:
         """The folded lines and their time (unsorted)."""
         lines = {}  # type: Dict[str, int]
         prefixes = {}  # type: Dict[Tuple[str, Tuple[Any, ...]], str]     # comm;outermost;..;innermost
         afters = {(): ""}  # type: Dict[Tuple[str, ...], str]     # the frame of the slab failures before a sleep
-        for (comm, kstack, failures, in_mempool, secs), ns in self.parts.items():
+        for comm, (kstack, failures, in_mempool, secs), (ns,) in (
+                (comm, key, ns) for comm, parts in self.parts.items() for key, ns in parts.items()):
             prefix = prefixes.get((comm, kstack))
             if prefix is None:
                 prefix = prefixes[(comm, kstack)] = ";".join(
