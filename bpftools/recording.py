@@ -96,8 +96,8 @@ class SharedValues(object):
 
 def _identity(value: Any) -> Any:
     """A key equal for values written alike, and only for them: a list of texts as a tuple, an object of
-    texts (or nulls) as its sorted items (kernel stacks, flag lists, containers: 5x cheaper than the JSON
-    text); anything else as its JSON text. Only texts and nulls, as 1, 1.0 and true are equal keys."""
+    texts (or nulls) as its sorted items (kernel stacks, flag lists, containers: cheaper than their JSON
+    text), anything else as its JSON text. Only texts and nulls: 1, 1.0 and true are equal keys."""
     if isinstance(value, list):
         if all(type(item) is str for item in value):
             return tuple(value)
