@@ -439,7 +439,7 @@ class Correlator(object):
         self.to_sweep = SWEEP_EVENTS     # usable records until the next sweep
         self.settling = []  # type: List[Tuple[int, int, _Stall]]    # (end, n, stall): waiting for collateral
         # the stalls their own mempool waits explain, by inode, for the stalls of other threads on it (_close):
-        # (end, start, tid, comm, waits), not the stall (a tenth of its memory)
+        # (end, start, tid, comm, waits), not the stall, which holds all its records
         self.direct = {}  # type: Dict[Tuple[Optional[str], int], List[_DirectStall]]
         self.direct_order = deque()  # type: Deque[Tuple[Tuple[Optional[str], int], _DirectStall]]   # as indexed
         self.stacks = {}  # type: Dict[Tuple[str, ...], Tuple[str, ...]]
@@ -947,20 +947,20 @@ class _Folder(object):
         lines = {}  # type: Dict[str, int]
         prefixes = {}  # type: Dict[Tuple[str, Tuple[Any, ...]], str]     # comm;outermost;..;innermost
         afters = {(): ""}  # type: Dict[Tuple[str, ...], str]     # the frame of the slab failures before a sleep
-        for comm, (kstack, failures, in_mempool, secs), (ns,) in (
-                (comm, key, ns) for comm, parts in self.parts.items() for key, ns in parts.items()):
-            prefix = prefixes.get((comm, kstack))
-            if prefix is None:
-                prefix = prefixes[(comm, kstack)] = ";".join(
-                    folded_stacks.sanitize_frame(f) for f in [comm] + stacks.root_first(kstack))
-            if failures is None:
-                line = prefix + self.OTHER_TIME
-            else:
-                after = afters.get(failures)
-                if after is None:
-                    after = afters[failures] = ";" + folded_stacks.annotation(
-                        "after slab fail %s" % _counted(list(failures)))
-                # folded_stacks.annotation of a label with nothing to sanitise
-                line = prefix + after + (";[mempool wait %ss]" if in_mempool else ";[blocked %ss]") % secs
-            lines[line] = lines.get(line, 0) + ns
+        for comm, parts in self.parts.items():
+            for (kstack, failures, in_mempool, secs), (ns,) in parts.items():
+                prefix = prefixes.get((comm, kstack))
+                if prefix is None:
+                    prefix = prefixes[(comm, kstack)] = ";".join(
+                        folded_stacks.sanitize_frame(f) for f in [comm] + stacks.root_first(kstack))
+                if failures is None:
+                    line = prefix + self.OTHER_TIME
+                else:
+                    after = afters.get(failures)
+                    if after is None:
+                        after = afters[failures] = ";" + folded_stacks.annotation(
+                            "after slab fail %s" % _counted(list(failures)))
+                    # folded_stacks.annotation of a label with nothing to sanitise
+                    line = prefix + after + (";[mempool wait %ss]" if in_mempool else ";[blocked %ss]") % secs
+                lines[line] = lines.get(line, 0) + ns
         return lines
