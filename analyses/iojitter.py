@@ -925,22 +925,20 @@ class _Folder(object):
         parts = self.parts.get(e.comm)
         if parts is None:
             parts = self.parts[e.comm] = {}
+        times = []      # (part, ns) of each sleep, then of the time not asleep
         for _, _, duration, in_mempool, sleep, before, _ in e.waits:
             kstack = sleep[_S_KSTACK]
-            key = (kstack if type(kstack) is tuple else tuple(kstack or ()), before, in_mempool, _secs(duration))
-            ns = parts.get(key)
-            if ns is None:
-                parts[key] = [duration]
-            else:
-                ns[0] += duration
+            times.append(((kstack if type(kstack) is tuple else tuple(kstack or ()), before, in_mempool,
+                           _secs(duration)), duration))
         rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
         if rest > 0:
-            key = (tuple(e.root[_C_KSTACK] or ()), None, None, None)
-            ns = parts.get(key)
-            if ns is None:
-                parts[key] = [rest]
+            times.append(((tuple(e.root[_C_KSTACK] or ()), None, None, None), rest))
+        for key, ns in times:
+            cell = parts.get(key)
+            if cell is None:
+                parts[key] = [ns]
             else:
-                ns[0] += rest
+                cell[0] += ns
 
     def folded(self) -> Dict[str, int]:
         """The folded lines and their time (unsorted)."""
