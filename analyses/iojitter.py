@@ -48,7 +48,7 @@ SETTLE_NS = 2 * 1000 ** 3           # a writeback is finished when its thread's 
 COLLATERAL_NS = 60 * 1000 ** 3      # how long past its end a stall waits for other threads' stalls on its inode
 PENDING_NS = 600 * 1000 ** 3        # sleeps and slab failures outside any writeback are kept this long
 MAX_PENDING = 20000                 # ... and at most this many per thread (the oldest are decided first)
-SWEEP_EVENTS = 1 << 16              # idle threads and stale stalls are swept this often
+SWEEP_NS = 10 * 1000 ** 3           # idle threads and stale stalls are swept once per this much stream time
 KEEP_EPISODES = 500                 # the first and the longest episodes kept whole (each)
 STACKS = 4096                       # distinct sleeping stacks kept shared (Correlator._share)
 NEVER = 1 << 100                    # a time past any (integer, unlike inf: compared faster with times)
@@ -217,12 +217,17 @@ def _secs(ns: int) -> str:
     centis, rest = divmod(ns, 10 ** 7)
     if 0 <= ns < 1 << 53 and abs(rest - 5 * 10 ** 6) > 1000:
         return _centis(centis + (rest > 5 * 10 ** 6))
-    return folded_stacks.fixed(ns / 1e9, 2)
+    return _near_tie(ns)
 
 
 @functools.lru_cache(maxsize=1 << 14)       # sleeps of a stream last few distinct hundredths of a second
 def _centis(centis: int) -> str:
     return "%d.%02d" % divmod(centis, 100)
+
+
+@functools.lru_cache(maxsize=1 << 10)       # whole milliseconds (synthetic streams) tie once in ten: at x.xx5 s
+def _near_tie(ns: int) -> str:
+    return folded_stacks.fixed(ns / 1e9, 2)
 
 
 _base_name = functools.lru_cache(maxsize=1 << 12)(stacks.base_name)   # a stream's sleeps block in few functions
@@ -240,11 +245,19 @@ def _counted(items: List[str]) -> str:
 def _group_of(container: Optional[Dict[str, Any]], cgroup: Optional[str]) -> str:
     if container:
         cid, pod = container.get("container_id"), container.get("pod_uid")
-        if cid:     # joined: cheaper than %-formatting, for every stall
-            return "container " + str(cid[:12]) + (" pod " + str(pod) if pod else "")
-        if pod:
-            return "pod %s" % pod
+        if cid or pod:
+            try:
+                return _container_group(cid, pod)
+            except TypeError:       # not hashable (a damaged record): not cached
+                return _container_group.__wrapped__(cid, pod)
     return "cgroup %s" % cgroup if cgroup and cgroup != "/" else "host"
+
+
+@functools.lru_cache(maxsize=1 << 10)       # a node runs few containers
+def _container_group(cid: Any, pod: Any) -> str:
+    if cid:
+        return "container %s%s" % (cid[:12], " pod %s" % pod if pod else "")
+    return "pod %s" % pod
 
 
 # Records as Correlator.feed_all keeps them: tuples of the fields read later, made while the event is fresh.
@@ -256,9 +269,11 @@ _C_START, _C_END, _C_FUNC, _C_DEV, _C_INO, _C_TID, _C_TGID, _C_COMM, _C_KSTACK =
 _call_record = operator.itemgetter(*_CALL_FIELDS)
 # A sleep: (start, end, in mempool, blocked in (its base name), timed out, caller, pool cache, kstack (shared,
 # :meth:`Correlator._share`)); a slab failure: :func:`_slab_record`.
+_SLEEP_FIELDS = ("in_mempool", "blocked_in", "timed_out", "caller", "pool_cache", "kstack")
+_sleep_fields = operator.itemgetter(*_SLEEP_FIELDS)
 _S_IN_MEMPOOL, _S_BLOCKED, _S_TIMED_OUT, _S_CALLER, _S_POOL, _S_KSTACK = range(2, 8)
 _CallRec = Tuple[Any, ...]
-_DirectStall = Tuple[int, int, int, str, List[Tuple[Any, ...]]]     # Correlator.direct
+_DirectStall = Tuple[int, int, int, str, List[Tuple[int, int]]]     # Correlator.direct
 _START, _END = operator.itemgetter(_C_START), operator.itemgetter(_C_END)
 
 
@@ -436,10 +451,10 @@ class Correlator(object):
         self.seen_sleep = self.seen_kprobe_sleep = False
         self.malformed = 0
         self.clock = -1                  # the latest time in the stream
-        self.to_sweep = SWEEP_EVENTS     # usable records until the next sweep
+        self.swept = -1                  # the stream's time at the last sweep
         self.settling = []  # type: List[Tuple[int, int, _Stall]]    # (end, n, stall): waiting for collateral
         # the stalls their own mempool waits explain, by inode, for the stalls of other threads on it (_close):
-        # (end, start, tid, comm, waits), not the stall, which holds all its records
+        # (end, start, tid, comm, its mempool waits' (start, end)), not the stall, which holds all its records
         self.direct = {}  # type: Dict[Tuple[Optional[str], int], List[_DirectStall]]
         self.direct_order = deque()  # type: Deque[Tuple[Tuple[Optional[str], int], _DirectStall]]   # as indexed
         self.stacks = {}  # type: Dict[Tuple[str, ...], Tuple[str, ...]]
@@ -452,28 +467,32 @@ class Correlator(object):
         """Records in stream order: each one goes to its thread's window (one loop, its lookups made once)."""
         threads, losses, kinds = self.threads, self.losses, _KINDS
         for ev in events:
-            kind = kinds.get(ev.get("type")) if isinstance(ev, dict) else None
-            if kind is None:
+            try:
+                kind = kinds[ev["type"]]
+                tid, ts = ev["tid"], ev["ts_ns"]
+                start = ts if kind == _SLAB else ev["start_ns"]
+            except (KeyError, TypeError, IndexError):       # not a dict, not correlated, or a field missing
                 self._not_correlated(ev)
                 continue
-            tid, ts = ev.get("tid"), ev.get("ts_ns")
-            start = ts if kind == _SLAB else ev.get("start_ns")
             # usable: integer ids and times, start before end (else skipped, and the confidence drops)
             if type(tid) is not int or type(ts) is not int or type(start) is not int or start > ts:
                 self.malformed += 1
                 continue
             if losses.pending:
                 losses.timed(ts)
-            elif ts > losses.last:
-                losses.last = ts
             try:
                 thread = threads[tid]
             except KeyError:
                 thread = threads[tid] = _Thread()
             if ts > thread.clock:
                 thread.clock = ts
-                if ts > self.clock:
+                if ts > self.clock:     # the stream's clock (and the losses', which counts other records too)
                     self.clock = ts
+                    if ts > losses.last:
+                        losses.last = ts
+                    if ts > self.swept + SWEEP_NS:
+                        self.swept = ts
+                        self._sweep()
             if kind == _WRITEBACK:
                 try:
                     thread.calls.append(_call_record(ev))
@@ -488,7 +507,10 @@ class Correlator(object):
                         if ev.get("source") == "kprobe":
                             self.seen_kprobe_sleep = True
                     timed = thread.sleeps
-                    blocked, kstack = ev.get("blocked_in"), ev.get("kstack")
+                    try:
+                        in_mempool, blocked, timed_out, caller, pool, kstack = _sleep_fields(ev)
+                    except KeyError:        # a record without some field: None for it
+                        in_mempool, blocked, timed_out, caller, pool, kstack = map(ev.get, _SLEEP_FIELDS)
                     if type(kstack) is list:
                         key = tuple(kstack)
                         try:
@@ -497,11 +519,15 @@ class Correlator(object):
                             kstack = self._share(key)
                         except TypeError:       # a frame that is not text: the list kept as it is
                             pass
-                    record = (start, ts, bool(ev.get("in_mempool")), _base_name(blocked) if blocked else None,
-                              ev.get("timed_out"), ev.get("caller"), ev.get("pool_cache"), kstack)
+                    record = (start, ts, bool(in_mempool), _base_name(blocked) if blocked else None, timed_out, caller,
+                              pool, kstack)
                 else:
                     timed = thread.slabs
-                    record = _slab_record(ev, ts)
+                    try:
+                        memcg, cache = ev["memcg_cache"], ev["cache"]
+                    except KeyError:        # an older record
+                        memcg, cache = ev.get("memcg_cache"), ev.get("cache")
+                    record = (ts, cache, None) if cache and not memcg else _slab_record(ev, ts)
                 records, times = timed.records, timed.times
                 if times and start < times[-1]:
                     timed.in_order = False
@@ -511,14 +537,11 @@ class Correlator(object):
                     self._forget(thread, thread.clock - PENDING_NS, MAX_PENDING // 2)
             if thread.clock > thread.due:
                 self._finish(thread, False)
-            self.to_sweep -= 1
-            if not self.to_sweep:
-                self.to_sweep = SWEEP_EVENTS
-                self._sweep()
 
     def _not_correlated(self, ev: Any) -> None:
-        """A record of no kind :meth:`feed_all` correlates: the plan (``mode``), a loss marker, or malformed."""
-        if not isinstance(ev, dict):
+        """A record :meth:`feed_all` does not correlate: the plan (``mode``), a loss marker, or one not usable
+        (not a dict, or a correlated kind without some field)."""
+        if not isinstance(ev, dict) or type(ev.get("type")) is str and ev["type"] in _KINDS:
             self.malformed += 1
         elif ev.get("type") == "mode":
             flags = ev.get("flags") or []
@@ -539,22 +562,22 @@ class Correlator(object):
     def _finish(self, thread: _Thread, final: bool) -> None:
         """Make episodes of the thread's finished writebacks (all of them when FINAL); decide the sleeps
         and slab failures up to the last one's end."""
-        roots = _Tree(thread.calls).roots
-        ready = []
-        for root, members in roots:
-            if not final and root[_C_END] + SETTLE_NS >= thread.clock:
-                break
-            ready.append((root, members))
-        thread.due = min((root[_C_END] + SETTLE_NS for root, _ in roots[len(ready):]), default=NEVER)
-        if not ready and not final:
-            return
+        roots = _Tree(thread.calls).roots      # their ends increase (a root ends after the roots before it)
+        n = len(roots)
+        if not final:
+            n = 0
+            while n < len(roots) and roots[n][0][_C_END] + SETTLE_NS < thread.clock:
+                n += 1
+            if not n:
+                thread.due = roots[0][0][_C_END] + SETTLE_NS if roots else NEVER
+                return
         used_sleeps = set()  # type: set
         used_slabs = set()  # type: set
-        for root, members in ready:
+        for root, members in roots[:n]:
             self._settle(_stall(root, members, thread, used_sleeps, used_slabs))
-        thread.calls = [call for _, members in roots[len(ready):] for call, _ in members]
-        until = float("inf") if final else max(root[_C_END] for root, _ in ready)
-        self._decide(thread, until, used_sleeps, used_slabs)
+        thread.calls = [call for _, members in roots[n:] for call, _ in members]
+        thread.due = roots[n][0][_C_END] + SETTLE_NS if n < len(roots) else NEVER
+        self._decide(thread, float("inf") if final else roots[n - 1][0][_C_END], used_sleeps, used_slabs)
 
     def _decide(self, thread: _Thread, until: float, used_sleeps: set, used_slabs: set) -> None:
         """Drop the thread's sleeps starting and slab failures at or before UNTIL; those no episode
@@ -592,7 +615,7 @@ class Correlator(object):
         """E, unless its own waits explain it, waits COLLATERAL_NS (of stream time) for the stalls of other
         threads on its inode."""
         if e.explained and e.ino is not None:
-            inode, direct = (e.dev, e.ino), (e.end_ns, e.start_ns, e.tid, e.comm, e.waits)
+            inode, direct = (e.dev, e.ino), (e.end_ns, e.start_ns, e.tid, e.comm, e.mempool_spans)
             self.direct.setdefault(inode, []).append(direct)
             self.direct_order.append((inode, direct))
         if e.may_be_behind():
@@ -609,10 +632,10 @@ class Correlator(object):
         those waits cover EXPLAINED_SHARE of it, it is explained, ``behind`` that thread."""
         if e.may_be_behind():
             best = None  # type: Optional[Tuple[int, int, int, str]]
-            for _, start_ns, tid, comm, waits in self.direct.get((e.dev, e.ino), ()):
+            for _, start_ns, tid, comm, spans in self.direct.get((e.dev, e.ino), ()):
                 if tid == e.tid:
                     continue
-                overlap = sum(max(0, min(w[1], e.end_ns) - max(w[0], e.start_ns)) for w in waits if w[3])
+                overlap = sum(max(0, min(end, e.end_ns) - max(start, e.start_ns)) for start, end in spans)
                 key = (overlap, -start_ns, -tid, comm)
                 if best is None or key[:3] > best[:3]:
                     best = key
@@ -639,19 +662,26 @@ class Correlator(object):
 
 class _FirstSeen(object):
     """Names counted, in the order of the first place each was seen at: ORDER (episode start, tid), then
-    the place I, J in the episode."""
+    the place I, J in the episode. With BASE, a 3.10 per-memcg cache counts as its base cache ("biovec-64"
+    for "biovec-64(3:c0ffee)")."""
 
-    def __init__(self) -> None:
+    def __init__(self, base: bool = False) -> None:
         self.seen = {}  # type: Dict[str, List[Any]]     # name -> [count, order, i, j] (the first)
+        self.base = base
 
-    def add(self, name: str, order: Tuple[int, int], i: int, j: int = 0) -> None:
-        had = self.seen.get(name)
-        if had is None:
-            self.seen[name] = [1, order, i, j]
-        else:
-            had[0] += 1
-            if order <= had[1] and (order, i, j) < (had[1], had[2], had[3]):
-                had[1:] = [order, i, j]
+    def add(self, names: Iterable[str], order: Tuple[int, int], i: int) -> None:
+        """NAMES seen at place I of the episode at ORDER (the Jth of them at place I, J)."""
+        seen = self.seen
+        for j, name in enumerate(names):
+            if self.base and "(" in name:
+                name = name.partition("(")[0]
+            had = seen.get(name)
+            if had is None:
+                seen[name] = [1, order, i, j]
+            else:
+                had[0] += 1
+                if order <= had[1] and (order, i, j) < (had[1], had[2], had[3]):
+                    had[1:] = [order, i, j]
 
     def names(self) -> List[str]:
         return sorted(self.seen, key=lambda n: self.seen[n][1:])
@@ -672,7 +702,7 @@ class _Totals(object):
         self.mempool_waits = self.mempool_timeouts = self.slab_failures = self.preceded = self.no_stack = 0
         self.mempool_elsewhere = self.slab_elsewhere = 0
         self.other = Counter()  # type: Counter[str]
-        self.caches = _FirstSeen()
+        self.caches = _FirstSeen(base=True)
         self.pools = _FirstSeen()
         self.groups = {}  # type: Dict[str, Tuple[Tuple[int, int], Group]]
         self.folder = _Folder() if fold else None
@@ -684,8 +714,10 @@ class _Totals(object):
     def add(self, e: "_Stall") -> None:
         order = (e.start_ns, e.tid)
         self.n += 1
-        self.explained += int(e.explained)
-        self.behind += int(bool(e.behind))
+        if e.explained:
+            self.explained += 1
+            if e.behind:
+                self.behind += 1
         self.stalled_ns += e.duration_ns
         self.mempool_ns += e.mempool_ns
         self.slab_failures += len(e.slabs)
@@ -696,16 +728,14 @@ class _Totals(object):
                 if sleep[_S_TIMED_OUT]:
                     timeouts += 1
                 if sleep[_S_POOL]:
-                    self.pools.add(sleep[_S_POOL], order, i)
+                    self.pools.add((sleep[_S_POOL],), order, i)
             else:
                 self.other[blocked or "[no stack]"] += duration
             if sleep[_S_KSTACK] is None:
                 no_stack += 1
             if before:
                 preceded += 1
-                add = self.caches.add
-                for j, cache in enumerate(before):
-                    add(cache.partition("(")[0] if "(" in cache else cache, order, i, j)
+                self.caches.add(before, order, i)
         self.mempool_waits += mempool_waits
         self.mempool_timeouts += timeouts
         self.no_stack += no_stack
@@ -720,7 +750,8 @@ class _Totals(object):
                 g.container = e.container
                 self.groups[e.group] = (order, g)
         g.episodes += 1
-        g.explained += int(e.explained)
+        if e.explained:
+            g.explained += 1
         g.stalled_ns += e.duration_ns
         g.mempool_ns += e.mempool_ns
         g.slab_failures += len(e.slabs)
@@ -768,7 +799,7 @@ class _Stall(object):
     :class:`Episode` (made only for the episodes a result keeps). Each wait is a tuple (start, end,
     duration, in mempool, the sleep record, the slab failures before it, the function it blocked in)."""
 
-    __slots__ = ("tid", "comm", "start_ns", "end_ns", "duration_ns", "dev", "ino", "root", "members", "waits",
+    __slots__ = ("tid", "comm", "start_ns", "end_ns", "duration_ns", "dev", "ino", "root", "members", "waits", "mempool_spans",
                  "slabs", "mempool_ns", "other_blocked_ns", "explained", "group", "container", "behind")
 
     def may_be_behind(self) -> bool:
@@ -803,6 +834,7 @@ def _stall(call: _CallRec, members: List[Tuple[_CallRec, int]], thread: _Thread,
     indexes, sleeps = thread.sleeps.between(start, end)
     used_sleeps.update(indexes)
     waits = []
+    spans = []      # (start, end) of the mempool waits
     cursor = start
     slab_i = 0
     mempool_ns = other_ns = 0
@@ -822,12 +854,13 @@ def _stall(call: _CallRec, members: List[Tuple[_CallRec, int]], thread: _Thread,
                 before = tuple(failures)
             cursor = s_end
             mempool_ns += duration
+            spans.append((s_start, s_end))
         else:
             other_ns += duration
         waits.append((s_start, s_end, duration, in_mempool, s, before, blocked))
     st = _Stall()
     st.tid, st.comm, st.start_ns, st.end_ns, st.duration_ns = tid, comm or "?", start, end, end - start
-    st.dev, st.ino, st.root, st.members, st.waits = dev, ino, call, members, waits
+    st.dev, st.ino, st.root, st.members, st.waits, st.mempool_spans = dev, ino, call, members, waits, spans
     st.slabs = slabs
     st.mempool_ns, st.other_blocked_ns = mempool_ns, other_ns
     st.explained = st.duration_ns > 0 and mempool_ns >= EXPLAINED_SHARE * st.duration_ns

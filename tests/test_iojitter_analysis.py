@@ -335,6 +335,36 @@ def test_a_long_stream_keeps_only_each_threads_open_window():
     assert r.groups[0].episodes == 6000 and r.episodes_left_out == 6000 - len(r.episodes)
 
 
+def test_idle_threads_and_old_stalls_are_swept_by_stream_time():
+    """A thread that falls silent keeps its open window until PENDING_NS of stream time passed; then the next
+    sweep (once per SWEEP_NS) decides its records. A stall leaves the index of the stalls other threads may be
+    behind once it ended 3 * COLLATERAL_NS before the stream's clock."""
+    correlator = Correlator()
+    end, last = S + 500 * MS, 4 * S      # thread 7's writeback ends at END; its last record, a mempool wait, at LAST
+    for event in ({"type": "slab_failure", "tid": 7, "ts_ns": S + 10, "cache": "biovec-64"},
+                  {"type": "sleep", "tid": 7, "start_ns": S + 20, "ts_ns": S + 20 + 400 * MS, "in_mempool": True},
+                  {"type": "writeback", "tid": 7, "comm": "w7", "start_ns": S, "ts_ns": end,
+                   "func": "do_writepages", "dev": "8:16", "ino": 5},
+                  {"type": "sleep", "tid": 7, "start_ns": last - MS, "ts_ns": last, "in_mempool": True}):
+        correlator.feed(event)
+    assert (correlator.totals.episodes, ("8:16", 5) in correlator.direct) == (1, True)    # settled: 3 s past END
+    seen = []      # (time, thread 7 open, its wait decided, the stall indexed) after each record of thread 8
+    for ts in range(5 * S, last + iojitter.PENDING_NS + 3 * iojitter.SWEEP_NS, 5 * S):
+        correlator.feed({"type": "sleep", "tid": 8, "start_ns": ts - MS, "ts_ns": ts, "in_mempool": False})
+        seen.append((ts, 7 in correlator.threads, correlator.totals.mempool_elsewhere,
+                     ("8:16", 5) in correlator.direct))
+    swept = min(ts for ts, is_open, _, _ in seen if not is_open)
+    assert last + iojitter.PENDING_NS < swept <= last + iojitter.PENDING_NS + iojitter.SWEEP_NS + 5 * S
+    assert [(is_open, decided) for _, is_open, decided, _ in seen] == [(ts < swept, int(ts >= swept))
+                                                                      for ts, _, _, _ in seen]
+    dropped = min(ts for ts, _, _, is_indexed in seen if not is_indexed)
+    assert end + 3 * iojitter.COLLATERAL_NS < dropped <= end + 3 * iojitter.COLLATERAL_NS + iojitter.SWEEP_NS + 5 * S
+    assert [is_indexed for _, _, _, is_indexed in seen] == [ts < dropped for ts, _, _, _ in seen]
+    assert not correlator.direct and not correlator.direct_order
+    r = correlator.result()
+    assert (r.slow_writebacks, r.explained, r.mempool_waits, r.mempool_waits_elsewhere) == (1, 1, 1, 1)
+
+
 def test_the_episodes_kept_are_the_first_and_the_longest(monkeypatch):
     monkeypatch.setattr(iojitter, "KEEP_EPISODES", 5)
     r = correlate(_writer_stream(50))
