@@ -519,8 +519,8 @@ class Correlator(object):
                             kstack = self._share(key)
                         except TypeError:       # a frame that is not text: the list kept as it is
                             pass
-                    record = (start, ts, bool(in_mempool), _base_name(blocked) if blocked else None, timed_out, caller,
-                              pool, kstack)
+                    record = (start, ts, True if in_mempool else False, _base_name(blocked) if blocked else None,
+                              timed_out, caller, pool, kstack)
                 else:
                     timed = thread.slabs
                     try:
@@ -698,8 +698,8 @@ class _Totals(object):
 
     def __init__(self, fold: bool) -> None:
         self.episodes = 0                # made (some may still wait for collateral)
-        self.n = self.explained = self.behind = self.stalled_ns = self.mempool_ns = 0
-        self.mempool_waits = self.mempool_timeouts = self.slab_failures = self.preceded = self.no_stack = 0
+        self.n = self.behind = 0         # (stalled time, mempool time, explained, slab failures: the groups' sums)
+        self.mempool_waits = self.mempool_timeouts = self.preceded = self.no_stack = 0
         self.mempool_elsewhere = self.slab_elsewhere = 0
         self.other = Counter()  # type: Counter[str]
         self.caches = _FirstSeen(base=True)
@@ -714,13 +714,8 @@ class _Totals(object):
     def add(self, e: "_Stall") -> None:
         order = (e.start_ns, e.tid)
         self.n += 1
-        if e.explained:
-            self.explained += 1
-            if e.behind:
-                self.behind += 1
-        self.stalled_ns += e.duration_ns
-        self.mempool_ns += e.mempool_ns
-        self.slab_failures += len(e.slabs)
+        if e.behind:
+            self.behind += 1
         mempool_waits = timeouts = no_stack = preceded = 0
         for i, (_, _, duration, in_mempool, sleep, before, blocked) in enumerate(e.waits):
             if in_mempool:
@@ -777,15 +772,17 @@ class _Totals(object):
         hits = sum(1 for start, end in zip(self.starts, self.ends) if hit(start, end))
         n = self.n
         groups = [g for _, g in self.groups.values()]
+        explained = sum(g.explained for g in groups)
         confidence, reasons = _confidence(hits, self.no_stack, sleeps_from, lost, malformed)
         result = Result(
             sleeps_from=sleeps_from, episodes=episodes,
             groups=sorted(groups, key=lambda g: (-g.stalled_ns, g.group)), slow_writebacks=n,
-            explained=self.explained, fraction_explained=(float(self.explained) / n) if n else None,
-            stalled_ns=self.stalled_ns, mempool_ns=self.mempool_ns,
+            explained=explained, fraction_explained=(float(explained) / n) if n else None,
+            stalled_ns=sum(g.stalled_ns for g in groups), mempool_ns=sum(g.mempool_ns for g in groups),
             mempool_waits=self.mempool_waits, mempool_timeouts=self.mempool_timeouts,
             mempool_waits_elsewhere=self.mempool_elsewhere,
-            slab_failures=self.slab_failures + self.slab_elsewhere, slab_failures_elsewhere=self.slab_elsewhere,
+            slab_failures=sum(g.slab_failures for g in groups) + self.slab_elsewhere,
+            slab_failures_elsewhere=self.slab_elsewhere,
             other_blocking=sorted(self.other.items(), key=lambda kv: (-kv[1], kv[0])), lost_records=lost,
             skipped_records=malformed, confidence=confidence, reasons=reasons, verdict="",
             folded=folded_stacks.finished(self.folder.folded() if self.folder else {}),
@@ -799,8 +796,9 @@ class _Stall(object):
     :class:`Episode` (made only for the episodes a result keeps). Each wait is a tuple (start, end,
     duration, in mempool, the sleep record, the slab failures before it, the function it blocked in)."""
 
-    __slots__ = ("tid", "comm", "start_ns", "end_ns", "duration_ns", "dev", "ino", "root", "members", "waits", "mempool_spans",
-                 "slabs", "mempool_ns", "other_blocked_ns", "explained", "group", "container", "behind")
+    __slots__ = ("tid", "comm", "start_ns", "end_ns", "duration_ns", "dev", "ino", "root", "members", "waits",
+                 "mempool_spans", "slabs", "mempool_ns", "other_blocked_ns", "explained", "group", "container",
+                 "behind")
 
     def may_be_behind(self) -> bool:
         """True when another thread's stall on its inode may explain it (:meth:`Correlator._close`)."""
@@ -860,7 +858,8 @@ def _stall(call: _CallRec, members: List[Tuple[_CallRec, int]], thread: _Thread,
         waits.append((s_start, s_end, duration, in_mempool, s, before, blocked))
     st = _Stall()
     st.tid, st.comm, st.start_ns, st.end_ns, st.duration_ns = tid, comm or "?", start, end, end - start
-    st.dev, st.ino, st.root, st.members, st.waits, st.mempool_spans = dev, ino, call, members, waits, spans
+    st.dev, st.ino, st.root, st.members = dev, ino, call, members
+    st.waits, st.mempool_spans = waits, spans
     st.slabs = slabs
     st.mempool_ns, st.other_blocked_ns = mempool_ns, other_ns
     st.explained = st.duration_ns > 0 and mempool_ns >= EXPLAINED_SHARE * st.duration_ns
