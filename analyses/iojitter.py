@@ -941,36 +941,37 @@ class _Folder(object):
     """Time blocked per stack, folded as stalls come: ``comm;outermost..;[after slab fail X];[mempool wait
     5.00s] ns``. Sleeps use their own stack (taken at the sleep); time of a stall not spent asleep is
     charged to the writeback's entry stack as ``[writeback other time]`` (running, or asleep unmeasured).
-    Time is added up per line's parts (comm, the stack as a tuple (the sleeps' shared ones compare by
-    identity), the slab failures before the sleep, its kind and its seconds), and the lines are made once,
-    by :meth:`folded`."""
+    Time is added up per line's parts: comm, then (the stack as a tuple (the sleeps' shared ones compare by
+    identity), the slab failures before the sleep, its kind), then its seconds; the lines are made once, by
+    :meth:`folded`."""
 
     OTHER_TIME = ";" + folded_stacks.annotation("writeback other time")
 
     def __init__(self) -> None:
-        # comm -> (stack, slab failures before, in mempool, seconds) -> [ns]; the last three None for other
+        # comm -> (stack, slab failures before, in mempool) -> seconds -> ns; the last three None for other
         # time. By comm first: a stall's parts share it, and its text is new in each record (compared, not
-        # identical); the time in a list, so that adding to a part hashes its key once
-        self.parts = {}  # type: Dict[str, Dict[Tuple[Tuple[Any, ...], Any, Optional[bool], Optional[str]], List[int]]]
+        # identical). The seconds last: their texts are shared (_centis), and the parts above them few, so
+        # that a stall's lookups stay among few, recently used keys
+        self.parts = {}  # type: Dict[str, Dict[Tuple[Tuple[Any, ...], Any, Optional[bool]], Dict[Optional[str], int]]]
 
     def add(self, e: _Stall) -> None:
         parts = self.parts.get(e.comm)
         if parts is None:
             parts = self.parts[e.comm] = {}
-        times = []      # (part, ns) of each sleep, then of the time not asleep
+        times = []      # (part, seconds, ns) of each sleep, then of the time not asleep
         for _, _, duration, in_mempool, sleep, before, _ in e.waits:
             kstack = sleep[_S_KSTACK]
-            times.append(((kstack if type(kstack) is tuple else tuple(kstack or ()), before, in_mempool,
-                           _secs(duration)), duration))
+            times.append(((kstack if type(kstack) is tuple else tuple(kstack or ()), before, in_mempool),
+                          _secs(duration), duration))
         rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
         if rest > 0:
-            times.append(((tuple(e.root[_C_KSTACK] or ()), None, None, None), rest))
-        for key, ns in times:
-            cell = parts.get(key)
-            if cell is None:
-                parts[key] = [ns]
+            times.append(((tuple(e.root[_C_KSTACK] or ()), None, None), None, rest))
+        for key, secs, ns in times:
+            by_secs = parts.get(key)
+            if by_secs is None:
+                parts[key] = {secs: ns}
             else:
-                cell[0] += ns
+                by_secs[secs] = by_secs.get(secs, 0) + ns
 
     def folded(self) -> Dict[str, int]:
         """The folded lines and their time (unsorted)."""
@@ -978,19 +979,22 @@ class _Folder(object):
         prefixes = {}  # type: Dict[Tuple[str, Tuple[Any, ...]], str]     # comm;outermost;..;innermost
         afters = {(): ""}  # type: Dict[Tuple[str, ...], str]     # the frame of the slab failures before a sleep
         for comm, parts in self.parts.items():
-            for (kstack, failures, in_mempool, secs), (ns,) in parts.items():
+            for (kstack, failures, in_mempool), by_secs in parts.items():
                 prefix = prefixes.get((comm, kstack))
                 if prefix is None:
                     prefix = prefixes[(comm, kstack)] = ";".join(
                         folded_stacks.sanitize_frame(f) for f in [comm] + stacks.root_first(kstack))
                 if failures is None:
                     line = prefix + self.OTHER_TIME
-                else:
-                    after = afters.get(failures)
-                    if after is None:
-                        after = afters[failures] = ";" + folded_stacks.annotation(
-                            "after slab fail %s" % _counted(list(failures)))
-                    # folded_stacks.annotation of a label with nothing to sanitise
-                    line = prefix + after + (";[mempool wait %ss]" if in_mempool else ";[blocked %ss]") % secs
-                lines[line] = lines.get(line, 0) + ns
+                    lines[line] = lines.get(line, 0) + by_secs[None]
+                    continue
+                after = afters.get(failures)
+                if after is None:
+                    after = afters[failures] = ";" + folded_stacks.annotation(
+                        "after slab fail %s" % _counted(list(failures)))
+                # folded_stacks.annotation of a label with nothing to sanitise
+                head, kind = prefix + after, ";[mempool wait %ss]" if in_mempool else ";[blocked %ss]"
+                for secs, ns in by_secs.items():
+                    line = head + kind % secs
+                    lines[line] = lines.get(line, 0) + ns
         return lines

@@ -99,6 +99,20 @@ def test_incident_folded_stacks_weighted_by_time_blocked(incident):
     assert sum(incident.folded.values()) == incident.stalled_ns
 
 
+def test_folded_lines_add_up_equal_seconds_and_keep_a_comm_with_percent_signs():
+    stack = ["io_schedule_timeout", "mempool_alloc"]
+    events = []
+    for start, sleep_ms, end_ms in ((S, 1200, 1500), (10 * S, 1200, 1500), (20 * S, 400, 500)):
+        events += [{"type": "sleep", "tid": 5, "start_ns": start + 50 * MS, "ts_ns": start + (50 + sleep_ms) * MS,
+                    "in_mempool": True, "kstack": stack},
+                   {"type": "writeback", "tid": 5, "comm": "kworker%s%d", "start_ns": start,
+                    "ts_ns": start + end_ms * MS, "func": "do_writepages"}]
+    assert correlate(events).folded == {
+        "kworker%s%d;[writeback other time]": 700 * MS,
+        "kworker%s%d;mempool_alloc;io_schedule_timeout;[mempool wait 0.40s]": 400 * MS,
+        "kworker%s%d;mempool_alloc;io_schedule_timeout;[mempool wait 1.20s]": 2400 * MS}
+
+
 def test_incident_json_is_plain_data(incident):
     out = json.loads(json.dumps(incident.to_json()))
     assert out["episodes"][0]["chain"].startswith("slab fail biovec-64(1793:c8ed4b2c05cb)")
