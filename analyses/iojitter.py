@@ -471,7 +471,7 @@ class Correlator(object):
                 kind = kinds[ev["type"]]
                 tid, ts = ev["tid"], ev["ts_ns"]
                 start = ts if kind == _SLAB else ev["start_ns"]
-            except (KeyError, TypeError, IndexError):       # not a dict, not correlated, or a field missing
+            except (KeyError, TypeError):       # not a dict, not correlated, or a field missing
                 self._not_correlated(ev)
                 continue
             # usable: integer ids and times, start before end (else skipped, and the confidence drops)
