@@ -132,6 +132,7 @@ class DeviceChain:
     rounds: List[Tuple[int, int, int]] = field(default_factory=list)          # (round, ts_ns, count)
     changes: List[Dict[str, Any]] = field(default_factory=list)               # {"round", "before", "after", "by"}
     first_timed_round: Optional[int] = None
+    first_timed_ns: Optional[int] = None
     truncated: bool = False
     ended: bool = False
     end_count: Optional[int] = None
@@ -145,6 +146,17 @@ class DeviceChain:
         if self.rounds and ts_ns > self.rounds[-1][1] + _NEXT_ROUND_NS:
             number = self.rounds[-1][0] + 1                         # its round's record is still to come
         return number
+
+    def late_round(self, ts_ns: int, count: int) -> None:
+        """A round earlier than the last one seen (its record came late, from another CPU's buffer): the rounds
+        numbered in time order again, and what was numbered by them (count changes, the first timed call)."""
+        rounds = sorted(self.rounds + [(0, ts_ns, count)], key=lambda r: r[1])
+        self.rounds = [(n, ts, c) for n, (_, ts, c) in enumerate(rounds, 1)]
+        for change in [c for s in self.subscribers.values() for c in s.changes] + self.changes:
+            if change["round"] is not None:
+                change["round"] = self.round_at(change["ts_ns"])
+        if self.first_timed_ns is not None:
+            self.first_timed_round = self.round_at(self.first_timed_ns)
 
     def ordered(self) -> List[Subscriber]:
         """Subscribers as the kernel runs them: the namespace's chain, then the global one, by position;
@@ -216,6 +228,9 @@ class ChainTracker(object):
         state.name = name or state.name
         if state.rounds and state.rounds[-1][0] >= number:
             return
+        if state.rounds and ts_ns is not None and state.rounds[-1][1] is not None and ts_ns < state.rounds[-1][1]:
+            state.late_round(ts_ns, count)
+            return
         if state.rounds and state.rounds[-1][2] != count:
             state.count_changed(number, ts_ns, state.rounds[-1][2], count, state.rounds[-1][1])
         state.rounds.append((number, ts_ns, count))
@@ -246,8 +261,8 @@ class ChainTracker(object):
         number = state.round_at(call.ts_ns)
         if sub.chain == GLOBAL and state.rounds and number > state.rounds[-1][0]:
             return          # a rebroadcast whose round was not seen (the probes went at the end): not counted
-        if state.first_timed_round is None:
-            state.first_timed_round = number
+        if state.first_timed_ns is None or call.ts_ns < state.first_timed_ns:
+            state.first_timed_round, state.first_timed_ns = number, call.ts_ns
         sub.calls += 1
         sub.total_ns += call.dur_ns
         sub.max_ns = max(sub.max_ns, call.dur_ns)

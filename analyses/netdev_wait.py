@@ -34,6 +34,7 @@ ROUND, FREED, MESSAGE = "round", "freed", "message"
 # netdev_wait_allrefs(_any), 3.10 to 6.18), and one rebroadcast may reach a probe more than once
 # (the per-netns and the global notifier chains): observations closer than this are one round.
 ROUND_GAP_NS = 500 * 1000 * 1000
+LATE_ROUNDS = 8             # a round record may come after this many later ones and still be told apart
 _WAIT_MESSAGE = "unregister_netdevice: waiting for"
 
 
@@ -137,6 +138,8 @@ class EpisodeTracker(object):
     def __init__(self, base: Optional[int]) -> None:
         self.base = base
         self._open = OrderedDict()  # type: Dict[str, Episode]
+        # the times of each open episode's latest rounds: a round can come late (another CPU's buffer)
+        self._round_times = {}  # type: Dict[str, List[int]]
         self._done = []  # type: List[Episode]
         self._ended_at = {}  # type: Dict[str, int]      # dev -> when its last episode ended
 
@@ -185,14 +188,19 @@ class EpisodeTracker(object):
         if obs.kind == FREED or episode.count <= self._floor():
             episode.ended = True
             del self._open[episode.dev]
+            self._round_times.pop(episode.dev, None)
             if obs.ts_ns is not None:
                 self._ended_at[episode.dev] = obs.ts_ns
             self._done.append(episode)
             return Update("end", obs.ts_ns, replace(episode))
         last = episode.last_round_ns
-        if last is None or (obs.ts_ns is not None and obs.ts_ns - last >= ROUND_GAP_NS):
+        times = self._round_times.setdefault(episode.dev, [])
+        if last is None or (obs.ts_ns is not None and all(abs(obs.ts_ns - t) >= ROUND_GAP_NS for t in times)):
             episode.rounds += 1
-            episode.last_round_ns = obs.ts_ns
+            if obs.ts_ns is not None:
+                times.append(obs.ts_ns)
+                del times[:-LATE_ROUNDS]
+                episode.last_round_ns = obs.ts_ns if last is None else max(last, obs.ts_ns)
             what = "waiting" if episode.rounds == 1 else "round"
         return Update(what, obs.ts_ns, replace(episode)) if what else None
 

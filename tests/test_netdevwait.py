@@ -25,7 +25,7 @@ from bpftools.analyses.netdev_wait import (FREED, MESSAGE, ROUND, EpisodeTracker
                                            episodes_from_log, message_observation)
 from bpftools.errors import MissingKernelFeature
 from bpftools.kernel.symbols import SymbolTable
-from bpftools.recording import make_header
+from bpftools.recording import make_header, read_recording
 from bpftools.tools import netdevwait as ndw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -782,3 +782,19 @@ def test_a_round_read_after_the_end_of_its_wait_does_not_open_another():
         ("waiting", 1, 1), ("round", 2, 1), ("end", 2, 0)]
     assert run(t, [rnd(ts=9, count=1)]) == [("waiting", 1, 1)]        # a reused address, later: a new wait
     assert len(t.episodes()) == 2
+
+
+def test_a_round_read_late_from_another_cpu_is_counted_in_time_order():
+    """Recorded in the lab (5.10, test_netdevwait_notifiers.py, the host loaded): the waiter moved between
+    CPUs and its third round's record came after the fourth's. The five rounds are counted, numbered in
+    time order, and the module's drop in its fifth call is in round 5 (it was round 4 of 4 before)."""
+    path = os.path.join(ROOT, "tests", "fixtures", "netdevwait", "lab-5.10-rounds-read-late.jsonl")
+    events = read_recording(path).events
+    rounds = [e["ts_ns"] for e in events if e.get("kind") == "round" and e.get("name") == "ndwsn"]
+    assert rounds != sorted(rounds)                     # read late, as recorded
+    summary = [obj for kind, obj in ndw.replayed(events) if kind == "end"][0]
+    (chain,) = [c for c in summary["chains"] if c["name"] == "ndwsn"]
+    (marked,) = [s for s in chain["subscribers"] if s["symbol"] == "bpftools_notifier_event"]
+    assert marked["changes"] == [{"round": 5, "ts_ns": 1307308425670, "before": 1, "after": 0}]
+    assert (chain["rounds"], chain["first_timed_round"], marked["calls"]) == (5, 2, 4)
+    assert chain["verdict"] == "slow release" and chain["ended"]

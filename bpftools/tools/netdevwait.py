@@ -503,8 +503,10 @@ class Session(object):
             episode = update.episode
             if update.what == "end":
                 self.chains.end(episode.dev, update.ts_ns, episode.count)
-            elif episode.rounds:
-                self.chains.round(episode.dev, episode.name, episode.rounds, episode.last_round_ns, episode.count)
+            elif episode.rounds:        # the round's own time: a round read late is earlier than the last
+                ts = update.ts_ns if update.what in ("waiting", "round") and update.ts_ns is not None \
+                    else episode.last_round_ns
+                self.chains.round(episode.dev, episode.name, episode.rounds, ts, episode.count)
         return update
 
     def chain_item(self, item: Any) -> bool:
