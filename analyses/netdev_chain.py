@@ -149,14 +149,16 @@ class DeviceChain:
 
     def late_round(self, ts_ns: int, count: int) -> None:
         """A round earlier than the last one seen (its record came late, from another CPU's buffer): the rounds
-        numbered in time order again, and what was numbered by them (count changes, the first timed call)."""
+        numbered in time order again, and what was numbered at or after its time (count changes, the first
+        timed call) one later. A shift, not a new round_at: a namespace-chain call numbered with the round whose
+        record was still to come keeps that round."""
         rounds = sorted(self.rounds + [(0, ts_ns, count)], key=lambda r: r[1])
         self.rounds = [(n, ts, c) for n, (_, ts, c) in enumerate(rounds, 1)]
         for change in [c for s in self.subscribers.values() for c in s.changes] + self.changes:
-            if change["round"] is not None:
-                change["round"] = self.round_at(change["ts_ns"])
-        if self.first_timed_ns is not None:
-            self.first_timed_round = self.round_at(self.first_timed_ns)
+            if change["round"] is not None and change["ts_ns"] >= ts_ns:
+                change["round"] += 1
+        if self.first_timed_ns is not None and self.first_timed_ns >= ts_ns:
+            self.first_timed_round += 1
 
     def ordered(self) -> List[Subscriber]:
         """Subscribers as the kernel runs them: the namespace's chain, then the global one, by position;

@@ -798,3 +798,20 @@ def test_a_round_read_late_from_another_cpu_is_counted_in_time_order():
     assert marked["changes"] == [{"round": 5, "ts_ns": 1307308425670, "before": 1, "after": 0}]
     assert (chain["rounds"], chain["first_timed_round"], marked["calls"]) == (5, 2, 4)
     assert chain["verdict"] == "slow release" and chain["ended"]
+
+
+def test_a_late_round_shifts_what_came_after_it_and_keeps_a_namespace_calls_round():
+    """A namespace-chain call runs before its rebroadcast's global-chain record: numbered then with the round
+    still to come (3), it stays one past the round before it when an earlier round is read late (4, not 3)."""
+    t = ChainTracker()
+    t.round("0xd", "veth0", 1, 0, 2)
+    t.round("0xd", "veth0", 2, 3 * S, 2)
+    t.call(Call("0xd", 4 * S + 200 * 1000 ** 2, 300, "0xb", "0xc", 5, 1, 2, 1, "drop_it", "mod"))
+    t.round("0xd", "veth0", 3, 4 * S + 300 * 1000 ** 2, 1)
+    t.round("0xd", "veth0", 4, S + 500 * 1000 ** 2, 2)        # read late: between the first two
+    d = t.open("0xd")
+    assert [(n, ts) for n, ts, _ in d.rounds] == [(1, 0), (2, S + 500 * 1000 ** 2), (3, 3 * S),
+                                                  (4, 4 * S + 300 * 1000 ** 2)]
+    (sub,) = d.subscribers.values()
+    assert (sub.chain, [c["round"] for c in sub.changes], d.first_timed_round) == (NETNS, [4], 4)
+    assert [(c["round"], c["before"], c["after"], c["by"]) for c in d.changes] == [(4, 2, 1, ["drop_it [mod]"])]
