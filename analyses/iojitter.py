@@ -527,6 +527,7 @@ class Correlator(object):
                         memcg, cache = ev["memcg_cache"], ev["cache"]
                     except KeyError:        # an older record
                         memcg, cache = ev.get("memcg_cache"), ev.get("cache")
+                    # _slab_record's common case (a cache, no per-memcg one) made here, without the call
                     record = (ts, cache, None) if cache and not memcg else _slab_record(ev, ts)
                 records, times = timed.records, timed.times
                 if times and start < times[-1]:
