@@ -273,7 +273,8 @@ _SLEEP_FIELDS = ("in_mempool", "blocked_in", "timed_out", "caller", "pool_cache"
 _sleep_fields = operator.itemgetter(*_SLEEP_FIELDS)
 _S_IN_MEMPOOL, _S_BLOCKED, _S_TIMED_OUT, _S_CALLER, _S_POOL, _S_KSTACK = range(2, 8)
 _CallRec = Tuple[Any, ...]
-_DirectStall = Tuple[int, int, int, str, List[Tuple[int, int]]]     # Correlator.direct
+_DirectStall = Tuple[int, int, str, List[Tuple[int, int]]]     # Correlator.direct
+_Direct = Dict[Tuple[Optional[str], int], List[_DirectStall]]
 _START, _END = operator.itemgetter(_C_START), operator.itemgetter(_C_END)
 
 
@@ -454,9 +455,11 @@ class Correlator(object):
         self.swept = -1                  # the stream's time at the last sweep
         self.settling = []  # type: List[Tuple[int, int, _Stall]]    # (end, n, stall): waiting for collateral
         # the stalls their own mempool waits explain, by inode, for the stalls of other threads on it (_close):
-        # (end, start, tid, comm, its mempool waits' (start, end)), not the stall, which holds all its records
-        self.direct = {}  # type: Dict[Tuple[Optional[str], int], List[_DirectStall]]
-        self.direct_order = deque()  # type: Deque[Tuple[Tuple[Optional[str], int], _DirectStall]]   # as indexed
+        # (start, tid, comm, its mempool waits' (start, end)), not the stall, which holds all its records. Those
+        # settled since the last sweep; before them, one index per sweep, with the stream's time at its end
+        # (no stall in it ended later): dropped whole once that is 3 * COLLATERAL_NS old
+        self.direct = {}  # type: _Direct
+        self.direct_before = deque()  # type: Deque[Tuple[int, _Direct]]
         self.stacks = {}  # type: Dict[Tuple[str, ...], Tuple[str, ...]]
 
     def feed(self, ev: Any) -> None:
@@ -604,21 +607,25 @@ class Correlator(object):
         """Finish threads silent for PENDING_NS; decide stalls no other thread's can explain any more."""
         for tid in [t for t, th in self.threads.items() if th.clock < self.clock - PENDING_NS]:
             self._finish(self.threads.pop(tid), True)
+        if self.direct:
+            self.direct_before.append((self.clock, self.direct))
+            self.direct = {}
         horizon = self.clock - 3 * COLLATERAL_NS
-        while self.direct_order and self.direct_order[0][1][0] < horizon:
-            key, gone = self.direct_order.popleft()
-            kept = self.direct[key]
-            kept.remove(gone)
-            if not kept:
-                del self.direct[key]
+        while self.direct_before and self.direct_before[0][0] < horizon:
+            self.direct_before.popleft()
+
+    def explained_on(self, dev: Optional[str], ino: int) -> List[_DirectStall]:
+        """The stalls indexed (explained by their own mempool waits) on the inode DEV, INO."""
+        found = self.direct.get((dev, ino), [])
+        for _, before in self.direct_before:
+            found = found + before.get((dev, ino), [])
+        return found
 
     def _settle(self, e: "_Stall") -> None:
         """E, unless its own waits explain it, waits COLLATERAL_NS (of stream time) for the stalls of other
         threads on its inode."""
         if e.explained and e.ino is not None:
-            inode, direct = (e.dev, e.ino), (e.end_ns, e.start_ns, e.tid, e.comm, e.mempool_spans)
-            self.direct.setdefault(inode, []).append(direct)
-            self.direct_order.append((inode, direct))
+            self.direct.setdefault((e.dev, e.ino), []).append((e.start_ns, e.tid, e.comm, e.mempool_spans))
         if e.may_be_behind():
             heapq.heappush(self.settling, (e.end_ns, self.totals.episodes, e))
         else:
@@ -633,7 +640,7 @@ class Correlator(object):
         those waits cover EXPLAINED_SHARE of it, it is explained, ``behind`` that thread."""
         if e.may_be_behind():
             best = None  # type: Optional[Tuple[int, int, int, str]]
-            for _, start_ns, tid, comm, spans in self.direct.get((e.dev, e.ino), ()):
+            for start_ns, tid, comm, spans in self.explained_on(e.dev, e.ino):
                 if tid == e.tid:
                     continue
                 overlap = sum(max(0, min(end, e.end_ns) - max(start, e.start_ns)) for start, end in spans)
@@ -959,20 +966,23 @@ class _Folder(object):
         parts = self.parts.get(e.comm)
         if parts is None:
             parts = self.parts[e.comm] = {}
-        times = []      # (part, seconds, ns) of each sleep, then of the time not asleep
         for _, _, duration, in_mempool, sleep, before, _ in e.waits:
             kstack = sleep[_S_KSTACK]
-            times.append(((kstack if type(kstack) is tuple else tuple(kstack or ()), before, in_mempool),
-                          _secs(duration), duration))
-        rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns
-        if rest > 0:
-            times.append(((tuple(e.root[_C_KSTACK] or ()), None, None), None, rest))
-        for key, secs, ns in times:
+            key = (kstack if type(kstack) is tuple else tuple(kstack or ()), before, in_mempool)
+            secs = _secs(duration)
             by_secs = parts.get(key)
             if by_secs is None:
-                parts[key] = {secs: ns}
+                parts[key] = {secs: duration}
             else:
-                by_secs[secs] = by_secs.get(secs, 0) + ns
+                by_secs[secs] = by_secs.get(secs, 0) + duration
+        rest = e.duration_ns - e.mempool_ns - e.other_blocked_ns      # not asleep
+        if rest > 0:
+            key = (tuple(e.root[_C_KSTACK] or ()), None, None)
+            by_secs = parts.get(key)
+            if by_secs is None:
+                parts[key] = {None: rest}
+            else:
+                by_secs[None] += rest
 
     def folded(self) -> Dict[str, int]:
         """The folded lines and their time (unsorted)."""

@@ -352,7 +352,8 @@ def test_a_long_stream_keeps_only_each_threads_open_window():
 def test_idle_threads_and_old_stalls_are_swept_by_stream_time():
     """A thread that falls silent keeps its open window until PENDING_NS of stream time passed; then the next
     sweep (once per SWEEP_NS) decides its records. A stall leaves the index of the stalls other threads may be
-    behind once it ended 3 * COLLATERAL_NS before the stream's clock."""
+    behind no sooner than 3 * COLLATERAL_NS after it ended, and at most 3 * COLLATERAL_NS and two sweep intervals
+    after it was indexed (the index is dropped whole, a sweep interval's stalls at a time)."""
     correlator = Correlator()
     end, last = S + 500 * MS, 4 * S      # thread 7's writeback ends at END; its last record, a mempool wait, at LAST
     for event in ({"type": "slab_failure", "tid": 7, "ts_ns": S + 10, "cache": "biovec-64"},
@@ -361,20 +362,22 @@ def test_idle_threads_and_old_stalls_are_swept_by_stream_time():
                    "func": "do_writepages", "dev": "8:16", "ino": 5},
                   {"type": "sleep", "tid": 7, "start_ns": last - MS, "ts_ns": last, "in_mempool": True}):
         correlator.feed(event)
-    assert (correlator.totals.episodes, ("8:16", 5) in correlator.direct) == (1, True)    # settled: 3 s past END
+    indexed = last      # settled at thread 7's next record: 3.5 s past END
+    assert (correlator.totals.episodes, len(correlator.explained_on("8:16", 5))) == (1, 1)
     seen = []      # (time, thread 7 open, its wait decided, the stall indexed) after each record of thread 8
     for ts in range(5 * S, last + iojitter.PENDING_NS + 3 * iojitter.SWEEP_NS, 5 * S):
         correlator.feed({"type": "sleep", "tid": 8, "start_ns": ts - MS, "ts_ns": ts, "in_mempool": False})
         seen.append((ts, 7 in correlator.threads, correlator.totals.mempool_elsewhere,
-                     ("8:16", 5) in correlator.direct))
+                     bool(correlator.explained_on("8:16", 5))))
     swept = min(ts for ts, is_open, _, _ in seen if not is_open)
     assert last + iojitter.PENDING_NS < swept <= last + iojitter.PENDING_NS + iojitter.SWEEP_NS + 5 * S
     assert [(is_open, decided) for _, is_open, decided, _ in seen] == [(ts < swept, int(ts >= swept))
                                                                       for ts, _, _, _ in seen]
     dropped = min(ts for ts, _, _, is_indexed in seen if not is_indexed)
-    assert end + 3 * iojitter.COLLATERAL_NS < dropped <= end + 3 * iojitter.COLLATERAL_NS + iojitter.SWEEP_NS + 5 * S
+    sweeps = 2 * (iojitter.SWEEP_NS + 5 * S)      # two sweeps: the records come 5 s apart
+    assert end + 3 * iojitter.COLLATERAL_NS < dropped <= indexed + 3 * iojitter.COLLATERAL_NS + sweeps
     assert [is_indexed for _, _, _, is_indexed in seen] == [ts < dropped for ts, _, _, _ in seen]
-    assert not correlator.direct and not correlator.direct_order
+    assert not correlator.direct and not correlator.direct_before
     r = correlator.result()
     assert (r.slow_writebacks, r.explained, r.mempool_waits, r.mempool_waits_elsewhere) == (1, 1, 1, 1)
 
