@@ -10,11 +10,12 @@ calls and time over the rounds, what they returned and any reference they droppe
 which the count changed and by whom; and a verdict: ``leak`` (the count flat over LEAK_ROUNDS rounds
 and no subscriber dropped anything), ``slow release`` (the count went down), or ``undecided``.
 
-A subscriber's call belongs to the interval between two rounds by its time (a call of the global chain
-after the last round's interval is from a rebroadcast whose round was not seen, as when the tool's
-probes are detached one by one at its end, and is not counted): the count of round R is
+A subscriber's call belongs to the interval between two rounds by its time: the count of round R is
 read as the global chain starts, so a drop in the global chain of rebroadcast R (or in the namespace
-chain of rebroadcast R+1) shows in round R+1's count.
+chain of rebroadcast R+1) shows in round R+1's count. A call of the global chain after the last round's
+interval waits for its round's record (read late, from another CPU's buffer); if none comes before the
+wait ends, it is from a rebroadcast whose round was not seen, as when the tool's probes are detached one
+by one at its end, and is not counted.
 
 Pure: no I/O, no clock.
 
@@ -136,6 +137,7 @@ class DeviceChain:
     truncated: bool = False
     ended: bool = False
     end_count: Optional[int] = None
+    waiting_calls: List["Call"] = field(default_factory=list)    # global-chain calls whose round is to come
 
     def round_at(self, ts_ns: int) -> int:
         """The round whose interval holds TS_NS (round R: from its rebroadcast to the next one)."""
@@ -209,6 +211,7 @@ class DeviceChain:
 
 # A subscriber's call more than this after the last round's rebroadcast belongs to the next round.
 _NEXT_ROUND_NS = 500 * 1000 * 1000
+MAX_WAITING_CALLS = 4096            # calls per device waiting for their round's record (the newest kept)
 
 
 class ChainTracker(object):
@@ -230,12 +233,17 @@ class ChainTracker(object):
         state.name = name or state.name
         if state.rounds and state.rounds[-1][0] >= number:
             return
-        if state.rounds and ts_ns is not None and state.rounds[-1][1] is not None and ts_ns < state.rounds[-1][1]:
+        last = state.rounds[-1] if state.rounds else None
+        late = last is not None and ts_ns is not None and last[1] is not None and ts_ns < last[1]
+        if late:
             state.late_round(ts_ns, count)
-            return
-        if state.rounds and state.rounds[-1][2] != count:
-            state.count_changed(number, ts_ns, state.rounds[-1][2], count, state.rounds[-1][1])
-        state.rounds.append((number, ts_ns, count))
+        else:
+            state.rounds.append((number, ts_ns, count))
+        waiting, state.waiting_calls = state.waiting_calls, []
+        for call in waiting:            # numbered now that their round (or the next) is known
+            self.call(call)
+        if not late and last is not None and last[2] != count:
+            state.count_changed(number, ts_ns, last[2], count, last[1])
 
     def link(self, link: Link) -> None:
         """One notifier block of a walk: the chain's order and priorities as they are now."""
@@ -262,7 +270,9 @@ class ChainTracker(object):
                                                           call.symbol, call.module)
         number = state.round_at(call.ts_ns)
         if sub.chain == GLOBAL and state.rounds and number > state.rounds[-1][0]:
-            return          # a rebroadcast whose round was not seen (the probes went at the end): not counted
+            state.waiting_calls.append(call)        # until its round's record comes (counted then), if it does
+            del state.waiting_calls[:-MAX_WAITING_CALLS]
+            return
         if state.first_timed_ns is None or call.ts_ns < state.first_timed_ns:
             state.first_timed_round, state.first_timed_ns = number, call.ts_ns
         sub.calls += 1
@@ -273,6 +283,8 @@ class ChainTracker(object):
         if call.count_after != call.count_before:
             sub.changes.append({"round": number, "ts_ns": call.ts_ns, "before": call.count_before,
                                 "after": call.count_after})
+            if len(sub.changes) > 1 and call.ts_ns < sub.changes[-2]["ts_ns"]:      # a call that waited
+                sub.changes.sort(key=lambda c: c["ts_ns"])
 
     def end(self, dev: str, ts_ns: int, count: int) -> None:
         """DEV's wait ended (freed, or its count reached the base) with COUNT references."""

@@ -800,6 +800,32 @@ def test_a_round_read_late_from_another_cpu_is_counted_in_time_order():
     assert chain["verdict"] == "slow release" and chain["ended"]
 
 
+def test_a_global_chain_call_read_before_its_rounds_record_waits_for_it():
+    """The waiter moved between CPUs after its third rebroadcast's record: the drop in that rebroadcast's global
+    chain is read first, then the round. It is counted in round 3 when the round comes, and named as the cause of
+    round 4's lower count. So is a slow subscriber's call 0.7 s into round 1, read before round 2. A call whose
+    round never comes (the probes went one by one at the end) is not counted."""
+    ms = 1000 ** 2
+    t = ChainTracker()
+    t.link(Link("0xd", 0, GLOBAL, 0, "0xb", "0xc", 5, "drop_it", "mod"))
+    t.link(Link("0xd", 0, GLOBAL, 1, "0xe", "0xf", 0, "slow_one", None))
+    t.round("0xd", "veth0", 1, S, 3)
+    t.call(Call("0xd", S + 700 * ms, 300, "0xe", "0xf", 0, 1, 3, 2, "slow_one", None))
+    t.round("0xd", "veth0", 2, 2 * S, 2)
+    t.call(Call("0xd", 3 * S + 10 * ms, 300, "0xb", "0xc", 5, 1, 2, 1, "drop_it", "mod"))
+    t.round("0xd", "veth0", 3, 3 * S, 2)
+    t.round("0xd", "veth0", 4, 4 * S, 1)
+    t.call(Call("0xd", 5 * S + 10 * ms, 300, "0xb", "0xc", 5, 1, 1, 1, "drop_it", "mod"))   # no round 5
+    t.end("0xd", 5 * S + 20 * ms, 1)
+    (d,) = t.devices()
+    drop_it, slow_one = d.subscribers["0xb"], d.subscribers["0xe"]
+    assert [(c["round"], c["before"], c["after"]) for c in drop_it.changes] == [(3, 2, 1)] and drop_it.calls == 1
+    assert [(c["round"], c["before"], c["after"]) for c in slow_one.changes] == [(1, 3, 2)] and slow_one.calls == 1
+    assert [(c["round"], c["before"], c["after"], c["by"]) for c in d.changes] == [
+        (2, 3, 2, ["slow_one"]), (4, 2, 1, ["drop_it [mod]"])]
+    assert (d.first_timed_round, d.verdict()[0]) == (1, "slow release")
+
+
 def test_a_late_round_shifts_what_came_after_it_and_keeps_a_namespace_calls_round():
     """A namespace-chain call runs before its rebroadcast's global-chain record: numbered then with the round
     still to come (3), it stays one past the round before it when an earlier round is read late (4, not 3)."""
