@@ -150,6 +150,9 @@ def test_analysis_throughput_counts_every_episode_and_leak():
     assert r["correlate_alone_events_per_s"] == pytest.approx(r["events"] / (r["correlate_s"] - r["read_s"]))
     assert r["repeats"] == 3 and len(r["correlate_alone_each_events_per_s"]) == 3      # the least times count
     assert "correlate alone" in out["table"][1][2] and "(each run: " in out["table"][1][2]
+    assert 0 < r["correlate_own_s"] < r["correlate_s"]          # the reading between the chunks not timed
+    assert r["correlate_own_events_per_s"] == pytest.approx(r["events"] / r["correlate_own_s"])
+    assert "its own time in the stream" in out["table"][1][2]
     assert 0 < r["report_peak_rss_mib"] < REPORT_RSS_CEILING_MIB
     assert 0 < r["report_json_peak_rss_mib"] < REPORT_RSS_CEILING_MIB and r["report_json_s"] > 0   # orjson hidden
     assert 0 < r["gz_bytes_per_event"] < r["bytes_per_event"]   # compressed, each line flushed
