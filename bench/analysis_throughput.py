@@ -17,8 +17,9 @@ on each record, kernel stacks on writebacks, sleeps and slab failures). Figures,
   times in turn and the least time of each counts (as ``timeit`` does: the run the rest of a noisy
   machine disturbed least); the alone rate of each pair is reported too, as the spread,
 - ``correlate_own``: the correlation's own time in the stream: the recording read OWN_CHUNK events at a time,
-  only the correlation of each chunk (and its result) timed, least of REPEATS. What ``correlate`` adds over
-  it is the reading slowed down by sharing the CPU's caches with the correlation,
+  only the correlation of each chunk (and its result) timed, least of REPEATS. What the alone rate counts
+  beyond it is the reading slowed down while the correlation runs between its lines (sharing the CPU's
+  caches, presumably: nothing here measures them),
 - ``report``: ``bpftools report FILE`` end to end in a fresh process (read, correlate, render), with
   that process's peak RSS; once with orjson (where installed) and once with it hidden (the json module),
 - the size of the recording, plain and gzip-compressed (written by ``bpftools.recording.Recorder``,
